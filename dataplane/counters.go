@@ -1,0 +1,97 @@
+package dataplane
+
+import (
+	"sync/atomic"
+)
+
+// Counters is the fast path's tiny typed recorder: plain atomic counters that workers add to and
+// that exporters (stats file, status, Prometheus collectors) read. The wire code never touches an
+// exporter's types. Each worker has its own Counters so that workers do not share cache lines.
+type Counters struct {
+	verdicts    [numVerdicts]atomic.Uint64
+	drops       [numReasons]atomic.Uint64
+	memberPkts  [MaxMembers]atomic.Uint64
+	memberBytes [MaxMembers]atomic.Uint64
+	newFlows    atomic.Uint64
+	tableFull   atomic.Uint64
+	conflicts   atomic.Uint64
+	announced   atomic.Uint64
+	_           [64]byte
+}
+
+// Record counts the result of one frame of length n.
+func (c *Counters) Record(r *Result, n int) {
+	c.verdicts[r.Verdict].Add(1)
+	switch r.Verdict {
+	case VerdictDrop:
+		if r.Reason < numReasons {
+			c.drops[r.Reason].Add(1)
+		}
+	case VerdictForward, VerdictLocal:
+		if r.Member < MaxMembers {
+			c.memberPkts[r.Member].Add(1)
+			c.memberBytes[r.Member].Add(uint64(n))
+		}
+		if r.NewFlow {
+			c.newFlows.Add(1)
+		}
+		if r.TableFull {
+			c.tableFull.Add(1)
+		}
+	}
+	if r.Conflict {
+		c.conflicts.Add(1)
+	}
+}
+
+// Drop counts one dropped frame with reason r (for drops decided outside Process, such as a
+// failed send).
+func (c *Counters) Drop(r Reason) {
+	c.verdicts[VerdictDrop].Add(1)
+	c.drops[r].Add(1)
+}
+
+// Announced counts gratuitous ARP frames sent.
+func (c *Counters) Announced(n int) { c.announced.Add(uint64(n)) }
+
+// Stats is a point-in-time sum of counters.
+type Stats struct {
+	Verdicts  map[string]uint64 `json:"verdicts"`
+	Drops     map[string]uint64 `json:"drops"`
+	NewFlows  uint64            `json:"new_flows"`
+	TableFull uint64            `json:"table_full"`
+	// ARPConflicts counts ARP frames from other MACs claiming our VIPs while active.
+	ARPConflicts uint64 `json:"arp_conflicts"`
+	// ARPAnnounced counts gratuitous ARP frames sent.
+	ARPAnnounced uint64 `json:"arp_announced"`
+	// MemberPackets and MemberBytes are indexed by member ID.
+	MemberPackets map[uint32]uint64 `json:"-"`
+	MemberBytes   map[uint32]uint64 `json:"-"`
+}
+
+// Sum adds up a set of counters.
+func Sum(cs ...*Counters) Stats {
+	s := Stats{Verdicts: map[string]uint64{}, Drops: map[string]uint64{},
+		MemberPackets: map[uint32]uint64{}, MemberBytes: map[uint32]uint64{}}
+	for _, c := range cs {
+		for v := Verdict(0); v < numVerdicts; v++ {
+			s.Verdicts[v.String()] += c.verdicts[v].Load()
+		}
+		for r := ReasonNone + 1; r < numReasons; r++ {
+			if n := c.drops[r].Load(); n > 0 {
+				s.Drops[r.String()] += n
+			}
+		}
+		for i := range c.memberPkts {
+			if n := c.memberPkts[i].Load(); n > 0 {
+				s.MemberPackets[uint32(i)] += n
+				s.MemberBytes[uint32(i)] += c.memberBytes[i].Load()
+			}
+		}
+		s.NewFlows += c.newFlows.Load()
+		s.TableFull += c.tableFull.Load()
+		s.ARPConflicts += c.conflicts.Load()
+		s.ARPAnnounced += c.announced.Load()
+	}
+	return s
+}

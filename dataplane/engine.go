@@ -1,0 +1,539 @@
+package dataplane
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/scheduler"
+	"github.com/l2lb/l2lb/vipset"
+)
+
+// MaxMembers bounds the number of distinct frontends an engine has known. Member IDs index fixed
+// per-worker counter arrays, so the bound keeps those small.
+const MaxMembers = 4096
+
+// Sentinel errors returned by the engine's configuration calls.
+var (
+	// ErrTooManyMembers is returned when a configuration names more than MaxMembers frontends.
+	ErrTooManyMembers = errors.New("dataplane: too many members")
+	// ErrBadMember is returned for a member without an IPv4 address or with a bad port range.
+	ErrBadMember = errors.New("dataplane: bad member")
+	// ErrNoVIPs is returned for a configuration without any VIP.
+	ErrNoVIPs = errors.New("dataplane: no VIPs")
+	// ErrPortRangeOverlap is returned when two members' source-port ranges overlap.
+	ErrPortRangeOverlap = errors.New("dataplane: overlapping port ranges")
+)
+
+// NoDestPolicy says what happens to a flow whose frontend was removed from the member list.
+type NoDestPolicy uint8
+
+const (
+	// NoDestReschedule moves the flow to a frontend picked by the scheduler on its next frame, so
+	// the new frontend answers at once (for TCP with a reset, which the client sees immediately).
+	NoDestReschedule NoDestPolicy = iota
+	// NoDestExpire drops the frame and forgets the flow, as IPVS does with expire_nodest_conn=1
+	// (Documentation/networking/ipvs-sysctl.rst); the flow's next frame is scheduled anew.
+	NoDestExpire
+)
+
+// ParseNoDestPolicy parses "reschedule" or "expire".
+func ParseNoDestPolicy(s string) (NoDestPolicy, error) {
+	switch s {
+	case "reschedule", "":
+		return NoDestReschedule, nil
+	case "expire":
+		return NoDestExpire, nil
+	}
+	return 0, fmt.Errorf("dataplane: unknown no-destination policy %q (want reschedule or expire)", s)
+}
+
+// PortRange is a frontend's own source-port range for outgoing connections (seed step 7).
+type PortRange struct{ Lo, Hi uint16 }
+
+// Member is one frontend as configured.
+type Member struct {
+	// Addr is the frontend's real IPv4 address; it also names the member for consistent hashing.
+	Addr netip.Addr
+	// Weight is its relative weight; 0 quiesces it (no new flows, existing ones continue).
+	Weight uint32
+	// Local marks this node itself: its flows are re-injected on lo instead of sent out.
+	Local bool
+	// Ports is the member's source-port range, if it has one.
+	Ports PortRange
+}
+
+// Config is the engine's whole configuration. It is applied atomically by Engine.Configure.
+type Config struct {
+	// VirtualMAC is the MAC the balancer answers ARP with; frames to it are balancer input.
+	VirtualMAC net.HardwareAddr
+	// InterfaceMAC is the interface's own MAC, used as the source of forwarded frames.
+	InterfaceMAC net.HardwareAddr
+	// VIPs is the set of virtual addresses.
+	VIPs *vipset.Set
+	// Members is the frontend list, this node included when it takes connections.
+	Members []Member
+	// Scheduler picks frontends for new flows.
+	Scheduler scheduler.Kind
+	// Persistence is the IPVS -p persistence time; it is fixed when the engine is created.
+	Persistence time.Duration
+	// NoDest is the removed-member policy.
+	NoDest NoDestPolicy
+}
+
+// member is the fast path's view of one frontend, indexed by its stable ID.
+type member struct {
+	addr    uint32
+	mac     [6]byte
+	hasMAC  bool // resolved at least once: flows can be sent to it
+	present bool // in the configured member list
+	local   bool
+	weight  uint32
+}
+
+type portRange struct {
+	lo, hi uint16
+	id     uint32
+}
+
+// state is an immutable snapshot read by the fast path without locks.
+type state struct {
+	vips    *vipset.Set
+	vmac    [6]byte
+	ourMAC  [6]byte
+	members []member
+	sched   scheduler.Scheduler
+	ranges  []portRange
+	nodest  NoDestPolicy
+}
+
+// Engine decides, one frame at a time, what happens to balancer input. It holds the connection
+// table, the fragment map and the current configuration; it does no I/O, so it can be tested by
+// feeding it frames and asserting verdicts.
+type Engine struct {
+	ct      *conntrack.Table
+	frags   *fragTable
+	persist bool
+	state   atomic.Pointer[state]
+	active  atomic.Bool
+	clock   atomic.Int64
+
+	mu     sync.Mutex // serialises configuration changes
+	cfg    Config
+	ids    map[netip.Addr]uint32
+	macs   map[netip.Addr]net.HardwareAddr
+	nextID uint32
+	base   time.Time
+}
+
+// New returns an engine with the given connection-table settings. The engine starts inactive and
+// unconfigured; call Configure and SetActive.
+func New(ct conntrack.Config) *Engine {
+	e := &Engine{
+		ct:      conntrack.New(ct),
+		frags:   newFragTable(),
+		persist: ct.Persistence > 0,
+		ids:     make(map[netip.Addr]uint32),
+		macs:    make(map[netip.Addr]net.HardwareAddr),
+		base:    time.Now(),
+	}
+	e.state.Store(&state{vips: vipset.New()})
+	e.Tick()
+	return e
+}
+
+// Table returns the engine's connection table.
+func (e *Engine) Table() *conntrack.Table { return e.ct }
+
+// Tick advances the engine's coarse clock to the current monotonic time. The fast path reads the
+// clock instead of calling time.Now per frame; the node ticks it every millisecond, which is far
+// finer than any timeout (seconds).
+func (e *Engine) Tick() int64 {
+	now := int64(time.Since(e.base))
+	e.clock.Store(now)
+	return now
+}
+
+// Now returns the engine's coarse clock.
+func (e *Engine) Now() int64 { return e.clock.Load() }
+
+// SetActive makes the engine answer ARP and forward (true) or drop VIP input (false).
+func (e *Engine) SetActive(on bool) { e.active.Store(on) }
+
+// Active reports whether the engine is active.
+func (e *Engine) Active() bool { return e.active.Load() }
+
+// Configure validates cfg and applies it atomically: frames processed after it returns see the
+// new configuration, flows to members that stay are not disturbed. On error nothing changes.
+func (e *Engine) Configure(cfg Config) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.applyLocked(cfg)
+}
+
+// SetMAC records the resolved MAC of a member address (nil: unresolved). A member whose MAC was
+// never resolved gets no new flows; one resolved earlier keeps its last MAC for existing flows.
+func (e *Engine) SetMAC(addr netip.Addr, mac net.HardwareAddr) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	old, had := e.macs[addr]
+	if mac == nil {
+		if !had {
+			return nil
+		}
+		delete(e.macs, addr)
+	} else {
+		if had && bytes.Equal(old, mac) {
+			return nil
+		}
+		e.macs[addr] = append(net.HardwareAddr(nil), mac...)
+	}
+	if e.cfg.VIPs == nil {
+		return nil // not configured yet: Configure will use the MAC
+	}
+	return e.applyLocked(e.cfg)
+}
+
+// Config returns the configuration in force.
+func (e *Engine) Config() Config {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cfg
+}
+
+// MemberID returns the stable ID of a member address, if it has one.
+func (e *Engine) MemberID(addr netip.Addr) (uint32, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	id, ok := e.ids[addr]
+	return id, ok
+}
+
+// MemberStatus is a member's state as the fast path sees it.
+type MemberStatus struct {
+	ID       uint32
+	Addr     netip.Addr
+	MAC      net.HardwareAddr
+	Weight   uint32
+	Local    bool
+	Ready    bool // may receive new flows
+	Flows    int64
+	Ports    PortRange
+}
+
+// Members returns the configured members with their state.
+func (e *Engine) Members() []MemberStatus {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := e.state.Load()
+	out := make([]MemberStatus, 0, len(e.cfg.Members))
+	for _, m := range e.cfg.Members {
+		id := e.ids[m.Addr]
+		sm := st.members[id]
+		ms := MemberStatus{ID: id, Addr: m.Addr, Weight: m.Weight, Local: m.Local,
+			Ready: sm.weight > 0 && (sm.local || sm.hasMAC), Flows: e.ct.Active(id), Ports: m.Ports}
+		if mac, ok := e.macs[m.Addr]; ok {
+			ms.MAC = mac
+		}
+		out = append(out, ms)
+	}
+	return out
+}
+
+func (e *Engine) applyLocked(cfg Config) error {
+	if cfg.VIPs == nil || cfg.VIPs.Len() == 0 {
+		return ErrNoVIPs
+	}
+	if len(cfg.VirtualMAC) != 6 || len(cfg.InterfaceMAC) != 6 {
+		return fmt.Errorf("dataplane: virtual and interface MACs must be 6 bytes")
+	}
+	seen := make(map[netip.Addr]bool)
+	newIDs := 0
+	for _, m := range cfg.Members {
+		if !m.Addr.Is4() {
+			return fmt.Errorf("%w: %v is not IPv4", ErrBadMember, m.Addr)
+		}
+		if seen[m.Addr] {
+			return fmt.Errorf("%w: %v listed twice", ErrBadMember, m.Addr)
+		}
+		seen[m.Addr] = true
+		if m.Ports.Lo > m.Ports.Hi {
+			return fmt.Errorf("%w: %v port range %d-%d", ErrBadMember, m.Addr, m.Ports.Lo, m.Ports.Hi)
+		}
+		if _, ok := e.ids[m.Addr]; !ok {
+			newIDs++
+		}
+	}
+	if int(e.nextID)+newIDs > MaxMembers {
+		return ErrTooManyMembers
+	}
+	var ranges []portRange
+	for _, m := range cfg.Members {
+		if m.Ports != (PortRange{}) {
+			ranges = append(ranges, portRange{lo: m.Ports.Lo, hi: m.Ports.Hi})
+		}
+	}
+	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
+	for i := 1; i < len(ranges); i++ {
+		if ranges[i].lo <= ranges[i-1].hi {
+			return fmt.Errorf("%w: %d-%d and %d-%d", ErrPortRangeOverlap,
+				ranges[i-1].lo, ranges[i-1].hi, ranges[i].lo, ranges[i].hi)
+		}
+	}
+	// Validation passed: from here on nothing fails except the scheduler build, which is done
+	// before anything is stored.
+	for _, m := range cfg.Members {
+		if _, ok := e.ids[m.Addr]; !ok {
+			e.ids[m.Addr] = e.nextID
+			e.nextID++
+		}
+	}
+	st := &state{vips: cfg.VIPs, nodest: cfg.NoDest}
+	copy(st.vmac[:], cfg.VirtualMAC)
+	copy(st.ourMAC[:], cfg.InterfaceMAC)
+	st.members = make([]member, e.nextID)
+	for addr, id := range e.ids {
+		a4 := addr.As4()
+		st.members[id].addr = binary.BigEndian.Uint32(a4[:])
+		if mac, ok := e.macs[addr]; ok {
+			copy(st.members[id].mac[:], mac)
+			st.members[id].hasMAC = true
+		}
+	}
+	var sm []scheduler.Member
+	st.ranges = st.ranges[:0]
+	for _, m := range cfg.Members {
+		id := e.ids[m.Addr]
+		mm := &st.members[id]
+		mm.present, mm.local, mm.weight = true, m.Local, m.Weight
+		if m.Ports != (PortRange{}) {
+			st.ranges = append(st.ranges, portRange{lo: m.Ports.Lo, hi: m.Ports.Hi, id: id})
+		}
+		// A frontend whose MAC is unknown gets no new flows until it resolves (issue 2, item 5).
+		if m.Weight > 0 && (m.Local || mm.hasMAC) {
+			sm = append(sm, scheduler.Member{ID: id, Key: m.Addr.String(), Weight: m.Weight})
+		}
+	}
+	sort.Slice(st.ranges, func(i, j int) bool { return st.ranges[i].lo < st.ranges[j].lo })
+	kind := cfg.Scheduler
+	if kind == "" {
+		kind = scheduler.Kind("maglev")
+	}
+	if len(sm) > 0 {
+		s, err := scheduler.New(kind, sm, e.ct.Active)
+		if err != nil {
+			return err
+		}
+		st.sched = s
+	}
+	e.cfg = cfg
+	e.state.Store(st)
+	return nil
+}
+
+// rangeOwner returns the member whose source-port range holds port.
+func (st *state) rangeOwner(port uint16) (uint32, bool) {
+	r := st.ranges
+	lo, hi := 0, len(r)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if r[mid].hi < port {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	if lo < len(r) && r[lo].lo <= port && port <= r[lo].hi {
+		return r[lo].id, true
+	}
+	return 0, false
+}
+
+// Process decides what to do with one received frame b and, for VerdictForward and VerdictLocal,
+// rewrites its Ethernet addresses in place (only those: the IP destination stays the VIP, which is
+// what makes direct server return work). scratch is the caller's buffer for an ARP reply. Process
+// is safe for concurrent use by several workers and allocates nothing for IPv4 frames.
+func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
+	st := e.state.Load()
+	if len(b) < ethHeaderLen {
+		return Result{Verdict: VerdictDrop, Reason: ReasonRunt}
+	}
+	toUs := [6]byte(b[0:6]) == st.vmac
+	if !toUs {
+		if isBroadcast(b[0:6]) && binary.BigEndian.Uint16(b[12:14]) == etherTypeARP {
+			return e.processARP(st, b, scratch)
+		}
+		return Result{Verdict: VerdictIgnored}
+	}
+	if vlanTagged {
+		return Result{Verdict: VerdictDrop, Reason: ReasonVLAN}
+	}
+	if binary.BigEndian.Uint16(b[12:14]) == etherTypeARP {
+		return e.processARP(st, b, scratch)
+	}
+	var p Packet
+	if r := ParseIPv4(b, &p); r != ReasonNone {
+		return Result{Verdict: VerdictDrop, Reason: r}
+	}
+	if !st.vips.ContainsU32(p.Dst) {
+		return Result{Verdict: VerdictDrop, Reason: ReasonNotVIP}
+	}
+	if !e.active.Load() {
+		return Result{Verdict: VerdictDrop, Reason: ReasonInactive}
+	}
+	now := e.clock.Load()
+	var res Result
+	switch {
+	case p.Fragment && !p.FirstFragment:
+		id, ok := e.frags.lookup(fragKey{src: p.Src, dst: p.Dst, id: p.FragID, proto: p.Proto}, now)
+		if !ok {
+			return Result{Verdict: VerdictDrop, Reason: ReasonFragmentUnknown}
+		}
+		res.Member = id
+	case p.Proto == protoICMP && p.ICMPError:
+		res.Member = e.icmpOwner(st, &p, now)
+	case p.Proto == protoICMP:
+		// Echo and other informational ICMP to a VIP are answered by the active node itself,
+		// as IPVS does for traffic that belongs to no virtual service.
+		return e.deliverLocal(b, res)
+	default:
+		id, r := e.flowOwner(st, &p, now, &res)
+		if r != ReasonNone {
+			return Result{Verdict: VerdictDrop, Reason: r}
+		}
+		res.Member = id
+		if p.FirstFragment {
+			e.frags.insert(fragKey{src: p.Src, dst: p.Dst, id: p.FragID, proto: p.Proto}, id, now)
+		}
+	}
+	if res.Member == localOwner {
+		res.Member = 0
+		return e.deliverLocal(b, res)
+	}
+	m := &st.members[res.Member]
+	if m.local {
+		return e.deliverLocal(b, res)
+	}
+	copy(b[0:6], m.mac[:])
+	copy(b[6:12], st.ourMAC[:])
+	res.Verdict = VerdictForward
+	return res
+}
+
+// localOwner marks a frame for the local stack that belongs to no member (an ICMP error about
+// nothing we know).
+const localOwner = ^uint32(0)
+
+// deliverLocal prepares b for re-injection on lo: the destination MAC must be all zeros, or the
+// loopback device classifies the frame as PACKET_OTHERHOST and the stack drops it (design notes).
+func (e *Engine) deliverLocal(b []byte, res Result) Result {
+	clear(b[0:12])
+	res.Verdict = VerdictLocal
+	return res
+}
+
+// flowOwner finds or schedules the member of a TCP, UDP or other-protocol flow.
+func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32, Reason) {
+	k := conntrack.Key{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort, Proto: p.Proto}
+	if id, ok := e.ct.Touch(k, p.TCPFlags, now); ok {
+		if int(id) < len(st.members) && st.members[id].present && (st.members[id].hasMAC || st.members[id].local) {
+			return id, ReasonNone
+		}
+		if st.nodest == NoDestExpire {
+			e.ct.Delete(k)
+			return 0, ReasonMemberGone
+		}
+		nid, ok := e.pick(st, p)
+		if !ok {
+			return 0, ReasonNoMember
+		}
+		e.ct.SetMember(k, nid)
+		return nid, ReasonNone
+	}
+	// Replies to a frontend's own outgoing connections (seed step 7) go to the frontend that owns
+	// the destination port, never through the scheduler.
+	if p.Proto == protoTCP || p.Proto == protoUDP {
+		if id, ok := st.rangeOwner(p.DPort); ok {
+			return id, ReasonNone
+		}
+	}
+	var id uint32
+	found := false
+	if e.persist {
+		// IPVS keeps sending a persistent client to its frontend even when that frontend is
+		// quiesced (weight 0), as long as it is present (expire_quiescent_template=0 default).
+		if tid, ok := e.ct.Template(p.Src, p.Dst, now); ok && int(tid) < len(st.members) &&
+			st.members[tid].present && (st.members[tid].hasMAC || st.members[tid].local) {
+			id, found = tid, true
+		}
+	}
+	if !found {
+		var ok bool
+		id, ok = e.pick(st, p)
+		if !ok {
+			return 0, ReasonNoMember
+		}
+	}
+	res.NewFlow = true
+	if err := e.ct.Insert(k, id, p.TCPFlags, now); err != nil {
+		// At the table limit the flow is still forwarded: the consistent-hash scheduler maps it
+		// to the same frontend on every frame. The worker counts TableFull.
+		res.TableFull = true
+	}
+	return id, ReasonNone
+}
+
+// pick asks the scheduler for a member. With persistence the hash covers only the client and the
+// VIP, so two balancers with the same members agree on a client's frontend without sharing state.
+func (e *Engine) pick(st *state, p *Packet) (uint32, bool) {
+	if st.sched == nil {
+		return 0, false
+	}
+	var buf [13]byte
+	binary.BigEndian.PutUint32(buf[0:4], p.Src)
+	binary.BigEndian.PutUint32(buf[4:8], p.Dst)
+	n := 8
+	if !e.persist {
+		binary.BigEndian.PutUint16(buf[8:10], p.SPort)
+		binary.BigEndian.PutUint16(buf[10:12], p.DPort)
+		buf[12] = p.Proto
+		n = 13
+	}
+	return st.sched.Pick(xxhash.Sum64(buf[:n]))
+}
+
+// icmpOwner finds the member an ICMP error belongs to from the datagram it quotes: that datagram
+// went from a frontend (source VIP) to a client, so the flow is its reverse. Errors about nothing
+// we know go to the local stack, as IPVS leaves them to the kernel.
+func (e *Engine) icmpOwner(st *state, p *Packet, now int64) uint32 {
+	if p.InnerProto == protoTCP || p.InnerProto == protoUDP {
+		k := conntrack.Key{Src: p.InnerDst, Dst: p.InnerSrc, SPort: p.InnerDPort, DPort: p.InnerSPort, Proto: p.InnerProto}
+		if id, ok := e.ct.Touch(k, 0, now); ok && int(id) < len(st.members) && st.members[id].present {
+			return id
+		}
+		if id, ok := st.rangeOwner(p.InnerSPort); ok {
+			return id
+		}
+	}
+	return localOwner
+}
+
+func isBroadcast(m []byte) bool {
+	return m[0] == 0xff && m[1] == 0xff && m[2] == 0xff && m[3] == 0xff && m[4] == 0xff && m[5] == 0xff
+}
+
+// Expire forgets expired flows, templates and fragments; the node calls it periodically.
+func (e *Engine) Expire() (flows, templates int) {
+	now := e.Tick()
+	e.frags.expire(now)
+	return e.ct.Expire(now)
+}

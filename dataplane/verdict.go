@@ -1,0 +1,143 @@
+package dataplane
+
+// Verdict says what the fast path did with one frame.
+type Verdict uint8
+
+// Verdicts returned by Engine.Process.
+const (
+	// VerdictIgnored means the frame was not balancer input (another destination MAC, a frame of
+	// our own) and was left alone; it is not a drop.
+	VerdictIgnored Verdict = iota
+	// VerdictForward means the frame was rewritten for another frontend and must be sent on the
+	// interface.
+	VerdictForward
+	// VerdictLocal means the frame belongs to this node's own frontend and must be re-injected on
+	// lo (design notes: exactly-once local delivery).
+	VerdictLocal
+	// VerdictARPReply means an ARP request for a VIP was answered; the reply frame is in
+	// Result.Reply.
+	VerdictARPReply
+	// VerdictDrop means the frame was dropped; Result.Reason says why.
+	VerdictDrop
+	numVerdicts
+)
+
+var verdictNames = [...]string{
+	VerdictIgnored:  "ignored",
+	VerdictForward:  "forwarded",
+	VerdictLocal:    "local",
+	VerdictARPReply: "arp_reply",
+	VerdictDrop:     "dropped",
+}
+
+// String returns the verdict's metric name.
+func (v Verdict) String() string {
+	if int(v) < len(verdictNames) {
+		return verdictNames[v]
+	}
+	return "unknown"
+}
+
+// Reason says why a frame was dropped, or what else was noticed about it.
+type Reason uint8
+
+// Drop reasons. Every malformed or unusable frame is counted under exactly one of them.
+const (
+	ReasonNone Reason = iota
+	// ReasonRunt is a frame shorter than an Ethernet header.
+	ReasonRunt
+	// ReasonVLAN is an 802.1Q/802.1ad tagged frame: l2lb serves the untagged interface it is
+	// given; run it on the VLAN sub-interface (e.g. eth0.100) to balance tagged traffic.
+	ReasonVLAN
+	// ReasonNotIPv4 is a frame to the balancer's MAC that is neither IPv4 nor ARP (IPv6, ...).
+	ReasonNotIPv4
+	// ReasonIPTruncated is a frame too short for its IPv4 header.
+	ReasonIPTruncated
+	// ReasonIPVersion is an IPv4 ethertype with another version in the header.
+	ReasonIPVersion
+	// ReasonIPHeaderLen is an IHL below 5 words.
+	ReasonIPHeaderLen
+	// ReasonIPTotalLen is a total length below the header length or beyond the frame.
+	ReasonIPTotalLen
+	// ReasonIPChecksum is an IPv4 header whose checksum is wrong.
+	ReasonIPChecksum
+	// ReasonL4Truncated is a TCP, UDP or ICMP header cut short.
+	ReasonL4Truncated
+	// ReasonTCPDataOffset is a TCP data offset below 5 words.
+	ReasonTCPDataOffset
+	// ReasonICMPInner is an ICMP error whose quoted header is unusable.
+	ReasonICMPInner
+	// ReasonNotVIP is an IPv4 frame to the balancer's MAC whose destination is not a VIP.
+	ReasonNotVIP
+	// ReasonFragmentUnknown is a non-first fragment whose first fragment was never seen.
+	ReasonFragmentUnknown
+	// ReasonNoMember means no frontend could take a new flow (none ready, all weight 0).
+	ReasonNoMember
+	// ReasonInactive is VIP traffic that arrived while this node is not the active balancer.
+	ReasonInactive
+	// ReasonMemberGone is a frame of a flow whose frontend was removed, dropped under the expire
+	// option (IPVS expire_nodest_conn).
+	ReasonMemberGone
+	// ReasonTxError is a frame the kernel refused to send.
+	ReasonTxError
+	// ReasonARPMalformed is an ARP frame that could not be parsed.
+	ReasonARPMalformed
+	numReasons
+)
+
+var reasonNames = [...]string{
+	ReasonNone:            "none",
+	ReasonRunt:            "runt",
+	ReasonVLAN:            "vlan_tagged",
+	ReasonNotIPv4:         "not_ipv4",
+	ReasonIPTruncated:     "ip_truncated",
+	ReasonIPVersion:       "ip_version",
+	ReasonIPHeaderLen:     "ip_header_len",
+	ReasonIPTotalLen:      "ip_total_len",
+	ReasonIPChecksum:      "ip_checksum",
+	ReasonL4Truncated:     "l4_truncated",
+	ReasonTCPDataOffset:   "tcp_data_offset",
+	ReasonICMPInner:       "icmp_inner",
+	ReasonNotVIP:          "not_vip",
+	ReasonFragmentUnknown: "fragment_unknown",
+	ReasonNoMember:        "no_member",
+	ReasonInactive:        "inactive",
+	ReasonMemberGone:      "member_gone",
+	ReasonTxError:         "tx_error",
+	ReasonARPMalformed:    "arp_malformed",
+}
+
+// String returns the reason's metric name.
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Reasons returns every drop reason, for exporters that list all of them.
+func Reasons() []Reason {
+	rs := make([]Reason, 0, numReasons-1)
+	for r := ReasonNone + 1; r < numReasons; r++ {
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// Result is the outcome of processing one frame.
+type Result struct {
+	Verdict Verdict
+	Reason  Reason
+	// Member is the frontend the frame went to (VerdictForward, VerdictLocal).
+	Member uint32
+	// Reply is the frame to send for VerdictARPReply (without a virtio header). It points into
+	// the engine's per-worker scratch buffer and is valid until the next call.
+	Reply []byte
+	// NewFlow reports that the frame started a flow (it was scheduled).
+	NewFlow bool
+	// TableFull reports a new flow forwarded without a table entry because the table is at its
+	// configured limit.
+	TableFull bool
+	// Conflict reports an ARP frame from another MAC claiming one of our VIPs while we are active.
+	Conflict bool
+}
