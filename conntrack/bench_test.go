@@ -1,0 +1,131 @@
+package conntrack
+
+import (
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+)
+
+// benchKey maps i one-to-one onto a key spread over many clients and ports.
+func benchKey(i uint32) Key {
+	return Key{Src: 0x0a000000 | i>>6, Dst: 0xc6336401, SPort: 1024 + uint16(i&63)*997, DPort: 443, Proto: ProtoTCP}
+}
+
+func filled(b *testing.B, n int) (*Table, []Key) {
+	b.Helper()
+	tb := New(Config{MaxEntries: 2 * n})
+	keys := make([]Key, n)
+	for i := range keys {
+		keys[i] = benchKey(uint32(i))
+		if err := tb.Insert(keys[i], uint32(i%16), FlagSYN, t0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Look flows up in random order so the benchmark pays the cache misses
+	// a real mix of flows causes.
+	r := rand.New(rand.NewPCG(3, 4))
+	r.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	return tb, keys
+}
+
+// BenchmarkTouch1M measures the hot-path lookup with 1 M flows; it also
+// reports the median of individually timed lookups (p50-ns, which includes
+// the ~20 ns cost of reading the clock twice).
+func BenchmarkTouch1M(b *testing.B) {
+	const n = 1 << 20
+	tb, keys := filled(b, n)
+	now := t0
+	i := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		// 100 ns between frames: about 10 M frames per second.
+		now += 100
+		if _, ok := tb.Touch(keys[i&(n-1)], FlagACK, now); !ok {
+			b.Fatal("miss")
+		}
+		i++
+	}
+	b.StopTimer()
+	lat := make([]int64, 100000)
+	for j := range lat {
+		now += 100
+		k := keys[(i+j)&(n-1)]
+		start := time.Now()
+		tb.Touch(k, FlagACK, now)
+		lat[j] = int64(time.Since(start))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2]), "p50-ns")
+	b.ReportMetric(float64(lat[len(lat)*99/100]), "p99-ns")
+}
+
+// BenchmarkTouch1MParallel is BenchmarkTouch1M from GOMAXPROCS goroutines,
+// as several fast-path receive queues would call it.
+func BenchmarkTouch1MParallel(b *testing.B) {
+	const n = 1 << 20
+	tb, keys := filled(b, n)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := rand.IntN(n)
+		now := t0
+		for pb.Next() {
+			now += 100
+			tb.Touch(keys[i&(n-1)], FlagACK, now)
+			i++
+		}
+	})
+}
+
+// BenchmarkInsert measures recording new flows with persistence on, starting
+// a fresh table every 2 M flows.
+func BenchmarkInsert(b *testing.B) {
+	const batch = 1 << 21
+	tb := New(Config{MaxEntries: batch, Persistence: 15 * time.Second})
+	now := t0
+	i := uint32(0)
+	b.ReportAllocs()
+	for b.Loop() {
+		if i == batch {
+			b.StopTimer()
+			tb, i = New(Config{MaxEntries: batch, Persistence: 15 * time.Second}), 0
+			b.StartTimer()
+		}
+		now += 100
+		if err := tb.Insert(benchKey(i), i%16, FlagSYN, now); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// BenchmarkMemoryPerEntry10M reports the heap a table of 10 M flows uses per
+// flow (bytes/entry). It needs about 1 GB and several seconds, so -short
+// skips it.
+func BenchmarkMemoryPerEntry10M(b *testing.B) {
+	if testing.Short() {
+		b.Skip("skipped with -short: inserts 10 M flows")
+	}
+	const n = 10_000_000
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		tb := New(Config{MaxEntries: n})
+		for i := uint32(0); i < n; i++ {
+			if err := tb.Insert(benchKey(i), i%16, FlagSYN, t0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if f, _ := tb.Len(); f != n {
+			b.Fatalf("Len = %d", f)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/entry")
+		runtime.KeepAlive(tb)
+	}
+}

@@ -1,0 +1,149 @@
+package testbed
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/packet"
+)
+
+// DialTCP connects from laddr to raddr with a socket created inside the
+// host's namespace. An invalid laddr address lets the kernel choose; a zero
+// port picks an ephemeral port from the namespace's ip_local_port_range.
+func (h *Host) DialTCP(laddr, raddr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := h.Do(func() error {
+		d := net.Dialer{Timeout: timeout}
+		if laddr.Addr().IsValid() {
+			d.LocalAddr = net.TCPAddrFromAddrPort(laddr)
+		}
+		var err error
+		c, err = d.Dial("tcp4", raddr.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("testbed: %s: dial %v->%v: %w", h.Name, laddr, raddr, timeoutErr(err))
+	}
+	return c, nil
+}
+
+func (h *Host) dial(laddr netip.Addr, raddr netip.AddrPort) (net.Conn, error) {
+	var la netip.AddrPort
+	if laddr.IsValid() {
+		la = netip.AddrPortFrom(laddr, 0)
+	}
+	return h.DialTCP(la, raddr, h.bed.opts.Timeout)
+}
+
+// ListenTCP listens on addr inside the host's namespace.
+func (h *Host) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
+	var ln *net.TCPListener
+	err := h.Do(func() error {
+		var err error
+		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("testbed: %s: listen tcp %v: %w", h.Name, addr, err)
+	}
+	return ln, nil
+}
+
+// ListenUDP binds a UDP socket to addr inside the host's namespace.
+func (h *Host) ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
+	var uc *net.UDPConn
+	err := h.Do(func() error {
+		var err error
+		uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("testbed: %s: listen udp %v: %w", h.Name, addr, err)
+	}
+	return uc, nil
+}
+
+// RawConn opens an AF_PACKET raw socket on the host's interface for
+// injecting arbitrary Ethernet frames with WriteTo(frame,
+// &packet.Addr{HardwareAddr: dst}). It is bound to protocol 0, so it
+// receives nothing (packet(7)) and a flood does not fill its buffer with
+// copies of its own frames. Close closes it if the caller has not.
+func (h *Host) RawConn() (*packet.Conn, error) {
+	var c *packet.Conn
+	err := h.Do(func() error {
+		ifi, err := net.InterfaceByName(h.Ifname)
+		if err != nil {
+			return err
+		}
+		c, err = packet.Listen(ifi, packet.Raw, 0, nil)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("testbed: %s: raw socket on %s: %w", h.Name, h.Ifname, err)
+	}
+	if err := h.bed.onClose(func() { c.Close() }); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// arpRetry is how often ARPResolve repeats its request; RFC 1122 section
+// 2.3.2.1 asks for no more than one request per second per address in
+// normal operation, but on a private test switch a faster retry keeps a
+// lost frame from costing the whole timeout.
+const arpRetry = 250 * time.Millisecond
+
+// ARPResolve asks for ip's MAC with ARP requests sent from the host's
+// interface (using its first IPv4 address as sender), independently of the
+// kernel's neighbour cache. It fails with ErrTimeout when nobody answers
+// within Options.ARPTimeout.
+func (h *Host) ARPResolve(ip netip.Addr) (net.HardwareAddr, error) {
+	var mac net.HardwareAddr
+	err := h.Do(func() error {
+		ifi, err := net.InterfaceByName(h.Ifname)
+		if err != nil {
+			return err
+		}
+		c, err := arp.Dial(ifi)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		deadline := time.Now().Add(h.bed.opts.ARPTimeout)
+		for time.Now().Before(deadline) {
+			if err := c.Request(ip); err != nil {
+				return err
+			}
+			wait := time.Now().Add(arpRetry)
+			if wait.After(deadline) {
+				wait = deadline
+			}
+			if err := c.SetReadDeadline(wait); err != nil {
+				return err
+			}
+			for {
+				p, _, err := c.Read()
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					break
+				}
+				if err != nil {
+					return err
+				}
+				if p.Operation == arp.OperationReply && p.SenderIP == ip {
+					mac = p.SenderHardwareAddr
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("%w: no ARP reply for %v within %v", ErrTimeout, ip, h.bed.opts.ARPTimeout)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("testbed: %s: ARP %v: %w", h.Name, ip, err)
+	}
+	return mac, nil
+}
