@@ -387,9 +387,9 @@ func TestVnetGSOSend(t *testing.T) {
 		t.Fatalf("20000-byte frame with a zero virtio_net_hdr: %v, want EMSGSIZE", err)
 	}
 	vh := make([]byte, VnetHdrLen)
-	vh[0] = 1 // VIRTIO_NET_HDR_F_NEEDS_CSUM
-	vh[1] = 1 // VIRTIO_NET_HDR_GSO_TCPV4
-	ne := binary.NativeEndian // legacy virtio headers are in host order
+	vh[0] = 1                  // VIRTIO_NET_HDR_F_NEEDS_CSUM
+	vh[1] = 1                  // VIRTIO_NET_HDR_GSO_TCPV4
+	ne := binary.NativeEndian  // legacy virtio headers are in host order
 	ne.PutUint16(vh[2:], 54)   // hdr_len
 	ne.PutUint16(vh[4:], 1448) // gso_size
 	ne.PutUint16(vh[6:], 34)   // csum_start: the TCP header

@@ -88,9 +88,9 @@ func (ns *testNS) run(t testing.TB, fn func() error) error {
 
 // vethEnv is a namespace with lo up and a veth pair va <-> vb, both up.
 type vethEnv struct {
-	ns     *testNS
-	a, b   net.Interface
-	lo     net.Interface
+	ns   *testNS
+	a, b net.Interface
+	lo   net.Interface
 }
 
 func newVethEnv(t testing.TB) *vethEnv {

@@ -93,6 +93,14 @@ func (s *Socket) blockReady() bool {
 // long-lived func value (not a fresh closure) so the call does not allocate.
 // It returns ErrClosed once Close has been called.
 func (s *Socket) Receive(fn func(f *Frame)) (int, error) {
+	return s.ReceiveBlocks(fn, nil)
+}
+
+// ReceiveBlocks is Receive with a second callback, done, called after the frames of each ring
+// block (or each frame without a ring) have been passed to fn and before that block is handed
+// back to the kernel. Frames stay valid until then, so a caller can queue them in fn and send
+// the whole block with one SendBatch in done. done may be nil; like fn it must be long-lived.
+func (s *Socket) ReceiveBlocks(fn func(f *Frame), done func()) (int, error) {
 	s.rxMu.Lock()
 	defer s.rxMu.Unlock()
 	if s.closed.Load() {
@@ -102,7 +110,11 @@ func (s *Socket) Receive(fn func(f *Frame)) (int, error) {
 		return 0, ErrNotReceiving
 	}
 	if s.ring == nil {
-		return s.plain.receive(s, fn)
+		n, err := s.plain.receive(s, fn)
+		if done != nil && n > 0 {
+			done()
+		}
+		return n, err
 	}
 	if !s.blockReady() {
 		if err := s.rc.Read(s.waitFn); err != nil {
@@ -115,6 +127,9 @@ func (s *Socket) Receive(fn func(f *Frame)) (int, error) {
 	for i := 0; i < s.blockCount && s.blockReady(); i++ {
 		off := s.cur * s.blockSize
 		n += walkBlock(s.ring[off:off+s.blockSize:off+s.blockSize], s.vnet, &s.frame, fn)
+		if done != nil {
+			done()
+		}
 		// Release: the store must follow every read of the block; Go's
 		// atomics are sequentially consistent, which is at least the
 		// smp_wmb-then-store packet_mmap.rst asks of user space.

@@ -58,9 +58,9 @@ func (s *Socket) writeOne(fd uintptr) bool {
 // (one per 64 frames) and returns how many were sent. Each frame follows the
 // rules of Send. It does not allocate; the caller should reuse its slice.
 func (s *Socket) SendBatch(frames [][]byte) (int, error) {
-	min := s.minFrame()
+	minLen := s.minFrame()
 	for _, f := range frames {
-		if len(f) < min {
+		if len(f) < minLen {
 			return 0, ErrShortFrame
 		}
 	}

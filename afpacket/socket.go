@@ -96,7 +96,7 @@ func (r RingConfig) IsZero() bool { return r == RingConfig{} }
 // 1 MiB blocks: a V3 block must hold the largest frame whole, and GRO/TSO
 // frames reach 64 KiB plus headers, so a block holds sixteen of those or
 // ~650 MTU-sized frames and one block hand-over amortises the wake-up.
-// 64 blocks (64 MiB): ~45 000 MTU frames of buffer, about 30 ms at 1.5 Mpps,
+// 64 blocks (64 MiB): ~41 000 MTU frames of buffer, about 28 ms at 1.5 Mpps,
 // enough to ride out a scheduling hiccup without drops.
 // 2048-byte frame hint: an MTU frame with its tpacket3_hdr and sockaddr_ll.
 // 1 ms retire timeout: the smallest the kernel accepts (tp_retire_blk_tov is
@@ -343,7 +343,8 @@ func (s *Socket) Stats() (Stats, error) {
 }
 
 // Close closes the socket, waking a blocked Receive; the ring is unmapped
-// only once Receive has returned. Calling Close again returns nil.
+// only once Receive has returned, so Close must not be called from inside
+// a Receive callback. Calling Close again returns nil.
 func (s *Socket) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil

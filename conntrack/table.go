@@ -113,19 +113,15 @@ type Config struct {
 // bytes with no padding holes.
 type flowKey struct{ a, b uint64 }
 
-// flowVal is the 8-byte value of a flow.
-type flowVal struct {
-	exp    uint32 // expiry tick
-	member uint16
-	state  State
-	flags  uint8
-}
-
 // tmplVal is the value of a persistence template.
 type tmplVal struct {
 	exp    uint32 // expiry tick once no flow holds the template
 	member uint16
-	flows  uint32 // live flows holding a reference
+	// gone marks a template whose member was removed while flows of other
+	// members still hold it: it no longer steers new flows, but it stays
+	// until they end so every reference count stays exact.
+	gone  bool
+	flows uint32 // live flows holding a reference
 }
 
 type shard struct {
@@ -133,7 +129,7 @@ type shard struct {
 	// now is the latest time seen under mu; operations without a "now"
 	// argument (Delete, SetMember, RemoveMember, Range) use it.
 	now   int64
-	flows map[flowKey]flowVal
+	flows flowTab
 	tmpls map[uint64]tmplVal
 	// Pad to a cache line so neighbouring shards' locks do not share one.
 	_ [64 - 32]byte
@@ -176,7 +172,6 @@ func New(cfg Config) *Table {
 		t.timeout[s] = int64(d)
 	}
 	for i := range t.shards {
-		t.shards[i].flows = make(map[flowKey]flowVal)
 		t.shards[i].tmpls = make(map[uint64]tmplVal)
 	}
 	return t
@@ -203,11 +198,14 @@ func (f flowKey) unpack() Key {
 // ports and protocols (IPVS -p without a netmask or port).
 func (f flowKey) tmplKey() uint64 { return f.a }
 
-func (t *Table) flowShard(f flowKey) *shard {
+// flowShard returns f's shard and the hash bits its slot index comes from
+// (the high half, independent of the low bits that chose the shard).
+func (t *Table) flowShard(f flowKey) (*shard, uint32) {
 	var buf [16]byte
 	binary.LittleEndian.PutUint64(buf[:8], f.a)
 	binary.LittleEndian.PutUint64(buf[8:], f.b)
-	return &t.shards[xxhash.Sum64(buf[:])&t.mask]
+	h := xxhash.Sum64(buf[:])
+	return &t.shards[h&t.mask], uint32(h >> 32)
 }
 
 func (t *Table) tmplShard(tk uint64) *shard {
@@ -243,7 +241,7 @@ func tickTime(exp uint32, ref int64) int64 {
 
 // flowEnd is when a flow removed at now ended: its expiry if that already
 // passed, otherwise now.
-func flowEnd(v flowVal, now int64) int64 {
+func flowEnd(v *slot, now int64) int64 {
 	if expired(v.exp, now) {
 		return tickTime(v.exp, now)
 	}
@@ -262,22 +260,24 @@ func (s *shard) advance(now int64) {
 // Touch does not allocate.
 func (t *Table) Touch(k Key, tcpFlags uint8, now int64) (member uint32, ok bool) {
 	f := k.pack()
-	s := t.flowShard(f)
+	s, h := t.flowShard(f)
 	s.mu.Lock()
 	s.advance(now)
-	v, ok := s.flows[f]
-	if !ok || expired(v.exp, now) {
+	i := s.flows.find(f.a, f.b, h)
+	if i < 0 {
 		s.mu.Unlock()
 		return 0, false
 	}
-	st := nextState(v.state, tcpFlags)
-	exp := expiryTick(now, t.timeout[st])
-	if st != v.state || exp != v.exp {
-		v.state, v.exp = st, exp
-		s.flows[f] = v
+	v := &s.flows.slots[i]
+	if expired(v.exp, now) {
+		s.mu.Unlock()
+		return 0, false
 	}
+	v.state = nextState(v.state, tcpFlags)
+	v.exp = expiryTick(now, t.timeout[v.state])
+	member = uint32(v.member)
 	s.mu.Unlock()
-	return uint32(v.member), true
+	return member, true
 }
 
 // Insert records a new flow k forwarded to member, whose first frame carries
@@ -298,30 +298,37 @@ func (t *Table) Insert(k Key, member uint32, tcpFlags uint8, now int64) error {
 		return ErrFull
 	}
 	f := k.pack()
-	v := flowVal{member: uint16(member), state: firstState(k.Proto, tcpFlags)}
-	v.exp = expiryTick(now, t.timeout[v.state])
+	state := firstState(k.Proto, tcpFlags)
+	flags := uint8(flagUsed)
 	// Take the template reference before the flow is visible, so a
 	// concurrent Delete of the flow can never release it first.
 	if t.persist > 0 && t.acquireTemplate(f.tmplKey(), member, now) {
-		v.flags |= flagTemplate
+		flags |= flagTemplate
 	}
-	s := t.flowShard(f)
+	s, h := t.flowShard(f)
 	s.mu.Lock()
 	s.advance(now)
-	old, exists := s.flows[f]
-	if exists && !expired(old.exp, now) {
-		s.mu.Unlock()
-		t.nflows.Add(-1)
-		if v.flags&flagTemplate != 0 {
-			t.releaseTemplate(f.tmplKey(), now)
+	var old slot
+	exists := false
+	var v *slot
+	if i := s.flows.find(f.a, f.b, h); i >= 0 {
+		v = &s.flows.slots[i]
+		if !expired(v.exp, now) {
+			s.mu.Unlock()
+			t.nflows.Add(-1)
+			if flags&flagTemplate != 0 {
+				t.releaseTemplate(f.tmplKey(), now)
+			}
+			return ErrExists
 		}
-		return ErrExists
-	}
-	s.flows[f] = v
-	t.active[member].Add(1)
-	if exists {
+		old, exists = *v, true
 		t.active[old.member].Add(-1)
+	} else {
+		v = s.flows.add(f.a, f.b, h)
 	}
+	v.member, v.state, v.flags = uint16(member), state, flags
+	v.exp = expiryTick(now, t.timeout[state])
+	t.active[member].Add(1)
 	s.mu.Unlock()
 	if exists {
 		t.nflows.Add(-1)
@@ -354,6 +361,7 @@ func (t *Table) acquireTemplate(tk uint64, member uint32, now int64) bool {
 	// Template first, and it only picks another member when the template's
 	// one can no longer take flows (IPVS then drops the old template too).
 	v.member = uint16(member)
+	v.gone = false
 	v.flows++
 	v.exp = laterTick(v.exp, exp)
 	s.tmpls[tk] = v
@@ -384,7 +392,7 @@ func (t *Table) Template(client, vip uint32, now int64) (member uint32, ok bool)
 	s.advance(now)
 	v, ok := s.tmpls[tk]
 	s.mu.Unlock()
-	if !ok || (v.flows == 0 && expired(v.exp, now)) {
+	if !ok || v.gone || (v.flows == 0 && expired(v.exp, now)) {
 		return 0, false
 	}
 	return uint32(v.member), true
@@ -397,18 +405,18 @@ func (t *Table) SetMember(k Key, member uint32) bool {
 		return false
 	}
 	f := k.pack()
-	s := t.flowShard(f)
+	s, h := t.flowShard(f)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v, ok := s.flows[f]
-	if !ok {
+	i := s.flows.find(f.a, f.b, h)
+	if i < 0 {
 		return false
 	}
+	v := &s.flows.slots[i]
 	if uint32(v.member) != member {
 		t.active[v.member].Add(-1)
 		t.active[member].Add(1)
 		v.member = uint16(member)
-		s.flows[f] = v
 	}
 	return true
 }
@@ -418,16 +426,17 @@ func (t *Table) SetMember(k Key, member uint32) bool {
 // shard has seen.
 func (t *Table) Delete(k Key) bool {
 	f := k.pack()
-	s := t.flowShard(f)
+	s, h := t.flowShard(f)
 	s.mu.Lock()
-	v, ok := s.flows[f]
-	if !ok {
+	i := s.flows.find(f.a, f.b, h)
+	if i < 0 {
 		s.mu.Unlock()
 		return false
 	}
-	delete(s.flows, f)
+	v := s.flows.slots[i]
+	s.flows.removeAt(i)
 	t.active[v.member].Add(-1)
-	end := flowEnd(v, s.now)
+	end := flowEnd(&v, s.now)
 	s.mu.Unlock()
 	t.nflows.Add(-1)
 	if v.flags&flagTemplate != 0 {
@@ -454,17 +463,20 @@ func (t *Table) Expire(now int64) (flows, templates int) {
 		n := 0
 		s.mu.Lock()
 		s.advance(now)
-		for f, v := range s.flows {
-			if !expired(v.exp, now) {
+		for i := 0; i < len(s.flows.slots); {
+			v := &s.flows.slots[i]
+			if v.flags&flagUsed == 0 || !expired(v.exp, now) {
+				i++
 				continue
 			}
-			delete(s.flows, f)
 			t.active[v.member].Add(-1)
 			n++
 			if v.flags&flagTemplate != 0 {
-				rel = append(rel, release{f.tmplKey(), tickTime(v.exp, now)})
+				rel = append(rel, release{v.a, tickTime(v.exp, now)})
 			}
+			s.flows.removeAt(i) // slot i may now hold another flow: look again
 		}
+		s.flows.shrink()
 		s.mu.Unlock()
 		// Free capacity shard by shard so Insert can use it at once.
 		t.nflows.Add(-int64(n))
@@ -513,17 +525,20 @@ func (t *Table) RemoveMember(member uint32) int {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		for f, v := range s.flows {
-			if v.member != m {
+		for i := 0; i < len(s.flows.slots); {
+			v := &s.flows.slots[i]
+			if v.flags&flagUsed == 0 || v.member != m {
+				i++
 				continue
 			}
-			delete(s.flows, f)
 			t.active[m].Add(-1)
 			removed++
 			if v.flags&flagTemplate != 0 {
-				rel = append(rel, release{f.tmplKey(), flowEnd(v, s.now)})
+				rel = append(rel, release{v.a, flowEnd(v, s.now)})
 			}
+			s.flows.removeAt(i) // slot i may now hold another flow: look again
 		}
+		s.flows.shrink()
 		s.mu.Unlock()
 		for _, r := range rel {
 			t.releaseTemplate(r.tk, r.end)
@@ -532,43 +547,27 @@ func (t *Table) RemoveMember(member uint32) int {
 	}
 	t.nflows.Add(-int64(removed))
 
-	// A template of member may still be held by flows of other members
-	// (Insert re-pointed it). Those flows must forget their reference, or
-	// they would later release a newer template of the same client.
-	var orphaned map[uint64]struct{}
 	templates := 0
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for tk, v := range s.tmpls {
-			if v.member != m {
+			if v.member != m || v.gone {
+				continue
+			}
+			if v.flows > 0 {
+				// Still held by flows of other members (Insert re-pointed
+				// it to m after they were scheduled); see tmplVal.gone.
+				v.gone = true
+				s.tmpls[tk] = v
 				continue
 			}
 			delete(s.tmpls, tk)
 			templates++
-			if v.flows > 0 {
-				if orphaned == nil {
-					orphaned = make(map[uint64]struct{})
-				}
-				orphaned[tk] = struct{}{}
-			}
 		}
 		s.mu.Unlock()
 	}
 	t.ntmpls.Add(-int64(templates))
-	if orphaned != nil {
-		for i := range t.shards {
-			s := &t.shards[i]
-			s.mu.Lock()
-			for f, v := range s.flows {
-				if _, hit := orphaned[f.tmplKey()]; hit && v.flags&flagTemplate != 0 {
-					v.flags &^= flagTemplate
-					s.flows[f] = v
-				}
-			}
-			s.mu.Unlock()
-		}
-	}
 	return removed
 }
 
@@ -601,9 +600,13 @@ func (t *Table) Range(fn func(k Key, e Entry) bool) {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		for f, v := range s.flows {
+		for i := range s.flows.slots {
+			v := &s.flows.slots[i]
+			if v.flags&flagUsed == 0 {
+				continue
+			}
 			e := Entry{Member: uint32(v.member), State: v.state, Expires: tickTime(v.exp, s.now)}
-			if !fn(f.unpack(), e) {
+			if !fn(flowKey{v.a, v.b}.unpack(), e) {
 				s.mu.Unlock()
 				return
 			}

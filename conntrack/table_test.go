@@ -66,12 +66,24 @@ func checkInvariants(t testing.TB, tb *Table) {
 	for i := range tb.shards {
 		s := &tb.shards[i]
 		s.mu.Lock()
-		for f, v := range s.flows {
+		used := 0
+		for i := range s.flows.slots {
+			v := &s.flows.slots[i]
+			if v.flags&flagUsed == 0 {
+				continue
+			}
+			used++
 			n++
 			perMember[v.member]++
 			if v.flags&flagTemplate != 0 {
-				held[f.tmplKey()]++
+				held[flowKey{v.a, v.b}.tmplKey()]++
 			}
+			if s.flows.find(v.a, v.b, v.hash) != i {
+				t.Fatalf("flow %x/%x at slot %d unreachable from its home", v.a, v.b, i)
+			}
+		}
+		if used != s.flows.n {
+			t.Fatalf("shard %d counts %d flows, holds %d", i, s.flows.n, used)
 		}
 		s.mu.Unlock()
 	}

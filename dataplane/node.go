@@ -176,7 +176,6 @@ func (n *Node) Run(ctx context.Context) error {
 	errc := make(chan error, n.cfg.Workers)
 	for i := 0; i < n.cfg.Workers; i++ {
 		w := &worker{eng: eng, rx: socks[i], lo: loSock, c: n.counters[i], node: n}
-		w.handleFn = w.handle
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -339,51 +338,110 @@ func (n *Node) resolveLoop(ctx context.Context) {
 	}
 }
 
-// worker is one fast-path goroutine: one receive socket, one frame at a time.
+// maxBatch bounds the frames a worker queues before sending them with one sendmmsg(2).
+const maxBatch = 64
+
+// worker is one fast-path goroutine: one receive socket, one frame at a time. Frames to send are
+// queued while a ring block is walked and sent with one sendmmsg per block and destination
+// socket, before the block goes back to the kernel (the queued slices point into the ring).
 type worker struct {
 	eng      *Engine
 	rx, lo   *afpacket.Socket
 	c        *Counters
 	node     *Node
 	handleFn func(*afpacket.Frame)
+	flushFn  func()
+	out, loq batch
 	scratch  [afpacket.VnetHdrLen + 128]byte
 }
 
+// batch is a queue of frames for one socket and the results to count once they are sent.
+type batch struct {
+	frames [][]byte
+	res    []Result
+	lens   []int
+}
+
 func (w *worker) run() error {
+	w.handleFn, w.flushFn = w.handle, w.flush
+	w.out = batch{frames: make([][]byte, 0, maxBatch), res: make([]Result, 0, maxBatch), lens: make([]int, 0, maxBatch)}
+	w.loq = batch{frames: make([][]byte, 0, maxBatch), res: make([]Result, 0, maxBatch), lens: make([]int, 0, maxBatch)}
 	for {
-		if _, err := w.rx.Receive(w.handleFn); err != nil {
+		if _, err := w.rx.ReceiveBlocks(w.handleFn, w.flushFn); err != nil {
 			return err
 		}
 	}
 }
 
-// handle processes one frame: decide, count, send.
+// handle processes one frame: decide, count, queue.
 func (w *worker) handle(f *afpacket.Frame) {
 	if f.PktType == unix.PACKET_OUTGOING {
 		return
 	}
 	res := w.eng.Process(f.Data, f.VLANValid, w.scratch[afpacket.VnetHdrLen:])
-	var err error
 	switch res.Verdict {
 	case VerdictIgnored:
 		if res.Conflict {
 			w.c.Record(&res, len(f.Data))
 			w.node.logConflict(f.Data)
 		}
-		return
 	case VerdictForward:
-		err = w.rx.Send(f.SendBuf())
+		w.queue(&w.out, w.rx, f, res)
 	case VerdictLocal:
-		err = w.lo.Send(f.SendBuf())
+		w.queue(&w.loq, w.lo, f, res)
 	case VerdictARPReply:
 		clear(w.scratch[:afpacket.VnetHdrLen])
-		err = w.rx.Send(w.scratch[:afpacket.VnetHdrLen+len(res.Reply)])
+		if err := w.rx.Send(w.scratch[:afpacket.VnetHdrLen+len(res.Reply)]); err != nil {
+			w.c.Drop(ReasonTxError)
+			return
+		}
+		w.c.Record(&res, len(f.Data))
+	default:
+		w.c.Record(&res, len(f.Data))
 	}
-	if err != nil {
-		w.c.Drop(ReasonTxError)
+}
+
+func (w *worker) queue(b *batch, s *afpacket.Socket, f *afpacket.Frame, res Result) {
+	b.frames = append(b.frames, f.SendBuf())
+	b.res = append(b.res, res)
+	b.lens = append(b.lens, len(f.Data))
+	if len(b.frames) == maxBatch {
+		w.send(b, s)
+	}
+}
+
+// flush sends what the block queued; called before the block is handed back to the kernel.
+func (w *worker) flush() {
+	w.send(&w.out, w.rx)
+	w.send(&w.loq, w.lo)
+}
+
+func (w *worker) send(b *batch, s *afpacket.Socket) {
+	if len(b.frames) == 0 {
 		return
 	}
-	w.c.Record(&res, len(f.Data))
+	sent, err := s.SendBatch(b.frames)
+	if err != nil {
+		// One frame the kernel refuses (EMSGSIZE, say) must not take the rest of the batch
+		// with it: send the remainder one by one.
+		for i := sent; i < len(b.frames); i++ {
+			if i > sent {
+				if s.Send(b.frames[i]) == nil {
+					continue
+				}
+			}
+			b.res[i].Verdict, b.res[i].Reason = VerdictDrop, ReasonTxError
+		}
+	}
+	for i := range b.res {
+		if b.res[i].Verdict == VerdictDrop {
+			w.c.Drop(ReasonTxError)
+			continue
+		}
+		w.c.Record(&b.res[i], b.lens[i])
+	}
+	clear(b.frames) // do not keep pointers into the ring
+	b.frames, b.res, b.lens = b.frames[:0], b.res[:0], b.lens[:0]
 }
 
 func (n *Node) logConflict(b []byte) {

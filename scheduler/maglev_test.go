@@ -59,7 +59,7 @@ func TestMaglevWeightShares(t *testing.T) {
 			}
 			counts := slotCounts(tab)
 			M := float64(len(tab))
-			maxRel, maxSlots := 0.0, 0.0
+			maxRel, maxSlots, maxUse := 0.0, 0.0, 0.0
 			for _, m := range ms {
 				want := float64(m.Weight) / W
 				got := float64(counts[m.ID]) / M
@@ -71,9 +71,13 @@ func TestMaglevWeightShares(t *testing.T) {
 				}
 				maxRel = max(maxRel, diff/want)
 				maxSlots = max(maxSlots, diff*M)
+				maxUse = max(maxUse, diff/(0.01*want+1/M))
 			}
-			t.Logf("weights %d..%d: max relative share error %.4f%%, max absolute error %.2f slots",
-				tc.wlo, tc.whi, 100*maxRel, maxSlots)
+			// The relative error alone is large for members whose exact
+			// share is a fraction of a slot (weights 1..1000), hence also
+			// the worst fraction of the allowed tolerance used.
+			t.Logf("weights %d..%d: max relative share error %.4f%%, max absolute error %.2f slots, worst %.0f%% of tolerance",
+				tc.wlo, tc.whi, 100*maxRel, maxSlots, 100*maxUse)
 		})
 	}
 }
@@ -271,6 +275,22 @@ func TestMaglevPermutation(t *testing.T) {
 	}
 }
 
+func TestMaglevStableAcrossVersions(t *testing.T) {
+	// Balancers of one group may run different l2lb builds and must still
+	// agree on every flow, so the table for a given member set is part of
+	// the wire contract. This pins it; if it changes (new hash seeds, a new
+	// turn order), mixed-version groups would split flows.
+	ms := []Member{
+		{ID: 1, Key: "192.0.2.1", Weight: 1},
+		{ID: 2, Key: "192.0.2.2", Weight: 2},
+		{ID: 3, Key: "192.0.2.3", Weight: 1},
+	}
+	want := []uint32{2, 2, 1, 3, 1, 2, 2, 2, 3, 2, 3, 2, 1}
+	if got := mustMaglev(t, ms, 13).Table(); !slices.Equal(got, want) {
+		t.Fatalf("table = %v, want %v", got, want)
+	}
+}
+
 func TestMaglevQuiescentAndEmpty(t *testing.T) {
 	ms := []Member{
 		{ID: 1, Key: "192.0.2.1", Weight: 3},
@@ -350,13 +370,13 @@ func TestNewMaglevErrors(t *testing.T) {
 }
 
 // FuzzMaglev builds tables for arbitrary member sets: it must never panic,
-// every slot must belong to a member of weight above zero, and the table
-// must be full whenever such a member exists.
+// every slot must belong to a member of weight above zero, the table must be
+// full whenever such a member exists, and member order must not matter.
 func FuzzMaglev(f *testing.F) {
 	f.Add([]byte{1, 2, 3, 4, 5, 6}, uint8(0))
 	f.Add([]byte{0, 0, 0, 0}, uint8(3))
 	f.Add([]byte{255, 255, 255, 255, 255, 255, 255, 255, 1, 0, 0, 0}, uint8(7))
-	primes := []int{2, 3, 5, 7, 13, 97, 251, 1009, 4099}
+	primes := []int{2, 3, 5, 7, 13, 97, 251, 1009}
 	f.Fuzz(func(t *testing.T, data []byte, sz uint8) {
 		m := primes[int(sz)%len(primes)]
 		// Each 3 bytes make one member: a key byte, and a weight from two
@@ -396,6 +416,10 @@ func FuzzMaglev(f *testing.F) {
 		}
 		if _, ok := mg.Pick(uint64(len(data))); ok != anyWeighted {
 			t.Fatalf("Pick ok = %v, want %v", ok, anyWeighted)
+		}
+		slices.Reverse(ms)
+		if rev := mustMaglev(t, ms, m).Table(); !slices.Equal(rev, tab) {
+			t.Fatal("reversed member order built a different table")
 		}
 	})
 }

@@ -20,8 +20,8 @@ import (
 
 // Member is one frontend that can receive flows.
 type Member struct {
-	// ID is the caller's small index for the frontend; it must be below
-	// MaxMemberID+1 and is what Pick returns.
+	// ID is the caller's small index for the frontend, at most
+	// MaxMemberID; it is what Pick returns.
 	ID uint32
 	// Key is a stable name for the frontend (its real IPv4 address as text).
 	// Maglev hashes it, so two balancers given the same members build the

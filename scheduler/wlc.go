@@ -5,8 +5,10 @@ import "math/bits"
 // WLC is weighted least-connection: a new flow goes to the member with the
 // lowest (active+1)/weight, where active is the member's count of live flows.
 // The +1 counts the flow being placed, so with no flows anywhere the heaviest
-// member is chosen first rather than simply the first in the list. Ties go to
-// the member earliest in Key order, so the choice is deterministic.
+// member is chosen first rather than simply the first in the list. (Kernel
+// ip_vs_wlc.c compares overhead/weight without the +1, which ip_vs_sed.c adds;
+// the two differ only while members are nearly idle.) Ties go to the member
+// earliest in Key order, so the choice is deterministic.
 //
 // Like IPVS, which also scans every destination per new connection, Pick
 // costs one call of active per weighted member.

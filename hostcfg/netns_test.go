@@ -1,0 +1,336 @@
+package hostcfg
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// skipOrFail skips when a prerequisite is missing, except under CI=true where
+// the test must not silently pass.
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true and prerequisite missing: "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// newTestNetns creates a named network namespace with a unique name and
+// removes it when the test ends. The creating thread is thrown away (its
+// goroutine exits while locked), so no thread of the test process other than
+// the ones inNS uses ever leaves the original namespace.
+func newTestNetns(t *testing.T) netns.NsHandle {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFail(t, "needs root to create a network namespace")
+	}
+	name := fmt.Sprintf("l2lb-hostcfg-%d-%08x", os.Getpid(), rand.Uint32())
+	type result struct {
+		ns  netns.NsHandle
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
+		ns, err := netns.NewNamed(name)
+		ch <- result{ns, err}
+	}()
+	r := <-ch
+	t.Cleanup(func() {
+		if r.err == nil {
+			r.ns.Close()
+		}
+		if err := netns.DeleteNamed(name); err != nil && r.err == nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+		os.Remove(filepath.Join("/var/run/netns", name)) // in case NewNamed failed half-way
+	})
+	if r.err != nil {
+		skipOrFail(t, "cannot create network namespace: %v", r.err)
+	}
+	return r.ns
+}
+
+// inNS runs fn on a fresh OS thread that has joined ns, after checking that it
+// really is in ns, and throws the thread away afterwards.
+func inNS(ns netns.NsHandle, fn func() error) error {
+	ch := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
+		if err := netns.Set(ns); err != nil {
+			ch <- fmt.Errorf("setns: %w", err)
+			return
+		}
+		cur, err := netns.Get()
+		if err != nil {
+			ch <- err
+			return
+		}
+		same := cur.Equal(ns)
+		cur.Close()
+		if !same {
+			ch <- errors.New("thread is not in the test namespace")
+			return
+		}
+		ch <- fn()
+	}()
+	return <-ch
+}
+
+func hasPrefix(list []netip.Prefix, s string) bool {
+	return slices.Contains(list, netip.MustParsePrefix(s))
+}
+
+// hostState is what the test must leave untouched in the original namespace.
+type hostState struct {
+	lo   []netip.Prefix
+	vals map[string]string
+}
+
+var watchedKeys = []string{
+	"net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce", "net.ipv4.conf.all.rp_filter",
+	"net.ipv4.conf.lo.arp_ignore", "net.ipv4.conf.lo.arp_announce", "net.ipv4.conf.lo.rp_filter",
+	portRangeKey,
+}
+
+func readHost(t *testing.T) hostState {
+	t.Helper()
+	lo, err := NetlinkAddrs().List("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(lo, func(a, b netip.Prefix) int { return strings.Compare(a.String(), b.String()) })
+	st := hostState{lo: lo, vals: map[string]string{}}
+	for _, k := range watchedKeys {
+		v, err := ProcSysctl().Get(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.vals[k] = v
+	}
+	return st
+}
+
+// TestInNetns checks VIPsUp/VIPsDown/VIPsList, DryRun, ProcSysctl and Doctor
+// against the real kernel inside a fresh network namespace, and that the
+// host namespace is untouched.
+func TestInNetns(t *testing.T) {
+	ns := newTestNetns(t)
+	host := readHost(t)
+	t.Cleanup(func() {
+		after := readHost(t)
+		if !slices.Equal(after.lo, host.lo) {
+			t.Errorf("host lo addresses changed: %v -> %v", host.lo, after.lo)
+		}
+		for k, v := range host.vals {
+			if after.vals[k] != v {
+				t.Errorf("host sysctl %s changed: %q -> %q", k, v, after.vals[k])
+			}
+		}
+	})
+
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	m := NetlinkAddrsAt(h)
+
+	t.Run("addresses", func(t *testing.T) {
+		list, err := m.List("lo")
+		if err != nil || !hasPrefix(list, "127.0.0.1/8") {
+			t.Fatalf("List(lo) = %v, %v; want 127.0.0.1/8 in it", list, err)
+		}
+		other := netip.MustParsePrefix("198.51.100.9/32")
+		if err := m.Add("lo", other); err != nil {
+			t.Fatal(err)
+		}
+		// The kernel refuses duplicates and deleting what is not there, which
+		// is what the fake of the unit tests mimics.
+		if err := m.Add("lo", other); !errors.Is(err, syscall.EEXIST) {
+			t.Fatalf("second Add = %v, want EEXIST", err)
+		}
+		if err := m.Del("lo", netip.MustParsePrefix("198.51.100.10/32")); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			t.Fatalf("Del of a missing address = %v, want EADDRNOTAVAIL", err)
+		}
+		if _, err := m.List("nosuchdev0"); err == nil {
+			t.Fatal("List of a missing device succeeded")
+		}
+
+		vips := ips("192.0.2.200", "192.0.2.201")
+		present, missing, err := VIPsList(m, vips)
+		if err != nil || len(present) != 0 || !slices.Equal(missing, vips) {
+			t.Fatalf("VIPsList before = %v, %v, %v", present, missing, err)
+		}
+		got, err := VIPsUp(m, vips)
+		if err != nil || !slices.Equal(got, changes("add", "192.0.2.200", "add", "192.0.2.201")) {
+			t.Fatalf("VIPsUp = %v, %v", got, err)
+		}
+		got, err = VIPsUp(m, vips)
+		if err != nil || !slices.Equal(got, changes("keep", "192.0.2.200", "keep", "192.0.2.201")) {
+			t.Fatalf("second VIPsUp = %v, %v", got, err)
+		}
+		present, missing, err = VIPsList(m, vips)
+		if err != nil || !slices.Equal(present, vips) || len(missing) != 0 {
+			t.Fatalf("VIPsList after = %v, %v, %v", present, missing, err)
+		}
+
+		// NetlinkAddrs follows the calling thread's namespace.
+		err = inNS(ns, func() error {
+			l, err := NetlinkAddrs().List("lo")
+			if err != nil {
+				return err
+			}
+			if !hasPrefix(l, "192.0.2.200/32") || !hasPrefix(l, "198.51.100.9/32") {
+				return fmt.Errorf("in-namespace List(lo) = %v", l)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l, err := NetlinkAddrs().List("lo"); err != nil || hasPrefix(l, "192.0.2.200/32") {
+			t.Fatalf("host List(lo) = %v, %v: VIP leaked into the host namespace", l, err)
+		}
+
+		// Dry run reads the real state and changes nothing.
+		var logged []string
+		got, err = VIPsUp(DryRun(m, func(s string) { logged = append(logged, s) }), ips("192.0.2.200", "192.0.2.202"))
+		if err != nil || !slices.Equal(got, changes("keep", "192.0.2.200", "add", "192.0.2.202")) ||
+			!slices.Equal(logged, []string{"would add 192.0.2.202/32 to lo"}) {
+			t.Fatalf("dry VIPsUp = %v, %v, log %q", got, err, logged)
+		}
+
+		got, err = VIPsDown(m, ips("192.0.2.200", "192.0.2.201", "192.0.2.202"))
+		if err != nil || !slices.Equal(got, changes("del", "192.0.2.200", "del", "192.0.2.201", "absent", "192.0.2.202")) {
+			t.Fatalf("VIPsDown = %v, %v", got, err)
+		}
+		list, err = m.List("lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hasPrefix(list, "192.0.2.200/32") || hasPrefix(list, "192.0.2.201/32") || hasPrefix(list, "192.0.2.202/32") ||
+			!hasPrefix(list, "198.51.100.9/32") || !hasPrefix(list, "127.0.0.1/8") {
+			t.Fatalf("lo after VIPsDown = %v; want only the VIPs gone", list)
+		}
+	})
+
+	t.Run("sysctl", func(t *testing.T) {
+		sys := ProcSysctl()
+		// A new namespace has only its own devices under conf: proof that the
+		// thread, not the process, selects the namespace.
+		var nsConf []string
+		err := inNS(ns, func() error {
+			ents, err := os.ReadDir("/proc/sys/net/ipv4/conf")
+			for _, e := range ents {
+				nsConf = append(nsConf, e.Name())
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(nsConf, []string{"all", "default", "lo"}) {
+			t.Fatalf("conf entries in the namespace = %v, want [all default lo]", nsConf)
+		}
+
+		key := "net.ipv4.conf.all.arp_ignore"
+		want := "1"
+		if host.vals[key] == "1" {
+			want = "2"
+		}
+		var inside string
+		err = inNS(ns, func() error {
+			if err := sys.Set(key, want); err != nil {
+				return err
+			}
+			if err := sys.Set(portRangeKey, "50000 54000"); err != nil {
+				return err
+			}
+			var err error
+			inside, err = sys.Get(key)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inside != want {
+			t.Fatalf("in-namespace %s = %q after setting %q", key, inside, want)
+		}
+		if v, err := sys.Get(key); err != nil || v != host.vals[key] {
+			t.Fatalf("host %s = %q, %v; want unchanged %q", key, v, err, host.vals[key])
+		}
+
+		// An open file keeps the namespace it was opened in: read from a host
+		// thread, a file opened inside still shows the namespace's value.
+		var f *os.File
+		err = inNS(ns, func() error {
+			var err error
+			f, err = os.Open("/proc/sys/net/ipv4/ip_local_port_range")
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(f)
+		f.Close()
+		if err != nil || strings.Join(strings.Fields(string(b)), " ") != "50000 54000" {
+			t.Fatalf("file opened in the namespace reads %q, %v", b, err)
+		}
+		if v, err := sys.Get(portRangeKey); err != nil || v != host.vals[portRangeKey] {
+			t.Fatalf("host %s = %q, %v; want unchanged %q", portRangeKey, v, err, host.vals[portRangeKey])
+		}
+	})
+
+	t.Run("doctor", func(t *testing.T) {
+		in := DoctorInput{Iface: "lo", VIPs: ips("192.0.2.210", "192.0.2.211"), OtherPortRanges: []PortRange{{55000, 59000}}}
+		var before, after []Finding
+		var applyErr error
+		err := inNS(ns, func() error {
+			// Strict rp_filter on lo, as on hosts that ship with it, must be found and fixed.
+			if err := ProcSysctl().Set("net.ipv4.conf.lo.rp_filter", "1"); err != nil {
+				return err
+			}
+			before = Doctor(ProcSysctl(), NetlinkAddrs(), in)
+			applyErr = Apply(before)
+			after = Doctor(ProcSysctl(), NetlinkAddrs(), in)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp := byKey(t, before, CheckRPFilter, "net.ipv4.conf.lo.rp_filter")
+		if rp.OK || rp.Fix != "sysctl -w net.ipv4.conf.lo.rp_filter=2" {
+			t.Fatalf("rp_filter finding %+v", rp)
+		}
+		if n := len(failed(before)); n < 3 { // rp_filter lo plus both missing VIPs at least
+			t.Fatalf("only %d failures before Apply: %v", n, before)
+		}
+		if applyErr != nil {
+			t.Fatalf("Apply: %v", applyErr)
+		}
+		if bad := failed(after); len(bad) != 0 {
+			t.Fatalf("failures after Apply: %v", bad)
+		}
+	})
+}
