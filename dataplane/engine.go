@@ -220,14 +220,14 @@ func (e *Engine) MemberID(addr netip.Addr) (uint32, bool) {
 
 // MemberStatus is a member's state as the fast path sees it.
 type MemberStatus struct {
-	ID       uint32
-	Addr     netip.Addr
-	MAC      net.HardwareAddr
-	Weight   uint32
-	Local    bool
-	Ready    bool // may receive new flows
-	Flows    int64
-	Ports    PortRange
+	ID     uint32
+	Addr   netip.Addr
+	MAC    net.HardwareAddr
+	Weight uint32
+	Local  bool
+	Ready  bool // may receive new flows
+	Flows  int64
+	Ports  PortRange
 }
 
 // Members returns the configured members with their state.

@@ -54,14 +54,14 @@ type NodeConfig struct {
 // Node runs an Engine on real sockets: AF_PACKET receive/transmit on the interface, transmit on
 // lo for local delivery, ARP announcements and frontend MAC resolution.
 type Node struct {
-	cfg      NodeConfig
-	ifi      *net.Interface
-	lo       *net.Interface
-	log      *slog.Logger
-	counters []*Counters
-	announce chan struct{}
-	mu       sync.Mutex
-	socks    []*afpacket.Socket
+	cfg         NodeConfig
+	ifi         *net.Interface
+	lo          *net.Interface
+	log         *slog.Logger
+	counters    []*Counters
+	announce    chan struct{}
+	mu          sync.Mutex
+	socks       []*afpacket.Socket
 	conflictLog time.Time
 }
 

@@ -55,8 +55,8 @@ type Packet struct {
 	ICMPError bool
 	// InnerProto, InnerSrc, InnerDst, InnerSPort and InnerDPort describe the datagram an ICMP error
 	// is about (RFC 792: its IP header and first 8 bytes are quoted).
-	InnerProto           uint8
-	InnerSrc, InnerDst   uint32
+	InnerProto             uint8
+	InnerSrc, InnerDst     uint32
 	InnerSPort, InnerDPort uint16
 }
 

@@ -139,7 +139,7 @@ type Change struct {
 func (c Change) String() string { return c.Action + " " + c.Addr.String() }
 
 // hostPrefix returns a as the /32 alias the seed's scripts configure.
-func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 31).Masked() }
+func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
 
 // checkVIPs validates every VIP before anything is touched and returns them
 // unmapped and without repeats, in input order.

@@ -260,17 +260,17 @@ func run(o runOptions, log *slog.Logger) error {
 
 // statsSnapshot is the JSON written by --stats-file.
 type statsSnapshot struct {
-	Time     time.Time         `json:"time"`
-	Active   bool              `json:"active"`
-	Verdicts map[string]uint64 `json:"verdicts"`
-	Drops    map[string]uint64 `json:"drops"`
-	NewFlows uint64            `json:"new_flows"`
-	TableFull uint64           `json:"table_full"`
-	ARPConflicts uint64        `json:"arp_conflicts"`
-	ARPAnnounced uint64        `json:"arp_announced"`
-	Flows     int              `json:"flows"`
-	Templates int              `json:"templates"`
-	Members  []memberSnapshot  `json:"members"`
+	Time         time.Time         `json:"time"`
+	Active       bool              `json:"active"`
+	Verdicts     map[string]uint64 `json:"verdicts"`
+	Drops        map[string]uint64 `json:"drops"`
+	NewFlows     uint64            `json:"new_flows"`
+	TableFull    uint64            `json:"table_full"`
+	ARPConflicts uint64            `json:"arp_conflicts"`
+	ARPAnnounced uint64            `json:"arp_announced"`
+	Flows        int               `json:"flows"`
+	Templates    int               `json:"templates"`
+	Members      []memberSnapshot  `json:"members"`
 }
 
 type memberSnapshot struct {
