@@ -20,6 +20,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -163,6 +165,8 @@ type stats struct {
 	Members  []struct {
 		Addr    string `json:"addr"`
 		MAC     string `json:"mac"`
+		Local   bool   `json:"local"` // f1 itself: delivered locally, so no MAC to learn
+		Ready   bool   `json:"ready"`
 		Flows   int64  `json:"flows"`
 		Packets uint64 `json:"packets"`
 	} `json:"members"`
@@ -271,13 +275,14 @@ func startBalancer(t *testing.T, extra ...string) *balancer {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("l2lb did not log msg=ready within 10 s\nlog:\n%s", b.logText())
 	}
-	// The stats file must appear and list every member with a resolved MAC.
+	// The stats file must appear and list every member as usable: a
+	// resolved MAC, or local (f1 itself), or explicitly ready.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		s, err := b.readStats()
 		resolved := 0
 		for _, m := range s.Members {
-			if m.MAC != "" {
+			if m.MAC != "" || m.Local || m.Ready {
 				resolved++
 			}
 		}
@@ -285,7 +290,7 @@ func startBalancer(t *testing.T, extra ...string) *balancer {
 			break
 		}
 		if time.Now().After(deadline) || !b.running() {
-			t.Fatalf("stats file %s never listed %d members with MACs (last: %+v, err %v)\nlog:\n%s",
+			t.Fatalf("stats file %s never listed %d usable members (last: %+v, err %v)\nlog:\n%s",
 				b.statsPath, len(bed.Frontends), s, err, b.logText())
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -469,28 +474,58 @@ func TestWeightedSpreadExactlyOnce(t *testing.T) {
 			}
 
 			// Case 3: exactly one SYN-ACK per connection, from the MAC of
-			// the frontend that answered, and no RST at all.
+			// the frontend that answered, and no RST at all. A 4-tuple may
+			// be reused by a later connection (the server closes first, so
+			// the client keeps no TIME-WAIT), so connections are matched to
+			// the capture's handshakes per flow.
+			type key struct {
+				client string
+				flow   testbed.Flow
+			}
+			byFlow := map[key][]string{}
+			for _, c := range conns {
+				k := key{c.src.h.Name, testbed.Flow{Local: c.local, Remote: netip.AddrPortFrom(vip(), tcpPort)}}
+				byFlow[k] = append(byFlow[k], c.name)
+			}
 			perFrontend := map[string]int{}
 			var bad []string
-			for _, c := range conns {
-				fs := capStats[c.src.h.Name].Flows[testbed.Flow{Local: c.local, Remote: netip.AddrPortFrom(vip(), tcpPort)}]
-				answered := bed.Host(c.name)
-				switch {
-				case fs == nil:
-					bad = append(bad, fmt.Sprintf("%v (answered by %s): not seen by the capture", c.local, c.name))
-				case fs.SYNACKs != 1:
-					bad = append(bad, fmt.Sprintf("%v (answered by %s): %d SYN-ACKs from %v", c.local, c.name, fs.SYNACKs, fs.SYNACKMACs))
-				case answered != nil && fs.SYNACKMACs[0].String() != answered.MAC.String():
-					bad = append(bad, fmt.Sprintf("%v: SYN-ACK from %v but %s (%v) answered", c.local, fs.SYNACKMACs[0], c.name, answered.MAC))
-				default:
-					perFrontend[c.name]++
+			for k, names := range byFlow {
+				hss := capStats[k.client].HandshakesOf(k.flow)
+				var macOwners []string
+				ok := len(hss) == len(names)
+				for _, hs := range hss {
+					if hs.SYNACKs != 1 {
+						ok = false
+					}
+					for _, m := range hs.SYNACKMACs {
+						owner := "unknown MAC " + m.String()
+						if h := bed.HostByMAC(m); h != nil {
+							owner = h.Name
+						}
+						macOwners = append(macOwners, owner)
+					}
+				}
+				sort.Strings(names)
+				sort.Strings(macOwners)
+				if !ok || !slices.Equal(names, macOwners) {
+					var desc []string
+					for _, hs := range hss {
+						desc = append(desc, fmt.Sprintf("%d SYN, %d SYN-ACK from %v", hs.SYNs, hs.SYNACKs, hs.SYNACKMACs))
+					}
+					bad = append(bad, fmt.Sprintf("%s %v: %d connection(s) answered by %v; handshakes seen: %v",
+						k.client, k.flow.Local, len(names), names, desc))
+					continue
+				}
+				for _, n := range names {
+					perFrontend[n]++
 				}
 			}
 			if len(bad) > 0 {
+				sort.Strings(bad)
 				if len(bad) > 10 {
 					bad = append(bad[:10], fmt.Sprintf("... and %d more", len(bad)-10))
 				}
-				t.Errorf("connections not answered exactly once:\n%s", strings.Join(bad, "\n"))
+				t.Errorf("connections not answered by exactly one SYN-ACK from the answering frontend:\n%s", strings.Join(bad, "\n"))
 			}
 			for name, st := range capStats {
 				for fl, fs := range st.Flows {

@@ -245,17 +245,23 @@ func ParseLine(line string) (Command, error) {
 
 // argCount describes the argument count rule of spec for an error message.
 func argCount(spec VerbSpec) string {
-	unit := "arguments"
+	one, many := "argument", "arguments"
 	if spec.Args == ArgAddr {
-		unit = "addresses"
+		one, many = "address", "addresses"
+	}
+	unit := func(n int) string {
+		if n == 1 {
+			return one
+		}
+		return many
 	}
 	switch {
 	case spec.MaxArgs == NoLimit:
-		return fmt.Sprintf("at least %d %s", spec.MinArgs, unit)
+		return fmt.Sprintf("at least %d %s", spec.MinArgs, unit(spec.MinArgs))
 	case spec.MinArgs == spec.MaxArgs:
-		return fmt.Sprintf("%d %s", spec.MinArgs, unit)
+		return fmt.Sprintf("%d %s", spec.MinArgs, unit(spec.MinArgs))
 	default:
-		return fmt.Sprintf("%d to %d %s", spec.MinArgs, spec.MaxArgs, unit)
+		return fmt.Sprintf("%d to %d %s", spec.MinArgs, spec.MaxArgs, unit(spec.MaxArgs))
 	}
 }
 

@@ -132,7 +132,7 @@ func Doctor(sys Sysctl, addrs AddrManager, in DoctorInput) []Finding {
 	devs := []string{"all", in.Iface}
 	out = append(out, sysctlChecks(sys, CheckARPIgnore, devs, atLeast(1), "1")...)
 	out = append(out, sysctlChecks(sys, CheckARPAnnounce, devs, oneOf(2), "2")...)
-	out = append(out, sysctlChecks(sys, CheckRPFilter, []string{"all", LoopbackIface, in.Iface}, oneOf(0, 1, 2), "2")...)
+	out = append(out, sysctlChecks(sys, CheckRPFilter, []string{"all", LoopbackIface, in.Iface}, oneOf(0, 2), "2")...)
 	out = append(out, vipChecks(addrs, in.VIPs)...)
 	out = append(out, portRangeCheck(sys, in.OtherPortRanges))
 	return out

@@ -44,6 +44,27 @@ type FlowStats struct {
 	RSTsSent, RSTsReceived int
 }
 
+// Handshake identifies one connection attempt: a flow and the initial
+// sequence number of the host's SYN. A 4-tuple can be reused by a later
+// connection (the client side of a connection the server closed first holds
+// no TIME-WAIT state, RFC 793 section 3.5), but each attempt has its own
+// ISN; a retransmitted SYN repeats it.
+type Handshake struct {
+	Flow Flow
+	ISN  uint32
+}
+
+// HandshakeStats counts the segments of one handshake.
+type HandshakeStats struct {
+	// SYNs counts the SYNs sent with this ISN (more than one means the
+	// SYN was retransmitted).
+	SYNs int
+	// SYNACKs counts SYN+ACKs received acknowledging ISN+1.
+	SYNACKs int
+	// SYNACKMACs holds the Ethernet source of each of those SYN+ACKs.
+	SYNACKMACs []net.HardwareAddr
+}
+
 // ARPReply is one ARP reply seen on the wire.
 type ARPReply struct {
 	// IP is the sender protocol address: the address being answered for.
@@ -60,6 +81,9 @@ type ARPReply struct {
 type CaptureStats struct {
 	// Flows maps each TCP flow seen to its counters.
 	Flows map[Flow]*FlowStats
+	// Handshakes maps each connection attempt the host started (its SYN
+	// was seen, or a SYN+ACK for it) to its counters.
+	Handshakes map[Handshake]*HandshakeStats
 	// ARPReplies lists every ARP reply seen, in order.
 	ARPReplies []ARPReply
 	// Frames is the number of frames read.
@@ -113,7 +137,7 @@ func (h *Host) Capture(ifname string) (*Capture, error) {
 		h:     h,
 		local: map[netip.Addr]bool{},
 		done:  make(chan struct{}),
-		stats: CaptureStats{Flows: map[Flow]*FlowStats{}},
+		stats: CaptureStats{Flows: map[Flow]*FlowStats{}, Handshakes: map[Handshake]*HandshakeStats{}},
 	}
 	err := h.Do(func() error {
 		addrs, err := net.InterfaceAddrs()
@@ -238,9 +262,15 @@ func (c *Capture) record(frame []byte, eth *layers.Ethernet, ip *layers.IPv4, tc
 		switch {
 		case tcp.SYN && !tcp.ACK && sent:
 			fs.SYNsSent++
+			c.handshake(Handshake{fl, tcp.Seq}).SYNs++
 		case tcp.SYN && tcp.ACK && !sent:
+			mac := append(net.HardwareAddr(nil), eth.SrcMAC...)
 			fs.SYNACKs++
-			fs.SYNACKMACs = append(fs.SYNACKMACs, append(net.HardwareAddr(nil), eth.SrcMAC...))
+			fs.SYNACKMACs = append(fs.SYNACKMACs, mac)
+			// The SYN+ACK acknowledges ISN+1 (RFC 793 section 3.4).
+			hs := c.handshake(Handshake{fl, tcp.Ack - 1})
+			hs.SYNACKs++
+			hs.SYNACKMACs = append(hs.SYNACKMACs, mac)
 		}
 		if tcp.RST {
 			if sent {
@@ -250,6 +280,26 @@ func (c *Capture) record(frame []byte, eth *layers.Ethernet, ip *layers.IPv4, tc
 			}
 		}
 	}
+}
+
+func (c *Capture) handshake(k Handshake) *HandshakeStats {
+	hs := c.stats.Handshakes[k]
+	if hs == nil {
+		hs = &HandshakeStats{}
+		c.stats.Handshakes[k] = hs
+	}
+	return hs
+}
+
+// HandshakesOf returns the handshakes seen on flow f.
+func (s CaptureStats) HandshakesOf(f Flow) []*HandshakeStats {
+	var out []*HandshakeStats
+	for k, hs := range s.Handshakes {
+		if k.Flow == f {
+			out = append(out, hs)
+		}
+	}
+	return out
 }
 
 // Stop ends the capture after reading what is still queued, and returns

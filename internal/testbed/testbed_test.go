@@ -438,12 +438,17 @@ func TestBed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Two attempts on the same 4-tuple with different ISNs must be
+		// told apart as two handshakes.
 		rawSrc := netip.AddrPortFrom(c1.Extra[0], 40123)
-		if _, err := raw.WriteTo(synFrame(t, c1.MAC, f1.MAC, rawSrc, netip.AddrPortFrom(f1.Addr, tcpPort)), &packet.Addr{HardwareAddr: f1.MAC}); err != nil {
-			t.Fatal(err)
+		for _, isn := range []uint32{1000, 900000} {
+			if _, err := raw.WriteTo(synFrame(t, c1.MAC, f1.MAC, rawSrc, netip.AddrPortFrom(f1.Addr, tcpPort), isn), &packet.Addr{HardwareAddr: f1.MAC}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 		raw.Close()
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 		st := capt.Stop()
 		if err := capt.Err(); err != nil {
 			t.Errorf("capture error: %v", err)
@@ -456,12 +461,25 @@ func TestBed(t *testing.T) {
 			len(fs.SYNACKMACs) != 1 || fs.SYNACKMACs[0].String() != f2.MAC.String() {
 			t.Errorf("flow %v->f2: %+v, want 1 SYN, 1 SYN-ACK from %v, no RST (all flows: %v)", local, fs, f2.MAC, st.Flows)
 		}
-		rs := st.Flows[Flow{Local: rawSrc, Remote: netip.AddrPortFrom(f1.Addr, tcpPort)}]
-		if rs == nil || rs.SYNsSent != 1 || rs.SYNACKs != 1 || rs.RSTsSent != 1 || rs.SYNACKMACs[0].String() != f1.MAC.String() {
-			t.Errorf("injected flow %v->f1: %+v, want 1 SYN, 1 SYN-ACK from %v, 1 RST sent", rawSrc, rs, f1.MAC)
+		if hs := st.HandshakesOf(Flow{Local: local, Remote: netip.AddrPortFrom(f2.Addr, tcpPort)}); len(hs) != 1 || hs[0].SYNs != 1 || hs[0].SYNACKs != 1 {
+			t.Errorf("handshakes of %v->f2: %v, want one with 1 SYN and 1 SYN-ACK", local, hs)
 		}
-		if st.RSTs() != 1 {
-			t.Errorf("RSTs() = %d, want 1", st.RSTs())
+		rawFlow := Flow{Local: rawSrc, Remote: netip.AddrPortFrom(f1.Addr, tcpPort)}
+		rs := st.Flows[rawFlow]
+		if rs == nil || rs.SYNsSent != 2 || rs.SYNACKs != 2 || rs.RSTsSent != 2 || rs.SYNACKMACs[0].String() != f1.MAC.String() {
+			t.Errorf("injected flow %v->f1: %+v, want 2 SYNs, 2 SYN-ACKs from %v, 2 RSTs sent", rawSrc, rs, f1.MAC)
+		}
+		for _, isn := range []uint32{1000, 900000} {
+			hs := st.Handshakes[Handshake{rawFlow, isn}]
+			if hs == nil || hs.SYNs != 1 || hs.SYNACKs != 1 || hs.SYNACKMACs[0].String() != f1.MAC.String() {
+				t.Errorf("injected handshake ISN %d: %+v, want 1 SYN and 1 SYN-ACK from f1", isn, hs)
+			}
+		}
+		if n := len(st.HandshakesOf(rawFlow)); n != 2 {
+			t.Errorf("injected flow has %d handshakes, want 2", n)
+		}
+		if st.RSTs() != 2 {
+			t.Errorf("RSTs() = %d, want 2", st.RSTs())
 		}
 		replies := st.ARPRepliesFor(f2.Addr)
 		if len(replies) == 0 || replies[0].MAC.String() != f2.MAC.String() || replies[0].EthSrc.String() != f2.MAC.String() {
@@ -543,12 +561,12 @@ func maps2equal(a, b map[string]string) bool {
 }
 
 // synFrame builds an Ethernet/IPv4/TCP SYN.
-func synFrame(t *testing.T, src, dst net.HardwareAddr, from, to netip.AddrPort) []byte {
+func synFrame(t *testing.T, src, dst net.HardwareAddr, from, to netip.AddrPort, isn uint32) []byte {
 	t.Helper()
 	eth := &layers.Ethernet{SrcMAC: src, DstMAC: dst, EthernetType: layers.EthernetTypeIPv4}
 	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP,
 		SrcIP: from.Addr().AsSlice(), DstIP: to.Addr().AsSlice()}
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(from.Port()), DstPort: layers.TCPPort(to.Port()), SYN: true, Seq: 1000, Window: 64240}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(from.Port()), DstPort: layers.TCPPort(to.Port()), SYN: true, Seq: isn, Window: 64240}
 	if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
 		t.Fatal(err)
 	}
