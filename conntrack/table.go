@@ -8,19 +8,12 @@
 //
 // # Layout and why
 //
-// Entries live in Shards independent shards, each a mutex and two Go maps
-// (flows and persistence templates); the shard is picked by xxhash of the
-// key. Go 1.26 maps are Swiss tables: an 8-slot group with one control byte
-// per slot, a load factor of at most 7/8 and growth in 1024-slot tables, so a
-// lookup costs the hash, one control word and one slot. An entry is a 16-byte
-// packed key and an 8-byte value (expiry as a 32-bit coarse tick, member,
-// state, flags), a 24-byte slot. BenchmarkTouch1M and
-// BenchmarkMemoryPerEntry10M measure this layout against the targets (median
-// lookup <= 150 ns at 1 M flows, <= 100 bytes per flow at 10 M); it meets
-// them, so a hand-written open-addressing table, which would need its own
-// deletion tombstones and resizing, buys nothing worth its risk. Touch writes
-// the value back only when the state or the expiry tick changes, so a busy
-// flow mostly costs a single map read.
+// Entries live in Shards independent shards, each a mutex, an open-addressing
+// flow table of 32-byte slots (see flowTab for why not a Go map) and a Go map
+// of persistence templates, which are only consulted when a flow misses. The
+// shard is picked by the low bits of the key's xxhash, the slot by its high
+// bits. Touch updates the slot in place, so a hit costs one hash, one lock and
+// usually one cache line.
 //
 // # Time
 //
@@ -59,9 +52,9 @@ var (
 )
 
 const (
-	// tickShift sets the expiry granularity: 2^24 ns. A coarse tick lets a
-	// 32-bit expiry cover years and lets Touch skip the map write for a flow
-	// that is busier than one frame per tick.
+	// tickShift sets the expiry granularity: 2^24 ns. IPVS timeouts are
+	// whole seconds, so a coarse tick costs nothing and lets a 32-bit expiry
+	// cover years, keeping a slot at 32 bytes.
 	tickShift = 24
 	tickNs    = int64(1) << tickShift
 
