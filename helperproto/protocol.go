@@ -3,8 +3,8 @@
 // handshake, QUIT, ERROR answers, "* " information lines, and the
 // load-balancer vocabulary (ACTIVE, STANDBY, STATUS).
 //
-// The contract is /work/shared/cgp-helper-protocol.md (in the repository
-// history: ../shared/cgp-helper-protocol.md). Part 1 of it, the framing, is
+// The contract is the project's cgp-helper-protocol.md (kept with the shared
+// design notes, outside the repository). Part 1 of it, the framing, is
 // CGP's documented behaviour for every helper. Part 2, the load-balancer words,
 // is l2lb's own definition because CGP's documentation of them is not
 // available; all of Part 2 lives in the Vocabulary table so that it can be

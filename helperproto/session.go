@@ -231,6 +231,9 @@ func (s *Session) read(out chan<- inputLine) {
 		for errors.Is(err, bufio.ErrBufferFull) {
 			b, err = br.ReadSlice('\n')
 			in.skipped += len(b)
+			if err == nil {
+				in.skipped-- // the "\n" is the terminator, not part of the line
+			}
 		}
 		if err != nil {
 			if len(in.text) > 0 {
@@ -277,6 +280,10 @@ func (s *Session) handle(in inputLine) (quit bool, err error) {
 	h := s.cfg.Handler
 	switch cmd.Kind {
 	case KindIntf:
+		if len(cmd.Args) != 1 {
+			// Only if Vocabulary's INTF row is edited to allow another count.
+			return false, s.answer(cmd.Seq, "ERROR INTF needs one version number")
+		}
 		return false, s.answer(cmd.Seq, s.intf(cmd.Args[0]))
 	case KindQuit:
 		return true, s.answer(cmd.Seq, "OK")
