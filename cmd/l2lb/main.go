@@ -15,6 +15,8 @@ const usage = `l2lb — userspace layer-2 direct-server-return load balancer
 
 Usage:
   l2lb run    [flags]            run the active balancer with static members
+  l2lb helper [-p N] [-i IF] [-s N] [-t N] [-f FILE] [-r N] [-m] [--trace FILE]
+                                 CommuniGate Pro's External Load Balancer helper (stdin/stdout)
   l2lb vip    up|down|list [-f FILE]  put the VIPs of FILE on lo, remove them, or list them
   l2lb doctor [-i IF] [-f FILE] [--fix]  check the host settings a balancer node needs
   l2lb demo   [flags]            build a namespace testbed and run the balancer on it (root)
@@ -34,6 +36,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
+	case "helper":
+		return cmdHelper(rest, os.Stdin, stdout, stderr)
 	case "run":
 		return cmdRun(rest, stdout, stderr)
 	case "vip":
