@@ -89,7 +89,10 @@ func New(opt Options, host Host, info func(string, ...any), log *slog.Logger) *H
 	}
 	h := &Helper{opt: opt, host: host, info: info, log: log, role: "standby", since: time.Now()}
 	h.vips, h.vipErr = vipset.ParseFile(opt.VIPFile)
-	if h.vipErr == nil && h.vips.Len() == 0 {
+	if h.vipErr != nil {
+		// ErrNoVIPs covers an unreadable file too, so callers can test for one error.
+		h.vipErr = fmt.Errorf("%w: %w", ErrNoVIPs, h.vipErr)
+	} else if h.vips.Len() == 0 {
 		h.vipErr = fmt.Errorf("%w: %s lists none", ErrNoVIPs, opt.VIPFile)
 	}
 	return h

@@ -7,11 +7,13 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -50,6 +52,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
 	os.Exit(mainWithCleanup(m))
 }
 
@@ -83,7 +86,11 @@ func mainWithCleanup(m *testing.M) int {
 		}
 	}
 	if missing == "" {
-		bed, bedErr = testbed.New(testbed.Options{})
+		var opts testbed.Options
+		if testing.Verbose() {
+			opts.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...) }
+		}
+		bed, bedErr = testbed.New(opts)
 		if bedErr == nil {
 			defer bed.Close()
 			// Ctrl-C during `go test`: remove the namespaces (which also
@@ -93,6 +100,7 @@ func mainWithCleanup(m *testing.M) int {
 			go func() {
 				if _, ok := <-sig; ok {
 					bed.Close()
+					os.RemoveAll(dir)
 					os.Exit(130)
 				}
 			}()
@@ -316,6 +324,14 @@ func startBalancer(t *testing.T, extra ...string) *balancer {
 // stopBalancer sends SIGTERM and expects a clean exit that leaves f1's
 // interface as it found it.
 func stopBalancer(t *testing.T, b *balancer) {
+	// Connections closed by a test finish their FIN/ACK exchange through
+	// the balancer; stopping it earlier leaves half-closed connections
+	// retransmitting into the next test.
+	if b.running() {
+		if err := waitClosed(append(slices.Clone(bed.Clients), bed.Frontends...)...); err != nil {
+			t.Logf("note: before stopping l2lb: %v", err)
+		}
+	}
 	if b.running() {
 		b.cmd.Process.Signal(syscall.SIGTERM)
 	}
@@ -338,7 +354,9 @@ func stopBalancer(t *testing.T, b *balancer) {
 		var links []struct {
 			Promiscuity int `json:"promiscuity"`
 		}
-		if json.Unmarshal(out, &links) == nil && len(links) == 1 && links[0].Promiscuity != 0 {
+		if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+			t.Errorf("parsing `ip -d -j link show eth0` in f1: %v: %s", err, out)
+		} else if links[0].Promiscuity != 0 {
 			t.Errorf("f1 eth0 promiscuity is %d after l2lb exited, want 0", links[0].Promiscuity)
 		}
 	}
@@ -415,6 +433,14 @@ func countNames(cs []conn) map[string]int {
 	return m
 }
 
+// spreadConns is the number of connections of the spreading test. The issue
+// asks for 600 within +-15 % of the weighted share; at 600 the binomial
+// noise alone breaks that bound about once in ten runs (f1's share at -r 50
+// is 120 with a standard deviation of 9.8 against a tolerance of 18), so
+// three times as many are made: the same bound then sits beyond 3 standard
+// deviations, and a real weighting error still fails it.
+const spreadConns = 1800
+
 // Cases 1 and 3: weighted spreading without persistence, and every
 // connection answered by exactly one SYN-ACK, with no reset anywhere.
 func TestWeightedSpreadExactlyOnce(t *testing.T) {
@@ -430,9 +456,8 @@ func TestWeightedSpreadExactlyOnce(t *testing.T) {
 				}
 				caps[c.Name] = cp
 			}
-			const total = 600
 			start := time.Now()
-			conns := askMany(t, total, sources())
+			conns := askMany(t, spreadConns, sources())
 			t.Logf("%d connections in %v", len(conns), time.Since(start).Round(time.Millisecond))
 			time.Sleep(300 * time.Millisecond) // let the last FIN/ACKs (or stray RSTs) arrive
 			capStats := map[string]testbed.CaptureStats{}
@@ -529,8 +554,15 @@ func TestWeightedSpreadExactlyOnce(t *testing.T) {
 			}
 			for name, st := range capStats {
 				for fl, fs := range st.Flows {
-					if fs.RSTsSent+fs.RSTsReceived != 0 {
+					if fs.RSTsSent+fs.RSTsReceived == 0 {
+						continue
+					}
+					if _, ours := byFlow[key{name, fl}]; ours {
 						t.Errorf("%s saw resets on %v -> %v: %d sent, %d received", name, fl.Local, fl.Remote, fs.RSTsSent, fs.RSTsReceived)
+					} else {
+						// Not a connection of this test (e.g. a late segment
+						// of an earlier test's); shown for diagnosis.
+						t.Logf("note: %s saw resets on unrelated flow %v -> %v", name, fl.Local, fl.Remote)
 					}
 				}
 			}
@@ -712,6 +744,39 @@ func TestOutgoingConnections(t *testing.T) {
 			t.Errorf("%s: ephemeral VIP:%d -> %v: %q, %v (range %v)", f.Name, lp, server, name, err, f.PortRange)
 		}
 	}
+	// c1 closes first, so each frontend sits in LAST-ACK until c1's final
+	// ACK, sent to the VIP, reaches it through the balancer.
+	if err := waitClosed(bed.Frontends[0], bed.Frontends[1]); err != nil {
+		t.Errorf("final ACKs of outgoing connections did not come through the balancer: %v", err)
+	}
+}
+
+// waitClosed waits up to 3 s until the hosts have no TCP connection that is
+// opening or closing (what remains are listeners, established connections
+// and TIME-WAIT).
+func waitClosed(hosts ...*testbed.Host) error {
+	if _, err := exec.LookPath("ss"); err != nil {
+		time.Sleep(time.Second) // no ss(8): give closings a moment instead
+		return nil
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for _, h := range hosts {
+		for {
+			out, err := h.Command("ss", "-H", "-tan", "state", "syn-sent", "state", "syn-recv", "state", "fin-wait-1",
+				"state", "fin-wait-2", "state", "last-ack", "state", "closing").Output()
+			if err != nil {
+				return fmt.Errorf("ss in %s: %w", h.Name, err)
+			}
+			if len(bytes.TrimSpace(out)) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s still has connections opening or closing after 3 s:\n%s", h.Name, out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // Case 7: a malformed flood to the balancer's MAC is counted and dropped,

@@ -159,10 +159,23 @@ func Sweep() error {
 	return errors.Join(errs...)
 }
 
+// processAlive reports whether pid runs. A zombie (killed, not yet reaped
+// by its parent) counts as dead: it holds no namespace and runs no code.
 func processAlive(pid int) bool {
-	err := unix.Kill(pid, 0)
 	// EPERM means it exists but belongs to someone else.
-	return err == nil || errors.Is(err, unix.EPERM)
+	if err := unix.Kill(pid, 0); err != nil && !errors.Is(err, unix.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return !errors.Is(err, fs.ErrNotExist)
+	}
+	// proc(5): "pid (comm) state ..."; comm may contain spaces and
+	// parentheses, so the state follows the last ')'.
+	if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) {
+		return stat[i+2] != 'Z'
+	}
+	return true
 }
 
 // killNamespaceProcs sends SIGKILL to every process whose network namespace

@@ -54,15 +54,21 @@ var (
 // ip_local_port_range slices of 50000-64999; fifteen keeps each slice at
 // least 1000 ports wide.
 const (
-	MaxClients   = 9
+	// MaxClients is the largest Options.Clients.
+	MaxClients = 9
+	// MaxFrontends is the largest Options.Frontends.
 	MaxFrontends = 15
 )
 
 // Default values used when an Options field is zero.
 const (
-	DefaultFrontends  = 3
-	DefaultClients    = 2
-	DefaultTimeout    = 5 * time.Second
+	// DefaultFrontends is the number of frontends, as in the seed's examples.
+	DefaultFrontends = 3
+	// DefaultClients is the number of clients.
+	DefaultClients = 2
+	// DefaultTimeout is the client helpers' idle timeout.
+	DefaultTimeout = 5 * time.Second
+	// DefaultARPTimeout is how long ARPResolve waits for an answer.
 	DefaultARPTimeout = time.Second
 )
 

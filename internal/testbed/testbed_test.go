@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
@@ -647,5 +648,66 @@ func TestSweep(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		orphan.Process.Kill()
 		t.Errorf("Sweep did not kill the process inside %s", deadNS)
+	}
+}
+
+func FuzzReadRequest(f *testing.F) {
+	for _, s := range []string{"NAME\n", "DOWNLOAD 10\n", "UPLOAD 0\n", "UPLOAD 1073741825\n", "NAME", "DOWNLOAD  -1\n", "\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		cmd, n, err := readRequest(bufio.NewReader(bytes.NewReader(in)))
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("error %v does not wrap ErrProtocol", err)
+			}
+			return
+		}
+		line, _, ok := bytes.Cut(in, []byte("\n"))
+		if !ok || len(line) > maxLine {
+			t.Fatalf("accepted %q without a newline within %d bytes", in, maxLine)
+		}
+		switch cmd {
+		case "NAME":
+			if n != 0 {
+				t.Fatalf("NAME with size %d", n)
+			}
+		case "DOWNLOAD", "UPLOAD":
+			if n < 0 || n > MaxTransfer {
+				t.Fatalf("%s size %d out of range", cmd, n)
+			}
+			if !bytes.Contains(line, []byte(cmd)) {
+				t.Fatalf("%q parsed as %s", line, cmd)
+			}
+		default:
+			t.Fatalf("unknown command %q accepted from %q", cmd, in)
+		}
+	})
+}
+
+func TestProcessAlive(t *testing.T) {
+	if !processAlive(os.Getpid()) {
+		t.Errorf("processAlive(self) = false")
+	}
+	// A child that has exited but is not yet reaped is a zombie: dead.
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("cannot start true: %v", err)
+	}
+	pid := cmd.Process.Pid
+	var st unix.Stat_t
+	deadline := time.Now().Add(5 * time.Second)
+	for processAlive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("exited child %d still counted alive", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if unix.Stat(fmt.Sprintf("/proc/%d", pid), &st) != nil {
+		t.Logf("child already gone before the zombie check")
+	}
+	cmd.Wait()
+	if processAlive(pid) {
+		t.Errorf("reaped child %d counted alive", pid)
 	}
 }
