@@ -378,6 +378,10 @@ func (w *worker) handle(f *afpacket.Frame) {
 	if f.PktType == unix.PACKET_OUTGOING {
 		return
 	}
+	if f.Truncated {
+		w.c.Drop(ReasonCaptureTruncated)
+		return
+	}
 	res := w.eng.Process(f.Data, f.VLANValid, w.scratch[afpacket.VnetHdrLen:])
 	switch res.Verdict {
 	case VerdictIgnored:

@@ -82,29 +82,33 @@ const (
 	ReasonTxError
 	// ReasonARPMalformed is an ARP frame that could not be parsed.
 	ReasonARPMalformed
+	// ReasonCaptureTruncated is a frame the kernel handed over cut short (larger than the ring's
+	// frame room); forwarding it would corrupt it.
+	ReasonCaptureTruncated
 	numReasons
 )
 
 var reasonNames = [...]string{
-	ReasonNone:            "none",
-	ReasonRunt:            "runt",
-	ReasonVLAN:            "vlan_tagged",
-	ReasonNotIPv4:         "not_ipv4",
-	ReasonIPTruncated:     "ip_truncated",
-	ReasonIPVersion:       "ip_version",
-	ReasonIPHeaderLen:     "ip_header_len",
-	ReasonIPTotalLen:      "ip_total_len",
-	ReasonIPChecksum:      "ip_checksum",
-	ReasonL4Truncated:     "l4_truncated",
-	ReasonTCPDataOffset:   "tcp_data_offset",
-	ReasonICMPInner:       "icmp_inner",
-	ReasonNotVIP:          "not_vip",
-	ReasonFragmentUnknown: "fragment_unknown",
-	ReasonNoMember:        "no_member",
-	ReasonInactive:        "inactive",
-	ReasonMemberGone:      "member_gone",
-	ReasonTxError:         "tx_error",
-	ReasonARPMalformed:    "arp_malformed",
+	ReasonNone:             "none",
+	ReasonRunt:             "runt",
+	ReasonVLAN:             "vlan_tagged",
+	ReasonNotIPv4:          "not_ipv4",
+	ReasonIPTruncated:      "ip_truncated",
+	ReasonIPVersion:        "ip_version",
+	ReasonIPHeaderLen:      "ip_header_len",
+	ReasonIPTotalLen:       "ip_total_len",
+	ReasonIPChecksum:       "ip_checksum",
+	ReasonL4Truncated:      "l4_truncated",
+	ReasonTCPDataOffset:    "tcp_data_offset",
+	ReasonICMPInner:        "icmp_inner",
+	ReasonNotVIP:           "not_vip",
+	ReasonFragmentUnknown:  "fragment_unknown",
+	ReasonNoMember:         "no_member",
+	ReasonInactive:         "inactive",
+	ReasonMemberGone:       "member_gone",
+	ReasonTxError:          "tx_error",
+	ReasonARPMalformed:     "arp_malformed",
+	ReasonCaptureTruncated: "capture_truncated",
 }
 
 // String returns the reason's metric name.
