@@ -1,0 +1,705 @@
+// Package cgp holds the acceptance tests of `l2lb helper`, CommuniGate Pro's
+// External Load Balancer helper: the test plays CGP, starting one helper per
+// frontend of a namespace testbed (internal/testbed) with pipes and talking
+// the protocol of cgp-helper-protocol.md to it, while a client watches ARP and
+// makes real connections to the VIP.
+package cgp
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/l2lb/l2lb/internal/testbed"
+)
+
+// l2lbBin is the binary built by TestMain; missing names an unavailable
+// prerequisite.
+var (
+	l2lbBin string
+	missing string
+)
+
+// tcpPort is where the frontends' name servers listen on the VIP.
+const tcpPort = 80
+
+// defaultVMAC is the virtual MAC of SyncID 0 (-s defaults to 0):
+// 02:6c:32:62:SS:SS, locally administered (IEEE 802, bit 1 of the first
+// octet). Every helper of the group answers with it, like VRRP.
+var defaultVMAC = net.HardwareAddr{0x02, 0x6c, 0x32, 0x62, 0x00, 0x00}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "l2lb-e2e-cgp-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/cgp:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	l2lbBin = filepath.Join(dir, "l2lb")
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/cgp: go env GOMOD:", err)
+		return 1
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		fmt.Fprintln(os.Stderr, "e2e/cgp: not inside a Go module")
+		return 1
+	}
+	build := exec.Command("go", "build", "-o", l2lbBin, "./cmd/l2lb")
+	build.Dir = filepath.Dir(gomod)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e/cgp: building ./cmd/l2lb with CGO_ENABLED=0 failed: %v\n%s", err, out)
+		return 1
+	}
+	switch {
+	case os.Geteuid() != 0:
+		missing = "root privileges"
+	default:
+		for _, tool := range []string{"ip", "tc"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				missing = "iproute2's " + tool + " command"
+			}
+		}
+	}
+	return m.Run()
+}
+
+// newBed fails (CI=true) or skips when namespaces cannot be built, and
+// otherwise returns a bed that is removed when the test ends.
+func newBed(t *testing.T, opts testbed.Options) *testbed.Bed {
+	t.Helper()
+	if missing != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but %s are unavailable: the helper acceptance tests need network namespaces", missing)
+		}
+		t.Skipf("needs %s to build the namespace testbed", missing)
+	}
+	opts.Logf = t.Logf
+	bed, err := testbed.New(opts)
+	if err != nil {
+		t.Fatalf("building the testbed: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Errorf("removing the testbed: %v", err)
+		}
+	})
+	return bed
+}
+
+// lockedBuffer collects a child's standard error.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// answer is one "<seq> <text>" line and when it was read.
+type answer struct {
+	text string
+	at   time.Time
+}
+
+// helper is one `l2lb helper` child, driven as CGP drives it.
+type helper struct {
+	t     *testing.T
+	name  string // the frontend's role name
+	host  *testbed.Host
+	trace string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	err   *lockedBuffer
+
+	readerDone chan struct{}
+	exited     chan struct{} // closed when the process has been reaped
+	waitErr    error         // valid after exited
+	exitedAt   time.Time     // valid after exited
+
+	mu       sync.Mutex
+	seq      int
+	pending  map[string]chan answer
+	infos    []string // "* " lines, without the "* "
+	unknown  []string // answers to no pending command, and malformed lines
+	logClose bool     // the test is over: stop logging
+}
+
+// startHelper starts `l2lb helper` in h's namespace exactly as the brief
+// says CGP would, plus extra options.
+func startHelper(t *testing.T, h *testbed.Host, vipFile string, extra ...string) *helper {
+	t.Helper()
+	dir := t.TempDir()
+	hp := &helper{t: t, name: h.Name, host: h, trace: filepath.Join(dir, "trace"), err: &lockedBuffer{},
+		readerDone: make(chan struct{}), exited: make(chan struct{}), pending: map[string]chan answer{}}
+	args := append([]string{"helper", "-i", "eth0", "-f", vipFile, "-p", "15", "-t", "1", "--trace", hp.trace}, extra...)
+	hp.cmd = h.Command(l2lbBin, args...)
+	hp.cmd.Dir = dir // CGP runs helpers in its base directory
+	hp.cmd.Stderr = hp.err
+	var err error
+	if hp.stdin, err = hp.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := hp.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: starting l2lb %s", h.Name, strings.Join(args, " "))
+	if err := hp.cmd.Start(); err != nil {
+		t.Fatalf("%s: starting l2lb helper: %v", h.Name, err)
+	}
+	go hp.read(stdout)
+	go func() {
+		<-hp.readerDone // Wait closes the pipe: read it to the end first (os/exec)
+		hp.waitErr = hp.cmd.Wait()
+		hp.exitedAt = time.Now()
+		close(hp.exited)
+	}()
+	t.Cleanup(hp.cleanup)
+	return hp
+}
+
+func (hp *helper) logf(format string, args ...any) {
+	hp.mu.Lock()
+	defer hp.mu.Unlock()
+	if !hp.logClose {
+		hp.t.Logf(format, args...)
+	}
+}
+
+// seqLine matches an answer line: "<seq> <text>".
+var seqLine = regexp.MustCompile(`^([0-9]+) (.+)$`)
+
+func (hp *helper) read(stdout io.Reader) {
+	defer close(hp.readerDone)
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 0, 4096), 4096+2) // the contract's line limit
+	for sc.Scan() {
+		line := sc.Text()
+		now := time.Now()
+		hp.logf("%s > %s", hp.name, line)
+		if info, ok := strings.CutPrefix(line, "* "); ok {
+			hp.mu.Lock()
+			hp.infos = append(hp.infos, info)
+			hp.mu.Unlock()
+			continue
+		}
+		m := seqLine.FindStringSubmatch(line)
+		hp.mu.Lock()
+		if ch := hp.pending[m1(m)]; m != nil && ch != nil {
+			delete(hp.pending, m[1])
+			ch <- answer{text: m[2], at: now}
+		} else {
+			hp.unknown = append(hp.unknown, line)
+		}
+		hp.mu.Unlock()
+	}
+	if err := sc.Err(); err != nil {
+		hp.logf("%s: reading stdout: %v", hp.name, err)
+	}
+}
+
+func m1(m []string) string {
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+// send writes "<seq> <command>" and returns the sequence number and when
+// the line was written.
+func (hp *helper) send(command string) (string, <-chan answer, time.Time) {
+	hp.t.Helper()
+	hp.mu.Lock()
+	hp.seq++
+	seq := strconv.Itoa(hp.seq)
+	ch := make(chan answer, 1)
+	hp.pending[seq] = ch
+	hp.mu.Unlock()
+	line := seq + " " + command
+	hp.logf("%s < %s", hp.name, line)
+	sent := time.Now()
+	if _, err := io.WriteString(hp.stdin, line+"\n"); err != nil {
+		hp.t.Fatalf("%s: writing %q: %v", hp.name, line, err)
+	}
+	return seq, ch, sent
+}
+
+// await waits at most limit for the answer on ch.
+func (hp *helper) await(seq string, ch <-chan answer, limit time.Duration) answer {
+	hp.t.Helper()
+	select {
+	case a := <-ch:
+		return a
+	case <-hp.exited:
+		select {
+		case a := <-ch: // answered just before exiting (QUIT)
+			return a
+		default:
+		}
+		hp.t.Fatalf("%s: helper exited (%v) before answering command %s; stderr: %q", hp.name, hp.waitErr, seq, hp.err.String())
+	case <-time.After(limit):
+		hp.t.Fatalf("%s: no answer to command %s within %v", hp.name, seq, limit)
+	}
+	return answer{}
+}
+
+// do sends command, waits up to limit and checks the answer text against
+// want (a regexp); it returns the answer and the time the command was sent.
+func (hp *helper) do(command, want string, limit time.Duration) (answer, time.Time) {
+	hp.t.Helper()
+	seq, ch, sent := hp.send(command)
+	a := hp.await(seq, ch, limit)
+	if !regexp.MustCompile(want).MatchString(a.text) {
+		hp.t.Fatalf("%s: %s %s answered %q, want %s", hp.name, seq, command, a.text, want)
+	}
+	return a, sent
+}
+
+func (hp *helper) infoLines() []string {
+	hp.mu.Lock()
+	defer hp.mu.Unlock()
+	return append([]string(nil), hp.infos...)
+}
+
+func (hp *helper) hasInfo(substr string) bool {
+	for _, l := range hp.infoLines() {
+		if strings.Contains(l, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitExit waits up to limit for the process to end and returns when it did.
+func (hp *helper) waitExit(limit time.Duration) (time.Time, error, bool) {
+	select {
+	case <-hp.exited:
+		return hp.exitedAt, hp.waitErr, true
+	default:
+	}
+	select {
+	case <-hp.exited:
+		return hp.exitedAt, hp.waitErr, true
+	case <-time.After(limit):
+		return time.Time{}, nil, false
+	}
+}
+
+// cleanup ends the process if the test did not (end of input first, as CGP
+// stopping would; then SIGKILL) and checks that it said nothing unexpected.
+func (hp *helper) cleanup() {
+	hp.stdin.Close()
+	if _, _, ok := hp.waitExit(2 * time.Second); !ok {
+		hp.t.Errorf("%s: helper still running 2 s after the end of its input; killing it", hp.name)
+		hp.cmd.Process.Kill()
+		<-hp.exited
+	}
+	hp.mu.Lock()
+	hp.logClose = true
+	unknown := hp.unknown
+	hp.mu.Unlock()
+	if len(unknown) > 0 {
+		hp.t.Errorf("%s: lines that answer no command sent: %q", hp.name, unknown)
+	}
+}
+
+// quit sends QUIT and checks the contract: "<seq> OK", then exit 0 within a
+// second, with nothing on standard error.
+func (hp *helper) quit() {
+	hp.t.Helper()
+	quitAll(hp.t, hp)
+}
+
+// quitAll sends QUIT to every helper before it waits for any, as CGP
+// stopping a group would, then checks each one as quit does.
+func quitAll(t *testing.T, hps ...*helper) {
+	t.Helper()
+	type pending struct {
+		seq string
+		ch  <-chan answer
+	}
+	var ps []pending
+	for _, hp := range hps {
+		seq, ch, _ := hp.send("QUIT")
+		ps = append(ps, pending{seq, ch})
+	}
+	for i, hp := range hps {
+		a := hp.await(ps[i].seq, ps[i].ch, answerLimit)
+		if a.text != "OK" {
+			t.Errorf("%s: QUIT answered %q, want OK", hp.name, a.text)
+		}
+		// The exit time is taken by the goroutine that reaps the process,
+		// so waiting for the helpers one after the other measures each
+		// from its own answer.
+		at, err, ok := hp.waitExit(time.Until(a.at.Add(time.Second + 100*time.Millisecond)))
+		if !ok {
+			t.Fatalf("%s: still running 1 s after answering QUIT", hp.name)
+		}
+		if d := at.Sub(a.at); d > time.Second {
+			t.Errorf("%s: exited %v after answering QUIT, want within 1 s", hp.name, d.Round(time.Millisecond))
+		}
+		if err != nil {
+			t.Errorf("%s: exit after QUIT: %v, want status 0", hp.name, err)
+		}
+		if s := hp.err.String(); s != "" {
+			t.Errorf("%s: wrote to standard error (CGP reads it only at exit; a full pipe blocks the helper): %q", hp.name, s)
+		}
+	}
+}
+
+// traceRecord matches a line of the --trace file: RFC 3339 UTC time with
+// milliseconds, direction, the line.
+var traceRecord = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ([<>]) (.*)$`)
+
+// checkTrace checks that the --trace file holds every wanted line, received
+// ("<") or sent (">"), in this order.
+func (hp *helper) checkTrace(want ...string) {
+	hp.t.Helper()
+	data, err := os.ReadFile(hp.trace)
+	if err != nil {
+		hp.t.Errorf("%s: reading the trace: %v", hp.name, err)
+		return
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		if m := traceRecord.FindStringSubmatch(l); m != nil {
+			got = append(got, m[1]+" "+m[2])
+		} else if !strings.HasPrefix(l, "time=") { // the helper's own log goes there too
+			hp.t.Errorf("%s: trace line %q is neither a trace record nor a log record", hp.name, l)
+		}
+	}
+	i := 0
+	for _, g := range got {
+		if i < len(want) && g == want[i] {
+			i++
+		}
+	}
+	if i < len(want) {
+		hp.t.Errorf("%s: trace lacks %q (in order after the earlier ones); it has:\n%s", hp.name, want[i], strings.Join(got, "\n"))
+	}
+}
+
+// snapshot records what the helper could change in a namespace: links,
+// addresses, qdiscs and ingress filters on eth0, nftables rules (if nft is
+// installed), and the ARP and reverse-path sysctls plus the local port
+// range, read from inside the namespace.
+func snapshot(t *testing.T, h *testbed.Host) map[string]string {
+	t.Helper()
+	snap := map[string]string{}
+	cmds := [][]string{
+		{"ip", "-d", "link", "show"},
+		{"ip", "-d", "addr", "show"},
+		{"tc", "qdisc", "show", "dev", "eth0"},
+		{"tc", "filter", "show", "dev", "eth0", "ingress"},
+	}
+	if _, err := exec.LookPath("nft"); err == nil {
+		cmds = append(cmds, []string{"nft", "list", "ruleset"})
+	}
+	for _, c := range cmds {
+		out, err := h.Command(c[0], c[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %s: %v\n%s", h.Name, strings.Join(c, " "), err, out)
+		}
+		snap[strings.Join(c, " ")] = string(out)
+	}
+	err := h.Do(func() error {
+		files, err := filepath.Glob("/proc/sys/net/ipv4/conf/*/*")
+		if err != nil {
+			return err
+		}
+		files = append(files, "/proc/sys/net/ipv4/ip_local_port_range")
+		for _, f := range files {
+			switch filepath.Base(f) {
+			case "arp_ignore", "arp_announce", "rp_filter", "ip_local_port_range":
+			default:
+				continue
+			}
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			snap[f] = strings.TrimSpace(string(b))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: reading sysctls: %v", h.Name, err)
+	}
+	if len(snap) < len(cmds)+4 { // at least all, default, lo, eth0 for one sysctl
+		t.Fatalf("%s: snapshot found only %d items", h.Name, len(snap))
+	}
+	return snap
+}
+
+// waitDAD waits (at most 5 s) until no IPv6 address of the hosts is still
+// tentative. A fresh veth's link-local address runs duplicate address
+// detection (RFC 4862 section 5.4) for about a second after the bed is built,
+// and its "tentative" flag would otherwise show up as a change in a
+// before/after comparison of `ip addr`.
+func waitDAD(t *testing.T, hosts ...*testbed.Host) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, h := range hosts {
+		for {
+			out, err := h.RunIP("-6", "addr", "show", "tentative")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(bytes.TrimSpace(out)) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: IPv6 addresses still tentative after 5 s:\n%s", h.Name, out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// diffSnapshots reports every item that differs.
+func diffSnapshots(t *testing.T, who, when string, before, after map[string]string) {
+	t.Helper()
+	var keys []string
+	for k := range before {
+		keys = append(keys, k)
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if before[k] != after[k] {
+			t.Errorf("%s: %s changed %s:\nbefore:\n%s\nafter:\n%s", who, k, when, before[k], after[k])
+		}
+	}
+}
+
+// promiscuity reads eth0's promiscuity count (ip -d -j link).
+func promiscuity(t *testing.T, h *testbed.Host) int {
+	t.Helper()
+	out, err := h.RunIP("-d", "-j", "link", "show", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var links []struct {
+		Promiscuity *int `json:"promiscuity"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 || links[0].Promiscuity == nil {
+		t.Fatalf("%s: cannot read promiscuity from %s (%v)", h.Name, out, err)
+	}
+	return *links[0].Promiscuity
+}
+
+// noHelperLeft checks that no l2lb process runs in the namespace.
+func noHelperLeft(t *testing.T, h *testbed.Host, pids ...int) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "pids", h.NS).Output()
+	if err != nil {
+		t.Fatalf("ip netns pids %s: %v", h.NS, err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		pid, _ := strconv.Atoi(f)
+		comm, _ := os.ReadFile(filepath.Join("/proc", f, "comm"))
+		for _, p := range pids {
+			if pid == p {
+				t.Errorf("%s: helper pid %d still in the namespace (%s)", h.Name, pid, strings.TrimSpace(string(comm)))
+			}
+		}
+		if strings.TrimSpace(string(comm)) == "l2lb" {
+			t.Errorf("%s: l2lb process %d left in the namespace", h.Name, pid)
+		}
+	}
+}
+
+func writeVIPFile(t *testing.T, vips []netip.Addr) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("# VIPs of the load balancer group (seed step 4 format)\n")
+	for _, v := range vips {
+		b.WriteString(v.String() + "\n")
+	}
+	p := filepath.Join(t.TempDir(), "vipaddrs")
+	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// addAddrs puts further addresses of the testbed's subnet on a client's eth0
+// (inside its namespace) and returns them.
+func addAddrs(t *testing.T, h *testbed.Host, first, n int) []netip.Addr {
+	t.Helper()
+	var out []netip.Addr
+	for i := 0; i < n; i++ {
+		a := netip.AddrFrom4([4]byte{192, 0, 2, byte(first + i)})
+		if _, err := h.RunIP("addr", "add", netip.PrefixFrom(a, testbed.Subnet.Bits()).String(), "dev", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// source is one client address connections are made from.
+type source struct {
+	h    *testbed.Host
+	addr netip.Addr
+}
+
+// ask makes one NAME connection to raddr from src and returns the answering
+// frontend's name.
+func ask(src source, raddr netip.AddrPort, timeout time.Duration) (string, error) {
+	c, err := src.h.DialTCP(netip.AddrPortFrom(src.addr, 0), raddr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return testbed.AskNameOver(c, timeout)
+}
+
+// askEach makes rounds NAME connections from every source, eight at a
+// time, and returns the names answered per source; failures are test
+// errors.
+func askEach(t *testing.T, srcs []source, raddr netip.AddrPort, rounds int) map[netip.Addr][]string {
+	t.Helper()
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		out  = map[netip.Addr][]string{}
+		errs []string
+	)
+	work := make(chan source)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s := range work {
+				name, err := ask(s, raddr, 3*time.Second)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, fmt.Sprintf("from %v: %v", s.addr, err))
+				} else {
+					out[s.addr] = append(out[s.addr], name)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for r := 0; r < rounds; r++ {
+		for _, s := range srcs {
+			work <- s
+		}
+	}
+	close(work)
+	wg.Wait()
+	if len(errs) > 0 {
+		if len(errs) > 10 {
+			errs = append(errs[:10], fmt.Sprintf("... and %d more", len(errs)-10))
+		}
+		t.Errorf("%d of %d connections to the VIP failed:\n%s", len(errs), rounds*len(srcs), strings.Join(errs, "\n"))
+	}
+	return out
+}
+
+// perFrontend counts the names answered.
+func perFrontend(names map[netip.Addr][]string) map[string]int {
+	m := map[string]int{}
+	for _, ns := range names {
+		for _, n := range ns {
+			m[n]++
+		}
+	}
+	return m
+}
+
+// download is a DOWNLOAD over the VIP that the test reads in two parts, so
+// the connection spans a change.
+type download struct {
+	src  source
+	conn net.Conn
+	n    int64
+	want io.Reader // the expected stream
+	got  int64
+}
+
+func startDownload(t *testing.T, src source, raddr netip.AddrPort, n int64) *download {
+	t.Helper()
+	c, err := src.h.DialTCP(netip.AddrPortFrom(src.addr, 0), raddr, 3*time.Second)
+	if err != nil {
+		t.Fatalf("download from %v: %v", src.addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := fmt.Fprintf(c, "DOWNLOAD %d\n", n); err != nil {
+		t.Fatalf("download from %v: %v", src.addr, err)
+	}
+	return &download{src: src, conn: c, n: n, want: testbed.Stream(n)}
+}
+
+// read reads up to n more bytes (to the end if n < 0) and compares them with
+// the expected stream; every read is bounded by 5 s of inactivity.
+func (d *download) read(n int64) error {
+	if n < 0 {
+		n = d.n - d.got + 1 // one more, to detect excess data
+	}
+	buf := make([]byte, 64<<10)
+	exp := make([]byte, 64<<10)
+	for n > 0 {
+		if err := d.conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			return err
+		}
+		m, err := d.conn.Read(buf[:min(int64(len(buf)), n)])
+		if m > 0 {
+			if _, werr := io.ReadFull(d.want, exp[:m]); werr != nil {
+				return fmt.Errorf("%d bytes beyond the %d asked for", m, d.n)
+			}
+			if !bytes.Equal(buf[:m], exp[:m]) {
+				return fmt.Errorf("bytes %d-%d differ from the stream", d.got, d.got+int64(m))
+			}
+			d.got += int64(m)
+			n -= int64(m)
+		}
+		if errors.Is(err, io.EOF) {
+			if d.got != d.n {
+				return fmt.Errorf("connection closed after %d of %d bytes", d.got, d.n)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("after %d of %d bytes: %w", d.got, d.n, err)
+		}
+	}
+	return nil
+}
