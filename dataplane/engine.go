@@ -120,12 +120,13 @@ type state struct {
 // table, the fragment map and the current configuration; it does no I/O, so it can be tested by
 // feeding it frames and asserting verdicts.
 type Engine struct {
-	ct      *conntrack.Table
-	frags   *fragTable
-	persist bool
-	state   atomic.Pointer[state]
-	active  atomic.Bool
-	clock   atomic.Int64
+	ct       *conntrack.Table
+	timeouts conntrack.Timeouts
+	frags    *fragTable
+	persist  bool
+	state    atomic.Pointer[state]
+	active   atomic.Bool
+	clock    atomic.Int64
 
 	mu     sync.Mutex // serialises configuration changes
 	cfg    Config
@@ -139,12 +140,13 @@ type Engine struct {
 // unconfigured; call Configure and SetActive.
 func New(ct conntrack.Config) *Engine {
 	e := &Engine{
-		ct:      conntrack.New(ct),
-		frags:   newFragTable(),
-		persist: ct.Persistence > 0,
-		ids:     make(map[netip.Addr]uint32),
-		macs:    make(map[netip.Addr]net.HardwareAddr),
-		base:    time.Now(),
+		ct:       conntrack.New(ct),
+		timeouts: withDefaults(ct.Timeouts),
+		frags:    newFragTable(),
+		persist:  ct.Persistence > 0,
+		ids:      make(map[netip.Addr]uint32),
+		macs:     make(map[netip.Addr]net.HardwareAddr),
+		base:     time.Now(),
 	}
 	e.state.Store(&state{vips: vipset.New()})
 	e.Tick()
@@ -536,4 +538,16 @@ func (e *Engine) Expire() (flows, templates int) {
 	now := e.Tick()
 	e.frags.expire(now)
 	return e.ct.Expire(now)
+}
+
+// withDefaults fills zero timeouts with IPVS's defaults, as conntrack does.
+func withDefaults(t conntrack.Timeouts) conntrack.Timeouts {
+	d := conntrack.DefaultTimeouts()
+	for _, p := range []struct{ v, d *time.Duration }{{&t.TCPSynRecv, &d.TCPSynRecv}, {&t.TCPEstablished, &d.TCPEstablished},
+		{&t.TCPClosing, &d.TCPClosing}, {&t.TCPClose, &d.TCPClose}, {&t.UDP, &d.UDP}, {&t.ICMP, &d.ICMP}, {&t.Other, &d.Other}} {
+		if *p.v <= 0 {
+			*p.v = *p.d
+		}
+	}
+	return t
 }
