@@ -1,0 +1,244 @@
+package election
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lineLog collects log lines from memberlist goroutines, which may outlive a
+// test's own goroutine.
+type lineLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLog) logf(format string, args ...any) {
+	l.mu.Lock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+	l.mu.Unlock()
+}
+
+func (l *lineLog) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, x := range l.lines {
+		if strings.Contains(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func clusterMeta(i int) NodeMeta {
+	return NodeMeta{
+		Addr:     netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}),
+		MAC:      net.HardwareAddr{0x02, 0, 0, 0, 0, byte(i)},
+		PortLo:   uint16(50000 + 5000*i),
+		PortHi:   uint16(54000 + 5000*i),
+		Weight:   100,
+		Priority: uint8(i),
+		Healthy:  true,
+		Capable:  true,
+	}
+}
+
+// aliveSet returns the names of alive members in c's view.
+func aliveSet(c *Cluster) map[string]Member {
+	out := map[string]Member{}
+	for _, m := range c.View().Members {
+		if m.Alive {
+			out[m.Name] = m
+		}
+	}
+	return out
+}
+
+func startCluster(t *testing.T, n int, logs *lineLog) []*Cluster {
+	t.Helper()
+	// Unique names so that parallel test binaries never merge groups.
+	prefix := fmt.Sprintf("t%d-%d-", os.Getpid(), time.Now().UnixNano()%1e6)
+	var cs []*Cluster
+	var seed []string
+	for i := range n {
+		c, err := Join(ClusterConfig{
+			Name:  fmt.Sprintf("%sn%d", prefix, i),
+			Bind:  netip.MustParseAddrPort("127.0.0.1:0"),
+			Peers: seed,
+			Meta:  clusterMeta(i),
+			Logf:  logs.logf,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Shutdown() })
+		cs = append(cs, c)
+		seed = []string{c.LocalAddr().String()}
+	}
+	return cs
+}
+
+func TestClusterMembership(t *testing.T) {
+	logs := &lineLog{}
+	cs := startCluster(t, 3, logs)
+	for _, c := range cs {
+		waitFor(t, c.cfg.Name+" sees 3 members", 5*time.Second, func() bool { return len(aliveSet(c)) == 3 })
+	}
+	for _, c := range cs {
+		for i, o := range cs {
+			got := aliveSet(c)[o.cfg.Name]
+			want := clusterMeta(i)
+			want.Name = o.cfg.Name
+			if !reflect.DeepEqual(got.NodeMeta, want) {
+				t.Fatalf("%s sees %s as %+v, want %+v", c.cfg.Name, o.cfg.Name, got.NodeMeta, want)
+			}
+		}
+	}
+	if ov := Overlaps(cs[0].View()); len(ov) != 0 {
+		t.Fatalf("disjoint ranges reported as overlapping: %v", ov)
+	}
+
+	// UpdateMeta propagates, and Updated fires.
+	m := clusterMeta(1)
+	m.Active = []netip.Addr{netip.MustParseAddr("198.51.100.7")}
+	m.Healthy = false
+	drain(cs[0].Updated())
+	if err := cs[1].UpdateMeta(m); err != nil {
+		t.Fatal(err)
+	}
+	d := waitFor(t, "metadata update", 2*time.Second, func() bool {
+		got := aliveSet(cs[0])[cs[1].cfg.Name]
+		return !got.Healthy && len(got.Active) == 1
+	})
+	t.Logf("metadata update seen after %s", d)
+	select {
+	case <-cs[0].Updated():
+	default:
+		t.Fatal("Updated not signalled")
+	}
+
+	// Crash (no leave): the others must see it dead within 2 s.
+	crashed := cs[2].cfg.Name
+	start := time.Now()
+	if err := cs[2].Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs[:2] {
+		waitFor(t, "crash detection", 2*time.Second-time.Since(start), func() bool {
+			_, ok := aliveSet(c)[crashed]
+			return !ok
+		})
+	}
+	t.Logf("crash of one of 3 nodes detected by both others after %s (computed bound %s)",
+		time.Since(start), DetectionBound(3, DefaultProbeInterval))
+	if v := cs[0].View(); len(v.Members) != 3 {
+		t.Fatalf("dead member dropped from the view: %+v", v.Members)
+	}
+
+	// Leave: announced, so it is seen at once rather than after probing.
+	left := cs[1].cfg.Name
+	start = time.Now()
+	if err := cs[1].Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "leave", time.Second, func() bool {
+		_, ok := aliveSet(cs[0])[left]
+		return !ok
+	})
+	t.Logf("Leave returned and was seen after %s", time.Since(start))
+	if err := cs[1].UpdateMeta(m); !errors.Is(err, ErrClosed) {
+		t.Fatalf("UpdateMeta after Leave: %v", err)
+	}
+	if !logs.contains("memberlist") {
+		t.Fatal("memberlist's log was not routed to Logf")
+	}
+}
+
+func TestClusterRejoinAndKey(t *testing.T) {
+	key := []byte("0123456789abcdef")
+	logs := &lineLog{}
+	prefix := fmt.Sprintf("k%d-%d-", os.Getpid(), time.Now().UnixNano()%1e6)
+	// Reserve a port for the second node, which starts after the first
+	// already tries to reach it: the rejoin loop must bring them together.
+	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := netip.MustParseAddrPort(ln.LocalAddr().String())
+	ln.Close()
+	a, err := Join(ClusterConfig{
+		Name: prefix + "a", Bind: netip.MustParseAddrPort("127.0.0.1:0"),
+		Peers: []string{port.String()}, Meta: clusterMeta(0), Logf: logs.logf,
+		SecretKey: key, RejoinInterval: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Shutdown() })
+	b, err := Join(ClusterConfig{
+		Name: prefix + "b", Bind: port, Meta: clusterMeta(1), Logf: logs.logf, SecretKey: key,
+	})
+	if err != nil {
+		t.Skipf("reserved port %s was taken meanwhile: %v", port, err)
+	}
+	t.Cleanup(func() { _ = b.Shutdown() })
+	d := waitFor(t, "rejoin", 5*time.Second, func() bool { return len(aliveSet(b)) == 2 && len(aliveSet(a)) == 2 })
+	t.Logf("late peer merged by the rejoin loop after %s", d)
+	if !logs.contains("joining") {
+		t.Fatal("the failed initial join was not logged")
+	}
+}
+
+func TestJoinConfigErrors(t *testing.T) {
+	if _, err := Join(ClusterConfig{Bind: netip.MustParseAddrPort("127.0.0.1:0")}); !errors.Is(err, ErrNoName) {
+		t.Fatalf("no name: %v", err)
+	}
+	if _, err := Join(ClusterConfig{Name: "x"}); !errors.Is(err, ErrBadBind) {
+		t.Fatalf("no bind: %v", err)
+	}
+	bad := clusterMeta(0)
+	bad.PortLo, bad.PortHi = 9, 1
+	if _, err := Join(ClusterConfig{Name: "x", Bind: netip.MustParseAddrPort("127.0.0.1:0"), Meta: bad}); !errors.Is(err, ErrMetaInvalid) {
+		t.Fatalf("bad meta: %v", err)
+	}
+}
+
+func TestDetectionBound(t *testing.T) {
+	for n, want := range map[int]time.Duration{3: 1300 * time.Millisecond, 4: 1700 * time.Millisecond} {
+		if got := DetectionBound(n, DefaultProbeInterval); got != want {
+			t.Errorf("DetectionBound(%d) = %s, want %s", n, got, want)
+		}
+		if DetectionBound(n, DefaultProbeInterval) >= 2*time.Second {
+			t.Errorf("bound for %d nodes exceeds the 2 s failover budget", n)
+		}
+	}
+}
+
+func drain(ch <-chan struct{}) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
