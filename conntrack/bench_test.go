@@ -82,9 +82,22 @@ func BenchmarkTouch1MParallel(b *testing.B) {
 
 // BenchmarkInsert measures recording new flows with persistence on, starting
 // a fresh table every 2 M flows.
-func BenchmarkInsert(b *testing.B) {
+func BenchmarkInsert(b *testing.B) { benchInsert(b, nil) }
+
+// BenchmarkInsertHooked is BenchmarkInsert with a SetOnInsert hook that
+// counts flows, the least a sync sender's hook does.
+func BenchmarkInsertHooked(b *testing.B) {
+	var n int
+	benchInsert(b, func(Key, uint32, State) { n++ })
+	if n < b.N {
+		b.Fatalf("hook ran %d times for %d inserts", n, b.N)
+	}
+}
+
+func benchInsert(b *testing.B, hook func(Key, uint32, State)) {
 	const batch = 1 << 21
 	tb := New(Config{MaxEntries: batch, Persistence: 15 * time.Second})
+	tb.SetOnInsert(hook)
 	now := t0
 	i := uint32(0)
 	b.ReportAllocs()
@@ -92,6 +105,7 @@ func BenchmarkInsert(b *testing.B) {
 		if i == batch {
 			b.StopTimer()
 			tb, i = New(Config{MaxEntries: batch, Persistence: 15 * time.Second}), 0
+			tb.SetOnInsert(hook)
 			b.StartTimer()
 		}
 		now += 100

@@ -22,6 +22,15 @@
 // timeout. Ticks are compared with serial-number arithmetic (RFC 1982), so
 // the 32-bit counter may wrap (every ~2.3 years) as long as Expire runs more
 // often than every ~1.1 years.
+//
+// # Replication
+//
+// A connection-sync channel keeps standbys' tables close to the active's:
+// the active learns new flows from the SetOnInsert hook and dumps the table
+// with Range and RangeTemplates, whose expiries are absolute times in its
+// clock; it sends the remaining lifetimes, and a standby records them with
+// Import and ImportTemplate against its own clock. Import never calls the
+// hook, so replicated flows are not sent back.
 package conntrack
 
 import (
@@ -39,16 +48,22 @@ import (
 // counter per possible ID in a fixed array.
 const MaxMember = 1<<16 - 1
 
-// Errors returned by Insert.
+// Errors returned by Insert, Import and ImportTemplate.
 var (
-	// ErrFull means the table already holds MaxEntries flows; the flow was
-	// not recorded.
+	// ErrFull means the table already holds MaxEntries flows (from
+	// ImportTemplate: MaxEntries templates); the entry was not recorded.
 	ErrFull = errors.New("conntrack: flow table full")
 	// ErrExists means the flow is already tracked and live, typically because
 	// another goroutine inserted it first; use Touch to learn its member.
 	ErrExists = errors.New("conntrack: flow already tracked")
 	// ErrBadMember means the member ID is above MaxMember.
 	ErrBadMember = errors.New("conntrack: member ID out of range")
+	// ErrBadState means Import was given a state that a flow of the key's
+	// protocol can never be in (see State), such as a TCP state for UDP.
+	ErrBadState = errors.New("conntrack: state does not fit the protocol")
+	// ErrNoPersistence means ImportTemplate was called on a table with
+	// persistence off; the template was not recorded.
+	ErrNoPersistence = errors.New("conntrack: persistence is off")
 )
 
 const (
@@ -74,14 +89,17 @@ type Key struct {
 	Proto        uint8
 }
 
-// Entry is a flow as reported by Range.
+// Entry is a flow as reported by Range, or a persistence template as
+// reported by RangeTemplates.
 type Entry struct {
-	// Member is the member the flow is forwarded to.
+	// Member is the member the flow or template points at.
 	Member uint32
-	// State is the flow's protocol state.
+	// State is the flow's protocol state; it is zero for a template.
 	State State
-	// Expires is the monotonic time, in the caller's nanoseconds, at which the
-	// flow expires unless touched again, rounded up to the table's tick.
+	// Expires is the absolute time at which the flow expires unless touched
+	// again, in the same clock as the "now" the caller passes to the table
+	// (so Expires - now is the remaining lifetime), rounded up to the
+	// table's tick.
 	Expires int64
 }
 
@@ -139,7 +157,10 @@ type Table struct {
 	ntmpls       atomic.Int64
 	overflows    atomic.Uint64
 	tmplOverflow atomic.Uint64
-	active       [MaxMember + 1]atomic.Int64
+	// onInsert is the SetOnInsert hook; nil (the usual case) costs Insert
+	// one load.
+	onInsert atomic.Pointer[func(k Key, member uint32, state State)]
+	active   [MaxMember + 1]atomic.Int64
 }
 
 // New returns an empty table configured by cfg.
@@ -280,22 +301,55 @@ func (t *Table) Touch(k Key, tcpFlags uint8, now int64) (member uint32, ok bool)
 // was not yet removed is replaced. With Persistence on, Insert also creates
 // or refreshes the template of (k.Src, k.Dst) and points it at member; if
 // MaxEntries templates exist already the flow is still recorded, without
-// persistence, and the overflow is counted (see Overflows).
+// persistence, and the overflow is counted (see Overflows). After a
+// successful Insert it calls the SetOnInsert hook, if any.
 func (t *Table) Insert(k Key, member uint32, tcpFlags uint8, now int64) error {
 	if member > MaxMember {
 		return ErrBadMember
 	}
+	state := firstState(k.Proto, tcpFlags)
+	if err := t.record(k.pack(), member, state, expiryTick(now, t.timeout[state]), now, false); err != nil {
+		return err
+	}
+	if fn := t.onInsert.Load(); fn != nil {
+		(*fn)(k, member, state)
+	}
+	return nil
+}
+
+// SetOnInsert sets fn to be called after every successful Insert with the
+// new flow's key, member and first state, so that a connection-sync sender
+// can learn of new flows; nil removes the hook. Import does not call it, so
+// flows learnt from the sync channel are not echoed back into it. fn is
+// called on the fast path of the goroutine that called Insert, after every
+// table lock is released: it must not block and should not allocate (hand
+// the flow to a preallocated ring, say), as it delays the frame that created
+// the flow. Unset, the hook costs Insert one pointer load. SetOnInsert is
+// safe to call while other goroutines use the table; an Insert running at
+// the same time may call either the old or the new fn.
+func (t *Table) SetOnInsert(fn func(k Key, member uint32, state State)) {
+	if fn == nil {
+		t.onInsert.Store(nil)
+		return
+	}
+	t.onInsert.Store(&fn)
+}
+
+// record adds flow f in state with expiry tick exp, taking a template
+// reference with persistence on, for Insert and Import. A flow that expired
+// but was not yet removed is replaced. When f is live already, record
+// returns ErrExists, or with update set updates f as Import does.
+func (t *Table) record(f flowKey, member uint32, state State, exp uint32, now int64, update bool) error {
 	if t.nflows.Add(1) > t.max {
 		t.nflows.Add(-1)
 		t.overflows.Add(1)
 		return ErrFull
 	}
-	f := k.pack()
-	state := firstState(k.Proto, tcpFlags)
+	tk := f.tmplKey()
 	flags := uint8(flagUsed)
 	// Take the template reference before the flow is visible, so a
 	// concurrent Delete of the flow can never release it first.
-	if t.persist > 0 && t.acquireTemplate(f.tmplKey(), member, now) {
+	if t.persist > 0 && t.acquireTemplate(tk, member, now) {
 		flags |= flagTemplate
 	}
 	s, h := t.flowShard(f)
@@ -307,12 +361,22 @@ func (t *Table) Insert(k Key, member uint32, tcpFlags uint8, now int64) error {
 	if i := s.flows.find(f.a, f.b, h); i >= 0 {
 		v = &s.flows.slots[i]
 		if !expired(v.exp, now) {
+			err := ErrExists
+			if update {
+				err = nil
+				t.updateSlot(v, member, state, exp)
+				if v.flags&flagTemplate == 0 && flags&flagTemplate != 0 {
+					// The flow has no reference yet: it keeps ours.
+					v.flags |= flagTemplate
+					flags &^= flagTemplate
+				}
+			}
 			s.mu.Unlock()
 			t.nflows.Add(-1)
 			if flags&flagTemplate != 0 {
-				t.releaseTemplate(f.tmplKey(), now)
+				t.releaseTemplate(tk, now)
 			}
-			return ErrExists
+			return err
 		}
 		old, exists = *v, true
 		t.active[old.member].Add(-1)
@@ -320,13 +384,13 @@ func (t *Table) Insert(k Key, member uint32, tcpFlags uint8, now int64) error {
 		v = s.flows.add(f.a, f.b, h)
 	}
 	v.member, v.state, v.flags = uint16(member), state, flags
-	v.exp = expiryTick(now, t.timeout[state])
+	v.exp = exp
 	t.active[member].Add(1)
 	s.mu.Unlock()
 	if exists {
 		t.nflows.Add(-1)
 		if old.flags&flagTemplate != 0 {
-			t.releaseTemplate(f.tmplKey(), tickTime(old.exp, now))
+			t.releaseTemplate(tk, tickTime(old.exp, now))
 		}
 	}
 	return nil
@@ -579,9 +643,9 @@ func (t *Table) Active(member uint32) int64 {
 	return t.active[member].Load()
 }
 
-// Overflows returns how many flows Insert refused with ErrFull, and how many
-// flows were recorded without persistence because the template limit was
-// reached.
+// Overflows returns how many flows Insert and Import refused with ErrFull,
+// and how many flows were recorded without persistence because the template
+// limit was reached plus how many templates ImportTemplate refused for it.
 func (t *Table) Overflows() (flows, templates uint64) {
 	return t.overflows.Load(), t.tmplOverflow.Load()
 }
@@ -589,6 +653,14 @@ func (t *Table) Overflows() (flows, templates uint64) {
 // Range calls fn for each flow, shard by shard, until fn returns false. fn
 // runs with the flow's shard locked, so it must not call back into t. Flows
 // inserted or removed during Range may or may not be seen.
+//
+// Entry.Expires is an absolute time in the caller's clock, the one it passes
+// as "now" (the stored tick is turned back into nanoseconds against the
+// latest time the flow's shard has seen), so Expires - now is the flow's
+// remaining lifetime and can be handed to another table's Import as
+// otherNow + (Expires - now). Flows whose expiry passed but that Expire has
+// not yet removed are included, with Expires at or before the time they
+// expired; a sync sender should skip them (Import ignores them anyway).
 func (t *Table) Range(fn func(k Key, e Entry) bool) {
 	for i := range t.shards {
 		s := &t.shards[i]

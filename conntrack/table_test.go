@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -569,12 +570,21 @@ func TestTouchAllocs(t *testing.T) {
 	}
 }
 
-// TestConcurrentStress runs the fast-path calls from several goroutines
-// against Expire, Delete and RemoveMember, then checks every count.
+// TestConcurrentStress runs the fast-path calls and sync imports from
+// several goroutines against Expire, Delete, RemoveMember and both Ranges,
+// then checks every count and that the insert hook saw each successful
+// Insert exactly once.
 func TestConcurrentStress(t *testing.T) {
 	tb := New(Config{Shards: 8, MaxEntries: 3000, Persistence: 2 * time.Second,
 		Timeouts: Timeouts{TCPSynRecv: time.Second, TCPEstablished: 5 * time.Second,
 			TCPClosing: 2 * time.Second, UDP: 3 * time.Second}})
+	var inserted, hooked atomic.Int64
+	tb.SetOnInsert(func(k Key, member uint32, state State) {
+		if member >= 8 || !validState(k.Proto, state) {
+			t.Errorf("hook got member %d state %v for %+v", member, state, k)
+		}
+		hooked.Add(1)
+	})
 	var clock sync.Mutex
 	now := t0
 	tick := func() int64 {
@@ -613,12 +623,32 @@ func TestConcurrentStress(t *testing.T) {
 						t.Errorf("Insert: %v", err)
 						return
 					}
+					if err == nil {
+						inserted.Add(1)
+					}
 				}
 				switch r.IntN(100) {
 				case 0:
 					tb.Delete(k)
 				case 1:
 					tb.SetMember(k, r.Uint32N(8))
+				case 2, 3, 4, 5:
+					// A sync update, possibly for a key another
+					// goroutine is inserting or deleting right now.
+					st := firstState(k.Proto, []uint8{FlagSYN, FlagACK, FlagFIN, FlagRST}[r.IntN(4)])
+					exp := n + int64(r.IntN(20))*int64(500*time.Millisecond) - sec
+					err := tb.Import(k, r.Uint32N(8), st, exp, n)
+					if err != nil && !errors.Is(err, ErrFull) {
+						t.Errorf("Import: %v", err)
+						return
+					}
+				case 6:
+					exp := n + int64(r.IntN(8))*int64(500*time.Millisecond)
+					err := tb.ImportTemplate(k.Src, k.Dst, r.Uint32N(8), exp, n)
+					if err != nil && !errors.Is(err, ErrFull) {
+						t.Errorf("ImportTemplate: %v", err)
+						return
+					}
 				}
 			}
 		}(uint64(w))
@@ -637,6 +667,12 @@ func TestConcurrentStress(t *testing.T) {
 				tb.RemoveMember(uint32(i/50) % 8)
 			}
 			tb.Range(func(Key, Entry) bool { return true })
+			tb.RangeTemplates(func(_, _ uint32, e Entry) bool {
+				if e.Member >= 8 {
+					t.Errorf("template of member %d", e.Member)
+				}
+				return true
+			})
 			time.Sleep(time.Millisecond)
 		}
 	}()
@@ -644,8 +680,11 @@ func TestConcurrentStress(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	checkInvariants(t, tb)
+	if inserted.Load() != hooked.Load() {
+		t.Fatalf("%d successful Inserts, hook called %d times", inserted.Load(), hooked.Load())
+	}
 	f, _ := tb.Len()
-	t.Logf("flows at end: %d", f)
+	t.Logf("flows at end: %d; %d inserts", f, inserted.Load())
 	tb.Expire(tick() + 3600*sec)
 	if f, tm := tb.Len(); f != 0 || tm != 0 {
 		t.Fatalf("after expiring everything Len = %d, %d", f, tm)
@@ -654,26 +693,35 @@ func TestConcurrentStress(t *testing.T) {
 }
 
 // FuzzOps runs a byte-coded sequence of operations on a small table and
-// checks the accounting invariants after each one.
+// checks the accounting invariants after each one, and for sync imports
+// what Range and Template then report.
 func FuzzOps(f *testing.F) {
 	f.Add([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11})
 	f.Add([]byte{0, 0x12, 0, 0x34, 5, 0x56, 6, 0x78, 7, 0x9a, 0, 0xbc, 0xde, 6, 0xff})
+	f.Add([]byte{8, 0x21, 9, 0x41, 98, 0x21, 0, 0x21, 6, 0x40, 5, 0, 248, 0x35, 9, 0x13, 169, 0x62, 6, 0xff, 5, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		tb := New(Config{Shards: 2, MaxEntries: 12, Persistence: 5 * time.Second,
 			Timeouts: Timeouts{TCPSynRecv: 2 * time.Second, TCPClose: time.Second}})
+		var inserted, hooked int
+		tb.SetOnInsert(func(Key, uint32, State) { hooked++ })
 		now := t0
 		for i := 0; i+1 < len(ops); i += 2 {
 			op, arg := ops[i], ops[i+1]
 			k := Key{Src: uint32(arg & 3), Dst: 1, SPort: uint16(arg >> 2 & 3), Proto: []uint8{ProtoTCP, ProtoUDP}[arg>>4&1]}
 			member := uint32(arg >> 5)
-			flags := []uint8{FlagSYN, FlagACK, FlagFIN, FlagRST, 0, FlagSYN | FlagACK, FlagFIN | FlagACK, FlagRST | FlagACK}[op>>3&7]
-			switch op % 8 {
+			sel := op / 10
+			flags := []uint8{FlagSYN, FlagACK, FlagFIN, FlagRST, 0, FlagSYN | FlagACK, FlagFIN | FlagACK, FlagRST | FlagACK}[sel&7]
+			// Import lifetimes: already over, short, beyond the short
+			// timeouts, and absurd (must be clamped).
+			life := []int64{-sec, sec, 4 * sec, 1 << 60}[sel>>3&3]
+			switch op % 10 {
 			case 0:
 				err := tb.Insert(k, member, flags, now)
 				if err != nil && !errors.Is(err, ErrFull) && !errors.Is(err, ErrExists) {
 					t.Fatal(err)
 				}
 				if err == nil {
+					inserted++
 					if m, ok := tb.Touch(k, 0, now); !ok || m != member {
 						t.Fatalf("inserted flow reads back as %d, %v", m, ok)
 					}
@@ -697,10 +745,42 @@ func FuzzOps(f *testing.F) {
 					}
 					return true
 				})
+				// Expire advanced every shard to now, so RangeTemplates
+				// judges liveness at now, as Template does.
+				got := map[uint32]Entry{}
+				tb.RangeTemplates(func(client, vip uint32, e Entry) bool {
+					if vip != 1 || client > 3 {
+						t.Fatalf("template %d/%d never made", client, vip)
+					}
+					got[client] = e
+					return true
+				})
+				for c := uint32(0); c < 4; c++ {
+					m, ok := tb.Template(c, 1, now)
+					e, reported := got[c]
+					if ok != reported || ok && (e.Member != m || e.Expires <= now) {
+						t.Fatalf("client %d: Template %d, %v; RangeTemplates %+v, %v", c, m, ok, e, reported)
+					}
+				}
 			case 6:
 				now += int64(arg) * sec / 8
 			case 7:
 				tb.Template(k.Src, k.Dst, now)
+			case 8:
+				st := State(sel & 7)
+				if k.Proto == ProtoUDP {
+					st = []State{StateUDP, StateEstablished, State(numStates)}[min(sel&7, 2)]
+				}
+				fuzzImport(t, tb, k, member, st, now+life, now)
+			case 9:
+				before, wasLive := tb.Template(k.Src, k.Dst, now)
+				if err := tb.ImportTemplate(k.Src, k.Dst, member, now+life, now); err != nil {
+					t.Fatalf("ImportTemplate: %v", err)
+				}
+				m, ok := tb.Template(k.Src, k.Dst, now)
+				if life > 0 && (!ok || m != member) || life <= 0 && (ok != wasLive || m != before) {
+					t.Fatalf("ImportTemplate(%d, life %d): Template %d, %v (was %d, %v)", member, life, m, ok, before, wasLive)
+				}
 			}
 			checkMembers(t, tb, 8)
 			if f, tm := tb.Len(); f > 12 || tm > 12 {
@@ -708,5 +788,55 @@ func FuzzOps(f *testing.F) {
 			}
 		}
 		checkInvariants(t, tb)
+		if hooked != inserted {
+			t.Fatalf("%d successful Inserts, hook called %d times", inserted, hooked)
+		}
 	})
+}
+
+// fuzzImport imports k and checks the result against what was there before.
+// The fuzzed table never runs out of templates, so a recorded flow's
+// template must point at member afterwards.
+func fuzzImport(t *testing.T, tb *Table, k Key, member uint32, st State, expires, now int64) {
+	t.Helper()
+	prev, had := entry(t, tb, k)
+	had = had && prev.Expires > now // live, give or take the tick
+	err := tb.Import(k, member, st, expires, now)
+	if !validState(k.Proto, st) {
+		if !errors.Is(err, ErrBadState) {
+			t.Fatalf("Import(%v for proto %d) = %v, want ErrBadState", st, k.Proto, err)
+		}
+		return
+	}
+	if errors.Is(err, ErrFull) {
+		if f, _ := tb.Len(); f < 12 {
+			t.Fatalf("Import: ErrFull with %d flows", f)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	e, ok := entry(t, tb, k)
+	if expires <= now {
+		if ok != had && !(ok && e.Expires <= now) || ok && had && e != prev {
+			t.Fatalf("Import of an ended flow changed %+v to %+v", prev, e)
+		}
+		return
+	}
+	limit := now + tb.timeout[st]
+	if !ok || e.Member != member || e.State != st {
+		t.Fatalf("imported %+v reads back as %+v, %v", k, e, ok)
+	}
+	hi := limit + tickNs
+	if had {
+		hi = max(hi, prev.Expires)
+	}
+	if e.Expires < min(expires, limit) || e.Expires > hi {
+		t.Fatalf("imported expiry now%+d (asked now%+d, limit now%+d, had %v now%+d)",
+			e.Expires-now, expires-now, limit-now, had, prev.Expires-now)
+	}
+	if m, ok := tb.Template(k.Src, k.Dst, now); !ok || m != member {
+		t.Fatalf("template after Import = %d, %v; want %d", m, ok, member)
+	}
 }

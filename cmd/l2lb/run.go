@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/dataplane"
 	"github.com/l2lb/l2lb/scheduler"
@@ -49,6 +50,18 @@ type runOptions struct {
 	tcpTimeout  time.Duration
 	finTimeout  time.Duration
 	udpTimeout  time.Duration
+	// Standalone cluster mode (issue 4).
+	peers       listFlag
+	name        string
+	addr        string
+	bind        string
+	priority    int
+	preempt     bool
+	healthPorts listFlag
+	syncGroup   string
+	syncPeers   listFlag
+	syncKeyFile string
+	gossipKey   string
 }
 
 func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
@@ -71,6 +84,17 @@ func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.tcpTimeout, "tcp-timeout", 900*time.Second, "timeout of established TCP flows (IPVS default)")
 	fs.DurationVar(&o.finTimeout, "tcpfin-timeout", 120*time.Second, "timeout of closing TCP flows (IPVS default)")
 	fs.DurationVar(&o.udpTimeout, "udp-timeout", 300*time.Second, "timeout of UDP flows (IPVS default)")
+	fs.Var(&o.peers, "peers", "standalone cluster: other nodes' membership addresses `HOST[:PORT]` (comma-separated or repeated); members and the active node then come from the cluster instead of --member")
+	fs.StringVar(&o.name, "name", "", "cluster: this node's unique name (default: its address)")
+	fs.StringVar(&o.addr, "addr", "", "cluster: this node's real IPv4 address (default: the first IPv4 address of -i)")
+	fs.StringVar(&o.bind, "bind", "", "cluster: membership listen address `ADDR:PORT` (default ADDR:7946)")
+	fs.IntVar(&o.priority, "priority", 100, "cluster: election priority 0-255; the highest alive and healthy node is active (ties: name)")
+	fs.BoolVar(&o.preempt, "preempt", false, "cluster: a returning higher-priority node takes the active role back once its table is synced")
+	fs.Var(&o.healthPorts, "health-port", "cluster: this node's own service port to probe with TCP connects (repeatable); an unhealthy node gets no new flows")
+	fs.StringVar(&o.syncGroup, "sync-group", "", "cluster: sync multicast group `ADDR:PORT` (default "+connsync.DefaultGroup.String()+")")
+	fs.Var(&o.syncPeers, "sync-peer", "cluster: send sync messages to this unicast `ADDR:PORT` instead of multicast (repeatable)")
+	fs.StringVar(&o.syncKeyFile, "sync-key-file", "", "cluster: file holding the shared key that authenticates sync messages (HMAC-SHA256)")
+	fs.StringVar(&o.gossipKey, "gossip-key-file", "", "cluster: file holding a 16, 24 or 32-byte key that encrypts membership gossip")
 	return fs
 }
 
@@ -200,13 +224,6 @@ func run(o runOptions, log *slog.Logger) error {
 	if o.persistence < 0 || o.selfWeight < 0 {
 		return errors.New("-p and -r must not be negative")
 	}
-	members, err := buildMembers(o.members, o.portRanges, o.selfWeight, localAddrs(), vips)
-	if err != nil {
-		return err
-	}
-	if len(members) == 0 {
-		return errors.New("no --member given")
-	}
 	vmac := defaultVMAC(o.syncID)
 	if o.vmac != "" {
 		if vmac, err = net.ParseMAC(o.vmac); err != nil || len(vmac) != 6 {
@@ -215,6 +232,19 @@ func run(o runOptions, log *slog.Logger) error {
 	}
 	to := conntrack.DefaultTimeouts()
 	to.TCPEstablished, to.TCPClosing, to.UDP = o.tcpTimeout, o.finTimeout, o.udpTimeout
+	if len(o.peers) > 0 {
+		if len(o.members) > 0 {
+			return errors.New("--member and --peers exclude each other: with --peers the members come from the cluster")
+		}
+		return runCluster(o, log, vips, vmac, kind, nodest, to)
+	}
+	members, err := buildMembers(o.members, o.portRanges, o.selfWeight, localAddrs(), vips)
+	if err != nil {
+		return err
+	}
+	if len(members) == 0 {
+		return errors.New("no --member given (or --peers for a standalone cluster)")
+	}
 	eng := dataplane.New(conntrack.Config{MaxEntries: o.maxConns, Timeouts: to,
 		Persistence: time.Duration(o.persistence) * time.Second})
 	ifi, err := net.InterfaceByName(o.iface)

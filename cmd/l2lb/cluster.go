@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/l2lb/l2lb/cluster"
+	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/scheduler"
+	"github.com/l2lb/l2lb/vipset"
+)
+
+// runCluster runs `l2lb run --peers ...`: a standalone node with its own membership, election and
+// connection sync.
+func runCluster(o runOptions, log *slog.Logger, vips *vipset.Set, vmac net.HardwareAddr, kind scheduler.Kind,
+	nodest dataplane.NoDestPolicy, to conntrack.Timeouts) error {
+	addr, err := nodeAddr(o.addr, o.iface)
+	if err != nil {
+		return err
+	}
+	if o.priority < 0 || o.priority > 255 {
+		return fmt.Errorf("--priority %d: want 0-255", o.priority)
+	}
+	cfg := cluster.Config{Name: o.name, Interface: o.iface, Addr: addr, VIPs: vips, VirtualMAC: vmac,
+		Persistence: time.Duration(o.persistence) * time.Second, Weight: 100, SelfWeight: uint32(o.selfWeight),
+		Priority: uint8(o.priority), Preempt: o.preempt, Scheduler: kind, Workers: o.workers, NoDest: nodest,
+		Conntrack: conntrack.Config{MaxEntries: o.maxConns, Timeouts: to}, Log: log}
+	for _, p := range o.peers {
+		for _, one := range strings.Split(p, ",") {
+			if one = strings.TrimSpace(one); one != "" {
+				cfg.Peers = append(cfg.Peers, one)
+			}
+		}
+	}
+	if o.bind != "" {
+		if cfg.Bind, err = netip.ParseAddrPort(o.bind); err != nil {
+			return fmt.Errorf("--bind %q: %w", o.bind, err)
+		}
+	}
+	for _, p := range o.healthPorts {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("--health-port %q: not a port", p)
+		}
+		cfg.HealthPorts = append(cfg.HealthPorts, uint16(n))
+	}
+	cfg.Sync.SyncID = uint16(o.syncID)
+	if o.syncGroup != "" {
+		if cfg.Sync.Group, err = netip.ParseAddrPort(o.syncGroup); err != nil {
+			return fmt.Errorf("--sync-group %q: %w", o.syncGroup, err)
+		}
+	}
+	for _, p := range o.syncPeers {
+		ap, err := netip.ParseAddrPort(p)
+		if err != nil {
+			return fmt.Errorf("--sync-peer %q: %w", p, err)
+		}
+		cfg.Sync.Peers = append(cfg.Sync.Peers, ap)
+	}
+	if o.syncKeyFile != "" {
+		if cfg.Sync.Key, err = readKey(o.syncKeyFile); err != nil {
+			return err
+		}
+	}
+	if o.gossipKey != "" {
+		if cfg.ClusterKey, err = readKey(o.gossipKey); err != nil {
+			return err
+		}
+	}
+	ready := make(chan struct{})
+	cfg.OnReady = func() { close(ready) }
+	node, err := cluster.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- node.Run(ctx) }()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ready:
+			ready = nil
+			log.Info("ready", "mode", "cluster", "name", node.Status().Name, "addr", addr, "interface", o.iface,
+				"vips", vips.String(), "vmac", vmac.String(), "peers", strings.Join(cfg.Peers, ","))
+			writeStats(o.statsFile, node.Dataplane(), node.Engine(), log)
+		case <-tick.C:
+			writeStats(o.statsFile, node.Dataplane(), node.Engine(), log)
+		case err := <-errc:
+			writeStats(o.statsFile, node.Dataplane(), node.Engine(), log)
+			if err == nil {
+				log.Info("stopped")
+			}
+			return err
+		}
+	}
+}
+
+// nodeAddr returns the --addr value or the first IPv4 address of the interface.
+func nodeAddr(flagVal, iface string) (netip.Addr, error) {
+	if flagVal != "" {
+		a, err := netip.ParseAddr(flagVal)
+		if err != nil || !a.Is4() {
+			return netip.Addr{}, fmt.Errorf("--addr %q: not an IPv4 address", flagVal)
+		}
+		return a, nil
+	}
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("-i %s: %w", iface, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
+				return ip.Unmap(), nil
+			}
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("-i %s has no IPv4 address; give --addr", iface)
+}
+
+// readKey reads a key file; surrounding whitespace is ignored.
+func readKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	k := []byte(strings.TrimSpace(string(b)))
+	if len(k) == 0 {
+		return nil, fmt.Errorf("%s: empty key", path)
+	}
+	return k, nil
+}

@@ -1,0 +1,210 @@
+package conntrack
+
+// This file is what a connection-sync channel needs: Import and
+// ImportTemplate record what the active balancer reports on a standby, and
+// RangeTemplates (with Range) lets the active report it. Remaining lifetimes
+// travel as durations; each side converts them against its own clock.
+
+// validState reports whether a flow of protocol proto can be in state st, as
+// firstState and nextState would put it there.
+func validState(proto uint8, st State) bool {
+	switch proto {
+	case ProtoTCP:
+		return st <= StateClose
+	case ProtoUDP:
+		return st == StateUDP
+	case ProtoICMP:
+		return st == StateICMP
+	default:
+		return st == StateOther
+	}
+}
+
+// Import records or updates flow k as learnt from a connection-sync channel:
+// forwarded to member, in state, expiring at the absolute time expires (the
+// caller's clock, as "now"). The expiry is first clamped to now plus state's
+// timeout, so a bogus remaining lifetime cannot pin memory, and rounded up to
+// the table's tick; an expiry at or before now describes a flow that already
+// ended and is ignored (nil error).
+//
+// If k is absent, or expired but not yet removed, it is recorded as Insert
+// would: counted in Active, refused with ErrFull at MaxEntries flows, and
+// with Persistence on it takes a reference on the template of (k.Src, k.Dst),
+// creating it or pointing it at member (a template overflow is counted and
+// the flow recorded without persistence). If k is live it is updated in
+// place: its member (moving the Active count) and state are replaced, its
+// expiry becomes the later of the two, and its template, if it holds one, is
+// pointed at member and its persistence period restarted at now, as an
+// Insert would have done. Import never calls the SetOnInsert hook.
+//
+// Import returns ErrBadMember for a member above MaxMember and ErrBadState
+// for a state that does not fit k.Proto (a TCP state for a UDP flow, say).
+func (t *Table) Import(k Key, member uint32, state State, expires int64, now int64) error {
+	if member > MaxMember {
+		return ErrBadMember
+	}
+	if !validState(k.Proto, state) {
+		return ErrBadState
+	}
+	if lim := now + t.timeout[state]; expires > lim {
+		expires = lim
+	}
+	if expires <= now {
+		return nil
+	}
+	exp := expiryTick(expires, 0)
+	f := k.pack()
+	// The periodic refresh of a live flow is the common case: update it in
+	// place first, which needs no capacity, so a full table still accepts
+	// refreshes of the flows it holds.
+	s, h := t.flowShard(f)
+	s.mu.Lock()
+	s.advance(now)
+	if i := s.flows.find(f.a, f.b, h); i >= 0 && !expired(s.flows.slots[i].exp, now) {
+		v := &s.flows.slots[i]
+		t.updateSlot(v, member, state, exp)
+		held := v.flags&flagTemplate != 0
+		s.mu.Unlock()
+		if held {
+			t.pointTemplate(f.tmplKey(), member, now)
+		}
+		return nil
+	}
+	s.mu.Unlock()
+	// Absent or expired: record it as Insert does. Another goroutine may
+	// record k in between; record then updates it instead.
+	return t.record(f, member, state, exp, now, true)
+}
+
+// updateSlot applies an import to live flow v under its shard's lock.
+func (t *Table) updateSlot(v *slot, member uint32, state State, exp uint32) {
+	if uint32(v.member) != member {
+		t.active[v.member].Add(-1)
+		t.active[member].Add(1)
+		v.member = uint16(member)
+	}
+	v.state = state
+	v.exp = laterTick(v.exp, exp)
+}
+
+// pointTemplate points existing template tk at member and restarts its
+// persistence period at now, as acquireTemplate does, without taking a
+// reference. A template removed meanwhile is not recreated: no flow holds it.
+func (t *Table) pointTemplate(tk uint64, member uint32, now int64) {
+	s := t.tmplShard(tk)
+	s.mu.Lock()
+	s.advance(now)
+	if v, ok := s.tmpls[tk]; ok {
+		v.member = uint16(member)
+		v.gone = false
+		v.exp = laterTick(v.exp, expiryTick(now, t.persist))
+		s.tmpls[tk] = v
+	}
+	s.mu.Unlock()
+}
+
+// ImportTemplate records the persistence template of (client, vip) as learnt
+// from a connection-sync channel: pointing at member, live until the absolute
+// time expires (the caller's clock, as "now") once no flow holds it. The
+// expiry is clamped to now plus Persistence and becomes the later of the
+// template's existing one and the given one; an expiry at or before now
+// describes a template that already lapsed and is ignored (nil error). An
+// existing template is pointed at member, as the sending balancer is the
+// authority on where the client goes. The template takes no flow reference:
+// flows imported with Import take their own.
+//
+// ImportTemplate returns ErrNoPersistence when the table has persistence
+// off, ErrBadMember for a member above MaxMember, and ErrFull (counted as a
+// template overflow, see Overflows) when MaxEntries templates exist already.
+func (t *Table) ImportTemplate(client, vip uint32, member uint32, expires int64, now int64) error {
+	if t.persist == 0 {
+		return ErrNoPersistence
+	}
+	if member > MaxMember {
+		return ErrBadMember
+	}
+	if lim := now + t.persist; expires > lim {
+		expires = lim
+	}
+	if expires <= now {
+		return nil
+	}
+	exp := expiryTick(expires, 0)
+	tk := uint64(client)<<32 | uint64(vip)
+	s := t.tmplShard(tk)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.advance(now)
+	v, ok := s.tmpls[tk]
+	if !ok {
+		if t.ntmpls.Add(1) > t.max {
+			t.ntmpls.Add(-1)
+			t.tmplOverflow.Add(1)
+			return ErrFull
+		}
+		v.exp = exp
+	}
+	// A dead template not yet removed has an expiry before now, so the
+	// later of the two is the new one: it is replaced, not resurrected.
+	v.member = uint16(member)
+	v.gone = false
+	v.exp = laterTick(v.exp, exp)
+	s.tmpls[tk] = v
+	return nil
+}
+
+// latest returns the latest time any shard has seen.
+func (t *Table) latest() int64 {
+	var now int64
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		now = max(now, s.now)
+		s.mu.Unlock()
+	}
+	return now
+}
+
+// RangeTemplates calls fn for each live persistence template, shard by
+// shard, until fn returns false, for a connection-sync sender's periodic
+// refresh or bulk dump. A template is live while a flow holds it or its
+// persistence period has not passed, judged at the latest time the table
+// has seen; templates whose member was removed (see RemoveMember) are
+// skipped. fn runs with the template's shard locked, so it must not call
+// back into t. Templates created or removed during RangeTemplates may or may
+// not be seen.
+//
+// Entry.Member is the template's member and Entry.State is zero.
+// Entry.Expires is an absolute time in the caller's clock, as for Range: for
+// a template no flow holds, the end of its persistence period; for one that
+// flows hold, which lives as long as they do plus Persistence, at least
+// Persistence after the latest time the table has seen, so a receiver keeps
+// it even before it learns of the flows.
+func (t *Table) RangeTemplates(fn func(client, vip uint32, e Entry) bool) {
+	if t.persist == 0 {
+		return // no template is ever created
+	}
+	ref := t.latest()
+	held := expiryTick(ref, t.persist)
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for tk, v := range s.tmpls {
+			if v.gone {
+				continue
+			}
+			exp := v.exp
+			if v.flows > 0 {
+				exp = laterTick(exp, held)
+			} else if expired(exp, ref) {
+				continue
+			}
+			e := Entry{Member: uint32(v.member), Expires: tickTime(exp, ref)}
+			if !fn(uint32(tk>>32), uint32(tk), e) {
+				s.mu.Unlock()
+				return
+			}
+		}
+		s.mu.Unlock()
+	}
+}
