@@ -14,10 +14,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/dataplane"
 	"github.com/l2lb/l2lb/hostcfg"
 	"github.com/l2lb/l2lb/scheduler"
+	"github.com/l2lb/l2lb/tablesync"
 	"github.com/l2lb/l2lb/vipset"
 )
 
@@ -46,6 +48,9 @@ type Options struct {
 	Scheduler   scheduler.Kind
 	VirtualMAC  net.HardwareAddr
 	Workers     int
+	// Sync configures the connection-sync channel (SyncID is taken from -s). NoSync turns it off.
+	Sync   connsync.Config
+	NoSync bool
 }
 
 // Host is the privileged plumbing the helper needs, behind a narrow interface so tests can fake
@@ -71,6 +76,7 @@ type Helper struct {
 	vipErr   error
 	eng      *dataplane.Engine
 	node     *dataplane.Node
+	sync     *tablesync.Syncer
 	cancel   context.CancelFunc
 	done     chan error
 	role     string
@@ -158,6 +164,20 @@ func (h *Helper) startLocked() error {
 	done := make(chan error, 1)
 	go func() { done <- node.Run(ctx) }()
 	h.eng, h.node, h.cancel, h.done, h.startErr = eng, node, cancel, done, nil
+	if !h.opt.NoSync {
+		// The sync channel replaces ipvsadm's sync daemon (--syncid -s): the active node
+		// replicates its table, standbys import it so that they can take over without cutting
+		// connections. A failure here is reported but does not stop balancing.
+		sc := h.opt.Sync
+		sc.SyncID, sc.Interface = uint16(h.opt.SyncID), h.opt.Interface
+		s, err := tablesync.Start(eng, sc, h.log, nil)
+		if err != nil {
+			h.info("connection sync unavailable: %v", err)
+		} else {
+			h.sync = s
+			s.RequestDump()
+		}
+	}
 	return nil
 }
 
@@ -201,6 +221,9 @@ func (h *Helper) Active(members []netip.Addr) error {
 	}
 	wasActive := h.role == "active"
 	h.node.SetActive(true)
+	if h.sync != nil {
+		h.sync.SetActive(true)
+	}
 	if !wasActive {
 		// Answer OK once the members' MACs are known (or after activeReadyWait): until a MAC
 		// resolves, that member gets no new flows, so waiting a moment keeps the first
@@ -247,6 +270,9 @@ func (h *Helper) Standby(active netip.Addr) error {
 	}
 	if h.node != nil {
 		h.node.SetActive(false)
+	}
+	if h.sync != nil {
+		h.sync.SetActive(false)
 	}
 	if active.IsValid() {
 		h.info("standby: active balancer is %s", active)
@@ -312,6 +338,10 @@ func (h *Helper) Periodic() {
 		h.info("fast path stopped: %v", err)
 		h.startErr = fmt.Errorf("%w: %v", ErrNotStarted, err)
 		h.cancel()
+		if h.sync != nil {
+			h.sync.Close()
+			h.sync = nil
+		}
 		h.eng, h.node, h.cancel, h.done = nil, nil, nil, nil
 		if h.role == "active" {
 			h.role = "standby"
@@ -329,6 +359,10 @@ func (h *Helper) Close() error {
 		return nil
 	}
 	h.node.SetActive(false)
+	if h.sync != nil {
+		h.sync.Close()
+		h.sync = nil
+	}
 	h.cancel()
 	var err error
 	select {

@@ -21,6 +21,7 @@ import (
 	"github.com/l2lb/l2lb/dataplane"
 	"github.com/l2lb/l2lb/election"
 	"github.com/l2lb/l2lb/scheduler"
+	"github.com/l2lb/l2lb/tablesync"
 	"github.com/l2lb/l2lb/vipset"
 )
 
@@ -91,8 +92,7 @@ type Node struct {
 	cfg    Config
 	eng    *dataplane.Engine
 	dp     *dataplane.Node
-	sync   *connsync.Conn
-	repl   *connsync.Replicator
+	sync   *tablesync.Syncer
 	cl     *election.Cluster
 	runner *election.Runner
 	log    *slog.Logger
@@ -202,39 +202,21 @@ func (n *Node) Run(ctx context.Context) error {
 	// Connection sync: every node listens; the active one replicates.
 	sc := cfg.Sync
 	sc.Interface, sc.Local = cfg.Interface, cfg.Addr
-	sc.Logf = n.logf
 	var err error
-	n.sync, err = connsync.Listen(sc)
+	n.sync, err = tablesync.Start(n.eng, sc, n.log, func(from netip.Addr) {
+		n.setTableReady("bulk dump from " + from.String())
+	})
 	if err != nil {
 		cancel()
 		wg.Wait()
 		return fmt.Errorf("cluster: sync channel: %w", err)
 	}
-	n.repl = connsync.NewReplicator(n.sync, n.exportRecords, 0)
-	n.eng.Table().SetOnInsert(func(k conntrack.Key, member uint32, state conntrack.State) {
-		if !n.active.Load() {
-			return
-		}
-		if r, ok := n.eng.SyncRecordOf(k, member, state); ok {
-			n.repl.Notify(connsync.Record{Kind: connsync.RecordFlow, Key: r.Key, Member: r.Member, State: r.State, TTL: r.TTL})
-		}
-	})
-	wg.Add(2)
-	go func() { defer wg.Done(); n.receiveSync() }()
-	replCtx, replCancel := context.WithCancel(runCtx)
-	go func() {
-		defer wg.Done()
-		if err := n.repl.Run(replCtx); err != nil && replCtx.Err() == nil {
-			n.log.Warn("sync replicator stopped", "err", err)
-		}
-	}()
 
 	// Membership and election.
 	healthy := len(cfg.HealthPorts) == 0
 	n.cl, err = election.Join(election.ClusterConfig{Name: cfg.Name, Bind: cfg.Bind, Peers: cfg.Peers,
 		Meta: n.meta(healthy), Logf: func(f string, a ...any) { n.log.Debug(fmt.Sprintf(f, a...)) }, SecretKey: cfg.ClusterKey})
 	if err != nil {
-		replCancel()
 		n.sync.Close()
 		cancel()
 		wg.Wait()
@@ -274,13 +256,9 @@ func (n *Node) Run(ctx context.Context) error {
 			n.log.Info("handed over the active role")
 		}
 		hcancel()
-		// Let the successor's table catch the last new flows.
-		n.repl.Dump()
-		time.Sleep(200 * time.Millisecond)
 	}
 	n.cl.Leave(time.Second)
 	n.cl.Shutdown()
-	replCancel()
 	n.sync.Close()
 	cancel()
 	wg.Wait()
@@ -308,9 +286,7 @@ func (n *Node) apply(acquire, release []netip.Addr) {
 		n.reconfigure()
 	}
 	n.dp.SetActive(on)
-	if on {
-		n.repl.Dump() // bring every standby up to date at once
-	}
+	n.sync.SetActive(on)
 }
 
 func (n *Node) setTableReady(why string) {
@@ -321,45 +297,6 @@ func (n *Node) setTableReady(why string) {
 	if n.runner != nil {
 		n.runner.Update(func(m *election.NodeMeta) { m.TableReady = true })
 	}
-}
-
-// receiveSync imports what the active node replicates. Messages from ourselves never arrive
-// (the channel filters its own loopback), and an active node ignores others' records unless it
-// is in a split brain, where importing them is harmless: both tables then hold both sides' flows.
-func (n *Node) receiveSync() {
-	var buf []dataplane.SyncRecord
-	err := n.sync.Receive(func(from netip.Addr, h connsync.Header, recs []connsync.Record) {
-		if h.Type == connsync.MsgDumpEnd {
-			n.setTableReady("bulk dump from " + from.String())
-			return
-		}
-		buf = buf[:0]
-		for _, r := range recs {
-			buf = append(buf, dataplane.SyncRecord{Template: r.Kind == connsync.RecordTemplate, Key: r.Key,
-				Member: r.Member, State: r.State, TTL: r.TTL})
-		}
-		if err := n.eng.Import(buf); err != nil {
-			n.log.Debug("sync import", "from", from, "err", err)
-		}
-	}, func(from netip.Addr) {
-		if n.active.Load() {
-			n.repl.Dump()
-		}
-	})
-	if err != nil && !errors.Is(err, connsync.ErrClosed) {
-		n.log.Warn("sync receiver stopped", "err", err)
-	}
-}
-
-// exportRecords feeds the replicator's refresh and dump.
-func (n *Node) exportRecords(fn func(connsync.Record) bool) {
-	n.eng.Export(func(r dataplane.SyncRecord) bool {
-		kind := connsync.RecordFlow
-		if r.Template {
-			kind = connsync.RecordTemplate
-		}
-		return fn(connsync.Record{Kind: kind, Key: r.Key, Member: r.Member, State: r.State, TTL: r.TTL})
-	})
 }
 
 // memberLoop derives the frontend list from the membership.

@@ -104,6 +104,9 @@ func listenWith(t *testing.T, h *testbed.Host, cfg Config, onDump func(netip.Add
 		})
 	}()
 	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("%s (%v): stats %+v", h.Name, n.c.LocalAddr(), n.c.Stats())
+		}
 		n.c.Close()
 		select {
 		case err := <-done:
@@ -375,7 +378,7 @@ func TestNamespaces(t *testing.T) {
 			}
 			return m
 		}
-		waitFor(t, "two refresh cycles", 4*refresh, func() bool {
+		waitFor(t, "two refresh cycles", 10*refresh, func() bool {
 			m := seen()
 			for _, r := range live {
 				if m[r.Key] < 2 {
@@ -384,7 +387,10 @@ func TestNamespaces(t *testing.T) {
 			}
 			return true
 		})
-		if el := time.Since(start); el > 3*refresh {
+		// Two cycles need 1.75 intervals (the second starts after one and
+		// is spread over three quarters of it); the rest is slack for a
+		// loaded machine.
+		if el := time.Since(start); el > 4*refresh {
 			t.Errorf("two cycles took %v with a %v interval", el, refresh)
 		}
 		for _, r := range b.records() {

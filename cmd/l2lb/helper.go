@@ -7,11 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/l2lb/l2lb/cgphelper"
+	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/helperproto"
 	"github.com/l2lb/l2lb/scheduler"
 )
@@ -36,6 +38,9 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	trace := fs.String("trace", "", "append every line received and sent, timestamped, to this file")
 	sched := fs.String("scheduler", "maglev", "scheduler: maglev, wrr or wlc")
 	vmacS := fs.String("vmac", "", "virtual MAC (default 02:6c:32:62:SS:SS from -s)")
+	syncKey := fs.String("sync-key-file", "", "file holding the shared key that authenticates connection-sync messages")
+	syncGroup := fs.String("sync-group", "", "connection-sync multicast group `ADDR:PORT` (default "+connsync.DefaultGroup.String()+")")
+	noSync := fs.Bool("no-sync", false, "do not replicate the connection table between group members")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -62,6 +67,19 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
+	var sc connsync.Config
+	if *syncKey != "" {
+		if sc.Key, err = readKey(*syncKey); err != nil {
+			fmt.Fprintln(stderr, "l2lb helper:", err)
+			return 1
+		}
+	}
+	if *syncGroup != "" {
+		if sc.Group, err = netip.ParseAddrPort(*syncGroup); err != nil {
+			fmt.Fprintln(stderr, "l2lb helper: --sync-group:", err)
+			return 2
+		}
+	}
 	var traceW io.Writer
 	log := slog.New(slog.DiscardHandler) // nothing may go to stderr while CGP runs us
 	if *trace != "" {
@@ -78,6 +96,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	h := cgphelper.New(cgphelper.Options{
 		Persistence: time.Duration(*p) * time.Second, Interface: *iface, SyncID: *syncID, VIPFile: *file,
 		SelfWeight: uint32(*weight), DryRun: *dry, Scheduler: kind, VirtualMAC: vmac,
+		Sync: sc, NoSync: *noSync,
 	}, cgphelper.SystemHost{}, func(format string, a ...any) { sess.Info(format, a...) }, log)
 	sess = helperproto.NewSession(helperproto.Config{In: stdin, Out: stdout, Handler: h,
 		Timeout: time.Duration(*timeout) * time.Second, Trace: traceW, MaxIntf: helperproto.IntfVersion})

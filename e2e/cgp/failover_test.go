@@ -173,6 +173,10 @@ func TestHelperFailover(t *testing.T) {
 		}
 	}
 	names = askEach(t, srcs, raddr, 1)
+	afterChange := map[netip.Addr]string{}
+	for a, ns := range names {
+		afterChange[a] = ns[0]
+	}
 	counts = perFrontend(names)
 	t.Logf("after ACTIVE f1,f3: connections per frontend %v", counts)
 	checkNames(t, counts, "f1", "f3")
@@ -226,22 +230,34 @@ func TestHelperFailover(t *testing.T) {
 	}
 	names = askEach(t, srcs, raddr, 1)
 	counts = perFrontend(names)
-	t.Logf("f2 active: connections per frontend %v", counts)
+	t.Logf("f2 active: persistent clients' connections per frontend %v", counts)
 	checkNames(t, counts, "f1", "f2", "f3")
-	for _, f := range bed.Frontends {
-		if counts[f.Name] == 0 {
-			t.Errorf("with f2 active, %s got none of %d connections (%v)", f.Name, len(srcs), counts)
-		}
-	}
+	// The connection-sync channel carried f1's persistence templates (-p 15) to f2, so every
+	// persistent client keeps the frontend it had after the membership change.
 	same := 0
 	for a, ns := range names {
-		if ns[0] == owner[a] {
+		if ns[0] == afterChange[a] {
 			same++
 		}
 	}
-	// Not required by the contract: with equal weights both balancers hash
-	// a client the same way, so most clients keep their frontend.
-	t.Logf("%d of %d client addresses reached the same frontend through f2 as through f1", same, len(names))
+	t.Logf("%d of %d persistent client addresses reached the same frontend through f2 as through f1", same, len(names))
+	if same != len(names) {
+		t.Errorf("only %d of %d persistent clients kept their frontend across the hand-over", same, len(names))
+	}
+	// New clients are balanced over every member, f2 (now the active node) included.
+	// .220-.249: clear of the VIP (.200) and of every host address.
+	var fresh []source
+	for _, a := range addAddrs(t, bed.Clients[1], 220, 30) {
+		fresh = append(fresh, source{h: bed.Clients[1], addr: a})
+	}
+	freshNames := askEach(t, fresh, raddr, 1)
+	freshCounts := perFrontend(freshNames)
+	t.Logf("f2 active: new clients' connections per frontend %v", freshCounts)
+	for _, f := range bed.Frontends {
+		if freshCounts[f.Name] == 0 {
+			t.Errorf("with f2 active, %s got none of %d new clients' connections (%v)", f.Name, len(fresh), freshCounts)
+		}
+	}
 	st, _ = h2.do("STATUS", "^OK ", answerLimit)
 	checkStatus(t, "f2", st.text, "active", f1.Addr, f2.Addr, f3.Addr)
 	for _, hp := range []*helper{h1, h3} {

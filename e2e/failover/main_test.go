@@ -1,0 +1,485 @@
+// Package failover holds the acceptance tests of issue 4: three standalone
+// l2lb nodes (`l2lb run --peers ...`) on a namespace testbed
+// (internal/testbed), each both balancer-capable and a frontend, with long-lived
+// TCP connections streaming both ways through the VIP and persistent clients
+// opening new connections all along, through a planned hand-over, a crash, a
+// restart, a partition and injected sync messages.
+package failover
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/l2lb/l2lb/internal/testbed"
+)
+
+// l2lbBin is the binary built by TestMain; missing names an unavailable
+// prerequisite.
+var (
+	l2lbBin string
+	missing string
+)
+
+// Ports the frontends serve on the VIP.
+const (
+	namePort = 80   // testbed name server: one answer per connection
+	echoPort = 7000 // echo server for the long-lived streams
+)
+
+// membershipPort is memberlist's customary port, which `l2lb run` binds by
+// default (election.DefaultPort).
+const membershipPort = 7946
+
+// Node priorities: f1 is active first.
+var priorities = map[string]int{"f1": 200, "f2": 150, "f3": 100}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "l2lb-e2e-failover-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/failover:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	l2lbBin = filepath.Join(dir, "l2lb")
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/failover: go env GOMOD:", err)
+		return 1
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		fmt.Fprintln(os.Stderr, "e2e/failover: not inside a Go module")
+		return 1
+	}
+	build := exec.Command("go", "build", "-o", l2lbBin, "./cmd/l2lb")
+	build.Dir = filepath.Dir(gomod)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e/failover: building ./cmd/l2lb with CGO_ENABLED=0 failed: %v\n%s", err, out)
+		return 1
+	}
+	switch {
+	case os.Geteuid() != 0:
+		missing = "root privileges"
+	default:
+		if _, err := exec.LookPath("ip"); err != nil {
+			missing = "iproute2's ip command"
+		}
+	}
+	return m.Run()
+}
+
+// newBed fails (CI=true) or skips when namespaces cannot be built, and
+// otherwise returns a bed that is removed when the test ends.
+func newBed(t *testing.T) *testbed.Bed {
+	t.Helper()
+	if missing != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but %s are unavailable: the failover acceptance tests need network namespaces", missing)
+		}
+		t.Skipf("needs %s to build the namespace testbed", missing)
+	}
+	bed, err := testbed.New(testbed.Options{Frontends: 3, Clients: 2, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("building the testbed: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Errorf("removing the testbed: %v", err)
+		}
+	})
+	return bed
+}
+
+// snapshot mirrors the JSON l2lb writes with --stats-file (writeStats).
+type snapshot struct {
+	Time      time.Time `json:"time"`
+	Active    bool      `json:"active"`
+	Flows     int       `json:"flows"`
+	Templates int       `json:"templates"`
+	Members   []struct {
+		Addr   string `json:"addr"`
+		Weight uint32 `json:"weight"`
+		Flows  int64  `json:"flows"`
+	} `json:"members"`
+}
+
+// logLine is one line of a node's standard error and when it was read.
+type logLine struct {
+	at   time.Time
+	text string
+}
+
+// node is one `l2lb run --peers` process on a frontend; a restart replaces
+// the process but keeps the node.
+type node struct {
+	t         *testing.T
+	host      *testbed.Host
+	args      []string
+	statsPath string
+
+	mu      sync.Mutex
+	log     []logLine // lines of the current process
+	oldLogs []logLine // lines of earlier processes
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when the current process has been reaped
+	waitErr error         // valid after done
+}
+
+// cluster is the three nodes and what they share.
+type cluster struct {
+	t     *testing.T
+	bed   *testbed.Bed
+	nodes []*node // f1, f2, f3
+}
+
+// startCluster starts l2lb on every frontend with extra flags, waits for each
+// to log msg=ready and for exactly one node (f1, the highest priority) to be
+// active.
+func startCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	vipFile := filepath.Join(dir, "vipaddrs")
+	if err := os.WriteFile(vipFile, []byte("# failover e2e VIPs (seed step 4 format)\n"+bed.VIPs[0].String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var peers []string
+	for _, f := range bed.Frontends {
+		peers = append(peers, netip.AddrPortFrom(f.Addr, membershipPort).String())
+	}
+	c := &cluster{t: t, bed: bed}
+	for _, f := range bed.Frontends {
+		n := &node{t: t, host: f, statsPath: filepath.Join(dir, f.Name+".json")}
+		n.args = append([]string{"run", "-i", "eth0", "-f", vipFile, "-p", "60",
+			"--peers", strings.Join(peers, ","), "--priority", fmt.Sprint(priorities[f.Name]),
+			"--stats-file", n.statsPath}, extra...)
+		c.nodes = append(c.nodes, n)
+	}
+	// Clean-ups run last-registered first: stop the nodes before the bed goes.
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			n.stop()
+		}
+		if t.Failed() {
+			for _, n := range c.nodes {
+				t.Logf("%s log:\n%s", n.host.Name, n.logText(120))
+			}
+		}
+	})
+	for _, n := range c.nodes {
+		n.start()
+	}
+	for _, n := range c.nodes {
+		n.waitReady(10 * time.Second)
+	}
+	if got := c.waitSingleActive(10*time.Second, time.Second); got != "f1" {
+		t.Fatalf("after start the active node is %q, want f1 (highest priority)", got)
+	}
+	return c
+}
+
+func (c *cluster) node(name string) *node {
+	for _, n := range c.nodes {
+		if n.host.Name == name {
+			return n
+		}
+	}
+	c.t.Fatalf("no node %s", name)
+	return nil
+}
+
+// start runs l2lb in the node's namespace; waitReady waits for msg=ready.
+func (n *node) start() {
+	n.t.Helper()
+	n.mu.Lock()
+	n.oldLogs = append(n.oldLogs, n.log...)
+	n.log = nil
+	n.mu.Unlock()
+	os.Remove(n.statsPath) // a restarted node must not be judged by its predecessor's file
+	cmd := n.host.Command(l2lbBin, n.args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Logf("%s: starting l2lb %s", n.host.Name, strings.Join(n.args, " "))
+	if err := cmd.Start(); err != nil {
+		n.t.Fatalf("%s: starting l2lb: %v", n.host.Name, err)
+	}
+	done := make(chan struct{})
+	n.mu.Lock()
+	n.cmd, n.done = cmd, done
+	n.mu.Unlock()
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			n.mu.Lock()
+			if n.cmd == cmd {
+				n.log = append(n.log, logLine{time.Now(), sc.Text()})
+			}
+			n.mu.Unlock()
+		}
+	}()
+	go func() {
+		<-logDone // Wait closes the pipe: read it to the end first (os/exec)
+		err := cmd.Wait()
+		n.mu.Lock()
+		if n.cmd == cmd {
+			n.waitErr = err
+		}
+		n.mu.Unlock()
+		close(done)
+	}()
+}
+
+func (n *node) waitReady(limit time.Duration) {
+	n.t.Helper()
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if _, ok := n.findLog(time.Time{}, "msg=ready"); ok {
+			return
+		}
+		if !n.running() {
+			n.t.Fatalf("%s: l2lb exited before logging msg=ready: %v\nlog:\n%s", n.host.Name, n.err(), n.logText(50))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n.t.Fatalf("%s: l2lb did not log msg=ready within %v\nlog:\n%s", n.host.Name, limit, n.logText(50))
+}
+
+func (n *node) running() bool {
+	n.mu.Lock()
+	done := n.done
+	n.mu.Unlock()
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (n *node) err() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.waitErr
+}
+
+// signal sends sig to the l2lb process. `ip netns exec` execs the program
+// in place (it does not fork), so the child's pid is l2lb's.
+func (n *node) signal(sig syscall.Signal) time.Time {
+	n.t.Helper()
+	n.mu.Lock()
+	cmd := n.cmd
+	n.mu.Unlock()
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid))
+	if got := strings.TrimSpace(string(comm)); got != "l2lb" {
+		n.t.Fatalf("%s: pid %d is %q, not l2lb", n.host.Name, cmd.Process.Pid, got)
+	}
+	at := time.Now()
+	if err := cmd.Process.Signal(sig); err != nil {
+		n.t.Fatalf("%s: %v to l2lb: %v", n.host.Name, sig, err)
+	}
+	return at
+}
+
+// waitExit waits for the current process to be reaped.
+func (n *node) waitExit(limit time.Duration) bool {
+	n.mu.Lock()
+	done := n.done
+	n.mu.Unlock()
+	select {
+	case <-done:
+		return true
+	case <-time.After(limit):
+		return false
+	}
+}
+
+// stop ends a still running process with SIGTERM (SIGKILL after 10 s).
+func (n *node) stop() {
+	if !n.running() {
+		return
+	}
+	n.mu.Lock()
+	cmd := n.cmd
+	n.mu.Unlock()
+	cmd.Process.Signal(syscall.SIGTERM)
+	if !n.waitExit(10 * time.Second) {
+		cmd.Process.Kill()
+		n.waitExit(5 * time.Second)
+		n.t.Errorf("%s: l2lb still running 10 s after SIGTERM; killed", n.host.Name)
+	}
+}
+
+// findLog returns the first line of the current process at or after since
+// that contains every one of subs.
+func (n *node) findLog(since time.Time, subs ...string) (logLine, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+next:
+	for _, l := range n.log {
+		if l.at.Before(since) {
+			continue
+		}
+		for _, s := range subs {
+			if !strings.Contains(l.text, s) {
+				continue next
+			}
+		}
+		return l, true
+	}
+	return logLine{}, false
+}
+
+// logText returns the last max lines of every process of the node.
+func (n *node) logText(max int) string {
+	n.mu.Lock()
+	lines := append(append([]logLine(nil), n.oldLogs...), n.log...)
+	n.mu.Unlock()
+	if len(lines) > max {
+		lines = lines[len(lines)-max:]
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		fmt.Fprintf(&b, "%s %s\n", l.at.Format("15:04:05.000"), l.text)
+	}
+	return b.String()
+}
+
+// stats reads the node's stats file.
+func (n *node) stats() (snapshot, error) {
+	var s snapshot
+	b, err := os.ReadFile(n.statsPath)
+	if err != nil {
+		return s, err
+	}
+	return s, json.Unmarshal(b, &s)
+}
+
+// roleActive is what the node logs when it takes the active role.
+var roleActive = []string{`msg="role change"`, "active=true"}
+
+// waitRoleActive waits until some node other than except logs taking the
+// active role at or after since; it returns the node and when the line was
+// read.
+func (c *cluster) waitRoleActive(since time.Time, limit time.Duration, except string) (*node, time.Time, bool) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		var best *node
+		var at time.Time
+		for _, n := range c.nodes {
+			if n.host.Name == except {
+				continue
+			}
+			if l, ok := n.findLog(since, roleActive...); ok && (best == nil || l.at.Before(at)) {
+				best, at = n, l.at
+			}
+		}
+		if best != nil {
+			return best, at, true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil, time.Time{}, false
+}
+
+// activeNodes reads every running node's stats file (written once a second)
+// and returns the names of those reporting "active": true.
+func (c *cluster) activeNodes() ([]string, error) {
+	var act []string
+	for _, n := range c.nodes {
+		if !n.running() {
+			continue
+		}
+		s, err := n.stats()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", n.host.Name, err)
+		}
+		if time.Since(s.Time) > 3*time.Second {
+			return nil, fmt.Errorf("%s: stats file is %v old", n.host.Name, time.Since(s.Time).Round(time.Millisecond))
+		}
+		if s.Active {
+			act = append(act, n.host.Name)
+		}
+	}
+	return act, nil
+}
+
+// waitSingleActive waits until exactly one running node reports active,
+// continuously for stable, and returns its name ("" and a test error if that
+// does not happen within limit).
+func (c *cluster) waitSingleActive(limit, stable time.Duration) string {
+	c.t.Helper()
+	deadline := time.Now().Add(limit)
+	var last []string
+	var lastErr error
+	var since time.Time
+	cur := ""
+	for time.Now().Before(deadline) {
+		act, err := c.activeNodes()
+		last, lastErr = act, err
+		if err == nil && len(act) == 1 {
+			if act[0] != cur {
+				cur, since = act[0], time.Now()
+			}
+			if time.Since(since) >= stable {
+				return cur
+			}
+		} else {
+			cur = ""
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Errorf("no single active node for %v within %v: last active set %v (err %v)", stable, limit, last, lastErr)
+	return ""
+}
+
+// waitSynced waits until every standby's table holds at least want flows
+// (the streams, replicated by the active node).
+func (c *cluster) waitSynced(want int, limit time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		ok := true
+		var got []string
+		for _, n := range c.nodes {
+			s, err := n.stats()
+			got = append(got, fmt.Sprintf("%s:%d", n.host.Name, s.Flows))
+			if err != nil || s.Flows < want {
+				ok = false
+			}
+		}
+		if ok {
+			c.t.Logf("flow tables synced: %v", got)
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("flow tables not synced within %v: flows %v, want >= %d each", limit, got, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// errNoLine is returned by waitLog-style helpers when no line matched.
+var errNoLine = errors.New("no matching log line")
