@@ -102,6 +102,7 @@ type Node struct {
 	mu         sync.Mutex
 	gone       map[netip.Addr]bool // departed members kept at weight 0 while they have flows
 	owned      map[netip.Addr]bool // VIPs this node serves
+	conflict   chan struct{}       // the dataplane saw another node announce our VIP
 	lastCfg    []dataplane.Member
 	since      time.Time
 }
@@ -157,8 +158,14 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.lastCfg = []dataplane.Member{self}
+	n.conflict = make(chan struct{}, 1)
 	n.dp, err = dataplane.NewNode(dataplane.NodeConfig{Interface: cfg.Interface, Workers: cfg.Workers,
-		Engine: n.eng, Logger: cfg.Log})
+		Engine: n.eng, Logger: cfg.Log, OnConflict: func(netip.Addr, net.HardwareAddr) {
+			select {
+			case n.conflict <- struct{}{}:
+			default:
+			}
+		}})
 	if err != nil {
 		return nil, err
 	}
@@ -230,6 +237,21 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); n.runner.Run(runCtx, n.logf) }()
 	go func() { defer wg.Done(); n.memberLoop(runCtx) }()
 	go func() { defer wg.Done(); n.healthLoop(runCtx, healthy) }()
+	wg.Add(1)
+	go func() {
+		// Split brain seen on the wire: run the election at once instead of waiting for gossip;
+		// the node Decide ranks lower yields (both log it: the dataplane logs the conflict, the
+		// elector logs who yields).
+		defer wg.Done()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-n.conflict:
+				n.runner.Sync()
+			}
+		}
+	}()
 	go func() {
 		select {
 		case <-time.After(tableReadyWait):

@@ -26,10 +26,11 @@ func (e *Engine) processARP(st *state, b []byte, scratch []byte) Result {
 	if !e.active.Load() {
 		return Result{Verdict: VerdictIgnored}
 	}
-	if p.SenderIP.Is4() && st.vips.ContainsU32(u32(p.SenderIP)) && [6]byte(p.SenderHardwareAddr) != st.vmac &&
-		!isZeroMAC(p.SenderHardwareAddr) {
+	if p.SenderIP.Is4() && st.vips.ContainsU32(u32(p.SenderIP)) && !isZeroMAC(p.SenderHardwareAddr) {
 		// Someone else answers or announces one of our VIPs: a misconfigured frontend (arp_ignore
-		// missing) or a second active balancer. Count and report; do not fight over it here.
+		// missing) answers with its own MAC; another active balancer of our group announces our
+		// virtual MAC (we never read our own frames: PACKET_IGNORE_OUTGOING), which is a split
+		// brain. Count and report; the election decides who yields.
 		return Result{Verdict: VerdictIgnored, Conflict: true}
 	}
 	if p.Operation != arp.OperationRequest || !p.TargetIP.Is4() || !st.vips.ContainsU32(u32(p.TargetIP)) {

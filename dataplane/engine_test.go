@@ -343,6 +343,9 @@ func TestARP(t *testing.T) {
 	if r := process(e, arpRequest(t, vip, f2MAC, vip)); !r.Conflict {
 		t.Fatalf("another MAC announcing our VIP must be noticed: %+v", r)
 	}
+	if r := process(e, arpRequest(t, vip, vmacT, vip)); !r.Conflict {
+		t.Fatalf("another balancer announcing our VIP with our virtual MAC (split brain) must be noticed: %+v", r)
+	}
 	e.SetActive(false)
 	if r := process(e, req); r.Verdict != VerdictIgnored {
 		t.Fatalf("standby must not answer ARP: %+v", r)

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -49,6 +50,9 @@ type NodeConfig struct {
 	NoResolve bool
 	// OnReady is called once the sockets are open and the fast path runs.
 	OnReady func()
+	// OnConflict is called (at most once a second, from the fast path: it must not block) when
+	// another host claims one of our VIPs while we are active.
+	OnConflict func(vip netip.Addr, mac net.HardwareAddr)
 }
 
 // Node runs an Engine on real sockets: AF_PACKET receive/transmit on the interface, transmit on
@@ -457,6 +461,16 @@ func (n *Node) logConflict(b []byte) {
 	n.conflictLog = time.Now()
 	var p arp.Packet
 	if p.UnmarshalBinary(b[ethHeaderLen:]) == nil {
-		n.log.Warn("another host claims one of our VIPs", "vip", p.SenderIP, "mac", p.SenderHardwareAddr.String())
+		vmac := n.cfg.Engine.Config().VirtualMAC
+		if bytes.Equal(p.SenderHardwareAddr, vmac) {
+			n.log.Warn("another balancer announces our VIP with our virtual MAC: two active nodes (split brain)",
+				"vip", p.SenderIP, "from", net.HardwareAddr(b[6:12]).String())
+		} else {
+			n.log.Warn("another host claims one of our VIPs (arp_ignore missing on a frontend?)",
+				"vip", p.SenderIP, "mac", p.SenderHardwareAddr.String())
+		}
+		if n.cfg.OnConflict != nil {
+			n.cfg.OnConflict(p.SenderIP, p.SenderHardwareAddr)
+		}
 	}
 }
