@@ -205,6 +205,15 @@ func (e *Engine) SetMAC(addr netip.Addr, mac net.HardwareAddr) error {
 	return e.applyLocked(e.cfg)
 }
 
+// SetVIPs replaces the VIP set atomically (a reload); flows of the VIPs that stay are untouched.
+func (e *Engine) SetVIPs(v *vipset.Set) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	cfg := e.cfg
+	cfg.VIPs = v
+	return e.applyLocked(cfg)
+}
+
 // Config returns the configuration in force.
 func (e *Engine) Config() Config {
 	e.mu.Lock()

@@ -85,6 +85,9 @@ func runCluster(o runOptions, log *slog.Logger, vips *vipset.Set, vmac net.Hardw
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	errc := make(chan error, 1)
 	go func() { errc <- node.Run(ctx) }()
 	tick := time.NewTicker(time.Second)
@@ -98,6 +101,10 @@ func runCluster(o runOptions, log *slog.Logger, vips *vipset.Set, vmac net.Hardw
 			writeStats(o.statsFile, node.Dataplane(), node.Engine(), log)
 		case <-tick.C:
 			writeStats(o.statsFile, node.Dataplane(), node.Engine(), log)
+		case <-hup:
+			// Without --spread every VIP has one owner, so the election needs no change: the
+			// active node serves whatever the engine's VIP set is.
+			reloadVIPs(o.vipFile, node.Engine(), node.Dataplane(), log)
 		case err := <-errc:
 			writeStats(o.statsFile, node.Dataplane(), node.Engine(), log)
 			if err == nil {

@@ -264,6 +264,9 @@ func run(o runOptions, log *slog.Logger) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	node.SetActive(true)
 	errc := make(chan error, 1)
 	go func() { errc <- node.Run(ctx) }()
@@ -278,6 +281,8 @@ func run(o runOptions, log *slog.Logger) error {
 			writeStats(o.statsFile, node, eng, log)
 		case <-tick.C:
 			writeStats(o.statsFile, node, eng, log)
+		case <-hup:
+			reloadVIPs(o.vipFile, eng, node, log)
 		case err := <-errc:
 			writeStats(o.statsFile, node, eng, log)
 			if err == nil {
@@ -342,4 +347,30 @@ func writeStats(path string, node *dataplane.Node, eng *dataplane.Engine, log *s
 		return
 	}
 	os.Rename(tmp, path)
+}
+
+// reloadVIPs re-reads the VIP file (SIGHUP, `l2lb reload`). A bad file is reported with its
+// file:line and the running VIPs stay; a good one is applied atomically and the new VIPs are
+// announced at once. Established flows are not touched.
+func reloadVIPs(path string, eng *dataplane.Engine, node *dataplane.Node, log *slog.Logger) error {
+	vips, err := vipset.ParseFile(path)
+	if err == nil && vips.Len() == 0 {
+		err = fmt.Errorf("%s: no VIP listed", path)
+	}
+	if err != nil {
+		log.Error("reload refused; the running configuration stays", "err", err)
+		return err
+	}
+	old := eng.Config().VIPs
+	if old.Equal(vips) {
+		log.Info("reload: VIPs unchanged", "vips", vips.String())
+		return nil
+	}
+	if err := eng.SetVIPs(vips); err != nil {
+		log.Error("reload refused; the running configuration stays", "err", err)
+		return err
+	}
+	node.Announce()
+	log.Info("reloaded", "vips", vips.String(), "was", old.String())
+	return nil
 }
