@@ -35,6 +35,9 @@ const (
 	// handoverWait bounds the SIGTERM hand-over: memberlist gossips the Draining flag in about
 	// 100 ms and the successor's election step follows at once.
 	handoverWait = 3 * time.Second
+	// releaseGrace is how long a node that gave the role away keeps forwarding frames still sent
+	// to it: the switch moves the virtual MAC on the successor's first announcement, well within.
+	releaseGrace = time.Second
 	// healthInterval is the period of the node's own service probe.
 	healthInterval = time.Second
 )
@@ -103,6 +106,7 @@ type Node struct {
 	gone       map[netip.Addr]bool // departed members kept at weight 0 while they have flows
 	owned      map[netip.Addr]bool // VIPs this node serves
 	conflict   chan struct{}       // the dataplane saw another node announce our VIP
+	memberCh   chan struct{}       // membership changed: re-derive the members
 	lastCfg    []dataplane.Member
 	since      time.Time
 }
@@ -230,7 +234,25 @@ func (n *Node) Run(ctx context.Context) error {
 		return fmt.Errorf("cluster: joining: %w", err)
 	}
 	el := election.NewElector(cfg.Name, cfg.VIPs.Addrs(), election.Options{Preempt: cfg.Preempt}, n.logf)
-	n.runner = election.NewRunner(n.cl, el, n.meta(healthy), n.apply)
+	// The membership signals each change once; both the election and the member list must see
+	// every change, so the signal is fanned out (a shared channel made one of them wait for its
+	// next one-second tick, which slowed hand-overs to a second).
+	runnerFeed := feed{Cluster: n.cl, ch: make(chan struct{}, 1)}
+	n.memberCh = make(chan struct{}, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-n.cl.Updated():
+				kick(runnerFeed.ch)
+				kick(n.memberCh)
+			}
+		}
+	}()
+	n.runner = election.NewRunner(runnerFeed, el, n.meta(healthy), n.apply)
 	// A (re)joining node asks the active one for the table before it may preempt anyone.
 	n.sync.RequestDump()
 	wg.Add(3)
@@ -248,6 +270,8 @@ func (n *Node) Run(ctx context.Context) error {
 			case <-runCtx.Done():
 				return
 			case <-n.conflict:
+				// The winner re-announces once the loser lets go (see memberLoop);
+				// announcing here could pull the virtual MAC to a node about to yield.
 				n.runner.Sync()
 			}
 		}
@@ -307,7 +331,14 @@ func (n *Node) apply(acquire, release []netip.Addr) {
 		n.mu.Unlock()
 		n.reconfigure()
 	}
-	n.dp.SetActive(on)
+	if on {
+		n.dp.SetActive(true)
+	} else if was {
+		// Hand-over or split-brain yield: stop answering ARP now, keep forwarding what is
+		// already in flight to us for a moment (the tables are synced, so both nodes forward
+		// a flow the same way).
+		n.dp.Release(releaseGrace)
+	}
 	n.sync.SetActive(on)
 }
 
@@ -325,15 +356,66 @@ func (n *Node) setTableReady(why string) {
 func (n *Node) memberLoop(ctx context.Context) {
 	t := time.NewTicker(memberInterval)
 	defer t.Stop()
+	contested := false
 	for {
 		n.reconfigure()
+		// While another node also claims a VIP we serve (a hand-over in progress, or a split
+		// brain being resolved), the switch may learn the virtual MAC at either port. When the
+		// other node lets go and we still serve, announce again so that the switch and the
+		// clients point at us at once instead of at the next refresh.
+		now := n.contested()
+		if contested && !now && n.active.Load() {
+			n.log.Info("another node released our VIPs; announcing them again")
+			n.dp.Announce()
+		}
+		contested = now
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.cl.Updated():
+		case <-n.memberCh:
 		case <-t.C:
 		}
 	}
+}
+
+// feed is the membership as the election runner sees it, with its own change signal.
+type feed struct {
+	*election.Cluster
+	ch chan struct{}
+}
+
+// Updated implements election.Membership.
+func (f feed) Updated() <-chan struct{} { return f.ch }
+
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// contested reports whether another alive node claims one of the VIPs this node serves.
+func (n *Node) contested() bool {
+	n.mu.Lock()
+	owned := make(map[netip.Addr]bool, len(n.owned))
+	for v := range n.owned {
+		owned[v] = true
+	}
+	n.mu.Unlock()
+	if len(owned) == 0 {
+		return false
+	}
+	for _, m := range n.cl.View().Members {
+		if m.Name == n.cfg.Name || !m.Alive {
+			continue
+		}
+		for _, v := range m.Active {
+			if owned[v] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // reconfigure applies the current membership to the engine: alive and healthy nodes are members

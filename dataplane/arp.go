@@ -23,7 +23,7 @@ func (e *Engine) processARP(st *state, b []byte, scratch []byte) Result {
 	if err := p.UnmarshalBinary(b[ethHeaderLen:]); err != nil {
 		return Result{Verdict: VerdictDrop, Reason: ReasonARPMalformed}
 	}
-	if !e.active.Load() {
+	if !e.answering.Load() {
 		return Result{Verdict: VerdictIgnored}
 	}
 	if p.SenderIP.Is4() && st.vips.ContainsU32(u32(p.SenderIP)) && !isZeroMAC(p.SenderHardwareAddr) {

@@ -120,13 +120,14 @@ type state struct {
 // table, the fragment map and the current configuration; it does no I/O, so it can be tested by
 // feeding it frames and asserting verdicts.
 type Engine struct {
-	ct       *conntrack.Table
-	timeouts conntrack.Timeouts
-	frags    *fragTable
-	persist  bool
-	state    atomic.Pointer[state]
-	active   atomic.Bool
-	clock    atomic.Int64
+	ct        *conntrack.Table
+	timeouts  conntrack.Timeouts
+	frags     *fragTable
+	persist   bool
+	state     atomic.Pointer[state]
+	active    atomic.Bool
+	answering atomic.Bool // answers ARP for the VIPs (active and not draining)
+	clock     atomic.Int64
 
 	mu     sync.Mutex // serialises configuration changes
 	cfg    Config
@@ -169,7 +170,18 @@ func (e *Engine) Tick() int64 {
 func (e *Engine) Now() int64 { return e.clock.Load() }
 
 // SetActive makes the engine answer ARP and forward (true) or drop VIP input (false).
-func (e *Engine) SetActive(on bool) { e.active.Store(on) }
+func (e *Engine) SetActive(on bool) {
+	e.active.Store(on)
+	e.answering.Store(on)
+}
+
+// SetDraining keeps forwarding but stops answering ARP: the state of a node that has just handed
+// its VIPs over. Frames already on their way to it (the switch or a client may still send to it
+// for a moment) are forwarded instead of dropped, while its ARP answers no longer pull the
+// virtual MAC back from the new active node.
+func (e *Engine) SetDraining() {
+	e.answering.Store(false)
+}
 
 // Active reports whether the engine is active.
 func (e *Engine) Active() bool { return e.active.Load() }

@@ -32,7 +32,10 @@ const (
 
 // announceRepeats are the delays after becoming active at which the announcement burst is sent
 // again, in case the first one was lost while links or switch ports were settling.
-var announceRepeats = []time.Duration{0, 2 * time.Second, 5 * time.Second}
+var announceRepeats = []time.Duration{0, 500 * time.Millisecond, 2 * time.Second, 5 * time.Second}
+
+// announceRetry is the wait before re-sending announcements the link refused.
+const announceRetry = time.Second
 
 // NodeConfig configures the I/O side of an active balancer.
 type NodeConfig struct {
@@ -67,6 +70,7 @@ type Node struct {
 	mu          sync.Mutex
 	socks       []*afpacket.Socket
 	conflictLog time.Time
+	releaseGen  uint64
 }
 
 // ErrNoInterface is returned when the configured interface does not exist.
@@ -119,6 +123,9 @@ func (n *Node) Stats() Stats { return Sum(n.counters...) }
 
 // SetActive switches the engine's role; on becoming active the VIPs are announced at once.
 func (n *Node) SetActive(on bool) {
+	n.mu.Lock()
+	n.releaseGen++ // cancels a pending Release
+	n.mu.Unlock()
 	was := n.cfg.Engine.Active()
 	n.cfg.Engine.SetActive(on)
 	if on && !was {
@@ -127,6 +134,25 @@ func (n *Node) SetActive(on bool) {
 		default:
 		}
 	}
+}
+
+// Release stops answering ARP at once and stops forwarding after grace: frames already on their
+// way to this node while the switch learns the new active node's port are still delivered. A
+// SetActive(true) in the meantime cancels it.
+func (n *Node) Release(grace time.Duration) {
+	eng := n.cfg.Engine
+	eng.SetDraining()
+	n.mu.Lock()
+	n.releaseGen++
+	gen := n.releaseGen
+	n.mu.Unlock()
+	time.AfterFunc(grace, func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.releaseGen == gen {
+			eng.SetActive(false)
+		}
+	})
 }
 
 // Announce re-sends the gratuitous ARP burst (after a VIP change, say).
@@ -230,13 +256,17 @@ func (n *Node) housekeeping(ctx context.Context, tx *afpacket.Socket) {
 			eng.Tick()
 			if len(repeats) > 0 && time.Now().After(repeats[0]) {
 				repeats = repeats[1:]
-				n.sendAnnouncements(tx)
+				if !n.sendAnnouncements(tx) && len(repeats) == 0 {
+					// The link refused them (down?): keep trying every second until they go
+					// out, or the switch keeps the virtual MAC where it last saw it.
+					repeats = append(repeats, time.Now().Add(announceRetry))
+				}
 			}
 		case <-expire.C:
 			eng.Expire()
 		case <-refresh.C:
-			if eng.Active() {
-				n.sendAnnouncements(tx)
+			if eng.Active() && !n.sendAnnouncements(tx) && len(repeats) == 0 {
+				repeats = append(repeats, time.Now().Add(announceRetry))
 			}
 		case <-n.announce:
 			if eng.Active() {
@@ -250,10 +280,12 @@ func (n *Node) housekeeping(ctx context.Context, tx *afpacket.Socket) {
 	}
 }
 
-func (n *Node) sendAnnouncements(tx *afpacket.Socket) {
+// sendAnnouncements sends the burst and reports whether every frame went out (a link that is
+// down refuses them with ENOBUFS; the caller retries).
+func (n *Node) sendAnnouncements(tx *afpacket.Socket) bool {
 	eng := n.cfg.Engine
 	if !eng.Active() {
-		return
+		return true
 	}
 	cfg := eng.Config()
 	frames := Announcements(cfg.VirtualMAC, cfg.VIPs.Addrs())
@@ -274,6 +306,7 @@ func (n *Node) sendAnnouncements(tx *afpacket.Socket) {
 	}
 	n.counters[0].Announced(sent)
 	n.log.Debug("announced VIPs", "vips", cfg.VIPs.String(), "mac", cfg.VirtualMAC.String(), "frames", sent)
+	return sent == announceBurst*len(frames)
 }
 
 // resolveLoop learns the MAC of every non-local member by ARP on the interface and keeps it

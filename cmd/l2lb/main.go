@@ -20,6 +20,7 @@ Usage:
   l2lb vip    up|down|list [-f FILE]  put the VIPs of FILE on lo, remove them, or list them
   l2lb doctor [-i IF] [-f FILE] [--fix]  check the host settings a balancer node needs
   l2lb demo   [flags]            build a namespace testbed and run the balancer on it (root)
+  l2lb bench  [scenario...] [--json FILE] [--runs N] [--duration D]  benchmark on a namespace testbed (root)
   l2lb version
 
 Run "l2lb COMMAND -h" for the flags of a command.
@@ -46,6 +47,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdDoctor(rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(rest, stdout, stderr)
+	case "bench":
+		return cmdBench(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "l2lb", version)
 		return 0

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,6 +63,8 @@ type runOptions struct {
 	syncPeers   listFlag
 	syncKeyFile string
 	gossipKey   string
+	// cpuProfile is --cpuprofile: a pprof CPU profile of the whole run (used by `l2lb bench`).
+	cpuProfile string
 }
 
 func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
@@ -95,6 +98,7 @@ func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
 	fs.Var(&o.syncPeers, "sync-peer", "cluster: send sync messages to this unicast `ADDR:PORT` instead of multicast (repeatable)")
 	fs.StringVar(&o.syncKeyFile, "sync-key-file", "", "cluster: file holding the shared key that authenticates sync messages (HMAC-SHA256)")
 	fs.StringVar(&o.gossipKey, "gossip-key-file", "", "cluster: file holding a 16, 24 or 32-byte key that encrypts membership gossip")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the run to `FILE` (written at exit)")
 	return fs
 }
 
@@ -197,6 +201,19 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "l2lb run:", err)
 		return 2
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			log.Error("l2lb run failed", "err", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Error("l2lb run failed", "err", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if err := run(o, log); err != nil {
 		log.Error("l2lb run failed", "err", err)

@@ -9,7 +9,6 @@ package failover
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -108,10 +107,12 @@ func newBed(t *testing.T) *testbed.Bed {
 
 // snapshot mirrors the JSON l2lb writes with --stats-file (writeStats).
 type snapshot struct {
-	Time      time.Time `json:"time"`
-	Active    bool      `json:"active"`
-	Flows     int       `json:"flows"`
-	Templates int       `json:"templates"`
+	Time      time.Time         `json:"time"`
+	Active    bool              `json:"active"`
+	Flows     int               `json:"flows"`
+	Templates int               `json:"templates"`
+	Verdicts  map[string]uint64 `json:"verdicts"`
+	Drops     map[string]uint64 `json:"drops"`
 	Members   []struct {
 		Addr   string `json:"addr"`
 		Weight uint32 `json:"weight"`
@@ -181,10 +182,19 @@ func startCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
 			}
 		}
 	})
-	for _, n := range c.nodes {
+	// f1 first, until it holds the role: nodes started together may elect
+	// among themselves before f1's membership reaches them, and without
+	// --preempt f1 would then stay a standby.
+	f1 := c.nodes[0]
+	f1.start()
+	f1.waitReady(10 * time.Second)
+	if _, _, ok := c.waitRoleActive(time.Time{}, 5*time.Second, ""); !ok {
+		t.Fatalf("f1 did not take the active role within 5 s of starting alone\nlog:\n%s", f1.logText(50))
+	}
+	for _, n := range c.nodes[1:] {
 		n.start()
 	}
-	for _, n := range c.nodes {
+	for _, n := range c.nodes[1:] {
 		n.waitReady(10 * time.Second)
 	}
 	if got := c.waitSingleActive(10*time.Second, time.Second); got != "f1" {
@@ -480,6 +490,3 @@ func (c *cluster) waitSynced(want int, limit time.Duration) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
-
-// errNoLine is returned by waitLog-style helpers when no line matched.
-var errNoLine = errors.New("no matching log line")

@@ -1,0 +1,342 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/l2lb/l2lb/internal/testbed"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// benchVMAC is the virtual MAC the balancer under test answers with; it is
+// locally administered (RFC 7042 section 2.1) and differs from l2lb's
+// SyncID-derived default only so that a capture shows which tool sent it.
+var benchVMAC = net.HardwareAddr{0x02, 0x6c, 0x32, 0x62, 0xbe, 0x01}
+
+// env is the namespace testbed shared by the network scenarios: client c1,
+// the balancer node f1 (not a member itself, so every frame it takes is
+// forwarded) and the backends f2 and f3, which hold the VIP on lo.
+type env struct {
+	opts     Options
+	bed      *testbed.Bed
+	client   *testbed.Host
+	lb       *testbed.Host
+	backends []*testbed.Host
+	vip      netip.Addr
+	dir      string
+	vipFile  string
+	links    []*netlink.Handle // one per backend, for RX counters
+	runN     int               // numbers the balancer profiles
+
+	mu        sync.Mutex
+	bal       *balancer          // the running balancer, if any
+	listeners []*net.TCPListener // the bench's servers on the backends
+}
+
+// newEnv builds the testbed and the kernel-router configuration of f1.
+func newEnv(opts Options) (_ *env, err error) {
+	bed, err := testbed.New(testbed.Options{Frontends: 3, Clients: 1, Logf: opts.Logf})
+	if err != nil {
+		return nil, err
+	}
+	e := &env{opts: opts, bed: bed, client: bed.Clients[0], lb: bed.Frontends[0], backends: bed.Frontends[1:], vip: bed.VIPs[0]}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.dir, err = os.MkdirTemp("", "l2lb-bench-"); err != nil {
+		return nil, err
+	}
+	e.vipFile = filepath.Join(e.dir, "vipaddrs")
+	if err := os.WriteFile(e.vipFile, []byte(e.vip.String()+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	for _, h := range e.backends {
+		ns, err := netns.GetFromName(h.NS)
+		if err != nil {
+			return nil, fmt.Errorf("bench: open namespace %s: %w", h.NS, err)
+		}
+		lh, err := netlink.NewHandleAt(ns)
+		ns.Close()
+		if err != nil {
+			return nil, fmt.Errorf("bench: netlink in %s: %w", h.NS, err)
+		}
+		e.links = append(e.links, lh)
+	}
+	if err := e.setupRouter(); err != nil {
+		return nil, err
+	}
+	// Static forwarding entries in the switch: a learned entry ages out
+	// (bridge ageing_time, 300 s by default) and the bridge then floods
+	// unknown unicast to every port, which would count the generator's
+	// frames at the backends without any forwarding at all.
+	for _, fe := range []struct {
+		mac  net.HardwareAddr
+		port string
+	}{{benchVMAC, e.lb.Name}, {e.lb.MAC, e.lb.Name}} {
+		out, err := exec.Command("bridge", "-n", bed.Switch.NS, "fdb", "replace", fe.mac.String(), "dev", fe.port, "master", "static").CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("bench: bridge fdb replace %s dev %s: %w: %s", fe.mac, fe.port, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return e, nil
+}
+
+// setupRouter makes f1 a plain kernel IPv4 router for the VIP: it does not
+// own the VIP, forwards (ip_forward=1) and has a static route to the first
+// backend with a permanent neighbour entry, so no ARP happens while
+// measuring. Redirects are off: f1 forwards out of the interface the frame
+// came in on, which would otherwise make it send ICMP redirects
+// (RFC 1812 section 5.2.7.2). All of it lives in f1's namespace.
+func (e *env) setupRouter() error {
+	to := e.backends[0]
+	if _, err := e.lb.RunIP("addr", "del", netip.PrefixFrom(e.vip, 32).String(), "dev", "lo"); err != nil {
+		return err
+	}
+	for _, kv := range [][2]string{
+		{"net.ipv4.ip_forward", "1"},
+		{"net.ipv4.conf.all.send_redirects", "0"},
+		{"net.ipv4.conf.eth0.send_redirects", "0"},
+	} {
+		if err := e.lb.SetSysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	if _, err := e.lb.RunIP("neigh", "replace", to.Addr.String(), "lladdr", to.MAC.String(), "dev", "eth0", "nud", "permanent"); err != nil {
+		return err
+	}
+	_, err := e.lb.RunIP("route", "replace", netip.PrefixFrom(e.vip, 32).String(), "via", to.Addr.String(), "dev", "eth0")
+	return err
+}
+
+// close stops the balancer and removes the testbed and temporary files.
+func (e *env) close() error {
+	e.mu.Lock()
+	bal := e.bal
+	e.mu.Unlock()
+	if bal != nil {
+		bal.stop()
+	}
+	e.mu.Lock()
+	for _, ln := range e.listeners {
+		ln.Close()
+	}
+	e.mu.Unlock()
+	for _, lh := range e.links {
+		lh.Close()
+	}
+	err := e.bed.Close()
+	if e.dir != "" {
+		os.RemoveAll(e.dir)
+	}
+	return err
+}
+
+// backendRX returns the sum of the backends' eth0 received-frame counters.
+func (e *env) backendRX() (uint64, error) {
+	var sum uint64
+	for i, lh := range e.links {
+		l, err := lh.LinkByName("eth0")
+		if err != nil {
+			return 0, fmt.Errorf("bench: %s eth0: %w", e.backends[i].NS, err)
+		}
+		st := l.Attrs().Statistics
+		if st == nil {
+			return 0, fmt.Errorf("bench: %s eth0: no statistics", e.backends[i].NS)
+		}
+		sum += st.RxPackets
+	}
+	return sum, nil
+}
+
+// balancer is an `l2lb run` process on f1.
+type balancer struct {
+	cmd       *exec.Cmd
+	pid       int
+	statsFile string
+	done      chan struct{}
+	waitErr   error
+
+	mu   sync.Mutex
+	tail []string // last lines of its log, for error messages
+}
+
+// ErrBalancer means the balancer under test did not start or died.
+var ErrBalancer = errors.New("bench: balancer failed")
+
+// startBalancer runs `l2lb run` with the given number of workers on f1,
+// balancing the VIP over the backends, and waits until it is ready and has
+// resolved every backend's MAC.
+func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (*balancer, error) {
+	b := &balancer{statsFile: filepath.Join(e.dir, fmt.Sprintf("stats-%d.json", time.Now().UnixNano())), done: make(chan struct{})}
+	args := []string{"run", "-i", "eth0", "-f", e.vipFile, "-p", "0", "--workers", strconv.Itoa(workers),
+		"--vmac", benchVMAC.String(), "--stats-file", b.statsFile}
+	for _, h := range e.backends {
+		args = append(args, "--member", h.Addr.String())
+	}
+	args = append(args, extra...)
+	if e.opts.Pin && haveTaskset() {
+		// The generator is pinned to CPU 0 (see generator.run).
+		b.cmd = e.lb.Command("taskset", append([]string{"-c", "1", e.opts.Exe}, args...)...)
+	} else {
+		b.cmd = e.lb.Command(e.opts.Exe, args...)
+	}
+	pr, err := b.cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := b.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBalancer, err)
+	}
+	// `ip netns exec` and taskset exec the program, so the pid is l2lb's.
+	b.pid = b.cmd.Process.Pid
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		var once sync.Once
+		for sc.Scan() {
+			line := sc.Text()
+			b.mu.Lock()
+			b.tail = append(b.tail, line)
+			if len(b.tail) > 20 {
+				b.tail = b.tail[1:]
+			}
+			b.mu.Unlock()
+			if e.opts.Verbose {
+				e.logf("  l2lb: %s", line)
+			}
+			if strings.Contains(line, "msg=ready") {
+				once.Do(func() { close(ready) })
+			}
+		}
+	}()
+	go func() {
+		b.waitErr = b.cmd.Wait()
+		close(b.done)
+	}()
+	e.mu.Lock()
+	e.bal = b
+	e.mu.Unlock()
+	fail := func(err error) (*balancer, error) {
+		b.stop()
+		return nil, fmt.Errorf("%w: %v; log: %s", ErrBalancer, err, b.lastLog())
+	}
+	deadline := time.After(15 * time.Second)
+	select {
+	case <-ready:
+	case <-b.done:
+		return fail(fmt.Errorf("exited: %v", b.waitErr))
+	case <-deadline:
+		return fail(errors.New("not ready after 15 s"))
+	case <-ctx.Done():
+		b.stop()
+		return nil, ctx.Err()
+	}
+	// The stats file lists each member as ready once its MAC is resolved.
+	for {
+		if n, err := readyMembers(b.statsFile); err == nil && n == len(e.backends) {
+			return b, nil
+		}
+		select {
+		case <-b.done:
+			return fail(fmt.Errorf("exited: %v", b.waitErr))
+		case <-deadline:
+			return fail(errors.New("backends' MACs not resolved after 15 s"))
+		case <-ctx.Done():
+			b.stop()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// readyMembers counts the members the stats file marks ready.
+func readyMembers(path string) (int, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	var snap struct {
+		Members []struct {
+			Ready bool `json:"ready"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal(raw, &snap); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range snap.Members {
+		if m.Ready {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func (b *balancer) lastLog() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.tail, " | ")
+}
+
+// alive reports whether the process still runs.
+func (b *balancer) alive() bool {
+	select {
+	case <-b.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop ends the balancer with SIGTERM (its normal shutdown) and SIGKILL
+// after five seconds.
+func (b *balancer) stop() {
+	if !b.alive() {
+		return
+	}
+	_ = b.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-b.done:
+	case <-time.After(5 * time.Second):
+		_ = b.cmd.Process.Kill()
+		<-b.done
+	}
+}
+
+// stopBalancer stops the env's current balancer.
+func (e *env) stopBalancer() {
+	e.mu.Lock()
+	b := e.bal
+	e.bal = nil
+	e.mu.Unlock()
+	if b != nil {
+		b.stop()
+	}
+}
+
+func (e *env) logf(format string, args ...any) {
+	if e.opts.Logf != nil {
+		e.opts.Logf(format, args...)
+	}
+}
+
+func haveTaskset() bool {
+	_, err := exec.LookPath("taskset")
+	return err == nil
+}

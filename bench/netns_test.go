@@ -1,0 +1,100 @@
+package bench
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/l2lb/l2lb/internal/testbed"
+)
+
+// requireRoot fails (CI=true) or skips when namespaces cannot be built.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	var missing string
+	if os.Geteuid() != 0 {
+		missing = "root privileges"
+	} else {
+		for _, tool := range []string{"ip", "bridge"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				missing = "iproute2's " + tool
+			}
+		}
+	}
+	if missing == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true but %s are unavailable; the bench smoke test cannot run", missing)
+	}
+	t.Skipf("needs %s (network namespaces)", missing)
+}
+
+// ourNamespaces lists namespaces this test process created.
+func ourNamespaces(t *testing.T) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/run/netns")
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []string
+	prefix := testbed.NamePrefix + itoa(os.Getpid()) + "-"
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestSmokePPSConn runs pps and conn once for a short phase against the
+// real binary and checks that every figure is positive and that nothing is
+// left behind.
+func TestSmokePPSConn(t *testing.T) {
+	requireRoot(t)
+	if testing.Short() {
+		t.Skip("builds the l2lb binary and a testbed")
+	}
+	exe := filepath.Join(t.TempDir(), "l2lb")
+	build := exec.Command("go", "build", "-o", exe, "github.com/l2lb/l2lb/cmd/l2lb")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		// Run removes the bed itself; this is the safety net if it did not.
+		for _, ns := range ourNamespaces(t) {
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	rep, err := Run(t.Context(), Options{Exe: exe, Scenarios: []string{"pps", "conn"}, Runs: 1,
+		Duration: 800 * time.Millisecond, Workers: []int{2}, PPSRate: 20000, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := ourNamespaces(t); len(left) > 0 {
+		t.Errorf("namespaces left after Run: %v", left)
+	}
+	want := map[string][]string{
+		"pps":  {"kernel delivered", "kernel offered", "l2lb w2 delivered", "l2lb w2 offered", "l2lb w2 / kernel", "l2lb w2 balancer CPU/frame"},
+		"conn": {"via VIP", "direct", "VIP/direct"},
+	}
+	for _, sc := range rep.Scenarios {
+		if sc.Error != "" {
+			t.Errorf("%s: %s", sc.Name, sc.Error)
+			continue
+		}
+		for _, name := range want[sc.Name] {
+			m := sc.metric(name, "")
+			if len(m.Values) != 1 || !(m.Median > 0) {
+				t.Errorf("%s %q = %v, want one positive value", sc.Name, name, m.Values)
+			}
+		}
+	}
+	var buf strings.Builder
+	rep.WriteTable(&buf)
+	t.Logf("\n%s", buf.String())
+}

@@ -1,0 +1,345 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/l2lb/l2lb/afpacket"
+	"github.com/l2lb/l2lb/internal/testbed"
+	"golang.org/x/sys/unix"
+)
+
+// Frame layout of the generator: a minimum Ethernet frame. 64 bytes on the
+// wire (IEEE 802.3 clause 3.2.7) are 60 bytes plus the FCS the NIC adds:
+// 14 Ethernet + 20 IPv4 + 8 UDP + 18 bytes of payload.
+const (
+	genFrameLen = 60
+	genIPLen    = genFrameLen - 14
+	genUDPLen   = genIPLen - 20
+	// genFlows distinct source ports spread the frames over the backends
+	// and over the fanout group's sockets (PACKET_FANOUT_HASH uses the
+	// flow hash of the 4-tuple).
+	genFlows = 1024
+	// genBatch frames go into one sendmmsg(2) call (afpacket caps a call
+	// at 64).
+	genBatch = 64
+	// discardPort is the UDP discard service (RFC 863): nothing listens on
+	// it at the backends, whose kernels drop the datagrams after counting.
+	discardPort = 9
+)
+
+// genFrames builds genFlows UDP frames from src to vip:discard, with the
+// given Ethernet addresses and valid IPv4 header checksums (a router drops
+// frames with bad ones, RFC 1812 section 5.2.2). The UDP checksum is 0,
+// "no checksum" in IPv4 (RFC 768).
+func genFrames(dst, srcMAC net.HardwareAddr, src, vip netip.Addr) [][]byte {
+	frames := make([][]byte, genFlows)
+	s4, v4 := src.As4(), vip.As4()
+	for i := range frames {
+		f := make([]byte, genFrameLen)
+		copy(f[0:6], dst)
+		copy(f[6:12], srcMAC)
+		binary.BigEndian.PutUint16(f[12:], 0x0800)
+		ip := f[14:34]
+		ip[0] = 0x45
+		binary.BigEndian.PutUint16(ip[2:], genIPLen)
+		binary.BigEndian.PutUint16(ip[4:], uint16(i))
+		ip[8] = 64
+		ip[9] = 17
+		copy(ip[12:16], s4[:])
+		copy(ip[16:20], v4[:])
+		binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip))
+		udp := f[34:42]
+		binary.BigEndian.PutUint16(udp[0:], uint16(10000+i))
+		binary.BigEndian.PutUint16(udp[2:], discardPort)
+		binary.BigEndian.PutUint16(udp[4:], genUDPLen)
+		copy(f[42:], "l2lb bench 64B....")
+		frames[i] = f
+	}
+	return frames
+}
+
+// ipChecksum is the Internet checksum of an IPv4 header whose checksum
+// field is zero (RFC 1071).
+func ipChecksum(h []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// generator sends frames from the client namespace on several transmit-only
+// AF_PACKET sockets, one goroutine each, with sendmmsg batches.
+type generator struct {
+	socks []*afpacket.Socket
+	host  *testbed.Host
+	pin   bool
+}
+
+func newGenerator(h *testbed.Host, n int, pin bool) (*generator, error) {
+	g := &generator{host: h, pin: pin}
+	for range n {
+		var s *afpacket.Socket
+		err := h.Do(func() error {
+			var err error
+			// Protocol 0: the socket receives nothing, so it never
+			// copies its own frames (packet(7)). Qdisc bypass: veth has
+			// no queue to back-pressure anyway, and the kernel path is
+			// the shortest.
+			s, err = afpacket.Open(afpacket.Config{Ifindex: h.Ifindex, QdiscBypass: true})
+			return err
+		})
+		if err != nil {
+			g.close()
+			return nil, fmt.Errorf("bench: generator socket in %s: %w", h.NS, err)
+		}
+		g.socks = append(g.socks, s)
+	}
+	return g, nil
+}
+
+func (g *generator) close() {
+	for _, s := range g.socks {
+		s.Close()
+	}
+}
+
+// run sends frames until stop is closed or ctx ends, at most rate frames per
+// second in total (0: as fast as possible), adding every frame the kernel
+// accepted to sent.
+func (g *generator) run(ctx context.Context, stop <-chan struct{}, frames [][]byte, rate int, sent *atomic.Uint64) {
+	var wg sync.WaitGroup
+	per := float64(rate) / float64(len(g.socks))
+	for i, s := range g.socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if g.pin {
+				// The balancer is pinned to CPU 1; keep the generator off
+				// it. sched_setaffinity with pid 0 affects only this
+				// (locked) thread.
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				var set unix.CPUSet
+				set.Set(0)
+				_ = unix.SchedSetaffinity(0, &set)
+			}
+			start := time.Now()
+			off := (i * genFlows / len(g.socks)) % genFlows
+			var mine float64
+			for n := 0; ; n++ {
+				if n%16 == 0 {
+					select {
+					case <-stop:
+						return
+					case <-ctx.Done():
+						return
+					default:
+					}
+				}
+				if rate > 0 {
+					due := per * time.Since(start).Seconds()
+					if mine+genBatch > due {
+						// Sleep granularity is ~50-100 µs; at a fixed
+						// rate the batches just come in bursts.
+						time.Sleep(time.Duration((mine + genBatch - due) / per * float64(time.Second)))
+						continue
+					}
+				}
+				end := off + genBatch
+				if end > len(frames) {
+					off, end = 0, genBatch
+				}
+				k, _ := s.SendBatch(frames[off:end])
+				off = end % len(frames)
+				mine += float64(k)
+				sent.Add(uint64(k))
+				if k == 0 {
+					// ENOBUFS and the like: the receive side is
+					// saturated; yield instead of spinning.
+					runtime.Gosched()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// phaseResult is one measured phase of the pps scenario.
+type phaseResult struct {
+	offered, delivered float64 // frames per second
+	balCPU             float64 // balancer CPU ns per delivered frame (NaN without a process)
+	sysCPU             float64 // whole-machine busy CPU ns per delivered frame
+}
+
+func (p phaseResult) dropRate() float64 {
+	if !(p.offered > 0) {
+		return math.NaN()
+	}
+	d := 1 - p.delivered/p.offered
+	if d < 0 {
+		// Frames queued before the window was opened and delivered inside
+		// it can make a lossless phase look slightly negative.
+		d = 0
+	}
+	return d
+}
+
+// measure runs the generator towards dst for the phase duration and
+// measures over the window after a warm-up, while the generator is still
+// sending, so frames buffered in rings before or after the window do not
+// count. pid is the balancer's process (0: none).
+func (e *env) measure(ctx context.Context, g *generator, dst net.HardwareAddr, rate int, pid int) (phaseResult, error) {
+	frames := genFrames(dst, e.client.MAC, e.client.Addr, e.vip)
+	var sent atomic.Uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		g.run(ctx, stop, frames, rate, &sent)
+		close(done)
+	}()
+	defer func() {
+		close(stop)
+		<-done
+	}()
+	d := e.opts.Duration
+	warm := min(d/4, 500*time.Millisecond)
+	select {
+	case <-time.After(warm):
+	case <-ctx.Done():
+		return phaseResult{}, ctx.Err()
+	}
+	type sample struct {
+		t        time.Time
+		sent, rx uint64
+		cpu      time.Duration
+		busy     time.Duration
+	}
+	take := func() (sample, error) {
+		s := sample{t: time.Now(), sent: sent.Load()}
+		var err error
+		if s.rx, err = e.backendRX(); err != nil {
+			return s, err
+		}
+		if pid > 0 {
+			if s.cpu, err = ProcessCPU(pid); err != nil {
+				return s, err
+			}
+		}
+		s.busy, _, err = SystemCPU()
+		return s, err
+	}
+	a, err := take()
+	if err != nil {
+		return phaseResult{}, err
+	}
+	select {
+	case <-time.After(d - warm):
+	case <-ctx.Done():
+		return phaseResult{}, ctx.Err()
+	}
+	b, err := take()
+	if err != nil {
+		return phaseResult{}, err
+	}
+	secs := b.t.Sub(a.t).Seconds()
+	rx := float64(b.rx - a.rx)
+	r := phaseResult{offered: float64(b.sent-a.sent) / secs, delivered: rx / secs, balCPU: math.NaN(), sysCPU: math.NaN()}
+	if rx > 0 {
+		if pid > 0 {
+			r.balCPU = float64(b.cpu-a.cpu) / rx
+		}
+		r.sysCPU = float64(b.busy-a.busy) / rx
+	}
+	return r, nil
+}
+
+// runPPS is one run of the pps scenario: for each worker count, l2lb at the
+// generator's full rate and at the fixed rate; then f1 as a kernel router,
+// the same two ways.
+func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
+	g, err := newGenerator(e.client, e.opts.Generators, e.opts.Pin)
+	if err != nil {
+		return err
+	}
+	defer g.close()
+	if e.opts.Pin && haveTaskset() {
+		sc.note("generator pinned to CPU 0, balancer (all workers) to CPU 1 with taskset; the kernel router runs in the generator's softirq context")
+	} else {
+		sc.note("not pinned: generator (%d sockets), balancer and softirq work share all %d CPUs; on veth the kernel router runs in the sender's softirq context", e.opts.Generators, runtime.NumCPU())
+	}
+	sc.note("delivered = RX frames at the backends' eth0 (netlink counters) over the window after a %v warm-up; CPU per frame at a fixed offered rate of %d frames/s; system CPU = whole-machine busy time (includes the generator and anything else running)", min(e.opts.Duration/4, 500*time.Millisecond), e.opts.PPSRate)
+	kernel := map[string]float64{}
+	for _, mode := range []string{"max", "fixed"} {
+		rate := 0
+		if mode == "fixed" {
+			rate = e.opts.PPSRate
+		}
+		e.logf("pps: kernel router, %s rate", mode)
+		r, err := e.measure(ctx, g, e.lb.MAC, rate, 0)
+		if err != nil {
+			return err
+		}
+		if mode == "max" {
+			kernel["pps"] = r.delivered
+			sc.add("kernel delivered", "frames/s", r.delivered)
+			sc.add("kernel offered", "frames/s", r.offered)
+			sc.add("kernel drop rate", "fraction", r.dropRate())
+		} else {
+			sc.add("kernel drop rate @fixed", "fraction", r.dropRate())
+			sc.add("kernel system CPU/frame", "ns", r.sysCPU)
+		}
+	}
+	for _, w := range e.opts.Workers {
+		var extra []string
+		if e.opts.ProfileDir != "" {
+			e.runN++
+			extra = []string{"--cpuprofile", filepath.Join(e.opts.ProfileDir, fmt.Sprintf("l2lb-pps-w%d-%d.pprof", w, e.runN))}
+		}
+		bal, err := e.startBalancer(ctx, w, extra...)
+		if err != nil {
+			return err
+		}
+		for _, mode := range []string{"max", "fixed"} {
+			rate := 0
+			if mode == "fixed" {
+				rate = e.opts.PPSRate
+			}
+			e.logf("pps: l2lb %d worker(s), %s rate", w, mode)
+			r, err := e.measure(ctx, g, benchVMAC, rate, bal.pid)
+			if err == nil && !bal.alive() {
+				err = fmt.Errorf("%w: exited during the phase; log: %s", ErrBalancer, bal.lastLog())
+			}
+			if err != nil {
+				e.stopBalancer()
+				return err
+			}
+			p := fmt.Sprintf("l2lb w%d ", w)
+			if mode == "max" {
+				sc.add(p+"delivered", "frames/s", r.delivered)
+				sc.add(p+"offered", "frames/s", r.offered)
+				sc.add(p+"drop rate", "fraction", r.dropRate())
+				sc.add(p+"/ kernel", "ratio", ratio(r.delivered, kernel["pps"]))
+			} else {
+				sc.add(p+"drop rate @fixed", "fraction", r.dropRate())
+				sc.add(p+"balancer CPU/frame", "ns", r.balCPU)
+				sc.add(p+"system CPU/frame", "ns", r.sysCPU)
+			}
+		}
+		e.stopBalancer()
+	}
+	return nil
+}

@@ -1,0 +1,260 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/l2lb/l2lb/internal/testbed"
+)
+
+// Ports of the bench's own TCP servers on the backends.
+const (
+	// transferPort serves bulk transfers: the client sends 'D' and reads
+	// until it closes, or sends 'U', streams, half-closes and reads back the
+	// 8-byte big-endian count of bytes the server received.
+	transferPort = 5001
+	// connPort accepts, writes one byte and closes, so the server side holds
+	// TIME_WAIT and the client's ports are freed at once (RFC 9293 section
+	// 3.6: the side that closes first waits).
+	connPort = 5002
+	// ioChunk is the read and write size of transfers.
+	ioChunk = 256 << 10
+)
+
+// ErrTransfer means a TCP transfer did not complete as the protocol says.
+var ErrTransfer = errors.New("bench: transfer failed")
+
+// startServers listens on the VIP on every backend and on the first
+// backend's own address, for both the transfer and the connection servers.
+func (e *env) startServers() error {
+	type ep struct {
+		h    *testbed.Host
+		addr netip.Addr
+	}
+	eps := []ep{{e.backends[0], e.backends[0].Addr}}
+	for _, h := range e.backends {
+		eps = append(eps, ep{h, e.vip})
+	}
+	for _, p := range eps {
+		for _, port := range []uint16{transferPort, connPort} {
+			ln, err := p.h.ListenTCP(netip.AddrPortFrom(p.addr, port))
+			if err != nil {
+				return err
+			}
+			e.mu.Lock()
+			e.listeners = append(e.listeners, ln)
+			e.mu.Unlock()
+			go serve(ln, port)
+		}
+	}
+	// A client port range as wide as the documentation allows, inside c1's
+	// namespace, so the conn scenario cannot run out of ephemeral ports.
+	return e.client.SetSysctl("net.ipv4.ip_local_port_range", "10000 65000")
+}
+
+func serve(ln *net.TCPListener, port uint16) {
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			if port == connPort {
+				c.Write([]byte{'x'})
+				return
+			}
+			var cmd [1]byte
+			if _, err := io.ReadFull(c, cmd[:]); err != nil {
+				return
+			}
+			buf := make([]byte, ioChunk)
+			switch cmd[0] {
+			case 'D':
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			case 'U':
+				n, err := io.CopyBuffer(io.Discard, c, buf)
+				if err != nil {
+					return
+				}
+				var out [8]byte
+				binary.BigEndian.PutUint64(out[:], uint64(n))
+				c.Write(out[:])
+			}
+		}()
+	}
+}
+
+// transfer measures one download or upload to raddr for the phase duration
+// and returns the goodput in bits per second.
+func (e *env) transfer(ctx context.Context, raddr netip.AddrPort, upload bool) (float64, error) {
+	c, err := e.client.DialTCP(netip.AddrPort{}, raddr, 5*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	stopAt := time.Now().Add(e.opts.Duration)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(stopAt) {
+		stopAt = dl
+	}
+	// Unblocks reads and writes when the context ends.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	buf := make([]byte, ioChunk)
+	tc := c.(*net.TCPConn)
+	start := time.Now()
+	if !upload {
+		if _, err := c.Write([]byte{'D'}); err != nil {
+			return 0, err
+		}
+		var n int64
+		c.SetReadDeadline(stopAt.Add(5 * time.Second))
+		for time.Now().Before(stopAt) {
+			k, err := c.Read(buf)
+			n += int64(k)
+			if err != nil {
+				return 0, fmt.Errorf("%w: download from %v after %d bytes: %v", ErrTransfer, raddr, n, err)
+			}
+		}
+		return float64(n) * 8 / time.Since(start).Seconds(), nil
+	}
+	if _, err := c.Write([]byte{'U'}); err != nil {
+		return 0, err
+	}
+	c.SetWriteDeadline(stopAt.Add(5 * time.Second))
+	for time.Now().Before(stopAt) {
+		if _, err := c.Write(buf); err != nil {
+			return 0, fmt.Errorf("%w: upload to %v: %v", ErrTransfer, raddr, err)
+		}
+	}
+	if err := tc.CloseWrite(); err != nil {
+		return 0, err
+	}
+	// The server's count is what arrived, so data still in the client's
+	// send buffer when the clock stopped is not counted as sent.
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var out [8]byte
+	if _, err := io.ReadFull(c, out[:]); err != nil {
+		return 0, fmt.Errorf("%w: upload to %v: reading the count: %v", ErrTransfer, raddr, err)
+	}
+	return float64(binary.BigEndian.Uint64(out[:])) * 8 / time.Since(start).Seconds(), nil
+}
+
+// runTCP is one run of the tcp scenario: download and upload through the
+// VIP (l2lb with the largest configured worker count) and straight to the
+// first backend.
+func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
+	w := e.opts.Workers[len(e.opts.Workers)-1]
+	sc.note("one TCP stream per transfer, offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s); direct = to %s's own address", ioChunk, w, e.backends[0].Name)
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		sc.note("HAProxy comparison skipped: haproxy is not installed")
+	}
+	direct := netip.AddrPortFrom(e.backends[0].Addr, transferPort)
+	vip := netip.AddrPortFrom(e.vip, transferPort)
+	res := map[string]float64{}
+	for _, dir := range []string{"download", "upload"} {
+		e.logf("tcp: %s direct", dir)
+		v, err := e.transfer(ctx, direct, dir == "upload")
+		if err != nil {
+			return err
+		}
+		res[dir+" direct"] = v
+	}
+	if _, err := e.startBalancer(ctx, w); err != nil {
+		return err
+	}
+	defer e.stopBalancer()
+	for _, dir := range []string{"download", "upload"} {
+		e.logf("tcp: %s via VIP", dir)
+		v, err := e.transfer(ctx, vip, dir == "upload")
+		if err != nil {
+			return err
+		}
+		sc.add(dir+" via VIP", "Gbit/s", v/1e9)
+		sc.add(dir+" direct", "Gbit/s", res[dir+" direct"]/1e9)
+		sc.add(dir+" VIP/direct", "ratio", ratio(v, res[dir+" direct"]))
+	}
+	return nil
+}
+
+// connRate opens, reads to EOF and closes connections to raddr from
+// opts.Dialers parallel dialers for the phase duration and returns
+// completed connections per second.
+func (e *env) connRate(ctx context.Context, raddr netip.AddrPort) (rate float64, failed uint64, err error) {
+	var ok, bad atomic.Uint64
+	var wg sync.WaitGroup
+	stopAt := time.Now().Add(e.opts.Duration)
+	start := time.Now()
+	for range e.opts.Dialers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// The loop runs inside the namespace, so every socket it
+			// creates belongs to it, without a thread switch per dial.
+			e.client.Do(func() error {
+				d := net.Dialer{Timeout: 2 * time.Second}
+				var b [8]byte
+				for time.Now().Before(stopAt) && ctx.Err() == nil {
+					c, err := d.DialContext(ctx, "tcp4", raddr.String())
+					if err != nil {
+						bad.Add(1)
+						continue
+					}
+					c.SetReadDeadline(time.Now().Add(2 * time.Second))
+					n, err := c.Read(b[:])
+					if n == 1 || err == nil {
+						ok.Add(1)
+					} else {
+						bad.Add(1)
+					}
+					c.Close()
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	return float64(ok.Load()) / time.Since(start).Seconds(), bad.Load(), nil
+}
+
+// runConn is one run of the conn scenario.
+func (e *env) runConn(ctx context.Context, sc *Scenario) error {
+	w := e.opts.Workers[len(e.opts.Workers)-1]
+	sc.note("%d parallel dialers; each connection: connect, read the server's 1 byte, server closes first; via VIP = l2lb with %d worker(s)", e.opts.Dialers, w)
+	e.logf("conn: direct")
+	direct, dfail, err := e.connRate(ctx, netip.AddrPortFrom(e.backends[0].Addr, connPort))
+	if err != nil {
+		return err
+	}
+	if _, err := e.startBalancer(ctx, w); err != nil {
+		return err
+	}
+	defer e.stopBalancer()
+	e.logf("conn: via VIP")
+	vip, vfail, err := e.connRate(ctx, netip.AddrPortFrom(e.vip, connPort))
+	if err != nil {
+		return err
+	}
+	sc.add("via VIP", "conn/s", vip)
+	sc.add("direct", "conn/s", direct)
+	sc.add("VIP/direct", "ratio", ratio(vip, direct))
+	sc.add("failed via VIP", "conns", float64(vfail))
+	sc.add("failed direct", "conns", float64(dfail))
+	return nil
+}
