@@ -3,8 +3,9 @@
 // on it as an ordinary `l2lb run` process and measures what an operator
 // needs before trusting a balancer node: frames per second against the
 // kernel's own IPv4 forwarding on the same topology, TCP throughput and
-// connection rate through the VIP against going direct, and the
-// connection table's memory and lookup time.
+// connection rate through the VIP against going direct, the connection
+// table's memory and lookup time, and what a failover of a three-node
+// `l2lb run --peers` cluster costs long-lived connections.
 //
 // Every figure is taken once per run and reported as median and min–max
 // over the runs, because the machines it runs on (CI VMs) are shared and
@@ -35,7 +36,7 @@ var (
 )
 
 // Scenarios lists the scenario names in the order they run.
-var Scenarios = []string{"pps", "tcp", "conn", "table"}
+var Scenarios = []string{"pps", "tcp", "conn", "failover", "table"}
 
 // Options configures Run. Zero fields take the defaults in brackets.
 type Options struct {
@@ -62,6 +63,8 @@ type Options struct {
 	TableSizes []int
 	// Pin pins the generator to CPU 0 and the balancer to CPU 1 (taskset).
 	Pin bool
+	// PlotDir, if set, receives a timeline SVG per failover run.
+	PlotDir string
 	// ProfileDir, if set, makes every pps balancer write a pprof CPU
 	// profile there (l2lb run --cpuprofile).
 	ProfileDir string
@@ -167,7 +170,9 @@ func Run(ctx context.Context, o Options) (_ *Report, err error) {
 		sc := &Scenario{Name: name}
 		rep.Scenarios = append(rep.Scenarios, sc)
 		for run := 1; run <= o.Runs; run++ {
-			logf(o.Logf, "%s: run %d/%d (load %.2f)", name, run, o.Runs, Load1())
+			load := Load1()
+			sc.Load1 = append(sc.Load1, load)
+			logf(o.Logf, "%s: run %d/%d (load %.2f)", name, run, o.Runs, load)
 			var err error
 			switch name {
 			case "pps":
@@ -176,6 +181,8 @@ func Run(ctx context.Context, o Options) (_ *Report, err error) {
 				err = e.runTCP(ctx, sc)
 			case "conn":
 				err = e.runConn(ctx, sc)
+			case "failover":
+				err = e.runFailover(ctx, sc)
 			case "table":
 				err = runTable(ctx, o, sc)
 			}

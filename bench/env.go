@@ -41,10 +41,13 @@ type env struct {
 	vipFile  string
 	links    []*netlink.Handle // one per backend, for RX counters
 	runN     int               // numbers the balancer profiles
+	flowRx   sync.Map          // netip.AddrPort (client) -> *atomic.Uint64, bytes of 'F' flows
 
 	mu        sync.Mutex
 	bal       *balancer          // the running balancer, if any
+	procs     []*balancer        // every l2lb process started, stopped by close
 	listeners []*net.TCPListener // the bench's servers on the backends
+	f1Serving bool               // f1 has a server on the VIP (failover)
 }
 
 // newEnv builds the testbed and the kernel-router configuration of f1.
@@ -127,10 +130,10 @@ func (e *env) setupRouter() error {
 // close stops the balancer and removes the testbed and temporary files.
 func (e *env) close() error {
 	e.mu.Lock()
-	bal := e.bal
+	procs := e.procs
 	e.mu.Unlock()
-	if bal != nil {
-		bal.stop()
+	for _, p := range procs {
+		p.stop()
 	}
 	e.mu.Lock()
 	for _, ln := range e.listeners {
@@ -183,18 +186,49 @@ var ErrBalancer = errors.New("bench: balancer failed")
 // balancing the VIP over the backends, and waits until it is ready and has
 // resolved every backend's MAC.
 func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (*balancer, error) {
-	b := &balancer{statsFile: filepath.Join(e.dir, fmt.Sprintf("stats-%d.json", time.Now().UnixNano())), done: make(chan struct{})}
+	statsFile := filepath.Join(e.dir, fmt.Sprintf("stats-%d.json", time.Now().UnixNano()))
 	args := []string{"run", "-i", "eth0", "-f", e.vipFile, "-p", "0", "--workers", strconv.Itoa(workers),
-		"--vmac", benchVMAC.String(), "--stats-file", b.statsFile}
+		"--vmac", benchVMAC.String(), "--stats-file", statsFile}
 	for _, h := range e.backends {
 		args = append(args, "--member", h.Addr.String())
 	}
 	args = append(args, extra...)
-	if e.opts.Pin && haveTaskset() {
+	b, err := e.startL2LB(ctx, e.lb, statsFile, e.opts.Pin, args)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.bal = b
+	e.mu.Unlock()
+	deadline := time.After(15 * time.Second)
+	// The stats file lists each member as ready once its MAC is resolved.
+	for {
+		if n, err := readyMembers(b.statsFile); err == nil && n == len(e.backends) {
+			return b, nil
+		}
+		select {
+		case <-b.done:
+			return nil, fmt.Errorf("%w: exited: %v; log: %s", ErrBalancer, b.waitErr, b.lastLog())
+		case <-deadline:
+			b.stop()
+			return nil, fmt.Errorf("%w: backends' MACs not resolved after 15 s; log: %s", ErrBalancer, b.lastLog())
+		case <-ctx.Done():
+			b.stop()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// startL2LB runs l2lb with args in h's namespace and waits until it logs
+// msg=ready. pin runs it on CPU 1 (taskset).
+func (e *env) startL2LB(ctx context.Context, h *testbed.Host, statsFile string, pin bool, args []string) (*balancer, error) {
+	b := &balancer{statsFile: statsFile, done: make(chan struct{})}
+	if pin && haveTaskset() {
 		// The generator is pinned to CPU 0 (see generator.run).
-		b.cmd = e.lb.Command("taskset", append([]string{"-c", "1", e.opts.Exe}, args...)...)
+		b.cmd = h.Command("taskset", append([]string{"-c", "1", e.opts.Exe}, args...)...)
 	} else {
-		b.cmd = e.lb.Command(e.opts.Exe, args...)
+		b.cmd = h.Command(e.opts.Exe, args...)
 	}
 	pr, err := b.cmd.StderrPipe()
 	if err != nil {
@@ -205,8 +239,13 @@ func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (
 	}
 	// `ip netns exec` and taskset exec the program, so the pid is l2lb's.
 	b.pid = b.cmd.Process.Pid
+	e.mu.Lock()
+	e.procs = append(e.procs, b)
+	e.mu.Unlock()
 	ready := make(chan struct{})
+	logDone := make(chan struct{})
 	go func() {
+		defer close(logDone)
 		sc := bufio.NewScanner(pr)
 		var once sync.Once
 		for sc.Scan() {
@@ -218,7 +257,7 @@ func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (
 			}
 			b.mu.Unlock()
 			if e.opts.Verbose {
-				e.logf("  l2lb: %s", line)
+				e.logf("  l2lb %s: %s", h.Name, line)
 			}
 			if strings.Contains(line, "msg=ready") {
 				once.Do(func() { close(ready) })
@@ -226,42 +265,21 @@ func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (
 		}
 	}()
 	go func() {
+		<-logDone // Wait closes the pipe: read it to the end first (os/exec)
 		b.waitErr = b.cmd.Wait()
 		close(b.done)
 	}()
-	e.mu.Lock()
-	e.bal = b
-	e.mu.Unlock()
-	fail := func(err error) (*balancer, error) {
-		b.stop()
-		return nil, fmt.Errorf("%w: %v; log: %s", ErrBalancer, err, b.lastLog())
-	}
-	deadline := time.After(15 * time.Second)
 	select {
 	case <-ready:
+		return b, nil
 	case <-b.done:
-		return fail(fmt.Errorf("exited: %v", b.waitErr))
-	case <-deadline:
-		return fail(errors.New("not ready after 15 s"))
+		return nil, fmt.Errorf("%w: exited: %v; log: %s", ErrBalancer, b.waitErr, b.lastLog())
+	case <-time.After(15 * time.Second):
+		b.stop()
+		return nil, fmt.Errorf("%w: not ready after 15 s; log: %s", ErrBalancer, b.lastLog())
 	case <-ctx.Done():
 		b.stop()
 		return nil, ctx.Err()
-	}
-	// The stats file lists each member as ready once its MAC is resolved.
-	for {
-		if n, err := readyMembers(b.statsFile); err == nil && n == len(e.backends) {
-			return b, nil
-		}
-		select {
-		case <-b.done:
-			return fail(fmt.Errorf("exited: %v", b.waitErr))
-		case <-deadline:
-			return fail(errors.New("backends' MACs not resolved after 15 s"))
-		case <-ctx.Done():
-			b.stop()
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
 }
 

@@ -51,6 +51,9 @@ type Scenario struct {
 	Metrics []*Metric `json:"metrics"`
 	// Notes explain how the figures were taken and anything skipped.
 	Notes []string `json:"notes,omitempty"`
+	// Load1 is the 1-minute load average at the start of each run: other
+	// work on the machine shows there before it shows in the figures.
+	Load1 []float64 `json:"load1_per_run"`
 	// Error is set when the scenario failed; Metrics then hold what was
 	// measured before the failure.
 	Error string `json:"error,omitempty"`
@@ -169,6 +172,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return err
 	}
 	for _, s := range r.Scenarios {
+		if len(s.Load1) > 0 {
+			var ls []string
+			for _, l := range s.Load1 {
+				ls = append(ls, fmt.Sprintf("%.2f", l))
+			}
+			fmt.Fprintf(w, "\n%s: 1-minute load at the start of each run: %s", s.Name, strings.Join(ls, ", "))
+		}
 		if s.Error != "" {
 			fmt.Fprintf(w, "\n%s failed: %s", s.Name, s.Error)
 		}

@@ -53,7 +53,7 @@ func (e *env) startServers() error {
 			e.mu.Lock()
 			e.listeners = append(e.listeners, ln)
 			e.mu.Unlock()
-			go serve(ln, port)
+			go e.serve(ln, port)
 		}
 	}
 	// A client port range as wide as the documentation allows, inside c1's
@@ -61,7 +61,10 @@ func (e *env) startServers() error {
 	return e.client.SetSysctl("net.ipv4.ip_local_port_range", "10000 65000")
 }
 
-func serve(ln *net.TCPListener, port uint16) {
+// serve answers the bench's TCP protocols on ln: 'D' download, 'U' upload
+// (see transferPort), and 'F', a long-lived flow of the failover scenario
+// whose received bytes are counted per client address in e.flowRx.
+func (e *env) serve(ln *net.TCPListener, port uint16) {
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -93,6 +96,16 @@ func serve(ln *net.TCPListener, port uint16) {
 				var out [8]byte
 				binary.BigEndian.PutUint64(out[:], uint64(n))
 				c.Write(out[:])
+			case 'F':
+				ctr := new(atomic.Uint64)
+				e.flowRx.Store(c.RemoteAddr().(*net.TCPAddr).AddrPort(), ctr)
+				for {
+					k, err := c.Read(buf)
+					ctr.Add(uint64(k))
+					if err != nil {
+						return
+					}
+				}
 			}
 		}()
 	}

@@ -71,18 +71,20 @@ type Helper struct {
 	info func(format string, args ...any)
 	log  *slog.Logger
 
-	mu       sync.Mutex
-	vips     *vipset.Set
-	vipErr   error
-	eng      *dataplane.Engine
-	node     *dataplane.Node
-	sync     *tablesync.Syncer
-	cancel   context.CancelFunc
-	done     chan error
-	role     string
-	since    time.Time
-	members  []netip.Addr
-	startErr error
+	mu          sync.Mutex
+	vips        *vipset.Set
+	vipErr      error
+	eng         *dataplane.Engine
+	node        *dataplane.Node
+	sync        *tablesync.Syncer
+	cancel      context.CancelFunc
+	done        chan error
+	role        string
+	since       time.Time
+	members     []netip.Addr
+	startErr    error
+	transitions uint64
+	weights     map[netip.Addr]uint32 // operator overrides (l2lb weight / drain)
 }
 
 // New returns a helper in the standby role. info writes "* " lines to CGP's log.
@@ -198,7 +200,14 @@ func (h *Helper) Active(members []netip.Addr) error {
 		if local[a] {
 			// Every member weighs 100; this server weighs -r while it is the active balancer.
 			m.Local, m.Weight = true, h.opt.SelfWeight
+		}
+		if w, ok := h.weights[a]; ok {
+			m.Weight = w // an operator's l2lb weight / drain outlives CGP's list updates
+		}
+		if m.Local {
 			desc = append(desc, fmt.Sprintf("%s (self, weight %d)", a, m.Weight))
+		} else if m.Weight != 100 {
+			desc = append(desc, fmt.Sprintf("%s (weight %d)", a, m.Weight))
 		} else {
 			desc = append(desc, a.String())
 		}
@@ -250,6 +259,7 @@ func allReady(e *dataplane.Engine) bool {
 func (h *Helper) setRole(role string, members []netip.Addr) {
 	if h.role != role {
 		h.since = time.Now()
+		h.transitions++
 		h.log.Info("role change", "role", role)
 	}
 	h.role = role
@@ -372,6 +382,78 @@ func (h *Helper) Close() error {
 	}
 	h.eng, h.node, h.cancel, h.done = nil, nil, nil, nil
 	return err
+}
+
+// Engine returns the fast path's engine and node, or nils before Start (or with -m).
+func (h *Helper) Engine() (*dataplane.Engine, *dataplane.Node) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.eng, h.node
+}
+
+// RoleInfo returns whether the helper is active, since when and how many role changes it saw.
+func (h *Helper) RoleInfo() (active bool, since time.Time, transitions uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.role == "active", h.since, h.transitions
+}
+
+// SyncStats returns the sync channel's counters, if it runs.
+func (h *Helper) SyncStats() (connsync.Stats, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.sync == nil {
+		return connsync.Stats{}, false
+	}
+	return h.sync.Stats(), true
+}
+
+// SetWeight overrides a member's weight (l2lb weight / drain) for as long as the helper runs, also
+// across later ACTIVE lists; weight 0 quiesces the member.
+func (h *Helper) SetWeight(member netip.Addr, weight uint32) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.eng == nil {
+		return ErrNotStarted
+	}
+	cfg := h.eng.Config()
+	ms := append([]dataplane.Member(nil), cfg.Members...)
+	found := false
+	for i := range ms {
+		if ms[i].Addr == member {
+			ms[i].Weight, found = weight, true
+		}
+	}
+	if !found {
+		return fmt.Errorf("%v is not a member of the group", member)
+	}
+	if h.weights == nil {
+		h.weights = map[netip.Addr]uint32{}
+	}
+	h.weights[member] = weight
+	cfg.Members = ms
+	return h.eng.Configure(cfg)
+}
+
+// ReloadVIPs re-reads the VIP file; a bad file is reported with file:line and changes nothing.
+func (h *Helper) ReloadVIPs() error {
+	vips, err := vipset.ParseFile(h.opt.VIPFile)
+	if err == nil && vips.Len() == 0 {
+		err = fmt.Errorf("%w: %s lists none", ErrNoVIPs, h.opt.VIPFile)
+	}
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.eng != nil {
+		if err := h.eng.SetVIPs(vips); err != nil {
+			return err
+		}
+		h.node.Announce()
+	}
+	h.vips, h.vipErr = vips, nil
+	return nil
 }
 
 // SystemHost is the real Host: this machine's interfaces, /proc/sys and netlink.

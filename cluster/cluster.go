@@ -100,15 +100,17 @@ type Node struct {
 	runner *election.Runner
 	log    *slog.Logger
 
-	active     atomic.Bool
-	tableReady atomic.Bool
-	mu         sync.Mutex
-	gone       map[netip.Addr]bool // departed members kept at weight 0 while they have flows
-	owned      map[netip.Addr]bool // VIPs this node serves
-	conflict   chan struct{}       // the dataplane saw another node announce our VIP
-	memberCh   chan struct{}       // membership changed: re-derive the members
-	lastCfg    []dataplane.Member
-	since      time.Time
+	active      atomic.Bool
+	tableReady  atomic.Bool
+	mu          sync.Mutex
+	gone        map[netip.Addr]bool // departed members kept at weight 0 while they have flows
+	owned       map[netip.Addr]bool // VIPs this node serves
+	conflict    chan struct{}       // the dataplane saw another node announce our VIP
+	memberCh    chan struct{}       // membership changed: re-derive the members
+	transitions uint64
+	weights     map[netip.Addr]uint32 // operator overrides (l2lb weight / drain)
+	lastCfg     []dataplane.Member
+	since       time.Time
 }
 
 // ErrConfig reports an incomplete configuration.
@@ -328,6 +330,7 @@ func (n *Node) apply(acquire, release []netip.Addr) {
 		n.log.Info("role change", "active", on, "acquired", fmt.Sprint(acquire), "released", fmt.Sprint(release))
 		n.mu.Lock()
 		n.since = time.Now()
+		n.transitions++
 		n.mu.Unlock()
 		n.reconfigure()
 	}
@@ -444,6 +447,9 @@ func (n *Node) reconfigure() {
 		} else if !m.Alive || !m.Healthy {
 			continue
 		}
+		if w, ok := n.weights[m.Addr]; ok {
+			dm.Weight = w
+		}
 		seen[m.Addr] = true
 		delete(n.gone, m.Addr)
 		ms = append(ms, dm)
@@ -538,6 +544,44 @@ func (n *Node) healthLoop(ctx context.Context, healthy bool) {
 			n.runner.Update(func(m *election.NodeMeta) { m.Healthy = ok })
 		}
 	}
+}
+
+// SetWeight overrides a member's weight (l2lb weight, l2lb drain) until the process restarts;
+// weight 0 quiesces it.
+func (n *Node) SetWeight(member netip.Addr, weight uint32) error {
+	found := false
+	for _, m := range n.eng.Members() {
+		if m.Addr == member {
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("cluster: %v is not a member", member)
+	}
+	n.mu.Lock()
+	if n.weights == nil {
+		n.weights = map[netip.Addr]uint32{}
+	}
+	n.weights[member] = weight
+	n.lastCfg = nil // force re-application
+	n.mu.Unlock()
+	n.reconfigure()
+	return nil
+}
+
+// RoleInfo returns whether the node is active, since when and how many role changes it saw.
+func (n *Node) RoleInfo() (active bool, since time.Time, transitions uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.active.Load(), n.since, n.transitions
+}
+
+// SyncStats returns the sync channel's counters.
+func (n *Node) SyncStats() (connsync.Stats, bool) {
+	if n.sync == nil {
+		return connsync.Stats{}, false
+	}
+	return n.sync.Stats(), true
 }
 
 // Status is a summary for logs and status output.

@@ -237,7 +237,7 @@ func startBalancer(t *testing.T, extra ...string) *balancer {
 			t.Fatal(err)
 		}
 	}
-	args := []string{"run", "-i", "eth0", "-f", vipFile, "--stats-file", filepath.Join(dir, "stats.json")}
+	args := []string{"run", "-i", "eth0", "-f", vipFile, "--stats-file", filepath.Join(dir, "stats.json"), "--control", filepath.Join(dir, "control.sock")}
 	for _, f := range bed.Frontends {
 		args = append(args, "--member", f.Addr.String())
 	}

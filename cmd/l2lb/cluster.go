@@ -14,8 +14,11 @@ import (
 	"time"
 
 	"github.com/l2lb/l2lb/cluster"
+	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/provider"
 	"github.com/l2lb/l2lb/scheduler"
 	"github.com/l2lb/l2lb/vipset"
 )
@@ -90,6 +93,19 @@ func runCluster(o runOptions, log *slog.Logger, vips *vipset.Set, vmac net.Hardw
 	defer signal.Stop(hup)
 	errc := make(chan error, 1)
 	go func() { errc <- node.Run(ctx) }()
+	startOps(ctx, o.ops, provider.New(&provider.Source{Mode: control.ModeCluster, NodeName: node.Status().Name,
+		Interface: o.iface, Engine: node.Engine(), Node: node.Dataplane(), Limit: o.maxConns,
+		Role: func() provider.Role {
+			a, since, tr := node.RoleInfo()
+			return provider.Role{Active: a, Since: since, Transitions: tr}
+		},
+		Sync: func() (connsync.Stats, []string, bool) {
+			s, ok := node.SyncStats()
+			return s, syncPeers(cfg.Sync), ok
+		},
+		SetWeight: node.SetWeight,
+		Reload:    func() error { return reloadVIPs(o.vipFile, node.Engine(), node.Dataplane(), log) },
+	}), slogWarn(log))
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -153,4 +169,20 @@ func readKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: empty key", path)
 	}
 	return k, nil
+}
+
+// syncPeers names where sync messages go: the unicast peers, or the multicast group.
+func syncPeers(c connsync.Config) []string {
+	if len(c.Peers) == 0 {
+		g := c.Group
+		if !g.IsValid() {
+			g = connsync.DefaultGroup
+		}
+		return []string{g.String() + " (multicast)"}
+	}
+	out := make([]string, 0, len(c.Peers))
+	for _, p := range c.Peers {
+		out = append(out, p.String())
+	}
+	return out
 }

@@ -90,8 +90,9 @@ func demo(stdout, stderr io.Writer, conns, persist, self int, keep bool) error {
 	}
 	f1 := bed.Frontends[0]
 	statsFile := filepath.Join(dir, "stats.json")
+	ctl := filepath.Join(dir, "control.sock")
 	runArgs := []string{"run", "-i", f1.Ifname, "-f", vipFile, "-p", strconv.Itoa(persist), "-r", strconv.Itoa(self),
-		"--stats-file", statsFile}
+		"--stats-file", statsFile, "--control", ctl}
 	for _, f := range bed.Frontends {
 		runArgs = append(runArgs, "--member", f.Addr.String())
 	}
@@ -179,7 +180,9 @@ func demo(stdout, stderr io.Writer, conns, persist, self int, keep bool) error {
 		}
 	}
 	if keep {
-		logf("testbed kept: try `ip netns exec %s-c1 curl ...`; Ctrl-C to remove it", bed.Prefix)
+		logf("testbed kept; try:  l2lb status --control %s   l2lb conns --control %s", ctl, ctl)
+		logf("  metrics and status page: ip netns exec %s curl -s http://127.0.0.1:9781/metrics", f1.NS)
+		logf("Ctrl-C removes the testbed")
 		select {}
 	}
 	if failures > 0 || dlErr != nil || ulErr != nil {

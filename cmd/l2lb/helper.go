@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/l2lb/l2lb/cgphelper"
 	"github.com/l2lb/l2lb/connsync"
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/helperproto"
+	"github.com/l2lb/l2lb/provider"
 	"github.com/l2lb/l2lb/scheduler"
 )
 
@@ -41,6 +44,8 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	syncKey := fs.String("sync-key-file", "", "file holding the shared key that authenticates connection-sync messages")
 	syncGroup := fs.String("sync-group", "", "connection-sync multicast group `ADDR:PORT` (default "+connsync.DefaultGroup.String()+")")
 	noSync := fs.Bool("no-sync", false, "do not replicate the connection table between group members")
+	var ops opsFlags
+	ops.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -102,6 +107,22 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		Timeout: time.Duration(*timeout) * time.Second, Trace: traceW, MaxIntf: helperproto.IntfVersion})
 	if err := h.Start(); err != nil {
 		sess.Info("cannot start the fast path: %v", err)
+	}
+	if eng, node := h.Engine(); eng != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		startOps(ctx, ops, provider.New(&provider.Source{Mode: control.ModeHelper, Interface: *iface, Engine: eng, Node: node,
+			Role: func() provider.Role {
+				a, since, tr := h.RoleInfo()
+				return provider.Role{Active: a, Since: since, Transitions: tr}
+			},
+			Sync: func() (connsync.Stats, []string, bool) {
+				s, ok := h.SyncStats()
+				return s, syncPeers(sc), ok
+			},
+			SetWeight: h.SetWeight,
+			Reload:    h.ReloadVIPs,
+		}), func(f string, a ...any) { sess.Info(f, a...) })
 	}
 	if err := sess.Run(); err != nil {
 		fmt.Fprintln(stderr, "l2lb helper:", err) // after the session: CGP reads stderr at exit

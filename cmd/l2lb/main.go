@@ -17,6 +17,11 @@ Usage:
   l2lb run    [flags]            run the active balancer with static members
   l2lb helper [-p N] [-i IF] [-s N] [-t N] [-f FILE] [-r N] [-m] [--trace FILE]
                                  CommuniGate Pro's External Load Balancer helper (stdin/stdout)
+  l2lb status [--json]           status of the running balancer (like ipvsadm -Ln --stats)
+  l2lb conns  [--vip V] [--member M]  its connection table (like ipvsadm -Lnc)
+  l2lb weight MEMBER N           set a member's weight (0 = quiescent)
+  l2lb drain  MEMBER [--wait]    quiesce a member; --wait until its flows and templates are gone
+  l2lb reload                    re-read the VIP file (same as SIGHUP)
   l2lb vip    up|down|list [-f FILE]  put the VIPs of FILE on lo, remove them, or list them
   l2lb doctor [-i IF] [-f FILE] [--fix]  check the host settings a balancer node needs
   l2lb demo   [flags]            build a namespace testbed and run the balancer on it (root)
@@ -41,6 +46,16 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdHelper(rest, os.Stdin, stdout, stderr)
 	case "run":
 		return cmdRun(rest, stdout, stderr)
+	case "status":
+		return cmdStatus(rest, stdout, stderr)
+	case "conns":
+		return cmdConns(rest, stdout, stderr)
+	case "weight":
+		return cmdWeight(rest, stdout, stderr)
+	case "drain":
+		return cmdDrain(rest, stdout, stderr)
+	case "reload":
+		return cmdReload(rest, stdout, stderr)
 	case "vip":
 		return cmdVIP(rest, stdout, stderr)
 	case "doctor":

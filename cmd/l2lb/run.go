@@ -21,7 +21,9 @@ import (
 
 	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/provider"
 	"github.com/l2lb/l2lb/scheduler"
 	"github.com/l2lb/l2lb/vipset"
 )
@@ -65,6 +67,7 @@ type runOptions struct {
 	gossipKey   string
 	// cpuProfile is --cpuprofile: a pprof CPU profile of the whole run (used by `l2lb bench`).
 	cpuProfile string
+	ops        opsFlags
 }
 
 func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
@@ -87,6 +90,7 @@ func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.tcpTimeout, "tcp-timeout", 900*time.Second, "timeout of established TCP flows (IPVS default)")
 	fs.DurationVar(&o.finTimeout, "tcpfin-timeout", 120*time.Second, "timeout of closing TCP flows (IPVS default)")
 	fs.DurationVar(&o.udpTimeout, "udp-timeout", 300*time.Second, "timeout of UDP flows (IPVS default)")
+	o.ops.register(fs)
 	fs.Var(&o.peers, "peers", "standalone cluster: other nodes' membership addresses `HOST[:PORT]` (comma-separated or repeated); members and the active node then come from the cluster instead of --member")
 	fs.StringVar(&o.name, "name", "", "cluster: this node's unique name (default: its address)")
 	fs.StringVar(&o.addr, "addr", "", "cluster: this node's real IPv4 address (default: the first IPv4 address of -i)")
@@ -287,6 +291,9 @@ func run(o runOptions, log *slog.Logger) error {
 	node.SetActive(true)
 	errc := make(chan error, 1)
 	go func() { errc <- node.Run(ctx) }()
+	startOps(ctx, o.ops, provider.New(&provider.Source{Mode: control.ModeRun, NodeName: ifi.Name, Interface: o.iface,
+		Engine: eng, Node: node, Limit: o.maxConns,
+		Reload: func() error { return reloadVIPs(o.vipFile, eng, node, log) }}), slogWarn(log))
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {

@@ -162,7 +162,7 @@ func startHelper(t *testing.T, h *testbed.Host, vipFile string, extra ...string)
 	dir := t.TempDir()
 	hp := &helper{t: t, name: h.Name, host: h, trace: filepath.Join(dir, "trace"), err: &lockedBuffer{},
 		readerDone: make(chan struct{}), exited: make(chan struct{}), pending: map[string]chan answer{}}
-	args := append([]string{"helper", "-i", "eth0", "-f", vipFile, "-p", "15", "-t", "1", "--trace", hp.trace}, extra...)
+	args := append([]string{"helper", "-i", "eth0", "-f", vipFile, "-p", "15", "-t", "1", "--trace", hp.trace, "--control", hp.trace + ".sock"}, extra...)
 	hp.cmd = h.Command(l2lbBin, args...)
 	hp.cmd.Dir = dir // CGP runs helpers in its base directory
 	hp.cmd.Stderr = hp.err

@@ -168,7 +168,7 @@ func startCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
 		n := &node{t: t, host: f, statsPath: filepath.Join(dir, f.Name+".json")}
 		n.args = append([]string{"run", "-i", "eth0", "-f", vipFile, "-p", "60",
 			"--peers", strings.Join(peers, ","), "--priority", fmt.Sprint(priorities[f.Name]),
-			"--stats-file", n.statsPath}, extra...)
+			"--stats-file", n.statsPath, "--control", n.statsPath + ".sock"}, extra...)
 		c.nodes = append(c.nodes, n)
 	}
 	// Clean-ups run last-registered first: stop the nodes before the bed goes.
