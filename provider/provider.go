@@ -164,9 +164,9 @@ func (p *Provider) Conns(vip, member netip.Addr) []control.Conn {
 			ms = fmt.Sprintf("#%d", e.Member)
 		}
 		out = append(out, control.Conn{Proto: proto,
-			Client:    netip.AddrPortFrom(addrOf(k.Src), k.SPort).String(),
-			VIP:       netip.AddrPortFrom(addrOf(k.Dst), k.DPort).String(),
-			Member:    ms, State: e.State.String(), ExpiresIn: time.Duration(e.Expires - now)})
+			Client: netip.AddrPortFrom(addrOf(k.Src), k.SPort).String(),
+			VIP:    netip.AddrPortFrom(addrOf(k.Dst), k.DPort).String(),
+			Member: ms, State: e.State.String(), ExpiresIn: time.Duration(e.Expires - now)})
 		return true
 	})
 	sort.Slice(out, func(i, j int) bool {
