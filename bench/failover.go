@@ -346,11 +346,11 @@ func (f *flow) pump() {
 
 // outage returns the longest time in [from, until] during which the servers
 // received nothing, measured between the samples that saw progress, and
-// whether traffic moved again after it.
+// whether traffic was moving again in the last recoveredWithin of the
+// window; if not, the outage runs to the end of the window.
 func outage(ss []sample, from, until time.Duration) (time.Duration, bool) {
 	var worst time.Duration
 	last := time.Duration(-1)
-	recovered := true
 	for i := 1; i < len(ss); i++ {
 		s := ss[i]
 		if s.t < from-sampleEvery || s.t > until {
@@ -364,12 +364,19 @@ func outage(ss []sample, from, until time.Duration) (time.Duration, bool) {
 			last = s.t
 		}
 	}
-	if last >= 0 && until-last > worst {
-		// Still stalled at the end of the window.
-		worst, recovered = until-last, false
+	if last < 0 {
+		return 0, false
 	}
-	return worst, recovered
+	if until-last > recoveredWithin {
+		return max(worst, until-last), false
+	}
+	return worst, true
 }
+
+// recoveredWithin: traffic that moved this close to the end of a window
+// counts as flowing; it is ten sampling periods, so scheduling jitter of
+// the sampler on a busy machine does not read as a stall.
+const recoveredWithin = 10 * sampleEvery
 
 // keptAt counts the flows that are open and moved data in the second
 // before t.

@@ -313,6 +313,15 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 		if err != nil {
 			return err
 		}
+		// The balancer's CPU use without traffic (timers, ring block
+		// retirement), which every forwarded frame's share includes at a
+		// fixed rate.
+		idle, err := idleCPU(ctx, bal.pid, time.Second)
+		if err != nil {
+			e.stopBalancer()
+			return err
+		}
+		sc.add(fmt.Sprintf("l2lb w%d idle CPU", w), "% of a CPU", idle*100)
 		for _, mode := range []string{"max", "fixed"} {
 			rate := 0
 			if mode == "fixed" {
@@ -342,4 +351,21 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 		e.stopBalancer()
 	}
 	return nil
+}
+
+// idleCPU returns the share of one CPU pid uses over d.
+func idleCPU(ctx context.Context, pid int, d time.Duration) (float64, error) {
+	a, err := ProcessCPU(pid)
+	if err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	if err := sleepCtx(ctx, d); err != nil {
+		return 0, err
+	}
+	b, err := ProcessCPU(pid)
+	if err != nil {
+		return 0, err
+	}
+	return float64(b-a) / float64(time.Since(t0)), nil
 }

@@ -97,6 +97,10 @@ func TestOutage(t *testing.T) {
 	if got, ok := outage(ss, 100*step, 199*step); !ok || got != step {
 		t.Errorf("steady outage = %v, %v; want %v", got, ok, step)
 	}
+	// A window ending one sample after the last progress is not a stall.
+	if got, ok := outage(ss, 100*step, 199*step+step/2); !ok || got != step {
+		t.Errorf("outage at window end = %v, %v; want %v, true", got, ok, step)
+	}
 	// Never resuming: the outage runs to the end of the window.
 	dead := func(i int) uint64 { return uint64(min(i, 100)) }
 	ss = mkSamples(step, dead, 200)

@@ -229,18 +229,19 @@ func (h *Helper) Active(members []netip.Addr) error {
 		return err
 	}
 	wasActive := h.role == "active"
+	if !wasActive {
+		// Resolve the members' MACs before taking traffic (the resolver works while standby):
+		// flows synced from the previous active node must go on to their frontends, and a
+		// member without a MAC would get none of the first new connections. Bounded so that
+		// OK still comes within a second.
+		deadline := time.Now().Add(activeReadyWait)
+		for time.Now().Before(deadline) && !allReady(h.eng) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	h.node.SetActive(true)
 	if h.sync != nil {
 		h.sync.SetActive(true)
-	}
-	if !wasActive {
-		// Answer OK once the members' MACs are known (or after activeReadyWait): until a MAC
-		// resolves, that member gets no new flows, so waiting a moment keeps the first
-		// connections balanced.
-		deadline := time.Now().Add(activeReadyWait)
-		for time.Now().Before(deadline) && !allReady(h.eng) {
-			time.Sleep(10 * time.Millisecond)
-		}
 	}
 	h.info("active: %s", summary)
 	h.setRole("active", members)

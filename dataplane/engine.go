@@ -95,6 +95,7 @@ type member struct {
 	addr    uint32
 	mac     [6]byte
 	hasMAC  bool // resolved at least once: flows can be sent to it
+	failed  bool // resolution failed repeatedly: the frontend is presumed down
 	present bool // in the configured member list
 	local   bool
 	weight  uint32
@@ -133,6 +134,7 @@ type Engine struct {
 	cfg    Config
 	ids    map[netip.Addr]uint32
 	macs   map[netip.Addr]net.HardwareAddr
+	failed map[netip.Addr]bool
 	nextID uint32
 	base   time.Time
 }
@@ -147,6 +149,7 @@ func New(ct conntrack.Config) *Engine {
 		persist:  ct.Persistence > 0,
 		ids:      make(map[netip.Addr]uint32),
 		macs:     make(map[netip.Addr]net.HardwareAddr),
+		failed:   make(map[netip.Addr]bool),
 		base:     time.Now(),
 	}
 	e.state.Store(&state{vips: vipset.New()})
@@ -194,22 +197,28 @@ func (e *Engine) Configure(cfg Config) error {
 	return e.applyLocked(cfg)
 }
 
-// SetMAC records the resolved MAC of a member address (nil: unresolved). A member whose MAC was
-// never resolved gets no new flows; one resolved earlier keeps its last MAC for existing flows.
+// SetMAC records the resolved MAC of a member address, or (nil) that resolving it failed
+// repeatedly. A member whose MAC is not known yet is pending: it gets no new flows, and frames of
+// its existing flows and persistent clients are dropped (TCP retransmits them) rather than moved to
+// another frontend, which would reset them — a standby that just became active resolves its
+// members in milliseconds. A member whose resolution failed is presumed down: its flows follow
+// the no-destination policy.
 func (e *Engine) SetMAC(addr netip.Addr, mac net.HardwareAddr) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	old, had := e.macs[addr]
 	if mac == nil {
-		if !had {
+		if !had && e.failed[addr] {
 			return nil
 		}
 		delete(e.macs, addr)
+		e.failed[addr] = true
 	} else {
-		if had && bytes.Equal(old, mac) {
+		if had && bytes.Equal(old, mac) && !e.failed[addr] {
 			return nil
 		}
 		e.macs[addr] = append(net.HardwareAddr(nil), mac...)
+		delete(e.failed, addr)
 	}
 	if e.cfg.VIPs == nil {
 		return nil // not configured yet: Configure will use the MAC
@@ -331,6 +340,7 @@ func (e *Engine) applyLocked(cfg Config) error {
 			copy(st.members[id].mac[:], mac)
 			st.members[id].hasMAC = true
 		}
+		st.members[id].failed = e.failed[addr]
 	}
 	var sm []scheduler.Member
 	st.ranges = st.ranges[:0]
@@ -362,6 +372,12 @@ func (e *Engine) applyLocked(cfg Config) error {
 	e.state.Store(st)
 	return nil
 }
+
+// usable reports a member that can receive frames now.
+func (m *member) usable() bool { return m.present && (m.local || m.hasMAC) }
+
+// pending reports a configured member whose MAC is still being resolved.
+func (m *member) pending() bool { return m.present && !m.local && !m.hasMAC && !m.failed }
 
 // rangeOwner returns the member whose source-port range holds port.
 func (st *state) rangeOwner(port uint16) (uint32, bool) {
@@ -446,6 +462,11 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	if m.local {
 		return e.deliverLocal(b, res)
 	}
+	if !m.hasMAC {
+		// A fragment, ICMP error or port-range reply for a frontend whose MAC is not known (yet):
+		// never send to a zero MAC.
+		return Result{Verdict: VerdictDrop, Reason: ReasonMemberPending}
+	}
 	copy(b[0:6], m.mac[:])
 	copy(b[6:12], st.ourMAC[:])
 	res.Verdict = VerdictForward
@@ -468,8 +489,12 @@ func (e *Engine) deliverLocal(b []byte, res Result) Result {
 func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32, Reason) {
 	k := conntrack.Key{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort, Proto: p.Proto}
 	if id, ok := e.ct.Touch(k, p.TCPFlags, now); ok {
-		if int(id) < len(st.members) && st.members[id].present && (st.members[id].hasMAC || st.members[id].local) {
-			return id, ReasonNone
+		if int(id) < len(st.members) {
+			if m := &st.members[id]; m.usable() {
+				return id, ReasonNone
+			} else if m.pending() {
+				return 0, ReasonMemberPending
+			}
 		}
 		if st.nodest == NoDestExpire {
 			e.ct.Delete(k)
@@ -486,7 +511,10 @@ func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32
 	// the destination port, never through the scheduler.
 	if p.Proto == protoTCP || p.Proto == protoUDP {
 		if id, ok := st.rangeOwner(p.DPort); ok {
-			return id, ReasonNone
+			if st.members[id].usable() {
+				return id, ReasonNone
+			}
+			return 0, ReasonMemberPending
 		}
 	}
 	var id uint32
@@ -494,9 +522,13 @@ func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32
 	if e.persist {
 		// IPVS keeps sending a persistent client to its frontend even when that frontend is
 		// quiesced (weight 0), as long as it is present (expire_quiescent_template=0 default).
-		if tid, ok := e.ct.Template(p.Src, p.Dst, now); ok && int(tid) < len(st.members) &&
-			st.members[tid].present && (st.members[tid].hasMAC || st.members[tid].local) {
-			id, found = tid, true
+		if tid, ok := e.ct.Template(p.Src, p.Dst, now); ok && int(tid) < len(st.members) {
+			if m := &st.members[tid]; m.usable() {
+				id, found = tid, true
+			} else if m.pending() {
+				// Wait for the MAC rather than move a persistent client (its SYN is retried).
+				return 0, ReasonMemberPending
+			}
 		}
 	}
 	if !found {

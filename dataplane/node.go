@@ -361,9 +361,14 @@ func (n *Node) resolveLoop(ctx context.Context) {
 			}
 			s.failures++
 			s.next = time.Now().Add(resolveRetry)
-			if s.resolved && s.failures >= resolveMaxFailures {
+			if s.failures == resolveMaxFailures {
+				// Presumed down: no new flows, and its flows follow the no-destination policy.
+				if s.resolved {
+					n.log.Warn("frontend MAC no longer resolves; no new flows to it", "member", m.Addr)
+				} else {
+					n.log.Warn("frontend MAC does not resolve; no flows to it until it answers ARP", "member", m.Addr)
+				}
 				s.resolved = false
-				n.log.Warn("frontend MAC no longer resolves; no new flows to it", "member", m.Addr)
 				eng.SetMAC(m.Addr, nil)
 			}
 		}

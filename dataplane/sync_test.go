@@ -75,3 +75,37 @@ func TestImportRejectsBadMember(t *testing.T) {
 		t.Fatalf("table has %d flows after a bad import", n)
 	}
 }
+
+// TestPendingMemberFlowsWait: a standby that just became active knows its flows (from sync) before
+// it knows the frontends' MACs. Frames of those flows must wait (be dropped, TCP retransmits), not
+// be moved to a resolved frontend, which would answer with a reset. Once resolution fails the
+// member is presumed down and its flows are rescheduled.
+func TestPendingMemberFlowsWait(t *testing.T) {
+	e := newTestEngine(t)
+	k := conntrack.Key{Src: u32(client1), Dst: u32(vip), SPort: 4444, DPort: 25, Proto: 6}
+	if err := e.Import([]SyncRecord{{Key: k, Member: netip.MustParseAddr("192.0.2.14"), State: conntrack.StateEstablished, TTL: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.Config()
+	cfg.Members = append(append([]Member(nil), cfg.Members...), Member{Addr: netip.MustParseAddr("192.0.2.14"), Weight: 100})
+	if err := e.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ack := func() Result { return process(e, frameSpec{src: client1, dst: vip, sport: 4444, dport: 25, ack: true}.bytes(t)) }
+	if r := ack(); r.Verdict != VerdictDrop || r.Reason != ReasonMemberPending {
+		t.Fatalf("frame of a flow whose frontend is still resolving: %+v, want drop member_pending", r)
+	}
+	f4MAC := []byte{2, 0, 0, 0, 0, 0x14}
+	if err := e.SetMAC(netip.MustParseAddr("192.0.2.14"), f4MAC); err != nil {
+		t.Fatal(err)
+	}
+	if r := ack(); r.Verdict != VerdictForward || ownerOf(t, e, r) != netip.MustParseAddr("192.0.2.14") {
+		t.Fatalf("after resolution: %+v", r)
+	}
+	if err := e.SetMAC(netip.MustParseAddr("192.0.2.14"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := ack(); r.Verdict == VerdictDrop || ownerOf(t, e, r) == netip.MustParseAddr("192.0.2.14") {
+		t.Fatalf("flow of a frontend presumed down must be rescheduled: %+v", r)
+	}
+}

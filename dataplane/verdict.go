@@ -82,6 +82,9 @@ const (
 	ReasonTxError
 	// ReasonARPMalformed is an ARP frame that could not be parsed.
 	ReasonARPMalformed
+	// ReasonMemberPending is a frame of a flow (or persistent client) whose frontend's MAC is not
+	// resolved yet; it is dropped rather than moved, and TCP retransmits it.
+	ReasonMemberPending
 	// ReasonCaptureTruncated is a frame the kernel handed over cut short (larger than the ring's
 	// frame room); forwarding it would corrupt it.
 	ReasonCaptureTruncated
@@ -108,6 +111,7 @@ var reasonNames = [...]string{
 	ReasonMemberGone:       "member_gone",
 	ReasonTxError:          "tx_error",
 	ReasonARPMalformed:     "arp_malformed",
+	ReasonMemberPending:    "member_pending",
 	ReasonCaptureTruncated: "capture_truncated",
 }
 

@@ -386,6 +386,14 @@ func TestHelperModeHandover(t *testing.T) {
 			t.Errorf("no stream reached %s: the hand-over would not exercise its flows", f.Name)
 		}
 	}
+	// Before the persistent clients start, so that their flows cannot make
+	// up the count.
+	tSync := time.Now()
+	st2 := waitHelperSynced(t, h2, numStreams, helperSyncLimit)
+	t.Logf("f2 held the streams' flows %v after they started: STATUS %s", time.Since(tSync).Round(time.Millisecond), st2)
+	st3, _ := h3.do("STATUS", "^OK ", true)
+	t.Logf("f3: STATUS %s", st3.text)
+
 	// The persistent clients: both addresses of each client, as in setup.
 	since := time.Now()
 	var ps []source
@@ -396,11 +404,6 @@ func TestHelperModeHandover(t *testing.T) {
 	}
 	probe := startProber(t, bed, ps)
 
-	tSync := time.Now()
-	st2 := waitHelperSynced(t, h2, numStreams, helperSyncLimit)
-	t.Logf("f2 held the streams' flows %v after they started: STATUS %s", time.Since(tSync).Round(time.Millisecond), st2)
-	st3, _ := h3.do("STATUS", "^OK ", true)
-	t.Logf("f3: STATUS %s", st3.text)
 	time.Sleep(time.Until(since.Add(warmup)))
 
 	// Which frontend's kernel sends a reset, if any, shows on its eth0:
