@@ -91,7 +91,9 @@ func TestPendingMemberFlowsWait(t *testing.T) {
 	if err := e.Configure(cfg); err != nil {
 		t.Fatal(err)
 	}
-	ack := func() Result { return process(e, frameSpec{src: client1, dst: vip, sport: 4444, dport: 25, ack: true}.bytes(t)) }
+	ack := func() Result {
+		return process(e, frameSpec{src: client1, dst: vip, sport: 4444, dport: 25, ack: true}.bytes(t))
+	}
 	if r := ack(); r.Verdict != VerdictDrop || r.Reason != ReasonMemberPending {
 		t.Fatalf("frame of a flow whose frontend is still resolving: %+v, want drop member_pending", r)
 	}
