@@ -17,6 +17,7 @@ import (
 	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/election"
 	"github.com/l2lb/l2lb/hostcfg"
 	"github.com/l2lb/l2lb/scheduler"
 	"github.com/l2lb/l2lb/tablesync"
@@ -51,6 +52,9 @@ type Options struct {
 	// Sync configures the connection-sync channel (SyncID is taken from -s). NoSync turns it off.
 	Sync   connsync.Config
 	NoSync bool
+	// GossipPort is the memberlist port used to learn the other members' source-port ranges
+	// (seed step 7); 0 turns membership off.
+	GossipPort uint16
 }
 
 // Host is the privileged plumbing the helper needs, behind a narrow interface so tests can fake
@@ -77,6 +81,7 @@ type Helper struct {
 	eng         *dataplane.Engine
 	node        *dataplane.Node
 	sync        *tablesync.Syncer
+	cl          *election.Cluster
 	cancel      context.CancelFunc
 	done        chan error
 	role        string
@@ -180,7 +185,110 @@ func (h *Helper) startLocked() error {
 			s.RequestDump()
 		}
 	}
+	if h.opt.GossipPort != 0 {
+		h.startMembership(mac)
+	}
 	return nil
+}
+
+// startMembership joins the group's memberlist (the members CGP names are joined as they come) to
+// learn every member's source-port range (seed step 7): replies to a frontend's outgoing
+// connections then reach it. A failure is reported and balancing goes on without the ranges.
+func (h *Helper) startMembership(mac net.HardwareAddr) {
+	self, err := ifaceAddr(h.opt.Interface)
+	if err != nil {
+		h.info("membership unavailable: %v", err)
+		return
+	}
+	lo, hi, err := election.LocalPortRange()
+	if err != nil {
+		h.info("membership: reading net.ipv4.ip_local_port_range: %v", err)
+		return
+	}
+	cl, err := election.Join(election.ClusterConfig{Name: self.String(), Bind: netip.AddrPortFrom(self, h.opt.GossipPort),
+		Meta: election.NodeMeta{Name: self.String(), Addr: self, MAC: mac, PortLo: lo, PortHi: hi, Weight: 100, Healthy: true},
+		Logf: func(f string, a ...any) { h.log.Debug(fmt.Sprintf(f, a...)) }})
+	if err != nil {
+		h.info("membership unavailable: %v", err)
+		return
+	}
+	h.cl = cl
+	go func() {
+		for range cl.Updated() {
+			h.mu.Lock()
+			if h.cl != cl {
+				h.mu.Unlock()
+				return
+			}
+			if h.role == "active" && h.eng != nil {
+				h.applyMembersLocked()
+			}
+			h.mu.Unlock()
+		}
+	}()
+}
+
+// ifaceAddr returns the first IPv4 address of an interface.
+func ifaceAddr(name string) (netip.Addr, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
+				return ip.Unmap(), nil
+			}
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("%s has no IPv4 address", name)
+}
+
+// portRanges returns the source-port ranges the membership knows, by member address, reporting
+// overlaps (seed step 7 requires disjoint ranges; an overlapping one is not used).
+func (h *Helper) portRanges() map[netip.Addr]dataplane.PortRange {
+	out := map[netip.Addr]dataplane.PortRange{}
+	if h.cl == nil {
+		return out
+	}
+	v := h.cl.View()
+	bad := map[string]bool{}
+	if o := election.Overlaps(v); len(o) > 0 {
+		h.info("members' source-port ranges overlap (seed step 7): %v; those ranges are not used", o)
+		for _, p := range o {
+			bad[p[0]], bad[p[1]] = true, true
+		}
+	}
+	for _, m := range v.Members {
+		if m.Alive && m.Addr.Is4() && m.PortLo != 0 && !bad[m.Name] {
+			out[m.Addr] = dataplane.PortRange{Lo: m.PortLo, Hi: m.PortHi}
+		}
+	}
+	return out
+}
+
+// applyMembersLocked re-applies the last ACTIVE list with the current port ranges.
+func (h *Helper) applyMembersLocked() {
+	cfg := h.eng.Config()
+	ranges := h.portRanges()
+	ms := append([]dataplane.Member(nil), cfg.Members...)
+	changed := false
+	for i := range ms {
+		if r := ranges[ms[i].Addr]; r != ms[i].Ports {
+			ms[i].Ports, changed = r, true
+		}
+	}
+	if !changed {
+		return
+	}
+	cfg.Members = ms
+	if err := h.eng.Configure(cfg); err != nil {
+		h.info("applying members' port ranges: %v", err)
+	}
 }
 
 // Active implements helperproto.Handler: this node becomes (or stays) the active balancer for
@@ -193,10 +301,20 @@ func (h *Helper) Active(members []netip.Addr) error {
 		return h.vipErr
 	}
 	local := h.host.LocalAddrs()
+	if h.cl != nil {
+		var peers []string
+		for _, a := range members {
+			if !local[a] {
+				peers = append(peers, netip.AddrPortFrom(a, h.opt.GossipPort).String())
+			}
+		}
+		go h.cl.JoinPeers(peers) // may wait for TCP; the ranges are applied when they arrive
+	}
+	ranges := h.portRanges()
 	ms := make([]dataplane.Member, 0, len(members))
 	var desc []string
 	for _, a := range members {
-		m := dataplane.Member{Addr: a, Weight: 100}
+		m := dataplane.Member{Addr: a, Weight: 100, Ports: ranges[a]}
 		if local[a] {
 			// Every member weighs 100; this server weighs -r while it is the active balancer.
 			m.Local, m.Weight = true, h.opt.SelfWeight
@@ -373,6 +491,11 @@ func (h *Helper) Close() error {
 	if h.sync != nil {
 		h.sync.Close()
 		h.sync = nil
+	}
+	if h.cl != nil {
+		h.cl.Leave(200 * time.Millisecond)
+		h.cl.Shutdown()
+		h.cl = nil
 	}
 	h.cancel()
 	var err error

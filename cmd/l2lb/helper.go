@@ -44,6 +44,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	syncKey := fs.String("sync-key-file", "", "file holding the shared key that authenticates connection-sync messages")
 	syncGroup := fs.String("sync-group", "", "connection-sync multicast group `ADDR:PORT` (default "+connsync.DefaultGroup.String()+")")
 	noSync := fs.Bool("no-sync", false, "do not replicate the connection table between group members")
+	gossipPort := fs.Int("gossip-port", 7946, "memberlist port used to learn the members' source-port ranges (seed step 7); 0 = off")
 	var ops opsFlags
 	ops.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -101,7 +102,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	h := cgphelper.New(cgphelper.Options{
 		Persistence: time.Duration(*p) * time.Second, Interface: *iface, SyncID: *syncID, VIPFile: *file,
 		SelfWeight: uint32(*weight), DryRun: *dry, Scheduler: kind, VirtualMAC: vmac,
-		Sync: sc, NoSync: *noSync,
+		Sync: sc, NoSync: *noSync, GossipPort: uint16(*gossipPort),
 	}, cgphelper.SystemHost{}, func(format string, a ...any) { sess.Info(format, a...) }, log)
 	sess = helperproto.NewSession(helperproto.Config{In: stdin, Out: stdout, Handler: h,
 		Timeout: time.Duration(*timeout) * time.Second, Trace: traceW, MaxIntf: helperproto.IntfVersion})
