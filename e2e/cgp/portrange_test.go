@@ -21,7 +21,7 @@ func TestHelperLearnsPortRanges(t *testing.T) {
 	vipFile := writeVIPFile(t, bed.VIPs)
 	var hps []*helper
 	for _, f := range bed.Frontends {
-		hps = append(hps, startHelper(t, f, vipFile))
+		hps = append(hps, startHelper(t, f, vipFile, "-p", "0")) // no persistence: a client template would pin the replies to one frontend
 	}
 	defer quitAll(t, hps...)
 	for _, hp := range hps {
