@@ -1,0 +1,724 @@
+// Package ops holds the acceptance tests of issue 6 (operating l2lb): the
+// real l2lb binary runs as the active balancer on a namespace testbed
+// (internal/testbed) and the tests check that `l2lb status --json`, the
+// Prometheus metrics and the status page (in headless Chromium) show the
+// traffic the test sends, that `l2lb drain --wait` quiesces a member under
+// load without cutting its connections, and that `l2lb reload` and SIGHUP
+// refuse a broken VIP file and apply a good one without resetting anything.
+// It also checks the deploy files in contrib/.
+package ops
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/l2lb/l2lb/control"
+	"github.com/l2lb/l2lb/internal/testbed"
+)
+
+// Shared state built by TestMain.
+var (
+	l2lbBin string       // the freshly built binary
+	bed     *testbed.Bed // shared by every test of the package
+	missing string       // prerequisite that is unavailable, if any
+	bedErr  error        // why the bed could not be built
+	modRoot string       // the module's root directory (for contrib/)
+)
+
+// Ports the frontends' name servers listen on, on every VIP.
+const (
+	tcpPort = 80
+	udpPort = 5060 // SIP over UDP, seed step 6
+)
+
+// metricsAddr is where `l2lb run` serves the metrics and the status page by
+// default (metrics.DefaultListen); it is inside f1's namespace, so tests
+// reach it from there.
+const metricsAddr = "127.0.0.1:9781"
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(mainWithCleanup(m))
+}
+
+func mainWithCleanup(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "l2lb-e2e-ops-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/ops:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	l2lbBin = filepath.Join(dir, "l2lb")
+	if modRoot, err = moduleRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/ops: finding the module root:", err)
+		return 1
+	}
+	build := exec.Command("go", "build", "-o", l2lbBin, "./cmd/l2lb")
+	build.Dir = modRoot
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e/ops: building ./cmd/l2lb with CGO_ENABLED=0 failed: %v\n%s", err, out)
+		return 1
+	}
+	// Source ports handed out by uniquePort start at a random place so that
+	// repeated runs (-count) do not reuse the previous run's 4-tuples.
+	portSeq.Store(rand.Uint32N(portSpan))
+
+	switch {
+	case os.Geteuid() != 0:
+		missing = "root privileges"
+	default:
+		if _, err := exec.LookPath("ip"); err != nil {
+			missing = "iproute2's ip command"
+		}
+	}
+	if missing == "" {
+		var opts testbed.Options
+		if testing.Verbose() {
+			opts.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, "e2e/ops: "+format+"\n", args...) }
+		}
+		bed, bedErr = testbed.New(opts)
+		if bedErr == nil {
+			defer bed.Close()
+			// Ctrl-C during `go test`: remove the namespaces (which also kills
+			// any l2lb or chromium still running in them) before dying.
+			sig := make(chan os.Signal, 1)
+			signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+			go func() {
+				if _, ok := <-sig; ok {
+					bed.Close()
+					os.RemoveAll(dir)
+					os.Exit(130)
+				}
+			}()
+			defer signal.Stop(sig)
+			for _, f := range bed.Frontends {
+				if _, err := f.ServeName(vip(), []uint16{tcpPort}, []uint16{udpPort}); err != nil {
+					bedErr = err
+					break
+				}
+			}
+		}
+	}
+	return m.Run()
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside a Go module")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// needBed fails (CI=true) or skips when the testbed is unavailable.
+func needBed(t *testing.T) {
+	t.Helper()
+	if missing != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but %s are unavailable: the operations acceptance tests need network namespaces", missing)
+		}
+		t.Skipf("needs %s to build the namespace testbed", missing)
+	}
+	if bedErr != nil {
+		t.Fatalf("building the testbed: %v", bedErr)
+	}
+}
+
+func vip() netip.Addr { return bed.VIPs[0] }
+
+func f1() *testbed.Host { return bed.Frontends[0] }
+
+// source is one client address connections are made from.
+type source struct {
+	h    *testbed.Host
+	addr netip.Addr
+}
+
+func (s source) String() string { return fmt.Sprintf("%s/%v", s.h.Name, s.addr) }
+
+// sources returns both addresses of every client.
+func sources() []source {
+	var out []source
+	for _, c := range bed.Clients {
+		out = append(out, source{c, c.Addr})
+		for _, x := range c.Extra {
+			out = append(out, source{c, x})
+		}
+	}
+	return out
+}
+
+// Explicit client source ports come from [portBase, portBase+portSpan),
+// below the clients' ephemeral range (the kernel default 32768-60999), so
+// they never collide with ports the kernel picks.
+const (
+	portBase = 20000
+	portSpan = 12000
+)
+
+var portSeq atomic.Uint32
+
+// uniquePort returns a source port no other connection of this run uses
+// (until portSpan ports have been handed out). Tests that count frames per
+// flow, or that must tell new connections from old ones, need this: the
+// balancer keeps a reused 4-tuple on the member of its old flow entry, as
+// IPVS in direct-routing mode does for a SYN on a FIN_WAIT entry
+// (conn_reuse_mode=1 reschedules only TIME_WAIT/CLOSE entries, which DR's
+// input-only state table never reaches).
+func uniquePort() uint16 { return uint16(portBase + portSeq.Add(1)%portSpan) }
+
+// balancer is a running `l2lb run` on f1.
+type balancer struct {
+	dir     string // its temporary directory
+	vipFile string // the VIP file it reads (and re-reads on reload)
+	ctl     string // its control socket
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when the process has exited
+	waitErr error         // valid after done
+	vmac    net.HardwareAddr
+
+	mu  sync.Mutex
+	log []string
+}
+
+func (b *balancer) logText() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lines := b.log
+	if len(lines) > 200 {
+		lines = lines[len(lines)-200:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// logContains reports whether a line of the balancer's log contains all of parts.
+func (b *balancer) logContains(parts ...string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, l := range b.log {
+		ok := true
+		for _, p := range parts {
+			if !strings.Contains(l, p) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *balancer) running() bool {
+	select {
+	case <-b.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// writeVIPs replaces the balancer's VIP file with lines.
+func (b *balancer) writeVIPs(t *testing.T, lines ...string) {
+	t.Helper()
+	if err := os.WriteFile(b.vipFile, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startBalancer runs l2lb on f1 with every frontend as a member plus extra
+// flags, the control socket in a temporary directory and the metrics on
+// their default address inside f1. It waits until l2lb is ready, knows
+// every member's MAC and answers ARP for the VIP, and stops it with SIGTERM
+// when the test ends.
+func startBalancer(t *testing.T, extra ...string) *balancer {
+	t.Helper()
+	dir := t.TempDir()
+	b := &balancer{dir: dir, vipFile: filepath.Join(dir, "vipaddrs"), ctl: filepath.Join(dir, "ctl.sock"),
+		done: make(chan struct{})}
+	b.writeVIPs(t, "# e2e/ops VIPs (seed step 4 format)", vip().String())
+	// Clients may still cache the VIP's MAC from an earlier balancer.
+	for _, c := range bed.Clients {
+		if err := c.FlushNeigh(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"run", "-i", "eth0", "-f", b.vipFile, "--control", b.ctl, "--metrics", metricsAddr}
+	for _, f := range bed.Frontends {
+		args = append(args, "--member", f.Addr.String())
+	}
+	args = append(args, extra...)
+	b.cmd = f1().Command(l2lbBin, args...)
+	stderr, err := b.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("starting in %s: l2lb %s", f1().NS, strings.Join(args, " "))
+	if err := b.cmd.Start(); err != nil {
+		t.Fatalf("starting l2lb: %v", err)
+	}
+	ready := make(chan struct{})
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		var once sync.Once
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			b.mu.Lock()
+			b.log = append(b.log, line)
+			b.mu.Unlock()
+			if strings.Contains(line, "msg=ready") || strings.Contains(line, `"msg":"ready"`) {
+				once.Do(func() { close(ready) })
+			}
+		}
+	}()
+	go func() {
+		<-logDone // Wait must not run before the pipe is drained (os/exec docs)
+		b.waitErr = b.cmd.Wait()
+		close(b.done)
+	}()
+	t.Cleanup(func() { stopBalancer(t, b) })
+
+	select {
+	case <-ready:
+	case <-b.done:
+		t.Fatalf("l2lb exited before logging msg=ready: %v\nlog:\n%s", b.waitErr, b.logText())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("l2lb did not log msg=ready within 10 s\nlog:\n%s", b.logText())
+	}
+	// Every member must be usable (a learned MAC, or local) before traffic
+	// is counted, or the first frames would be dropped for want of a MAC.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := b.tryStatus()
+		usable := 0
+		for _, m := range st.Members {
+			if m.MAC != "" || m.Local {
+				usable++
+			}
+		}
+		if err == nil && usable == len(bed.Frontends) {
+			break
+		}
+		if time.Now().After(deadline) || !b.running() {
+			t.Fatalf("l2lb status never listed %d usable members (last: %+v, err %v)\nlog:\n%s",
+				len(bed.Frontends), st.Members, err, b.logText())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for {
+		mac, err := bed.Clients[0].ARPResolve(vip())
+		if err == nil {
+			b.vmac = mac
+			break
+		}
+		if time.Now().After(deadline) || !b.running() {
+			t.Fatalf("nobody answers ARP for the VIP %v: %v\nlog:\n%s", vip(), err, b.logText())
+		}
+	}
+	return b
+}
+
+// stopBalancer sends SIGTERM and expects a clean exit.
+func stopBalancer(t *testing.T, b *balancer) {
+	// Connections a test closed finish their FIN/ACK exchange through the
+	// balancer; stopping it earlier leaves half-closed connections
+	// retransmitting into the next test.
+	if b.running() {
+		if err := waitClosed(append(slices.Clone(bed.Clients), bed.Frontends...)...); err != nil {
+			t.Logf("note: before stopping l2lb: %v", err)
+		}
+		b.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-b.done:
+		if b.waitErr != nil {
+			t.Errorf("l2lb did not exit 0 on SIGTERM: %v", b.waitErr)
+		}
+	case <-time.After(10 * time.Second):
+		b.cmd.Process.Kill()
+		<-b.done
+		t.Errorf("l2lb still running 10 s after SIGTERM; killed")
+	}
+	if t.Failed() {
+		t.Logf("l2lb log:\n%s", b.logText())
+	}
+}
+
+// cli runs an l2lb client command against the balancer's control socket and
+// returns its standard output, standard error and exit code. The control
+// socket is a path in the file system, so the client needs no namespace.
+func (b *balancer) cli(args ...string) (stdout, stderr string, code int, err error) {
+	args = append([]string{args[0], "--control", b.ctl}, args[1:]...)
+	cmd := exec.Command(l2lbBin, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return o.String(), e.String(), ee.ExitCode(), nil
+	}
+	if err != nil {
+		return o.String(), e.String(), -1, err
+	}
+	return o.String(), e.String(), 0, nil
+}
+
+// tryStatus runs `l2lb status --json`.
+func (b *balancer) tryStatus() (control.Status, error) {
+	var st control.Status
+	out, errOut, code, err := b.cli("status", "--json")
+	if err != nil {
+		return st, err
+	}
+	if code != 0 {
+		return st, fmt.Errorf("l2lb status --json exited %d: %s", code, errOut)
+	}
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		return st, fmt.Errorf("parsing l2lb status --json: %v\n%s", err, out)
+	}
+	return st, nil
+}
+
+// status runs `l2lb status --json` and fails the test if it does not work.
+func (b *balancer) status(t *testing.T) control.Status {
+	t.Helper()
+	st, err := b.tryStatus()
+	if err != nil {
+		t.Fatalf("%v\nlog:\n%s", err, b.logText())
+	}
+	return st
+}
+
+// member returns the member with address addr of st, failing the test if
+// there is none.
+func member(t *testing.T, st control.Status, addr netip.Addr) control.Member {
+	t.Helper()
+	m, ok := st.FindMember(addr)
+	if !ok {
+		t.Fatalf("status lists no member %v: %+v", addr, st.Members)
+	}
+	return m
+}
+
+// nsHTTPClient returns an HTTP client whose connections are made inside h's
+// namespace, so that it reaches the metrics listener on h's loopback.
+func nsHTTPClient(h *testbed.Host) *http.Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := h.Do(func() error {
+				var d net.Dialer
+				var err error
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+		DisableKeepAlives: true,
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// httpGet fetches url from inside h's namespace.
+func httpGet(h *testbed.Host, url string) ([]byte, http.Header, error) {
+	resp, err := nsHTTPClient(h).Get(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	return body, resp.Header, nil
+}
+
+// metrics scrapes /metrics and returns every sample keyed by its series, as
+// written in the exposition format: `name{label="value",...}` or `name`.
+func (b *balancer) metrics(t *testing.T) map[string]float64 {
+	t.Helper()
+	body, _, err := httpGet(f1(), "http://"+metricsAddr+"/metrics")
+	if err != nil {
+		t.Fatalf("scraping the metrics in %s: %v", f1().NS, err)
+	}
+	out, err := parseExposition(body)
+	if err != nil {
+		t.Fatalf("parsing the metrics: %v", err)
+	}
+	return out
+}
+
+// parseExposition parses Prometheus' text exposition format (one sample a
+// line: series, value and an optional timestamp; # lines are comments).
+func parseExposition(body []byte) (map[string]float64, error) {
+	out := map[string]float64{}
+	for i, line := range strings.Split(string(body), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		// Label values may contain blanks, so the series ends at the last '}'
+		// if there is one.
+		series, rest := line, ""
+		if j := strings.LastIndexByte(line, '}'); j >= 0 {
+			series, rest = line[:j+1], strings.TrimSpace(line[j+1:])
+		} else if f := strings.Fields(line); len(f) >= 2 {
+			series, rest = f[0], strings.Join(f[1:], " ")
+		}
+		f := strings.Fields(rest)
+		if len(f) < 1 {
+			return nil, fmt.Errorf("line %d: no value: %q", i+1, line)
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %v", i+1, err)
+		}
+		out[series] = v
+	}
+	return out, nil
+}
+
+// series names a sample with one label, as the exposition format writes it.
+func series(name, label, value string) string {
+	return fmt.Sprintf("%s{%s=%q}", name, label, value)
+}
+
+// served returns the answers each frontend's name servers have given so far.
+func served() map[string]testbed.Served {
+	out := map[string]testbed.Served{}
+	for _, f := range bed.Frontends {
+		out[f.Name] = f.Served()
+	}
+	return out
+}
+
+// frontendByName returns the frontend called name (f1, f2, ...).
+func frontendByName(name string) *testbed.Host {
+	for _, f := range bed.Frontends {
+		if f.Name == name {
+			return f
+		}
+	}
+	return nil
+}
+
+// askOnce makes one NAME connection from s (with an explicit, never reused
+// source port) to raddr and returns the local address and the answer.
+func askOnce(s source, raddr netip.AddrPort) (netip.AddrPort, string, error) {
+	local := netip.AddrPortFrom(s.addr, uniquePort())
+	c, err := s.h.DialTCP(local, raddr, 5*time.Second)
+	if err != nil {
+		return local, "", err
+	}
+	defer c.Close()
+	name, err := testbed.AskNameOver(c, 5*time.Second)
+	if err != nil {
+		return local, "", fmt.Errorf("%v -> %v: %w", local, raddr, err)
+	}
+	return local, name, nil
+}
+
+// download is a DOWNLOAD over the VIP read slowly until release is closed,
+// so that the connection stays established as long as a test needs it,
+// then at full speed; its outcome arrives on done.
+type download struct {
+	src     source
+	local   netip.AddrPort
+	size    int64
+	release chan struct{}
+	done    chan error // one value: nil when all bytes arrived with the right SHA-256
+	read    atomic.Int64
+	ended   atomic.Int64 // UnixNano of the end, once done has its value
+}
+
+// startDownload connects from s to raddr, asks for size bytes and starts
+// reading; it returns once the first bytes have arrived.
+func startDownload(s source, raddr netip.AddrPort, size int64) (*download, error) {
+	d := &download{src: s, local: netip.AddrPortFrom(s.addr, uniquePort()), size: size,
+		release: make(chan struct{}), done: make(chan error, 1)}
+	c, err := s.h.DialTCP(d.local, raddr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := fmt.Fprintf(c, "DOWNLOAD %d\n", size); err != nil {
+		c.Close()
+		return nil, err
+	}
+	first := make(chan struct{})
+	go func() {
+		defer c.Close()
+		err := d.readAll(c, first)
+		d.ended.Store(time.Now().UnixNano())
+		d.done <- err
+	}()
+	select {
+	case <-first:
+		return d, nil
+	case err := <-d.done:
+		d.done <- err
+		return nil, fmt.Errorf("download %v -> %v: %v", d.local, raddr, err)
+	}
+}
+
+// slowChunk and slowPause set the slow reading rate (160 KB/s): the
+// client's ACKs and window updates keep crossing the balancer while the
+// server stays blocked on a full socket.
+const (
+	slowChunk = 16 << 10
+	slowPause = 100 * time.Millisecond
+)
+
+func (d *download) readAll(c net.Conn, first chan struct{}) error {
+	sum := sha256.New()
+	buf := make([]byte, 64<<10)
+	var n int64
+	signalled := false
+	for n < d.size+1 { // one byte more than asked for, to notice excess data
+		slow := true
+		select {
+		case <-d.release:
+			slow = false
+		default:
+		}
+		want := len(buf)
+		if slow {
+			want = slowChunk
+		}
+		// Every read must make progress within the idle bound, as the
+		// testbed's helpers require.
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		m, err := c.Read(buf[:want])
+		sum.Write(buf[:m])
+		n += int64(m)
+		d.read.Store(n)
+		if m > 0 && !signalled {
+			signalled = true
+			close(first)
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("after %d of %d bytes: %w", n, d.size, err)
+		}
+		if slow {
+			select {
+			case <-d.release:
+			case <-time.After(slowPause):
+			}
+		}
+	}
+	if n != d.size {
+		return fmt.Errorf("got %d bytes, want %d", n, d.size)
+	}
+	want := sha256.New()
+	io.Copy(want, testbed.Stream(d.size))
+	if !bytes.Equal(sum.Sum(nil), want.Sum(nil)) {
+		return fmt.Errorf("sha256 of %d bytes is %x, want %x", n, sum.Sum(nil), want.Sum(nil))
+	}
+	return nil
+}
+
+// wait releases the download and waits up to timeout for its end.
+func (d *download) finish(timeout time.Duration) error {
+	select {
+	case <-d.release:
+	default:
+		close(d.release)
+	}
+	select {
+	case err := <-d.done:
+		d.done <- err
+		return err
+	case <-time.After(timeout):
+		return fmt.Errorf("download %v not finished %v after its release (%d of %d bytes)", d.local, timeout, d.read.Load(), d.size)
+	}
+}
+
+// connsOf runs `l2lb conns` with args and returns the rows as
+// client address -> state.
+func (b *balancer) connsOf(t *testing.T, args ...string) map[string]string {
+	t.Helper()
+	out, errOut, code, err := b.cli(append([]string{"conns"}, args...)...)
+	if err != nil || code != 0 {
+		t.Fatalf("l2lb conns %v: exit %d, %v: %s", args, code, err, errOut)
+	}
+	rows := map[string]string{}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) == 0 || !strings.HasPrefix(lines[0], "pro") {
+		t.Fatalf("l2lb conns: no header line in %q", out)
+	}
+	for _, l := range lines[1:] {
+		// pro expire state source virtual destination (ipvsadm -Lnc columns)
+		f := strings.Fields(l)
+		if len(f) != 6 {
+			t.Fatalf("l2lb conns: bad row %q", l)
+		}
+		rows[f[3]] = f[2]
+	}
+	return rows
+}
+
+// waitClosed waits up to 3 s until the hosts have no TCP connection that is
+// opening or closing (what remains are listeners, established connections
+// and TIME-WAIT).
+func waitClosed(hosts ...*testbed.Host) error {
+	if _, err := exec.LookPath("ss"); err != nil {
+		time.Sleep(time.Second) // no ss(8): give closings a moment instead
+		return nil
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for _, h := range hosts {
+		for {
+			out, err := h.Command("ss", "-H", "-tan", "state", "syn-sent", "state", "syn-recv", "state", "fin-wait-1",
+				"state", "fin-wait-2", "state", "last-ack", "state", "closing").Output()
+			if err != nil {
+				return fmt.Errorf("ss in %s: %w", h.Name, err)
+			}
+			if len(bytes.TrimSpace(out)) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s still has connections opening or closing after 3 s:\n%s", h.Name, out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
+}
