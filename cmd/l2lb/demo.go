@@ -25,8 +25,7 @@ import (
 // runs `l2lb run` on frontend 1 as the active balancer, sends real TCP and UDP traffic through the
 // VIP and prints where it went. Everything it creates is removed at the end, also on Ctrl-C.
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("demo", stderr)
 	conns := fs.Int("conns", 300, "TCP connections to open through the VIP")
 	persist := fs.Int("p", 0, "persistence seconds passed to l2lb run")
 	self := fs.Int("r", 100, "weight of frontend 1 (the active balancer) passed to l2lb run")

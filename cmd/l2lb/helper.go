@@ -29,8 +29,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 1 && strings.ContainsAny(args[0], " \t") {
 		args = strings.Fields(args[0])
 	}
-	fs := flag.NewFlagSet("helper", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("helper", stderr)
 	p := fs.Int("p", 15, "persistence seconds: a client's packets within this time go to the same frontend (0 = off)")
 	iface := fs.String("i", "eth0", "interface that receives VIP traffic")
 	syncID := fs.Int("s", 0, "SyncID of the load balancer group (0-65535; selects the virtual MAC)")

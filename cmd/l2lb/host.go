@@ -15,12 +15,17 @@ import (
 // cmdVIP replaces the seed's ifvip-utils, ifup-lo and ifdown-lo scripts.
 func cmdVIP(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "list") {
-		fmt.Fprintln(stderr, "usage: l2lb vip up|down|list [-f FILE] [-n]")
+		fs := newFlagSet("vip", stderr)
+		fs.String("f", "/etc/sysconfig/vipaddrs", "VIP list file")
+		fs.Bool("n", false, "dry run: print what would change, change nothing")
+		fs.Usage()
+		if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+			return 0
+		}
 		return 2
 	}
 	action := args[0]
-	fs := flag.NewFlagSet("vip "+action, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("vip "+action, stderr)
 	file := fs.String("f", "/etc/sysconfig/vipaddrs", "VIP list file")
 	dry := fs.Bool("n", false, "dry run: print what would change, change nothing")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -74,8 +79,7 @@ func cmdVIP(args []string, stdout, stderr io.Writer) int {
 
 // cmdDoctor checks the seed's steps 3 and 7 and the design notes' sysctls.
 func cmdDoctor(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("doctor", stderr)
 	iface := fs.String("i", "eth0", "interface that receives VIP traffic")
 	file := fs.String("f", "/etc/sysconfig/vipaddrs", "VIP list file")
 	fix := fs.Bool("fix", false, "apply the changes doctor proposes")

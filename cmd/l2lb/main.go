@@ -6,9 +6,11 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 const usage = `l2lb — userspace layer-2 direct-server-return load balancer
@@ -73,6 +75,33 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "l2lb: unknown command %q\n\n%s", cmd, usage)
 	return 2
+}
+
+// synopses give each subcommand's usage line and one-sentence description for its -h output.
+var synopses = map[string][2]string{
+	"run":    {"[flags]", "Run the active balancer: static members with --member, or a standalone cluster with --peers."},
+	"helper": {"[-p N] [-i IF] [-s N] [-t N] [-f FILE] [-r N] [-m] [--trace FILE]", "CommuniGate Pro's External Load Balancer helper: commands on stdin, answers on stdout."},
+	"vip":    {"up|down|list [-f FILE] [-n]", "Put the VIPs of FILE on lo as /32s, remove them, or list them (replaces ifup-lo/ifdown-lo)."},
+	"doctor": {"[-i IF] [-f FILE] [--peer-range LO-HI] [--fix]", "Check the host settings a balancer node needs and print exactly what to change."},
+	"demo":   {"[--conns N] [-p N] [-r N] [--keep]", "Build a namespace testbed, run the balancer on it and send real traffic through the VIP (root)."},
+	"status": {"[--json] [--control PATH]", "Show the running balancer's status, like ipvsadm -Ln --stats."},
+	"conns":  {"[--vip V] [--member M] [--control PATH]", "Show the running balancer's connection table, like ipvsadm -Lnc."},
+	"weight": {"[--control PATH] MEMBER WEIGHT", "Set a member's weight; 0 quiesces it (no new flows, existing ones continue)."},
+	"drain":  {"[--wait] [--timeout D] [--control PATH] MEMBER", "Quiesce a member; with --wait, return once its flows and persistence templates have ended."},
+	"reload": {"[--control PATH]", "Re-read the VIP file of the running balancer (the same as SIGHUP)."},
+}
+
+// newFlagSet returns a flag set whose -h output starts with the command's usage line and
+// description and lists every flag with its default.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		s := synopses[strings.Fields(name)[0]]
+		fmt.Fprintf(stderr, "usage: l2lb %s %s\n\n%s\n\nflags:\n", name, s[0], s[1])
+		fs.PrintDefaults()
+	}
+	return fs
 }
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -83,4 +84,27 @@ func TestDefaultVMAC(t *testing.T) {
 	if m.String() != "02:6c:32:62:12:34" || m[0]&0x02 == 0 || m[0]&0x01 != 0 {
 		t.Fatalf("vmac %v must be locally administered unicast", m)
 	}
+}
+
+// TestHelpOfEverySubcommand: every subcommand answers -h with its usage line, its description and
+// every flag with a description (defaults are shown by the flag package).
+func TestHelpOfEverySubcommand(t *testing.T) {
+	for name := range synopses {
+		var out, errb bytes.Buffer
+		args := []string{name, "-h"}
+		if rc := realMain(args, &out, &errb); rc != 0 {
+			t.Errorf("%s -h: rc %d", name, rc)
+		}
+		text := errb.String() + out.String()
+		if !strings.HasPrefix(text, "usage: l2lb "+name) || !strings.Contains(text, synopses[name][1]) {
+			t.Errorf("%s -h does not start with its usage and description:\n%s", name, text)
+		}
+	}
+	var o runOptions
+	fs := runFlags(&o, &bytes.Buffer{})
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.TrimSpace(f.Usage) == "" {
+			t.Errorf("run flag -%s has no description", f.Name)
+		}
+	})
 }

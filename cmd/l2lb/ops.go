@@ -53,8 +53,7 @@ func slogWarn(log *slog.Logger) func(string, ...any) {
 
 // clientFlags parses the flags common to the client commands.
 func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet(name, stderr)
 	path := fs.String("control", control.DefaultSocket, "control socket of the running l2lb")
 	return fs, path
 }
@@ -131,7 +130,6 @@ func cmdConns(args []string, stdout, stderr io.Writer) int {
 // cmdWeight sets a member's weight (0 quiesces it).
 func cmdWeight(args []string, stdout, stderr io.Writer) int {
 	fs, path := clientFlags("weight", stderr)
-	fs.Usage = func() { fmt.Fprintln(stderr, "usage: l2lb weight [--control PATH] MEMBER WEIGHT"); fs.PrintDefaults() }
 	if rc, ok := parseOrHelp(fs, args); !ok {
 		return rc
 	}
@@ -158,10 +156,6 @@ func cmdDrain(args []string, stdout, stderr io.Writer) int {
 	fs, path := clientFlags("drain", stderr)
 	wait := fs.Bool("wait", false, "wait until the member's flows and persistence templates have ended")
 	timeout := fs.Duration("timeout", 15*time.Minute, "give up waiting after this long")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: l2lb drain [--wait] [--timeout D] [--control PATH] MEMBER")
-		fs.PrintDefaults()
-	}
 	if rc, ok := parseOrHelp(fs, args); !ok {
 		return rc
 	}

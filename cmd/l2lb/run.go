@@ -71,8 +71,7 @@ type runOptions struct {
 }
 
 func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("run", stderr)
 	fs.StringVar(&o.iface, "i", "eth0", "interface that receives VIP traffic")
 	fs.StringVar(&o.vipFile, "f", "/etc/sysconfig/vipaddrs", "VIP list file (seed format: addresses and /24../32 subnets)")
 	fs.Var(&o.members, "member", "frontend real address `ADDR[=WEIGHT]` (repeatable); this node's own address makes it a frontend too, with weight -r")
