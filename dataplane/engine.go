@@ -115,6 +115,8 @@ type state struct {
 	sched   scheduler.Scheduler
 	ranges  []portRange
 	nodest  NoDestPolicy
+	// vipCounters[i] counts the traffic of the i-th VIP in ascending order.
+	vipCounters []*vipCounter
 }
 
 // Engine decides, one frame at a time, what happens to balancer input. It holds the connection
@@ -124,6 +126,7 @@ type Engine struct {
 	ct        *conntrack.Table
 	timeouts  conntrack.Timeouts
 	frags     *fragTable
+	vipCtrs   map[netip.Addr]*vipCounter // survive reloads for the VIPs that stay
 	persist   bool
 	state     atomic.Pointer[state]
 	active    atomic.Bool
@@ -330,6 +333,17 @@ func (e *Engine) applyLocked(cfg Config) error {
 		}
 	}
 	st := &state{vips: cfg.VIPs, nodest: cfg.NoDest}
+	if e.vipCtrs == nil {
+		e.vipCtrs = map[netip.Addr]*vipCounter{}
+	}
+	for _, a := range cfg.VIPs.Addrs() {
+		c := e.vipCtrs[a]
+		if c == nil {
+			c = new(vipCounter)
+			e.vipCtrs[a] = c
+		}
+		st.vipCounters = append(st.vipCounters, c)
+	}
 	copy(st.vmac[:], cfg.VirtualMAC)
 	copy(st.ourMAC[:], cfg.InterfaceMAC)
 	st.members = make([]member, e.nextID)
@@ -397,6 +411,29 @@ func (st *state) rangeOwner(port uint16) (uint32, bool) {
 	return 0, false
 }
 
+// VIPTraffic is what one VIP carried since the engine started (frames forwarded or delivered
+// locally, and their bytes).
+type VIPTraffic struct{ Packets, Bytes uint64 }
+
+// vipCounter counts one VIP's traffic; shared by the workers (two atomic adds per frame).
+type vipCounter struct {
+	packets, bytes atomic.Uint64
+	_              [48]byte // keep VIPs on separate cache lines
+}
+
+// VIPStats returns the traffic per VIP.
+func (e *Engine) VIPStats() map[netip.Addr]VIPTraffic {
+	st := e.state.Load()
+	out := make(map[netip.Addr]VIPTraffic, len(st.vipCounters))
+	for i, a := range st.vips.Addrs() {
+		if i < len(st.vipCounters) {
+			c := st.vipCounters[i]
+			out[a] = VIPTraffic{Packets: c.packets.Load(), Bytes: c.bytes.Load()}
+		}
+	}
+	return out
+}
+
 // Process decides what to do with one received frame b and, for VerdictForward and VerdictLocal,
 // rewrites its Ethernet addresses in place (only those: the IP destination stays the VIP, which is
 // what makes direct server return work). scratch is the caller's buffer for an ARP reply. Process
@@ -423,7 +460,8 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	if r := ParseIPv4(b, &p); r != ReasonNone {
 		return Result{Verdict: VerdictDrop, Reason: r}
 	}
-	if !st.vips.ContainsU32(p.Dst) {
+	vi := st.vips.IndexU32(p.Dst)
+	if vi < 0 {
 		return Result{Verdict: VerdictDrop, Reason: ReasonNotVIP}
 	}
 	if !e.active.Load() {
@@ -443,7 +481,7 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	case p.Proto == protoICMP:
 		// Echo and other informational ICMP to a VIP are answered by the active node itself,
 		// as IPVS does for traffic that belongs to no virtual service.
-		return e.deliverLocal(b, res)
+		return e.countVIP(st, vi, len(b), e.deliverLocal(b, res))
 	default:
 		id, r := e.flowOwner(st, &p, now, &res)
 		if r != ReasonNone {
@@ -456,11 +494,11 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	}
 	if res.Member == localOwner {
 		res.Member = 0
-		return e.deliverLocal(b, res)
+		return e.countVIP(st, vi, len(b), e.deliverLocal(b, res))
 	}
 	m := &st.members[res.Member]
 	if m.local {
-		return e.deliverLocal(b, res)
+		return e.countVIP(st, vi, len(b), e.deliverLocal(b, res))
 	}
 	if !m.hasMAC {
 		// A fragment, ICMP error or port-range reply for a frontend whose MAC is not known (yet):
@@ -470,6 +508,16 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	copy(b[0:6], m.mac[:])
 	copy(b[6:12], st.ourMAC[:])
 	res.Verdict = VerdictForward
+	return e.countVIP(st, vi, len(b), res)
+}
+
+// countVIP adds a forwarded or locally delivered frame to its VIP's counters.
+func (e *Engine) countVIP(st *state, vi, n int, res Result) Result {
+	if vi < len(st.vipCounters) {
+		c := st.vipCounters[vi]
+		c.packets.Add(1)
+		c.bytes.Add(uint64(n))
+	}
 	return res
 }
 

@@ -92,6 +92,9 @@ func TestForwardRewritesOnlyMACs(t *testing.T) {
 	if seen[VerdictForward] == 0 || seen[VerdictLocal] == 0 {
 		t.Fatalf("expected both forwarded and local flows: %v", seen)
 	}
+	if got := e.VIPStats()[vip]; got.Packets != 300 || got.Bytes == 0 {
+		t.Fatalf("per-VIP counters %+v, want 300 packets", got)
+	}
 }
 
 func TestFlowSticksAndStates(t *testing.T) {

@@ -107,6 +107,12 @@ func (p *Provider) Status() control.Status {
 		}
 		out.Members = append(out.Members, cm)
 	}
+	if vs := eng.VIPStats(); len(vs) > 0 {
+		out.PerVIP = make(map[string]control.Traffic, len(vs))
+		for a, v := range vs {
+			out.PerVIP[a.String()] = control.Traffic{Packets: v.Packets, Bytes: v.Bytes}
+		}
+	}
 	flows, templates := eng.Table().Len()
 	out.Table = control.Table{Flows: flows, Templates: templates, Limit: s.Limit}
 	if s.Sync != nil {

@@ -264,6 +264,28 @@ func (s *Set) ContainsU32(ip uint32) bool {
 	return lo < len(u) && u[lo] == ip
 }
 
+// IndexU32 returns the position of ip in Addrs (ascending order), or -1 when ip is not in the
+// set. Like ContainsU32 it is allocation-free, for per-VIP counters in the fast path.
+func (s *Set) IndexU32(ip uint32) int {
+	if s == nil {
+		return -1
+	}
+	u := s.u
+	lo, hi := 0, len(u)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if u[m] < ip {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo < len(u) && u[lo] == ip {
+		return lo
+	}
+	return -1
+}
+
 // Equal reports whether s and o hold the same addresses.
 func (s *Set) Equal(o *Set) bool {
 	var a, b []uint32
