@@ -532,6 +532,16 @@ func (h *Helper) SyncStats() (connsync.Stats, bool) {
 	return h.sync.Stats(), true
 }
 
+// SyncLast returns when the last sync message from another node arrived.
+func (h *Helper) SyncLast() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.sync == nil {
+		return time.Time{}
+	}
+	return h.sync.LastReceived()
+}
+
 // SetWeight overrides a member's weight (l2lb weight / drain) for as long as the helper runs, also
 // across later ACTIVE lists; weight 0 quiesces the member.
 func (h *Helper) SetWeight(member netip.Addr, weight uint32) error {

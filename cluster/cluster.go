@@ -576,6 +576,14 @@ func (n *Node) RoleInfo() (active bool, since time.Time, transitions uint64) {
 	return n.active.Load(), n.since, n.transitions
 }
 
+// SyncLast returns when the last sync message from another node arrived.
+func (n *Node) SyncLast() time.Time {
+	if n.sync == nil {
+		return time.Time{}
+	}
+	return n.sync.LastReceived()
+}
+
 // SyncStats returns the sync channel's counters.
 func (n *Node) SyncStats() (connsync.Stats, bool) {
 	if n.sync == nil {

@@ -37,6 +37,8 @@ type Source struct {
 	Role func() Role
 	// Sync returns the sync channel's counters and peers, if there is one.
 	Sync func() (connsync.Stats, []string, bool)
+	// SyncLast returns when the last sync message from another node arrived.
+	SyncLast func() time.Time
 	// SetWeight overrides a member's weight; nil applies it to the engine directly.
 	SetWeight func(member netip.Addr, weight uint32) error
 	// Reload re-reads the configuration; nil means reload is not supported.
@@ -122,6 +124,9 @@ func (p *Provider) Status() control.Status {
 					"short": ss.RejectedShort, "magic": ss.RejectedMagic, "version": ss.RejectedVersion,
 					"header": ss.RejectedHeader, "count": ss.RejectedCount, "sync_id": ss.RejectedSyncID,
 					"auth": ss.RejectedAuth, "record": ss.RejectedRecord, "peer": ss.RejectedPeer}}
+			if s.SyncLast != nil {
+				out.Sync.LastReceived = s.SyncLast()
+			}
 		}
 	}
 	return out

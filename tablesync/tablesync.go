@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
@@ -25,6 +26,7 @@ type Syncer struct {
 	repl   *connsync.Replicator
 	log    *slog.Logger
 	active atomic.Bool
+	lastRx atomic.Int64 // unix nanoseconds of the last accepted message
 	ready  func(from netip.Addr)
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -77,6 +79,15 @@ func (s *Syncer) Dump() { s.repl.Dump() }
 // Stats returns the channel's counters.
 func (s *Syncer) Stats() connsync.Stats { return s.conn.Stats() }
 
+// LastReceived returns when the last valid message from another node arrived (zero if none):
+// the replication lag an operator sees in the status.
+func (s *Syncer) LastReceived() time.Time {
+	if n := s.lastRx.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
 // Close stops replication and closes the channel.
 func (s *Syncer) Close() error {
 	var err error
@@ -114,6 +125,7 @@ func (s *Syncer) export(fn func(connsync.Record) bool) {
 func (s *Syncer) receive() {
 	var buf []dataplane.SyncRecord
 	err := s.conn.Receive(func(from netip.Addr, h connsync.Header, recs []connsync.Record) {
+		s.lastRx.Store(time.Now().UnixNano())
 		if h.Type == connsync.MsgDumpEnd {
 			if s.ready != nil {
 				s.ready(from)

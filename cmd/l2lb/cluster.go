@@ -104,6 +104,7 @@ func runCluster(o runOptions, log *slog.Logger, vips *vipset.Set, vmac net.Hardw
 			return s, syncPeers(cfg.Sync), ok
 		},
 		SetWeight: node.SetWeight,
+		SyncLast:  node.SyncLast,
 		Reload:    func() error { return reloadVIPs(o.vipFile, node.Engine(), node.Dataplane(), log) },
 	}), slogWarn(log))
 	tick := time.NewTicker(time.Second)

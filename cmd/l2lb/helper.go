@@ -121,6 +121,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				return s, syncPeers(sc), ok
 			},
 			SetWeight: h.SetWeight,
+			SyncLast:  h.SyncLast,
 			Reload:    h.ReloadVIPs,
 		}), func(f string, a ...any) { sess.Info(f, a...) })
 	}
