@@ -20,6 +20,7 @@ import (
 	"github.com/l2lb/l2lb/internal/testbed"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // benchVMAC is the virtual MAC the balancer under test answers with; it is
@@ -48,6 +49,7 @@ type env struct {
 	procs     []*balancer        // every l2lb process started, stopped by close
 	listeners []*net.TCPListener // the bench's servers on the backends
 	f1Serving bool               // f1 has a server on the VIP (failover)
+	fds       []int              // UDP sink sockets on the backends
 }
 
 // newEnv builds the testbed and the kernel-router configuration of f1.
@@ -138,6 +140,9 @@ func (e *env) close() error {
 	e.mu.Lock()
 	for _, ln := range e.listeners {
 		ln.Close()
+	}
+	for _, fd := range e.fds {
+		unix.Close(fd)
 	}
 	e.mu.Unlock()
 	for _, lh := range e.links {

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"math"
+	"strconv"
 )
 
 // Point is one sample of a time series: T seconds since the start, value V.
@@ -38,7 +39,7 @@ const (
 	panelH     = 200
 	marginL    = 70
 	marginR    = 20
-	marginTop  = 40
+	marginTop  = 50
 	panelGap   = 50
 	marginBot  = 40
 	yTickCount = 4
@@ -82,14 +83,14 @@ func (tl *Timeline) SVG() []byte {
 		if vmax == 0 {
 			vmax = 1
 		}
-		vmax *= 1.1
+		ystep := niceStep(vmax*1.05, yTickCount)
+		vmax = ystep * math.Ceil(vmax*1.05/ystep)
 		y := func(v float64) float64 { return bot - v/vmax*panelH }
 		fmt.Fprintf(&b, `<rect x="%d" y="%.1f" width="%.1f" height="%d" fill="none" stroke="#999"/>`+"\n", marginL, top, plotW, panelH)
 		fmt.Fprintf(&b, `<text x="%d" y="%.1f">%s (%s)</text>`+"\n", marginL, top-6, esc(s.Name), esc(s.Unit))
-		for k := 0; k <= yTickCount; k++ {
-			v := vmax * float64(k) / yTickCount
+		for v := 0.0; v <= vmax+ystep/2; v += ystep {
 			fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#eee"/>`+"\n", marginL, y(v), marginL+plotW, y(v))
-			fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", marginL-6, y(v)+4, esc(fmtNum(v)))
+			fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", marginL-6, y(v)+4, esc(tick(v)))
 		}
 		var path bytes.Buffer
 		for _, p := range s.Points {
@@ -113,14 +114,33 @@ func (tl *Timeline) SVG() []byte {
 		}
 	}
 	axisY := float64(height - marginBot)
-	for k := 0; k <= 10; k++ {
-		t := t0 + (t1-t0)*float64(k)/10
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x(t), axisY+16, esc(fmtNum(t)))
+	xstep := niceStep(t1-t0, 10)
+	for t := math.Ceil(t0/xstep) * xstep; t <= t1+xstep/1e6; t += xstep {
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x(t), axisY+16, esc(tick(t)))
 	}
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">time (s)</text>`+"\n", marginL+plotW/2, axisY+32)
 	b.WriteString("</svg>\n")
 	return b.Bytes()
 }
+
+// niceStep returns the smallest 1, 2 or 5 times a power of ten that cuts
+// span into at most n steps, so axis ticks fall on round numbers.
+func niceStep(span float64, n int) float64 {
+	if !(span > 0) {
+		return 1
+	}
+	raw := span / float64(n)
+	p := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if m*p >= raw {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+// tick prints an axis value without float noise (0.30000000000000004).
+func tick(v float64) string { return strconv.FormatFloat(v, 'g', 4, 64) }
 
 func esc(s string) string {
 	var b bytes.Buffer

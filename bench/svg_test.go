@@ -132,3 +132,18 @@ func TestKeptAt(t *testing.T) {
 	}
 	parseSVG(t, tl.SVG())
 }
+
+func TestNiceStep(t *testing.T) {
+	for _, c := range []struct {
+		span float64
+		n    int
+		want float64
+	}{{10.8, 10, 2}, {17.6, 4, 5}, {310, 4, 100}, {0.9, 10, 0.1}, {0, 4, 1}} {
+		if got := niceStep(c.span, c.n); math.Abs(got-c.want) > 1e-12 {
+			t.Errorf("niceStep(%v, %d) = %v, want %v", c.span, c.n, got, c.want)
+		}
+	}
+	if got := tick(0.1 + 0.2); got != "0.3" {
+		t.Errorf("tick(0.1+0.2) = %q", got)
+	}
+}

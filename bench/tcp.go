@@ -56,6 +56,9 @@ func (e *env) startServers() error {
 			go e.serve(ln, port)
 		}
 	}
+	if err := e.udpSinks(); err != nil {
+		return err
+	}
 	// A client port range as wide as the documentation allows, inside c1's
 	// namespace, so the conn scenario cannot run out of ephemeral ports.
 	return e.client.SetSysctl("net.ipv4.ip_local_port_range", "10000 65000")
@@ -174,6 +177,8 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 	sc.note("one TCP stream per transfer, offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s); direct = to %s's own address", ioChunk, w, e.backends[0].Name)
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		sc.note("HAProxy comparison skipped: haproxy is not installed")
+	} else {
+		sc.note("HAProxy comparison skipped: the harness does not drive haproxy yet")
 	}
 	direct := netip.AddrPortFrom(e.backends[0].Addr, transferPort)
 	vip := netip.AddrPortFrom(e.vip, transferPort)
