@@ -195,7 +195,7 @@ func (h *Helper) startLocked() error {
 // learn every member's source-port range (seed step 7): replies to a frontend's outgoing
 // connections then reach it. A failure is reported and balancing goes on without the ranges.
 func (h *Helper) startMembership(mac net.HardwareAddr) {
-	self, err := ifaceAddr(h.opt.Interface)
+	self, err := hostcfg.InterfaceIPv4(h.opt.Interface)
 	if err != nil {
 		h.info("membership unavailable: %v", err)
 		return
@@ -226,26 +226,6 @@ func (h *Helper) startMembership(mac net.HardwareAddr) {
 			h.mu.Unlock()
 		}
 	}()
-}
-
-// ifaceAddr returns the first IPv4 address of an interface.
-func ifaceAddr(name string) (netip.Addr, error) {
-	ifi, err := net.InterfaceByName(name)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	addrs, err := ifi.Addrs()
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
-				return ip.Unmap(), nil
-			}
-		}
-	}
-	return netip.Addr{}, fmt.Errorf("%s has no IPv4 address", name)
 }
 
 // portRanges returns the source-port ranges the membership knows, by member address, reporting

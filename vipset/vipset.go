@@ -246,22 +246,7 @@ func (s *Set) Contains(a netip.Addr) bool {
 // uint32 (binary.BigEndian.Uint32(hdr[16:20]) for an IPv4 destination). It
 // does not allocate and is meant for the per-packet path.
 func (s *Set) ContainsU32(ip uint32) bool {
-	if s == nil {
-		return false
-	}
-	u := s.u
-	// Hand-written lower-bound search: no closure or interface call, so it
-	// stays inlinable-friendly and allocation-free.
-	lo, hi := 0, len(u)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if u[m] < ip {
-			lo = m + 1
-		} else {
-			hi = m
-		}
-	}
-	return lo < len(u) && u[lo] == ip
+	return s.IndexU32(ip) >= 0
 }
 
 // IndexU32 returns the position of ip in Addrs (ascending order), or -1 when ip is not in the

@@ -18,6 +18,7 @@ import (
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/hostcfg"
 	"github.com/l2lb/l2lb/provider"
 	"github.com/l2lb/l2lb/scheduler"
 	"github.com/l2lb/l2lb/vipset"
@@ -141,22 +142,11 @@ func nodeAddr(flagVal, iface string) (netip.Addr, error) {
 		}
 		return a, nil
 	}
-	ifi, err := net.InterfaceByName(iface)
+	a, err := hostcfg.InterfaceIPv4(iface)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("-i %s: %w", iface, err)
+		return netip.Addr{}, fmt.Errorf("-i %s: %w; give --addr", iface, err)
 	}
-	addrs, err := ifi.Addrs()
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
-				return ip.Unmap(), nil
-			}
-		}
-	}
-	return netip.Addr{}, fmt.Errorf("-i %s has no IPv4 address; give --addr", iface)
+	return a, nil
 }
 
 // readKey reads a key file; surrounding whitespace is ignored.
