@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"io"
 	"net"
 	"net/netip"
@@ -54,34 +55,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	l2lbBin = filepath.Join(dir, "l2lb")
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/cgp: go env GOMOD:", err)
+	if l2lbBin, err = e2e.BuildL2LB(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/cgp:", err)
 		return 1
 	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		fmt.Fprintln(os.Stderr, "e2e/cgp: not inside a Go module")
-		return 1
-	}
-	build := exec.Command("go", "build", "-o", l2lbBin, "./cmd/l2lb")
-	build.Dir = filepath.Dir(gomod)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e/cgp: building ./cmd/l2lb with CGO_ENABLED=0 failed: %v\n%s", err, out)
-		return 1
-	}
-	switch {
-	case os.Geteuid() != 0:
-		missing = "root privileges"
-	default:
-		for _, tool := range []string{"ip", "tc"} {
-			if _, err := exec.LookPath(tool); err != nil {
-				missing = "iproute2's " + tool + " command"
-			}
-		}
-	}
+	missing = e2e.Missing("ip", "tc")
 	return m.Run()
 }
 
@@ -89,12 +67,7 @@ func run(m *testing.M) int {
 // otherwise returns a bed that is removed when the test ends.
 func newBed(t *testing.T, opts testbed.Options) *testbed.Bed {
 	t.Helper()
-	if missing != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %s are unavailable: the helper acceptance tests need network namespaces", missing)
-		}
-		t.Skipf("needs %s to build the namespace testbed", missing)
-	}
+	e2e.Require(t, missing, "the helper acceptance tests")
 	opts.Logf = t.Logf
 	bed, err := testbed.New(opts)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -54,32 +55,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	l2lbBin = filepath.Join(dir, "l2lb")
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/failover: go env GOMOD:", err)
+	if l2lbBin, err = e2e.BuildL2LB(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/failover:", err)
 		return 1
 	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		fmt.Fprintln(os.Stderr, "e2e/failover: not inside a Go module")
-		return 1
-	}
-	build := exec.Command("go", "build", "-o", l2lbBin, "./cmd/l2lb")
-	build.Dir = filepath.Dir(gomod)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e/failover: building ./cmd/l2lb with CGO_ENABLED=0 failed: %v\n%s", err, out)
-		return 1
-	}
-	switch {
-	case os.Geteuid() != 0:
-		missing = "root privileges"
-	default:
-		if _, err := exec.LookPath("ip"); err != nil {
-			missing = "iproute2's ip command"
-		}
-	}
+	missing = e2e.Missing("ip")
 	return m.Run()
 }
 
@@ -87,12 +67,7 @@ func run(m *testing.M) int {
 // otherwise returns a bed that is removed when the test ends.
 func newBed(t *testing.T) *testbed.Bed {
 	t.Helper()
-	if missing != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %s are unavailable: the failover acceptance tests need network namespaces", missing)
-		}
-		t.Skipf("needs %s to build the namespace testbed", missing)
-	}
+	e2e.Require(t, missing, "the failover tests")
 	bed, err := testbed.New(testbed.Options{Frontends: 3, Clients: 2, Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("building the testbed: %v", err)

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -71,30 +72,15 @@ func mainWithCleanup(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	l2lbBin = filepath.Join(dir, "l2lb")
-	if modRoot, err = moduleRoot(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/ops: finding the module root:", err)
-		return 1
-	}
-	build := exec.Command("go", "build", "-o", l2lbBin, "./cmd/l2lb")
-	build.Dir = modRoot
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e/ops: building ./cmd/l2lb with CGO_ENABLED=0 failed: %v\n%s", err, out)
+	if l2lbBin, err = e2e.BuildL2LB(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/ops:", err)
 		return 1
 	}
 	// Source ports handed out by uniquePort start at a random place so that
 	// repeated runs (-count) do not reuse the previous run's 4-tuples.
 	portSeq.Store(rand.Uint32N(portSpan))
 
-	switch {
-	case os.Geteuid() != 0:
-		missing = "root privileges"
-	default:
-		if _, err := exec.LookPath("ip"); err != nil {
-			missing = "iproute2's ip command"
-		}
-	}
+	missing = e2e.Missing("ip")
 	if missing == "" {
 		var opts testbed.Options
 		if testing.Verbose() {
@@ -126,27 +112,10 @@ func mainWithCleanup(m *testing.M) int {
 	return m.Run()
 }
 
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not inside a Go module")
-	}
-	return filepath.Dir(gomod), nil
-}
-
 // needBed fails (CI=true) or skips when the testbed is unavailable.
 func needBed(t *testing.T) {
 	t.Helper()
-	if missing != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %s are unavailable: the operations acceptance tests need network namespaces", missing)
-		}
-		t.Skipf("needs %s to build the namespace testbed", missing)
-	}
+	e2e.Require(t, missing, "the operations tests")
 	if bedErr != nil {
 		t.Fatalf("building the testbed: %v", bedErr)
 	}
