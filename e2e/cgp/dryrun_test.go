@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -31,29 +32,29 @@ func TestDryRunChangesNothing(t *testing.T) {
 				other = c2.Addr
 			}
 			before := snapshot(t, h)
-			hp := startHelper(t, h, vipFile, "-m")
-			hp.do("INTF 3", "^INTF 1$", answerLimit)
-			if !hp.hasInfo("-m: no sockets opened, no packets forwarded") {
-				t.Errorf("no info line saying that -m opens nothing: %q", hp.infoLines())
+			hp := e2e.StartHelper(t, h, l2lbBin, vipFile, helperOpts, "-m")
+			hp.Do("INTF 3", "^INTF 1$", answerLimit)
+			if !hp.HasInfo("-m: no sockets opened, no packets forwarded") {
+				t.Errorf("no info line saying that -m opens nothing: %q", hp.InfoLines())
 			}
 			if h == c2 {
 				for _, check := range []string{"arp_ignore", "arp_announce", "vip_on_lo"} {
-					if !hp.hasInfo("host check " + check + ": ") {
-						t.Errorf("on %s (not set up as a frontend) no host check line for %s: %q", h.Name, check, hp.infoLines())
+					if !hp.HasInfo("host check " + check + ": ") {
+						t.Errorf("on %s (not set up as a frontend) no host check line for %s: %q", h.Name, check, hp.InfoLines())
 					}
 				}
 			}
-			hp.do("STANDBY", "^OK$", answerLimit)
-			a, sent := hp.do(fmt.Sprintf("ACTIVE %v %v", h.Addr, other), "^OK$", answerLimit)
-			if d := a.at.Sub(sent); d > activeWithin {
+			hp.Do("STANDBY", "^OK$", answerLimit)
+			a, sent := hp.Do(fmt.Sprintf("ACTIVE %v %v", h.Addr, other), "^OK$", answerLimit)
+			if d := a.At.Sub(sent); d > activeWithin {
 				t.Errorf("ACTIVE -m answered after %v", d)
 			}
 			for _, want := range []string{
 				fmt.Sprintf("would answer ARP for %v on eth0 with %v and announce them", vip, defaultVMAC),
 				fmt.Sprintf("would forward VIP traffic to members %v (self, weight 100) %v", h.Addr, other),
 			} {
-				if !hp.hasInfo(want) {
-					t.Errorf("ACTIVE -m: no info line %q; info lines: %q", want, hp.infoLines())
+				if !hp.HasInfo(want) {
+					t.Errorf("ACTIVE -m: no info line %q; info lines: %q", want, hp.InfoLines())
 				}
 			}
 			// While "active": nothing opened, nothing answers ARP.
@@ -61,20 +62,20 @@ func TestDryRunChangesNothing(t *testing.T) {
 			if mac, err := c1.ARPResolve(vip); !errors.Is(err, testbed.ErrTimeout) {
 				t.Errorf("ARP for %v from %s while %s runs -m ACTIVE: %v, %v; want no answer", vip, c1.Name, h.Name, mac, err)
 			}
-			st, _ := hp.do("STATUS", "^OK ", answerLimit)
+			st, _ := hp.Do("STATUS", "^OK ", answerLimit)
 			for _, want := range []string{"role=active ", "vips=" + vip.String(), fmt.Sprintf("members=%v,%v", h.Addr, other), " dry-run"} {
-				if !strings.Contains(st.text, want) {
-					t.Errorf("STATUS %q lacks %q", st.text, want)
+				if !strings.Contains(st.Text, want) {
+					t.Errorf("STATUS %q lacks %q", st.Text, want)
 				}
 			}
-			hp.do("STANDBY", "^OK$", answerLimit)
-			if want := fmt.Sprintf("would stop answering ARP for %v and stop forwarding", vip); !hp.hasInfo(want) {
-				t.Errorf("STANDBY -m after ACTIVE: no info line %q; info lines: %q", want, hp.infoLines())
+			hp.Do("STANDBY", "^OK$", answerLimit)
+			if want := fmt.Sprintf("would stop answering ARP for %v and stop forwarding", vip); !hp.HasInfo(want) {
+				t.Errorf("STANDBY -m after ACTIVE: no info line %q; info lines: %q", want, hp.InfoLines())
 			}
-			hp.quit()
-			noHelperLeft(t, h, hp.cmd.Process.Pid)
+			e2e.QuitAll(t, answerLimit, t.Fatalf, hp)
+			noHelperLeft(t, h, hp.Pid())
 			diffSnapshots(t, h.Name, "by a -m run", before, snapshot(t, h))
-			hp.checkTrace("< 1 INTF 3", "> 1 INTF 1", "< 2 STANDBY", "> 2 OK",
+			hp.CheckTrace("< 1 INTF 3", "> 1 INTF 1", "< 2 STANDBY", "> 2 OK",
 				fmt.Sprintf("< 3 ACTIVE %v %v", h.Addr, other), "> 3 OK", "< 4 STATUS", "< 5 STANDBY", "> 5 OK",
 				"< 6 QUIT", "> 6 OK")
 		})

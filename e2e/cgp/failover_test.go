@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -61,20 +62,20 @@ func TestHelperFailover(t *testing.T) {
 
 	tStart := time.Now()
 	probe := startARPProbe(t, c1, vip, tags)
-	helpers := map[string]*helper{}
+	helpers := map[string]*e2e.Helper{}
 	var pids []int
 	for _, f := range bed.Frontends {
-		hp := startHelper(t, f, vipFile)
+		hp := e2e.StartHelper(t, f, l2lbBin, vipFile, helperOpts)
 		helpers[f.Name] = hp
-		pids = append(pids, hp.cmd.Process.Pid)
+		pids = append(pids, hp.Pid())
 	}
 	h1, h2, h3 := helpers["f1"], helpers["f2"], helpers["f3"]
 	for _, f := range bed.Frontends {
-		helpers[f.Name].do("INTF 3", "^INTF 1$", answerLimit)
+		helpers[f.Name].Do("INTF 3", "^INTF 1$", answerLimit)
 	}
 	for _, f := range bed.Frontends {
-		a, sent := helpers[f.Name].do("STANDBY", "^OK$", answerLimit)
-		if d := a.at.Sub(sent); d > standbyWithin {
+		a, sent := helpers[f.Name].Do("STANDBY", "^OK$", answerLimit)
+		if d := a.At.Sub(sent); d > standbyWithin {
 			t.Errorf("%s: STANDBY answered after %v", f.Name, d)
 		}
 	}
@@ -91,14 +92,14 @@ func TestHelperFailover(t *testing.T) {
 	members := fmt.Sprintf("%v %v %v", f1.Addr, f2.Addr, f3.Addr)
 	portsA := portCaptures(t, bed)
 	tActiveSent := time.Now()
-	aActive, _ := h1.do("ACTIVE "+members, "^OK$", answerLimit)
-	tActiveOK := aActive.at
+	aActive, _ := h1.Do("ACTIVE "+members, "^OK$", answerLimit)
+	tActiveOK := aActive.At
 	if d := tActiveOK.Sub(tActiveSent); d > activeWithin {
 		t.Errorf("f1: ACTIVE answered after %v, want within %v", d.Round(time.Millisecond), activeWithin)
 	}
 	wantInfo := fmt.Sprintf("active: VIPs %v on eth0, members %v (self, weight 100) %v %v", vip, f1.Addr, f2.Addr, f3.Addr)
-	if !h1.hasInfo(wantInfo) {
-		t.Errorf("f1: no info line %q before the OK; info lines: %q", wantInfo, h1.infoLines())
+	if !h1.HasInfo(wantInfo) {
+		t.Errorf("f1: no info line %q before the OK; info lines: %q", wantInfo, h1.InfoLines())
 	}
 	// Forwarding works when OK is answered: the very first connection.
 	if name, err := ask(srcs[0], raddr, time.Second); err != nil {
@@ -153,8 +154,8 @@ func TestHelperFailover(t *testing.T) {
 		}
 		dls[name] = d
 	}
-	a, sent := h1.do(fmt.Sprintf("ACTIVE %v,%v", f1.Addr, f3.Addr), "^OK$", answerLimit)
-	if d := a.at.Sub(sent); d > activeWithin {
+	a, sent := h1.Do(fmt.Sprintf("ACTIVE %v,%v", f1.Addr, f3.Addr), "^OK$", answerLimit)
+	if d := a.At.Sub(sent); d > activeWithin {
 		t.Errorf("f1: ACTIVE with a changed list answered after %v", d)
 	}
 	for name, d := range dls {
@@ -188,15 +189,15 @@ func TestHelperFailover(t *testing.T) {
 			t.Errorf("%v stuck to %s (a member that stays) but went to %s after the change", a, was, ns[0])
 		}
 	}
-	st, _ := h1.do("STATUS", "^OK ", answerLimit)
-	checkStatus(t, "f1", st.text, "active", f1.Addr, f3.Addr)
+	st, _ := h1.Do("STATUS", "^OK ", answerLimit)
+	checkStatus(t, "f1", st.Text, "active", f1.Addr, f3.Addr)
 	time.Sleep(time.Until(tActiveOK.Add(dwell)))
 	stopA := time.Now()
 
 	// Hand-over: STANDBY to f1, then ACTIVE to f2.
 	tStandbySent := time.Now()
-	aSb, _ := h1.do(fmt.Sprintf("STANDBY %v", f2.Addr), "^OK$", answerLimit)
-	tStandbyOK := aSb.at
+	aSb, _ := h1.Do(fmt.Sprintf("STANDBY %v", f2.Addr), "^OK$", answerLimit)
+	tStandbyOK := aSb.At
 	if d := tStandbyOK.Sub(tStandbySent); d > standbyWithin {
 		t.Errorf("f1: STANDBY answered after %v", d)
 	}
@@ -208,8 +209,8 @@ func TestHelperFailover(t *testing.T) {
 	statsA := stopCaptures(portsA)
 	portsB := portCaptures(t, bed)
 	tFailSent := time.Now()
-	aFail, _ := h2.do("ACTIVE "+members, "^OK$", answerLimit)
-	tFailOK := aFail.at
+	aFail, _ := h2.Do("ACTIVE "+members, "^OK$", answerLimit)
+	tFailOK := aFail.At
 	if d := tFailOK.Sub(tFailSent); d > activeWithin {
 		t.Errorf("f2: ACTIVE answered after %v, want within %v", d.Round(time.Millisecond), activeWithin)
 	}
@@ -258,11 +259,11 @@ func TestHelperFailover(t *testing.T) {
 			t.Errorf("with f2 active, %s got none of %d new clients' connections (%v)", f.Name, len(fresh), freshCounts)
 		}
 	}
-	st, _ = h2.do("STATUS", "^OK ", answerLimit)
-	checkStatus(t, "f2", st.text, "active", f1.Addr, f2.Addr, f3.Addr)
-	for _, hp := range []*helper{h1, h3} {
-		st, _ := hp.do("STATUS", "^OK ", answerLimit)
-		checkStatus(t, hp.name, st.text, "standby")
+	st, _ = h2.Do("STATUS", "^OK ", answerLimit)
+	checkStatus(t, "f2", st.Text, "active", f1.Addr, f2.Addr, f3.Addr)
+	for _, hp := range []*e2e.Helper{h1, h3} {
+		st, _ := hp.Do("STATUS", "^OK ", answerLimit)
+		checkStatus(t, hp.Name(), st.Text, "standby")
 	}
 	time.Sleep(time.Until(tFailOK.Add(dwell)))
 	tEnd := time.Now()
@@ -284,22 +285,22 @@ func TestHelperFailover(t *testing.T) {
 	checkARPPorts(t, "f2 active", statsB, vip, tags, "f2")
 
 	// QUIT to all leaves nothing behind.
-	quitAll(t, h1, h2, h3)
+	e2e.QuitAll(t, answerLimit, t.Fatalf, h1, h2, h3)
 	if t.Failed() {
 		for _, hp := range helpers {
-			t.Logf("%s info lines: %q", hp.name, hp.infoLines())
+			t.Logf("%s info lines: %q", hp.Name(), hp.InfoLines())
 		}
 	}
 	for _, f := range bed.Frontends {
 		noHelperLeft(t, f, pids...)
 		diffSnapshots(t, f.Name, "by the helper run", before[f.Name], snapshot(t, f))
 	}
-	h1.checkTrace("< 1 INTF 3", "> 1 INTF 1", "< 2 STANDBY", "> 2 OK", "< 3 ACTIVE "+members, "> 3 OK",
+	h1.CheckTrace("< 1 INTF 3", "> 1 INTF 1", "< 2 STANDBY", "> 2 OK", "< 3 ACTIVE "+members, "> 3 OK",
 		fmt.Sprintf("< 4 ACTIVE %v,%v", f1.Addr, f3.Addr), "> 4 OK", "< 5 STATUS",
 		fmt.Sprintf("< 6 STANDBY %v", f2.Addr), "> 6 OK", "< 8 QUIT", "> 8 OK")
-	h2.checkTrace("< 1 INTF 3", "> 1 INTF 1", "< 2 STANDBY", "> 2 OK", "< 3 ACTIVE "+members, "> 3 OK",
+	h2.CheckTrace("< 1 INTF 3", "> 1 INTF 1", "< 2 STANDBY", "> 2 OK", "< 3 ACTIVE "+members, "> 3 OK",
 		"< 4 STATUS", "< 5 QUIT", "> 5 OK")
-	h3.checkTrace("< 1 INTF 3", "> 1 INTF 1", "< 2 STANDBY", "> 2 OK", "< 3 STATUS", "< 4 QUIT", "> 4 OK")
+	h3.CheckTrace("< 1 INTF 3", "> 1 INTF 1", "< 2 STANDBY", "> 2 OK", "< 3 STATUS", "< 4 QUIT", "> 4 OK")
 }
 
 // checkNames fails on answers from anything but the allowed frontends.
@@ -415,9 +416,9 @@ func TestEndOfInputReleases(t *testing.T) {
 	}
 	waitDAD(t, f1)
 	before := snapshot(t, f1)
-	hp := startHelper(t, f1, writeVIPFile(t, bed.VIPs))
-	hp.do("INTF 1", "^INTF 1$", answerLimit)
-	hp.do(fmt.Sprintf("ACTIVE %v", f1.Addr), "^OK$", answerLimit)
+	hp := e2e.StartHelper(t, f1, l2lbBin, writeVIPFile(t, bed.VIPs), helperOpts)
+	hp.Do("INTF 1", "^INTF 1$", answerLimit)
+	hp.Do(fmt.Sprintf("ACTIVE %v", f1.Addr), "^OK$", answerLimit)
 	if name, err := ask(source{c1, c1.Addr}, netip.AddrPortFrom(vip, tcpPort), time.Second); err != nil || name != f1.Name {
 		t.Fatalf("connection through the active helper: %q, %v; want %s", name, err, f1.Name)
 	}
@@ -425,10 +426,10 @@ func TestEndOfInputReleases(t *testing.T) {
 		t.Errorf("eth0 promiscuity 0 while the active helper runs; want its virtual-MAC membership")
 	}
 	closed := time.Now()
-	if err := hp.stdin.Close(); err != nil {
+	if err := hp.CloseInput(); err != nil {
 		t.Fatal(err)
 	}
-	at, err, ok := hp.waitExit(time.Second + 100*time.Millisecond)
+	at, err, ok := hp.WaitExit(time.Second + 100*time.Millisecond)
 	if !ok {
 		t.Fatal("helper still running 1 s after the end of its input")
 	}
@@ -438,13 +439,13 @@ func TestEndOfInputReleases(t *testing.T) {
 	if err != nil {
 		t.Errorf("exit at the end of input: %v, want status 0", err)
 	}
-	if s := hp.err.String(); s != "" {
+	if s := hp.Stderr(); s != "" {
 		t.Errorf("helper wrote to standard error: %q", s)
 	}
-	noHelperLeft(t, f1, hp.cmd.Process.Pid)
+	noHelperLeft(t, f1, hp.Pid())
 	diffSnapshots(t, f1.Name, "by a helper ended by the end of its input", before, snapshot(t, f1))
 	if mac, err := c1.ARPResolve(vip); err == nil {
 		t.Errorf("%v still answered in ARP (%v) after the helper exited", vip, mac)
 	}
-	hp.checkTrace("< 1 INTF 1", "> 1 INTF 1", fmt.Sprintf("< 2 ACTIVE %v", f1.Addr), "> 2 OK")
+	hp.CheckTrace("< 1 INTF 1", "> 1 INTF 1", fmt.Sprintf("< 2 ACTIVE %v", f1.Addr), "> 2 OK")
 }

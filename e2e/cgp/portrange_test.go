@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -19,17 +20,17 @@ func TestHelperLearnsPortRanges(t *testing.T) {
 	f1, f2 := bed.Frontends[0], bed.Frontends[1]
 	c1 := bed.Clients[0]
 	vipFile := writeVIPFile(t, bed.VIPs)
-	var hps []*helper
+	var hps []*e2e.Helper
 	for _, f := range bed.Frontends {
-		hps = append(hps, startHelper(t, f, vipFile, "-p", "0")) // no persistence: a client template would pin the replies to one frontend
+		hps = append(hps, e2e.StartHelper(t, f, l2lbBin, vipFile, helperOpts, "-p", "0")) // no persistence: a client template would pin the replies to one frontend
 	}
-	defer quitAll(t, hps...)
+	defer e2e.QuitAll(t, answerLimit, t.Fatalf, hps...)
 	for _, hp := range hps {
-		hp.do("INTF 1", "^INTF 1$", 5*time.Second)
-		hp.do("STANDBY", "^OK$", 5*time.Second)
+		hp.Do("INTF 1", "^INTF 1$", 5*time.Second)
+		hp.Do("STANDBY", "^OK$", 5*time.Second)
 	}
 	members := fmt.Sprintf("%v %v %v", bed.Frontends[0].Addr, bed.Frontends[1].Addr, bed.Frontends[2].Addr)
-	hps[0].do("ACTIVE "+members, "^OK$", 5*time.Second)
+	hps[0].Do("ACTIVE "+members, "^OK$", 5*time.Second)
 
 	// A server on the client; f2 connects to it from VIP:port inside f2's range.
 	ln, err := c1.ListenTCP(netip.AddrPortFrom(c1.Addr, 7100))

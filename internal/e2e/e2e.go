@@ -1,6 +1,7 @@
-// Package e2e holds what the end-to-end test packages share: building the l2lb binary they run and
+// Package e2e holds what the end-to-end test packages share: building the l2lb binary they run,
 // deciding whether namespace tests can run here (with CI=true they must fail, not skip, when
-// something is missing).
+// something is missing), and driving `l2lb helper` over its pipes as CommuniGate Pro does
+// (Helper).
 package e2e
 
 import (
