@@ -236,6 +236,9 @@ func hostSysctl(t *testing.T, keys []string) map[string]string {
 func TestBed(t *testing.T) {
 	requireNetns(t)
 	if _, err := exec.LookPath("sysctl"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true but sysctl(8) (Debian package procps) is missing: it cross-checks namespace sysctls")
+		}
 		t.Skip("needs sysctl(8) to cross-check namespace sysctls")
 	}
 	hostKeys := []string{
