@@ -23,9 +23,24 @@ const testEtherType = 0x88b5
 
 var virtualMAC = net.HardwareAddr{0x02, 0x00, 0x5e, 0x10, 0x00, 0x01}
 
-// testRing is small enough for many sockets yet holds a 64 KiB GSO frame.
-func testRing() RingConfig {
+// ringVersions are the ring layouts every ring test runs against.
+var ringVersions = []RingVersion{RingV2, RingV3}
+
+// testRing is small enough for many sockets yet holds a 64 KiB GSO frame:
+// V3 packs frames into 256 KiB blocks, V2 has 66 KiB slots (30 of them).
+func testRing(v RingVersion) RingConfig {
+	if v == RingV2 {
+		return RingConfig{Version: RingV2, BlockSize: 1 << 20, BlockCount: 2, FrameSize: 66 << 10}
+	}
 	return RingConfig{BlockSize: 256 << 10, BlockCount: 8, FrameSize: 2048, RetireTimeout: time.Millisecond}
+}
+
+// forVersions runs fn as one subtest per ring version.
+func forVersions(t *testing.T, fn func(t *testing.T, v RingVersion)) {
+	t.Helper()
+	for _, v := range ringVersions {
+		t.Run(v.String(), func(t *testing.T) { fn(t, v) })
+	}
 }
 
 // testFrame builds an Ethernet frame of testEtherType whose payload carries
@@ -91,9 +106,11 @@ func receiveUntil(t *testing.T, s *Socket, timeout time.Duration, fn func(f *Fra
 }
 
 func TestConfigValidation(t *testing.T) {
-	good := Config{Ifindex: 1, Protocol: EthPAll, Ring: DefaultRing()}
-	if err := good.validate(); err != nil {
-		t.Fatalf("DefaultRing config rejected: %v", err)
+	for _, r := range []RingConfig{DefaultRing(), DefaultRingV3(), testRing(RingV2), testRing(RingV3)} {
+		good := Config{Ifindex: 1, Protocol: EthPAll, Ring: r}
+		if err := good.validate(); err != nil {
+			t.Fatalf("ring %+v rejected: %v", r, err)
+		}
 	}
 	bad := map[string]Config{
 		"no ifindex":        {Protocol: EthPAll},
@@ -106,6 +123,12 @@ func TestConfigValidation(t *testing.T) {
 		"frame too small":   {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 32}},
 		"negative retire":   {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 64, RetireTimeout: -1}},
 		"frame above block": {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 8192}},
+		"V3 frame < hdrlen": {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 64}},
+		"V2 frame < hdrlen": {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{Version: RingV2, BlockSize: 4096, BlockCount: 1, FrameSize: 48}},
+		"V2 retire":         {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{Version: RingV2, BlockSize: 4096, BlockCount: 1, FrameSize: 2048, RetireTimeout: time.Millisecond}},
+		"V3 busy poll":      {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 2048, BusyPoll: time.Microsecond}},
+		"negative poll":     {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{Version: RingV2, BlockSize: 4096, BlockCount: 1, FrameSize: 2048, BusyPoll: -1}},
+		"unknown version":   {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{Version: 7, BlockSize: 4096, BlockCount: 1, FrameSize: 2048}},
 	}
 	for name, cfg := range bad {
 		if _, err := Open(cfg); !errors.Is(err, ErrInvalidConfig) {
@@ -117,10 +140,12 @@ func TestConfigValidation(t *testing.T) {
 // Ring receive: bytes, packet types and the virtio_net_hdr of frames sent
 // from the peer.
 func TestRingReceive(t *testing.T) {
-	env := newVethEnv(t)
-	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: testRing()})
-	tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
-	checkTypes(t, env, rx, tx)
+	forVersions(t, func(t *testing.T, v RingVersion) {
+		env := newVethEnv(t)
+		rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: testRing(v)})
+		tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
+		checkTypes(t, env, rx, tx)
+	})
 }
 
 // The ring-less fallback delivers the same frames with the same metadata.
@@ -178,10 +203,17 @@ func checkTypes(t *testing.T, env *vethEnv, rx, tx *Socket) {
 // 100 000 frames: every one is either received, in order and intact, or
 // counted as a drop by PACKET_STATISTICS.
 func TestRingCountExact(t *testing.T) {
+	rings := map[RingVersion]RingConfig{
+		RingV2: DefaultRing(),
+		RingV3: {BlockSize: 1 << 20, BlockCount: 16, FrameSize: 2048, RetireTimeout: time.Millisecond},
+	}
+	forVersions(t, func(t *testing.T, v RingVersion) { countExact(t, rings[v]) })
+}
+
+func countExact(t *testing.T, ring RingConfig) {
 	const n = 100_000
 	env := newVethEnv(t)
-	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true,
-		Ring: RingConfig{BlockSize: 1 << 20, BlockCount: 16, FrameSize: 2048, RetireTimeout: time.Millisecond}})
+	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
 	tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
 
 	var got atomic.Uint64
@@ -259,12 +291,14 @@ func TestRingCountExact(t *testing.T) {
 // A unicast membership makes the interface accept the virtual MAC (on veth:
 // promiscuity goes up), frames to it arrive as OTHERHOST, and the
 // membership ends with the socket.
-func TestUnicastMAC(t *testing.T) {
+func TestUnicastMAC(t *testing.T) { forVersions(t, unicastMAC) }
+
+func unicastMAC(t *testing.T, v RingVersion) {
 	env := newVethEnv(t)
 	if p := env.promiscuity(t, "vb"); p != 0 {
 		t.Fatalf("vb promiscuity %d before the test", p)
 	}
-	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, Ring: testRing(), UnicastMACs: []net.HardwareAddr{virtualMAC}})
+	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, Ring: testRing(v), UnicastMACs: []net.HardwareAddr{virtualMAC}})
 	if p := env.promiscuity(t, "vb"); p == 0 {
 		t.Error("unicast membership did not reach the device (promiscuity 0)")
 	}
@@ -294,11 +328,13 @@ func TestUnicastMAC(t *testing.T) {
 // without it, it reads those of other sockets (as PACKET_OUTGOING), which
 // shows the test can tell. A socket never reads back its own sends
 // (skb_loop_sk in dev_queue_xmit_nit) either way.
-func TestIgnoreOutgoing(t *testing.T) {
+func TestIgnoreOutgoing(t *testing.T) { forVersions(t, ignoreOutgoing) }
+
+func ignoreOutgoing(t *testing.T, v RingVersion) {
 	for _, ignore := range []bool{true, false} {
 		t.Run(map[bool]string{true: "on", false: "off"}[ignore], func(t *testing.T) {
 			env := newVethEnv(t)
-			s := env.open(t, Config{Ifindex: env.a.Index, Protocol: EthPAll, VnetHdr: true, IgnoreOutgoing: ignore, Ring: testRing()})
+			s := env.open(t, Config{Ifindex: env.a.Index, Protocol: EthPAll, VnetHdr: true, IgnoreOutgoing: ignore, Ring: testRing(v)})
 			other := env.open(t, Config{Ifindex: env.a.Index})
 			peer := env.open(t, Config{Ifindex: env.b.Index})
 			if err := s.Send(withVnet(testFrame(env.b.HardwareAddr, env.a.HardwareAddr, 1, 64))); err != nil {
@@ -373,9 +409,11 @@ func tcpGSOFrame(t *testing.T, dst, src net.HardwareAddr, total int) (frame, pay
 // A >MTU TCP frame sent with a GSO virtio_net_hdr is accepted (without the
 // header the kernel refuses it) and its payload arrives whole, either as
 // MSS-sized segments or as one GSO frame that keeps its metadata.
-func TestVnetGSOSend(t *testing.T) {
+func TestVnetGSOSend(t *testing.T) { forVersions(t, vnetGSOSend) }
+
+func vnetGSOSend(t *testing.T, v RingVersion) {
 	env := newVethEnv(t)
-	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: testRing()})
+	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: testRing(v)})
 	tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
 	plain := env.open(t, Config{Ifindex: env.a.Index})
 	frame, payload := tcpGSOFrame(t, env.b.HardwareAddr, env.a.HardwareAddr, 20000)
@@ -497,10 +535,12 @@ func TestLoopbackInject(t *testing.T) {
 
 // PACKET_FANOUT_LB spreads frames over the group's sockets round-robin:
 // each gets exactly half (counting ring drops).
-func TestFanout(t *testing.T) {
+func TestFanout(t *testing.T) { forVersions(t, fanout) }
+
+func fanout(t *testing.T, v RingVersion) {
 	const n = 1000
 	env := newVethEnv(t)
-	cfg := Config{Ifindex: env.b.Index, Protocol: EthPAll, Ring: testRing(), FanoutGroup: 0x4c32, FanoutMode: unix.PACKET_FANOUT_LB}
+	cfg := Config{Ifindex: env.b.Index, Protocol: EthPAll, Ring: testRing(v), FanoutGroup: 0x4c32, FanoutMode: unix.PACKET_FANOUT_LB}
 	socks := []*Socket{env.open(t, cfg), env.open(t, cfg)}
 	tx := env.open(t, Config{Ifindex: env.a.Index})
 	var counts [2]atomic.Uint64
@@ -556,7 +596,7 @@ func TestFanout(t *testing.T) {
 // no-op, and later calls report ErrClosed.
 func TestCloseUnblocksReceive(t *testing.T) {
 	env := newVethEnv(t)
-	for _, ring := range []RingConfig{testRing(), {}} {
+	for _, ring := range []RingConfig{testRing(RingV2), testRing(RingV3), {}} {
 		rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, Ring: ring})
 		errc := make(chan error, 1)
 		go func() {
@@ -608,7 +648,7 @@ func TestZeroAllocs(t *testing.T) {
 	tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
 	frame := withVnet(testFrame(env.b.HardwareAddr, env.a.HardwareAddr, 7, 64))
 	batch := [][]byte{frame, frame, frame, frame}
-	for _, ring := range []RingConfig{testRing(), {}} {
+	for _, ring := range []RingConfig{testRing(RingV2), testRing(RingV3), {}} {
 		rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
 		got := 0
 		fn := func(f *Frame) {
@@ -629,7 +669,7 @@ func TestZeroAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 		if allocs != 0 {
-			t.Errorf("ring=%v: Send+Receive allocate %v times per frame", !ring.IsZero(), allocs)
+			t.Errorf("ring %+v: Send+Receive allocate %v times per frame", ring, allocs)
 		}
 	}
 	var err error
@@ -649,8 +689,13 @@ func TestZeroAllocs(t *testing.T) {
 // BenchmarkReceiveSend measures frames/s from a SendBatch goroutine on one
 // veth end to a ring Receive loop on the other.
 func BenchmarkReceiveSend(b *testing.B) {
+	b.Run("V2", func(b *testing.B) { receiveSend(b, DefaultRing()) })
+	b.Run("V3", func(b *testing.B) { receiveSend(b, DefaultRingV3()) })
+}
+
+func receiveSend(b *testing.B, ring RingConfig) {
 	env := newVethEnv(b)
-	rx := env.open(b, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, IgnoreOutgoing: true, Ring: DefaultRing()})
+	rx := env.open(b, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, IgnoreOutgoing: true, Ring: ring})
 	tx := env.open(b, Config{Ifindex: env.a.Index, VnetHdr: true, QdiscBypass: true})
 	batch := make([][]byte, 64)
 	for i := range batch {

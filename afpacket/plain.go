@@ -62,7 +62,10 @@ func (p *plainState) read(fd uintptr) bool {
 	return true
 }
 
-func (p *plainState) receive(s *Socket, fn func(*Frame)) (int, error) {
+// receive reads up to plainBatch frames. Every frame lands in the same
+// buffer, so done runs after each one: a caller that queued the frame in fn
+// must send it before the next recvmsg overwrites it.
+func (p *plainState) receive(s *Socket, fn func(*Frame), done func()) (int, error) {
 	n := 0
 	for p.noWait = false; n < plainBatch; p.noWait = true {
 		if err := s.rc.Read(p.readFn); err != nil {
@@ -76,6 +79,9 @@ func (p *plainState) receive(s *Socket, fn func(*Frame)) (int, error) {
 		}
 		if p.deliver(s.vnet, &s.frame) {
 			fn(&s.frame)
+			if done != nil {
+				done()
+			}
 			s.frame = Frame{}
 			n++
 		}

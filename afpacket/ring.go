@@ -74,10 +74,16 @@ const (
 	sizeofSockaddrLL = 20
 )
 
-// ringReady is the RawConn.Read callback: done once the current block
-// belongs to user space; otherwise the netpoller waits for the kernel's
-// wake-up (sent when it retires a block).
-func (s *Socket) ringReady(uintptr) bool { return s.blockReady() }
+// ringReady is the RawConn.Read callback: done once the current block (V3)
+// or frame slot (V2) belongs to user space; otherwise the netpoller waits
+// for the kernel's wake-up (sent when it retires a V3 block, or for every V2
+// frame).
+func (s *Socket) ringReady(uintptr) bool {
+	if s.version == RingV2 {
+		return s.frameReady()
+	}
+	return s.blockReady()
+}
 
 func (s *Socket) blockStatus(i int) *uint32 {
 	return (*uint32)(unsafe.Pointer(&s.ring[i*s.blockSize+bdStatusOff]))
@@ -97,9 +103,10 @@ func (s *Socket) Receive(fn func(f *Frame)) (int, error) {
 }
 
 // ReceiveBlocks is Receive with a second callback, done, called after the frames of each ring
-// block (or each frame without a ring) have been passed to fn and before that block is handed
-// back to the kernel. Frames stay valid until then, so a caller can queue them in fn and send
-// the whole block with one SendBatch in done. done may be nil; like fn it must be long-lived.
+// block (V3), each batch of up to 64 frame slots (V2), or each frame without a ring, have been
+// passed to fn and before they are handed back to the kernel or overwritten. Frames stay valid
+// until then, so a caller can queue them in fn and send them with one SendBatch in done. done
+// may be nil; like fn it must be long-lived.
 func (s *Socket) ReceiveBlocks(fn func(f *Frame), done func()) (int, error) {
 	s.rxMu.Lock()
 	defer s.rxMu.Unlock()
@@ -110,11 +117,10 @@ func (s *Socket) ReceiveBlocks(fn func(f *Frame), done func()) (int, error) {
 		return 0, ErrNotReceiving
 	}
 	if s.ring == nil {
-		n, err := s.plain.receive(s, fn)
-		if done != nil && n > 0 {
-			done()
-		}
-		return n, err
+		return s.plain.receive(s, fn, done)
+	}
+	if s.version == RingV2 {
+		return s.receiveV2(fn, done)
 	}
 	if !s.blockReady() {
 		if err := s.rc.Read(s.waitFn); err != nil {

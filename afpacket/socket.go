@@ -1,5 +1,5 @@
-// Package afpacket provides the fast path's AF_PACKET sockets: a TPACKET_V3
-// memory-mapped receive ring, PACKET_VNET_HDR offload metadata, virtual-MAC
+// Package afpacket provides the fast path's AF_PACKET sockets: a TPACKET_V2
+// or TPACKET_V3 memory-mapped receive ring, PACKET_VNET_HDR offload metadata, virtual-MAC
 // membership, fanout and batched transmission, all in pure Go.
 //
 // The kernel interface is described in Documentation/networking/packet_mmap.rst
@@ -60,8 +60,9 @@ type Config struct {
 	// UnicastMACs are added with PACKET_ADD_MEMBERSHIP/PACKET_MR_UNICAST so
 	// the NIC accepts them; the memberships end when the socket closes.
 	UnicastMACs []net.HardwareAddr
-	// Ring configures the TPACKET_V3 receive ring. The zero value means no
-	// ring: Receive then falls back to one recvmsg(2) per frame.
+	// Ring configures the memory-mapped receive ring (TPACKET_V2 or V3). The
+	// zero value means no ring: Receive then falls back to one recvmsg(2)
+	// per frame.
 	Ring RingConfig
 	// FanoutGroup, when non-zero, joins PACKET_FANOUT group FanoutGroup so
 	// several sockets share the interface's traffic.
@@ -71,40 +72,118 @@ type Config struct {
 	FanoutMode uint16
 }
 
-// RingConfig sizes a TPACKET_V3 receive ring (packet_mmap.rst, "TPACKET_V3").
+// RingVersion selects the layout of the memory-mapped receive ring
+// (packet_mmap.rst, "TPACKET versions").
+type RingVersion uint8
+
+const (
+	// RingV3 is TPACKET_V3: frames are packed into blocks and the kernel
+	// hands over (and wakes the reader for) a whole block at a time, when it
+	// fills or after RetireTimeout. It is the zero value, so a RingConfig
+	// without a Version keeps the V3 layout it always had.
+	RingV3 RingVersion = iota
+	// RingV2 is TPACKET_V2: fixed-size frame slots, each handed over on its
+	// own with a per-frame status and a wake-up per frame (tpacket_rcv calls
+	// sk_data_ready for every V1/V2 frame), so the added latency is per
+	// packet rather than up to one retire timeout.
+	RingV2
+)
+
+// String returns "V2" or "V3".
+func (v RingVersion) String() string {
+	switch v {
+	case RingV2:
+		return "V2"
+	case RingV3:
+		return "V3"
+	}
+	return fmt.Sprintf("RingVersion(%d)", uint8(v))
+}
+
+// RingConfig sizes a memory-mapped receive ring (packet_mmap.rst).
 type RingConfig struct {
+	// Version selects TPACKET_V3 (the zero value) or TPACKET_V2.
+	Version RingVersion
 	// BlockSize is the size of one ring block in bytes; it must be a
-	// multiple of the page size, and a frame larger than a block (minus
-	// headers) is truncated.
+	// multiple of the page size. V3 truncates a frame larger than a block
+	// (minus headers); V2 carves each block into BlockSize/FrameSize slots.
 	BlockSize int
 	// BlockCount is the number of blocks in the ring.
 	BlockCount int
-	// FrameSize is the kernel's frame-size hint (a multiple of 16); V3
-	// packs frames of any size into a block, so it only sets frame_nr.
+	// FrameSize is a multiple of 16 (TPACKET_ALIGNMENT). For V3 it is only
+	// the kernel's hint that sets frame_nr, since V3 packs frames of any
+	// size into a block. For V2 it is the slot size: a frame longer than
+	// FrameSize minus the headers arrives truncated.
 	FrameSize int
-	// RetireTimeout is how long the kernel waits before handing a partly
-	// filled block to user space (rounded up to whole milliseconds; zero
-	// lets the kernel derive one from the link speed).
+	// RetireTimeout (V3 only) is how long the kernel waits before handing a
+	// partly filled block to user space (rounded up to whole milliseconds;
+	// zero lets the kernel derive one from the link speed). It must be zero
+	// for V2.
 	RetireTimeout time.Duration
+	// BusyPoll (V2 only) is how long Receive keeps polling the next slot,
+	// once the ring is drained, before it parks in the netpoller; zero parks
+	// at once. It must be zero for V3, whose blocks arrive at most once per
+	// retire timeout.
+	BusyPoll time.Duration
 }
 
 // IsZero reports whether r is the zero value, i.e. asks for no ring.
 func (r RingConfig) IsZero() bool { return r == RingConfig{} }
 
-// DefaultRing returns the ring used by the dataplane.
+// DefaultRing returns the ring used by the dataplane: TPACKET_V2.
+//
+// Why V2: a V3 reader is woken only when a block is retired, so at low and
+// medium rates every frame waits for the retire timeout (at least 1 ms,
+// tp_retire_blk_tov is in ms) — each SYN, handshake ACK and TCP ACK through
+// the balancer. V2 hands over and signals each frame on its own (measured
+// in BenchmarkRingLatency: a ping-pong round trip costs tens of
+// microseconds on V2 against ~1 ms on V3).
+//
+// 66 KiB frames: PACKET_VNET_HDR delivers GSO/GRO super-frames whole, and
+// V2 truncates a frame that does not fit its slot (the kernel marks it
+// TP_STATUS_COPY only if PACKET_COPY_THRESH is set, which it is not). The
+// frame starts at tp_mac = TPACKET_ALIGN(TPACKET2_HDRLEN 52 + 16) + 10
+// (virtio_net_hdr) - 14 = 76, and the largest frame without BIG TCP is an
+// IPv6 packet of 40 + 65535 bytes plus Ethernet and two in-band VLAN tags
+// (65597), so a slot needs 65673 bytes; 66 KiB = 67584 leaves room.
+// 1 MiB blocks: the kernel allocates each block as one power-of-two page
+// run, so a 1 MiB block holding 15 slots wastes 3 % (a 68 KiB block would
+// take 128 KiB).
+// 64 blocks: 960 slots in 64 MiB, the memory of the former V3 default; at
+// 1 Mpps that is ~1 ms of buffer, and because every frame is signalled the
+// reader starts draining after the first one instead of after a retire.
+// 20 µs busy poll: without it a reader that has drained the ring parks, and
+// under load nearly every frame then costs a netpoller wake-up (epoll
+// callback, thread wake-up, goroutine switch) and goes out in a sendmmsg of
+// its own; measured with l2lb bench pps on 2 CPUs, V2 without polling
+// forwarded 7-13 % fewer frames/s than V3, with 20 µs it matched V3. 20 µs
+// is still ~50 times below the V3 retire timeout it replaces.
+func DefaultRing() RingConfig {
+	return RingConfig{
+		Version:    RingV2,
+		BlockSize:  1 << 20,
+		BlockCount: 64,
+		FrameSize:  66 << 10,
+		BusyPoll:   20 * time.Microsecond,
+	}
+}
+
+// DefaultRingV3 returns the TPACKET_V3 ring that was the dataplane's default
+// before V2: it buffers far more MTU-sized frames in the same memory (about
+// 41 000 in 64 MiB) but adds up to one retire timeout of latency per frame
+// at low rates.
 //
 // 1 MiB blocks: a V3 block must hold the largest frame whole, and GRO/TSO
 // frames reach 64 KiB plus headers, so a block holds sixteen of those or
 // ~650 MTU-sized frames and one block hand-over amortises the wake-up.
-// 64 blocks (64 MiB): ~41 000 MTU frames of buffer, about 28 ms at 1.5 Mpps,
-// enough to ride out a scheduling hiccup without drops.
+// 64 blocks (64 MiB): ~41 000 MTU frames of buffer, about 28 ms at 1.5 Mpps.
 // 2048-byte frame hint: an MTU frame with its tpacket3_hdr and sockaddr_ll.
-// 1 ms retire timeout: the smallest the kernel accepts (tp_retire_blk_tov is
-// in ms); under light load every frame waits for it, so it bounds the added
-// latency, and an empty block is never retired so an idle ring costs no
-// wake-ups.
-func DefaultRing() RingConfig {
+// 1 ms retire timeout: the smallest the kernel accepts; under light load
+// every frame waits for it, and an empty block is never retired so an idle
+// ring costs no wake-ups.
+func DefaultRingV3() RingConfig {
 	return RingConfig{
+		Version:       RingV3,
 		BlockSize:     1 << 20,
 		BlockCount:    64,
 		FrameSize:     2048,
@@ -119,7 +198,8 @@ type Stats struct {
 	Packets uint64
 	// Drops is the number of frames lost because the ring or queue was full.
 	Drops uint64
-	// FreezeQueueCount counts how often the V3 ring ran out of free blocks.
+	// FreezeQueueCount counts how often the V3 ring ran out of free blocks
+	// (always zero for V2, whose statistics have no such counter).
 	FreezeQueueCount uint64
 }
 
@@ -142,12 +222,19 @@ type Socket struct {
 	// Receive side, guarded by rxMu (Close takes it to unmap safely).
 	rxMu       sync.Mutex
 	ring       []byte
+	version    RingVersion
 	blockSize  int
 	blockCount int
-	cur        int
-	frame      Frame
-	waitFn     func(fd uintptr) bool
-	plain      plainState
+	// cur is the next block (V3) or frame slot (V2) to read.
+	cur int
+	// frameOffs holds each V2 slot's offset in ring (slots never straddle
+	// a block, so they are not evenly spaced across blocks).
+	frameOffs []int
+	frameSize int
+	busyPoll  time.Duration
+	frame     Frame
+	waitFn    func(fd uintptr) bool
+	plain     plainState
 
 	// Transmit side, guarded by txMu; the method values are built once so a
 	// send does not allocate a closure.
@@ -227,12 +314,18 @@ func (cfg *Config) validate() error {
 			return fmt.Errorf("%w: block size %d is not a positive multiple of the page size %d", ErrInvalidConfig, r.BlockSize, page)
 		case r.BlockCount <= 0:
 			return fmt.Errorf("%w: block count %d", ErrInvalidConfig, r.BlockCount)
-		// TPACKET_ALIGNMENT is 16 (if_packet.h); the frame must hold the
-		// 48-byte tpacket3_hdr.
-		case r.FrameSize < unix.SizeofTpacket3Hdr || r.FrameSize%16 != 0 || r.FrameSize > r.BlockSize:
+		case r.Version != RingV2 && r.Version != RingV3:
+			return fmt.Errorf("%w: ring version %v", ErrInvalidConfig, r.Version)
+		// TPACKET_ALIGNMENT is 16 (if_packet.h); packet_set_ring wants a
+		// frame to hold the header and the sockaddr_ll after it
+		// (TPACKET2_HDRLEN 52, TPACKET3_HDRLEN 68).
+		case r.FrameSize < r.Version.hdrLen() || r.FrameSize%16 != 0 || r.FrameSize > r.BlockSize:
 			return fmt.Errorf("%w: frame size %d", ErrInvalidConfig, r.FrameSize)
-		case r.RetireTimeout < 0 || r.RetireTimeout > time.Duration(1<<31)*time.Millisecond:
-			return fmt.Errorf("%w: retire timeout %v", ErrInvalidConfig, r.RetireTimeout)
+		case r.RetireTimeout < 0 || r.RetireTimeout > time.Duration(1<<31)*time.Millisecond ||
+			r.Version == RingV2 && r.RetireTimeout != 0:
+			return fmt.Errorf("%w: retire timeout %v for a %v ring", ErrInvalidConfig, r.RetireTimeout, r.Version)
+		case r.BusyPoll < 0 || r.Version == RingV3 && r.BusyPoll != 0:
+			return fmt.Errorf("%w: busy poll %v for a %v ring", ErrInvalidConfig, r.BusyPoll, r.Version)
 		case uint64(r.BlockSize)*uint64(r.BlockCount) > 1<<40:
 			return fmt.Errorf("%w: ring of %d x %d bytes is too large", ErrInvalidConfig, r.BlockCount, r.BlockSize)
 		}
@@ -273,24 +366,9 @@ func (s *Socket) setup(fd int, cfg Config) error {
 		}
 	}
 	if r := cfg.Ring; !r.IsZero() {
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V3); err != nil {
-			return fmt.Errorf("afpacket: setsockopt PACKET_VERSION: %w", err)
+		if err := s.setupRing(fd, r); err != nil {
+			return err
 		}
-		req := unix.TpacketReq3{
-			Block_size:     uint32(r.BlockSize),
-			Block_nr:       uint32(r.BlockCount),
-			Frame_size:     uint32(r.FrameSize),
-			Frame_nr:       uint32(r.BlockSize / r.FrameSize * r.BlockCount),
-			Retire_blk_tov: uint32((r.RetireTimeout + time.Millisecond - 1) / time.Millisecond),
-		}
-		if err := unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
-			return fmt.Errorf("afpacket: setsockopt PACKET_RX_RING %+v: %w", req, err)
-		}
-		ring, err := unix.Mmap(fd, 0, r.BlockSize*r.BlockCount, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
-		if err != nil {
-			return fmt.Errorf("afpacket: mmap ring: %w", err)
-		}
-		s.ring, s.blockSize, s.blockCount = ring, r.BlockSize, r.BlockCount
 	}
 	if cfg.Protocol != 0 && cfg.Ring.IsZero() {
 		// The ring-less path reads the status bits a ring header would
@@ -310,6 +388,66 @@ func (s *Socket) setup(fd int, cfg Config) error {
 		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, v); err != nil {
 			return fmt.Errorf("afpacket: setsockopt PACKET_FANOUT group %d mode %#x: %w", cfg.FanoutGroup, cfg.FanoutMode, err)
 		}
+	}
+	return nil
+}
+
+// hdrLen is the kernel's tp_hdrlen for the version: the frame header plus
+// the struct sockaddr_ll (20 bytes) after it (TPACKET2_HDRLEN and
+// TPACKET3_HDRLEN in if_packet.h).
+func (v RingVersion) hdrLen() int {
+	if v == RingV2 {
+		return t2Len + sizeofSockaddrLL
+	}
+	return thLen + sizeofSockaddrLL
+}
+
+// setupRing selects the TPACKET version, asks for the ring and maps it.
+func (s *Socket) setupRing(fd int, r RingConfig) error {
+	frames := r.BlockSize / r.FrameSize * r.BlockCount
+	var err error
+	if r.Version == RingV2 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
+			return fmt.Errorf("afpacket: setsockopt PACKET_VERSION: %w", err)
+		}
+		// packet_set_ring insists on frame_nr == frames per block * blocks.
+		req := unix.TpacketReq{
+			Block_size: uint32(r.BlockSize),
+			Block_nr:   uint32(r.BlockCount),
+			Frame_size: uint32(r.FrameSize),
+			Frame_nr:   uint32(frames),
+		}
+		if err = unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
+			return fmt.Errorf("afpacket: setsockopt PACKET_RX_RING %+v: %w", req, err)
+		}
+	} else {
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V3); err != nil {
+			return fmt.Errorf("afpacket: setsockopt PACKET_VERSION: %w", err)
+		}
+		req := unix.TpacketReq3{
+			Block_size:     uint32(r.BlockSize),
+			Block_nr:       uint32(r.BlockCount),
+			Frame_size:     uint32(r.FrameSize),
+			Frame_nr:       uint32(frames),
+			Retire_blk_tov: uint32((r.RetireTimeout + time.Millisecond - 1) / time.Millisecond),
+		}
+		if err = unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
+			return fmt.Errorf("afpacket: setsockopt PACKET_RX_RING %+v: %w", req, err)
+		}
+	}
+	ring, err := unix.Mmap(fd, 0, r.BlockSize*r.BlockCount, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("afpacket: mmap ring: %w", err)
+	}
+	s.ring, s.version, s.blockSize, s.blockCount = ring, r.Version, r.BlockSize, r.BlockCount
+	if r.Version == RingV2 {
+		// The kernel numbers slots block by block (packet_lookup_frame).
+		per := r.BlockSize / r.FrameSize
+		s.frameOffs = make([]int, frames)
+		for i := range s.frameOffs {
+			s.frameOffs[i] = i/per*r.BlockSize + i%per*r.FrameSize
+		}
+		s.frameSize, s.busyPoll = r.FrameSize, r.BusyPoll
 	}
 	return nil
 }
