@@ -72,6 +72,10 @@ func mainWithCleanup(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	if modRoot, err = e2e.ModuleRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/ops:", err)
+		return 1
+	}
 	if l2lbBin, err = e2e.BuildL2LB(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/ops:", err)
 		return 1
