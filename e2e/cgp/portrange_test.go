@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
@@ -31,6 +32,24 @@ func TestHelperLearnsPortRanges(t *testing.T) {
 	}
 	members := fmt.Sprintf("%v %v %v", bed.Frontends[0].Addr, bed.Frontends[1].Addr, bed.Frontends[2].Addr)
 	hps[0].Do("ACTIVE "+members, "^OK$", 5*time.Second)
+	// Wait until the active helper has learnt every member's range over memberlist (its status
+	// shows them), so that no check below passes or fails by the scheduler's chance.
+	learnt := false
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && !learnt; time.Sleep(100 * time.Millisecond) {
+		st, err := control.Dial(hps[0].ControlPath()).Status()
+		if err != nil {
+			continue
+		}
+		learnt = len(st.Members) == 3
+		for _, m := range st.Members {
+			if m.PortLo == 0 {
+				learnt = false
+			}
+		}
+	}
+	if !learnt {
+		t.Fatal("the active helper never learnt the members' source-port ranges over memberlist")
+	}
 
 	// A server on the client; f2 connects to it from VIP:port inside f2's range.
 	ln, err := c1.ListenTCP(netip.AddrPortFrom(c1.Addr, 7100))

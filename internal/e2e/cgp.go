@@ -138,6 +138,9 @@ func StartHelper(t *testing.T, h *testbed.Host, bin, vipFile string, o HelperOpt
 // Name returns the name of the testbed host the helper runs on.
 func (hp *Helper) Name() string { return hp.name }
 
+// ControlPath returns the helper's control socket (with HelperOptions.Control).
+func (hp *Helper) ControlPath() string { return hp.trace + ".sock" }
+
 // Pid returns the helper's process ID.
 func (hp *Helper) Pid() int { return hp.cmd.Process.Pid }
 
