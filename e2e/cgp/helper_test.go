@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -88,6 +89,14 @@ var helperOpts = e2e.HelperOptions{Args: []string{"-p", "15", "-t", "1"}, Contro
 // addresses, qdiscs and ingress filters on eth0, nftables rules (if nft is
 // installed), and the ARP and reverse-path sysctls plus the local port
 // range, read from inside the namespace.
+// peerNetns matches how ip(8) names a veth peer's namespace. Another test creating or deleting
+// namespaces at the same moment makes ip print the peer's id, its name or "Error: Peer netns
+// reference is invalid." for the same unchanged link, so that part is not compared.
+var peerNetns = regexp.MustCompile(`(?m)^Error: Peer netns reference is invalid\.\n|link-netns(id)? \S+ ?`)
+
+// normalizeIP removes from ip(8) output what changes with other tests' namespaces.
+func normalizeIP(s string) string { return peerNetns.ReplaceAllString(s, "") }
+
 func snapshot(t *testing.T, h *testbed.Host) map[string]string {
 	t.Helper()
 	snap := map[string]string{}
@@ -105,7 +114,7 @@ func snapshot(t *testing.T, h *testbed.Host) map[string]string {
 		if err != nil {
 			t.Fatalf("%s: %s: %v\n%s", h.Name, strings.Join(c, " "), err, out)
 		}
-		snap[strings.Join(c, " ")] = string(out)
+		snap[strings.Join(c, " ")] = normalizeIP(string(out))
 	}
 	err := h.Do(func() error {
 		files, err := filepath.Glob("/proc/sys/net/ipv4/conf/*/*")
