@@ -32,7 +32,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 				other = c2.Addr
 			}
 			before := snapshot(t, h)
-			hp := e2e.StartHelper(t, h, l2lbBin, vipFile, helperOpts, "-m")
+			hp := e2e.StartHelper(t, h, suite.Bin, vipFile, helperOpts, "-m")
 			hp.Do("INTF 3", "^INTF 1$", answerLimit)
 			if !hp.HasInfo("-m: no sockets opened, no packets forwarded") {
 				t.Errorf("no info line saying that -m opens nothing: %q", hp.InfoLines())

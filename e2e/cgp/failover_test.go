@@ -65,7 +65,7 @@ func TestHelperFailover(t *testing.T) {
 	helpers := map[string]*e2e.Helper{}
 	var pids []int
 	for _, f := range bed.Frontends {
-		hp := e2e.StartHelper(t, f, l2lbBin, vipFile, helperOpts)
+		hp := e2e.StartHelper(t, f, suite.Bin, vipFile, helperOpts)
 		helpers[f.Name] = hp
 		pids = append(pids, hp.Pid())
 	}
@@ -416,7 +416,7 @@ func TestEndOfInputReleases(t *testing.T) {
 	}
 	waitDAD(t, f1)
 	before := snapshot(t, f1)
-	hp := e2e.StartHelper(t, f1, l2lbBin, writeVIPFile(t, bed.VIPs), helperOpts)
+	hp := e2e.StartHelper(t, f1, suite.Bin, writeVIPFile(t, bed.VIPs), helperOpts)
 	hp.Do("INTF 1", "^INTF 1$", answerLimit)
 	hp.Do(fmt.Sprintf("ACTIVE %v", f1.Addr), "^OK$", answerLimit)
 	if name, err := ask(source{c1, c1.Addr}, netip.AddrPortFrom(vip, tcpPort), time.Second); err != nil || name != f1.Name {

@@ -28,12 +28,8 @@ import (
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
-// l2lbBin is the binary built by TestMain; missing names an unavailable
-// prerequisite.
-var (
-	l2lbBin string
-	missing string
-)
+// suite is what TestMain prepared: the binary and the prerequisites.
+var suite e2e.Suite
 
 // tcpPort is where the frontends' name servers listen on the VIP.
 const tcpPort = 80
@@ -44,40 +40,14 @@ const tcpPort = 80
 var defaultVMAC = net.HardwareAddr{0x02, 0x6c, 0x32, 0x62, 0x00, 0x00}
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "l2lb-e2e-cgp-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/cgp:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if l2lbBin, err = e2e.BuildL2LB(dir); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/cgp:", err)
-		return 1
-	}
-	missing = e2e.Missing("ip", "tc")
-	return m.Run()
+	os.Exit(suite.Run(m, e2e.SuiteOptions{Name: "e2e/cgp", Tools: []string{"ip", "tc"}}))
 }
 
 // newBed fails (CI=true) or skips when namespaces cannot be built, and
 // otherwise returns a bed that is removed when the test ends.
 func newBed(t *testing.T, opts testbed.Options) *testbed.Bed {
 	t.Helper()
-	e2e.Require(t, missing, "the helper acceptance tests")
-	opts.Logf = t.Logf
-	bed, err := testbed.New(opts)
-	if err != nil {
-		t.Fatalf("building the testbed: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := bed.Close(); err != nil {
-			t.Errorf("removing the testbed: %v", err)
-		}
-	})
-	return bed
+	return suite.NewBed(t, "the helper acceptance tests", opts)
 }
 
 // helperOpts are the options every test starts `l2lb helper` with, after

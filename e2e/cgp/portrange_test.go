@@ -23,7 +23,7 @@ func TestHelperLearnsPortRanges(t *testing.T) {
 	vipFile := writeVIPFile(t, bed.VIPs)
 	var hps []*e2e.Helper
 	for _, f := range bed.Frontends {
-		hps = append(hps, e2e.StartHelper(t, f, l2lbBin, vipFile, helperOpts, "-p", "0")) // no persistence: a client template would pin the replies to one frontend
+		hps = append(hps, e2e.StartHelper(t, f, suite.Bin, vipFile, helperOpts, "-p", "0")) // no persistence: a client template would pin the replies to one frontend
 	}
 	defer e2e.QuitAll(t, answerLimit, t.Fatalf, hps...)
 	for _, hp := range hps {

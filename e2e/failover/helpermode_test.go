@@ -112,7 +112,7 @@ func TestHelperModeHandover(t *testing.T) {
 	var hps []*e2e.Helper
 	var addrs []string
 	for _, f := range bed.Frontends {
-		hps = append(hps, e2e.StartHelper(t, f, l2lbBin, vipFile, helperOpts))
+		hps = append(hps, e2e.StartHelper(t, f, suite.Bin, vipFile, helperOpts))
 		addrs = append(addrs, f.Addr.String())
 	}
 	h1, h2, h3 := hps[0], hps[1], hps[2]

@@ -24,12 +24,8 @@ import (
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
-// l2lbBin is the binary built by TestMain; missing names an unavailable
-// prerequisite.
-var (
-	l2lbBin string
-	missing string
-)
+// suite is what TestMain prepared: the binary and the prerequisites.
+var suite e2e.Suite
 
 // Ports the frontends serve on the VIP.
 const (
@@ -45,39 +41,14 @@ const membershipPort = 7946
 var priorities = map[string]int{"f1": 200, "f2": 150, "f3": 100}
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "l2lb-e2e-failover-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/failover:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if l2lbBin, err = e2e.BuildL2LB(dir); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/failover:", err)
-		return 1
-	}
-	missing = e2e.Missing("ip")
-	return m.Run()
+	os.Exit(suite.Run(m, e2e.SuiteOptions{Name: "e2e/failover", Tools: []string{"ip"}}))
 }
 
 // newBed fails (CI=true) or skips when namespaces cannot be built, and
 // otherwise returns a bed that is removed when the test ends.
 func newBed(t *testing.T) *testbed.Bed {
 	t.Helper()
-	e2e.Require(t, missing, "the failover tests")
-	bed, err := testbed.New(testbed.Options{Frontends: 3, Clients: 2, Logf: t.Logf})
-	if err != nil {
-		t.Fatalf("building the testbed: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := bed.Close(); err != nil {
-			t.Errorf("removing the testbed: %v", err)
-		}
-	})
-	return bed
+	return suite.NewBed(t, "the failover tests", testbed.Options{Frontends: 3, Clients: 2})
 }
 
 // snapshot mirrors the JSON l2lb writes with --stats-file (writeStats).
@@ -196,7 +167,7 @@ func (n *node) start() {
 	n.log = nil
 	n.mu.Unlock()
 	os.Remove(n.statsPath) // a restarted node must not be judged by its predecessor's file
-	cmd := n.host.Command(l2lbBin, n.args...)
+	cmd := n.host.Command(suite.Bin, n.args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		n.t.Fatal(err)

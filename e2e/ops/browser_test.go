@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/l2lb/l2lb/control"
+	"github.com/l2lb/l2lb/internal/e2e"
 )
 
 // chromiumBin is Debian's chromium package; .ci/run installs it.
@@ -161,8 +162,8 @@ func compareWithStatus(t *testing.T, fields map[string]string, a, z control.Stat
 	for r, n := range z.Drops {
 		between("drops."+r, a.Drops[r], n)
 	}
-	if len(z.Members) != len(bed.Frontends) {
-		t.Fatalf("status lists %d members, want %d", len(z.Members), len(bed.Frontends))
+	if len(z.Members) != len(suite.Bed.Frontends) {
+		t.Fatalf("status lists %d members, want %d", len(z.Members), len(suite.Bed.Frontends))
 	}
 	for _, m := range z.Members {
 		ma, ok := a.FindMember(netip.MustParseAddr(m.Addr))
@@ -275,7 +276,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	srcs := sources()
 	for i := 0; i < 40; i++ {
 		s := srcs[i%len(srcs)]
-		if _, err := s.h.UDPAsk(s.addr, udpAddr, 200); err != nil {
+		if _, err := s.Host.UDPAsk(s.Addr, udpAddr, 200); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -301,7 +302,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	if !strings.Contains(page, "<script") || strings.Contains(page, "src=\"http") || strings.Contains(page, "href=\"http") {
 		t.Errorf("the page must carry its own script and load no external asset")
 	}
-	if err := waitClosed(append(append(bed.Clients[:0:0], bed.Clients...), bed.Frontends...)...); err != nil {
+	if err := e2e.WaitClosed(append(append(suite.Bed.Clients[:0:0], suite.Bed.Clients...), suite.Bed.Frontends...)...); err != nil {
 		t.Log(err)
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -313,7 +314,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	proxy := startRefreshProxy(t, func() {
 		for i := 0; i < 30; i++ {
 			s := srcs[i%len(srcs)]
-			name, err := s.h.UDPAsk(s.addr, udpAddr, 300)
+			name, err := s.Host.UDPAsk(s.Addr, udpAddr, 300)
 			if err != nil {
 				t.Errorf("datagram during the refresh: %v", err)
 				continue

@@ -120,11 +120,11 @@ func TestSysctlFileMatchesDoctor(t *testing.T) {
 // through /proc/sys like systemd-sysctl does, from a thread inside the
 // namespace (network sysctls are per namespace).
 func TestSysctlFileAppliesInNamespace(t *testing.T) {
-	if missing != "" {
+	if suite.Missing != "" {
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but %s are unavailable: applying 99-l2lb.conf needs a network namespace", missing)
+			t.Fatalf("CI=true but %s are unavailable: applying 99-l2lb.conf needs a network namespace", suite.Missing)
 		}
-		t.Skipf("needs %s for a network namespace", missing)
+		t.Skipf("needs %s for a network namespace", suite.Missing)
 	}
 	vals, err := parseSysctlConf(contrib("99-l2lb.conf"))
 	if err != nil {
@@ -158,8 +158,8 @@ func TestSysctlFileAppliesInNamespace(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("applying 99-l2lb.conf in %s: %v", ns, err)
 	}
-	run("ip", "netns", "exec", ns, l2lbBin, "vip", "up", "-f", contrib("vipaddrs.example"))
-	out := run("ip", "netns", "exec", ns, l2lbBin, "doctor", "-i", "eth0", "-f", contrib("vipaddrs.example"))
+	run("ip", "netns", "exec", ns, suite.Bin, "vip", "up", "-f", contrib("vipaddrs.example"))
+	out := run("ip", "netns", "exec", ns, suite.Bin, "doctor", "-i", "eth0", "-f", contrib("vipaddrs.example"))
 	t.Logf("l2lb doctor in %s:\n%s", ns, out)
 	for _, c := range sysctlChecks {
 		if !strings.Contains(out, "ok   "+c) {
@@ -234,7 +234,7 @@ func TestEnvFileFlagsParse(t *testing.T) {
 		t.Fatal("l2lb.env sets no L2LB_OPTS")
 	}
 	args := append(append([]string{"run"}, strings.Fields(opts)...), "-h")
-	out, err := exec.Command(l2lbBin, args...).CombinedOutput()
+	out, err := exec.Command(suite.Bin, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("l2lb %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -274,7 +274,7 @@ func TestSystemdUnit(t *testing.T) {
 	// verify insists that ExecStart's program exists; point it at the
 	// binary just built.
 	path := filepath.Join(t.TempDir(), "l2lb.service")
-	if err := os.WriteFile(path, []byte(strings.ReplaceAll(unit, "/usr/local/sbin/l2lb", l2lbBin)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(unit, "/usr/local/sbin/l2lb", suite.Bin)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command(analyze, "verify", path).CombinedOutput(); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -130,7 +131,7 @@ func (tp *tap) run() {
 
 // isVIP reports whether a is one of the bed's VIPs.
 func isVIP(a netip.Addr) bool {
-	for _, v := range bed.VIPs {
+	for _, v := range suite.Bed.VIPs {
 		if v == a {
 			return true
 		}
@@ -164,7 +165,7 @@ func TestStatusAndMetricsCountTraffic(t *testing.T) {
 	needBed(t)
 	b := startBalancer(t, "-p", "0")
 	taps := map[string]*tap{}
-	for _, c := range bed.Clients {
+	for _, c := range suite.Bed.Clients {
 		taps[c.Name] = startTap(t, c)
 	}
 	before := b.status(t)
@@ -183,7 +184,7 @@ func TestStatusAndMetricsCountTraffic(t *testing.T) {
 	for i := 0; i < udpN; i++ {
 		s := srcs[i%len(srcs)]
 		size := udpSizes[i%len(udpSizes)]
-		name, err := s.h.UDPAsk(s.addr, udpAddr, size)
+		name, err := s.Host.UDPAsk(s.Addr, udpAddr, size)
 		if err != nil {
 			t.Fatalf("datagram %d from %v: %v", i, s, err)
 		}
@@ -209,7 +210,7 @@ func TestStatusAndMetricsCountTraffic(t *testing.T) {
 		flowOwner[flowKey{layers.IPProtocolTCP, local}] = name
 	}
 	// Let the last FINs and ACKs cross the balancer before counting.
-	if err := waitClosed(append(append([]*testbed.Host{}, bed.Clients...), bed.Frontends...)...); err != nil {
+	if err := e2e.WaitClosed(append(append([]*testbed.Host{}, suite.Bed.Clients...), suite.Bed.Frontends...)...); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -261,7 +262,7 @@ func TestStatusAndMetricsCountTraffic(t *testing.T) {
 	t.Logf("per frontend: UDP answers %v, TCP answers %v, frames sent %v", udpByName, tcpByName, wantPackets)
 
 	var totalWant, totalGot uint64
-	for _, f := range bed.Frontends {
+	for _, f := range suite.Bed.Frontends {
 		name := f.Name
 		// The receivers' count.
 		if got := servedAfter[name].Datagrams - servedBefore[name].Datagrams; got != uint64(udpByName[name]) {

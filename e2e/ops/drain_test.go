@@ -86,7 +86,7 @@ func (l *load) stop() []loadConn {
 func TestDrainUnderLoad(t *testing.T) {
 	needBed(t)
 	b := startBalancer(t, "-p", "0", "--tcpfin-timeout", finTimeout.String())
-	drained := bed.Frontends[1] // f2: a forwarded member, not the balancer itself
+	drained := suite.Bed.Frontends[1] // f2: a forwarded member, not the balancer itself
 	raddr := netip.AddrPortFrom(vip(), tcpPort)
 
 	l := startLoad(4, raddr)
@@ -126,7 +126,7 @@ func TestDrainUnderLoad(t *testing.T) {
 
 	// The drain, in the background as an operator would run it.
 	drainStart := time.Now()
-	cmd := exec.Command(l2lbBin, "drain", "--control", b.ctl, "--wait", "--timeout", "60s", drained.Addr.String())
+	cmd := exec.Command(suite.Bin, "drain", "--control", b.ctl, "--wait", "--timeout", "60s", drained.Addr.String())
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Start(); err != nil {

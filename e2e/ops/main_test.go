@@ -9,13 +9,11 @@
 package ops
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"github.com/l2lb/l2lb/internal/e2e"
 	"io"
@@ -25,14 +23,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -42,11 +37,8 @@ import (
 
 // Shared state built by TestMain.
 var (
-	l2lbBin string       // the freshly built binary
-	bed     *testbed.Bed // shared by every test of the package
-	missing string       // prerequisite that is unavailable, if any
-	bedErr  error        // why the bed could not be built
-	modRoot string       // the module's root directory (for contrib/)
+	suite   e2e.Suite
+	modRoot string // the module's root directory (for contrib/)
 )
 
 // Ports the frontends' name servers listen on, on every VIP.
@@ -61,93 +53,40 @@ const (
 const metricsAddr = "127.0.0.1:9781"
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	os.Exit(mainWithCleanup(m))
-}
-
-func mainWithCleanup(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "l2lb-e2e-ops-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/ops:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
+	var err error
 	if modRoot, err = e2e.ModuleRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/ops:", err)
-		return 1
-	}
-	if l2lbBin, err = e2e.BuildL2LB(dir); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e/ops:", err)
-		return 1
+		os.Exit(1)
 	}
 	// Source ports handed out by uniquePort start at a random place so that
 	// repeated runs (-count) do not reuse the previous run's 4-tuples.
 	portSeq.Store(rand.Uint32N(portSpan))
-
-	missing = e2e.Missing("ip")
-	if missing == "" {
-		var opts testbed.Options
-		if testing.Verbose() {
-			opts.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, "e2e/ops: "+format+"\n", args...) }
-		}
-		bed, bedErr = testbed.New(opts)
-		if bedErr == nil {
-			defer bed.Close()
-			// Ctrl-C during `go test`: remove the namespaces (which also kills
-			// any l2lb or chromium still running in them) before dying.
-			sig := make(chan os.Signal, 1)
-			signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-			go func() {
-				if _, ok := <-sig; ok {
-					bed.Close()
-					os.RemoveAll(dir)
-					os.Exit(130)
-				}
-			}()
-			defer signal.Stop(sig)
+	os.Exit(suite.Run(m, e2e.SuiteOptions{Name: "e2e/ops", Tools: []string{"ip"}, SharedBed: true,
+		Setup: func(bed *testbed.Bed) error {
 			for _, f := range bed.Frontends {
 				if _, err := f.ServeName(vip(), []uint16{tcpPort}, []uint16{udpPort}); err != nil {
-					bedErr = err
-					break
+					return err
 				}
 			}
-		}
-	}
-	return m.Run()
+			return nil
+		}}))
 }
 
 // needBed fails (CI=true) or skips when the testbed is unavailable.
 func needBed(t *testing.T) {
 	t.Helper()
-	e2e.Require(t, missing, "the operations tests")
-	if bedErr != nil {
-		t.Fatalf("building the testbed: %v", bedErr)
-	}
+	suite.NeedBed(t, "the operations tests")
 }
 
-func vip() netip.Addr { return bed.VIPs[0] }
+func vip() netip.Addr { return suite.Bed.VIPs[0] }
 
-func f1() *testbed.Host { return bed.Frontends[0] }
+func f1() *testbed.Host { return suite.Bed.Frontends[0] }
 
 // source is one client address connections are made from.
-type source struct {
-	h    *testbed.Host
-	addr netip.Addr
-}
-
-func (s source) String() string { return fmt.Sprintf("%s/%v", s.h.Name, s.addr) }
+type source = e2e.Source
 
 // sources returns both addresses of every client.
-func sources() []source {
-	var out []source
-	for _, c := range bed.Clients {
-		out = append(out, source{c, c.Addr})
-		for _, x := range c.Extra {
-			out = append(out, source{c, x})
-		}
-	}
-	return out
-}
+func sources() []source { return e2e.Sources(suite.Bed) }
 
 // Explicit client source ports come from [portBase, portBase+portSpan),
 // below the clients' ephemeral range (the kernel default 32768-60999), so
@@ -170,54 +109,10 @@ func uniquePort() uint16 { return uint16(portBase + portSeq.Add(1)%portSpan) }
 
 // balancer is a running `l2lb run` on f1.
 type balancer struct {
+	*e2e.Balancer
 	dir     string // its temporary directory
 	vipFile string // the VIP file it reads (and re-reads on reload)
 	ctl     string // its control socket
-	cmd     *exec.Cmd
-	done    chan struct{} // closed when the process has exited
-	waitErr error         // valid after done
-	vmac    net.HardwareAddr
-
-	mu  sync.Mutex
-	log []string
-}
-
-func (b *balancer) logText() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	lines := b.log
-	if len(lines) > 200 {
-		lines = lines[len(lines)-200:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// logContains reports whether a line of the balancer's log contains all of parts.
-func (b *balancer) logContains(parts ...string) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, l := range b.log {
-		ok := true
-		for _, p := range parts {
-			if !strings.Contains(l, p) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
-}
-
-func (b *balancer) running() bool {
-	select {
-	case <-b.done:
-		return false
-	default:
-		return true
-	}
 }
 
 // writeVIPs replaces the balancer's VIP file with lines.
@@ -236,59 +131,22 @@ func (b *balancer) writeVIPs(t *testing.T, lines ...string) {
 func startBalancer(t *testing.T, extra ...string) *balancer {
 	t.Helper()
 	dir := t.TempDir()
-	b := &balancer{dir: dir, vipFile: filepath.Join(dir, "vipaddrs"), ctl: filepath.Join(dir, "ctl.sock"),
-		done: make(chan struct{})}
+	b := &balancer{dir: dir, vipFile: filepath.Join(dir, "vipaddrs"), ctl: filepath.Join(dir, "ctl.sock")}
 	b.writeVIPs(t, "# e2e/ops VIPs (seed step 4 format)", vip().String())
 	// Clients may still cache the VIP's MAC from an earlier balancer.
-	for _, c := range bed.Clients {
+	for _, c := range suite.Bed.Clients {
 		if err := c.FlushNeigh(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	args := []string{"run", "-i", "eth0", "-f", b.vipFile, "--control", b.ctl, "--metrics", metricsAddr}
-	for _, f := range bed.Frontends {
+	for _, f := range suite.Bed.Frontends {
 		args = append(args, "--member", f.Addr.String())
 	}
 	args = append(args, extra...)
-	b.cmd = f1().Command(l2lbBin, args...)
-	stderr, err := b.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("starting in %s: l2lb %s", f1().NS, strings.Join(args, " "))
-	if err := b.cmd.Start(); err != nil {
-		t.Fatalf("starting l2lb: %v", err)
-	}
-	ready := make(chan struct{})
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		var once sync.Once
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			b.mu.Lock()
-			b.log = append(b.log, line)
-			b.mu.Unlock()
-			if strings.Contains(line, "msg=ready") || strings.Contains(line, `"msg":"ready"`) {
-				once.Do(func() { close(ready) })
-			}
-		}
-	}()
-	go func() {
-		<-logDone // Wait must not run before the pipe is drained (os/exec docs)
-		b.waitErr = b.cmd.Wait()
-		close(b.done)
-	}()
+	b.Balancer = e2e.StartBalancer(t, f1(), suite.Bin, args)
 	t.Cleanup(func() { stopBalancer(t, b) })
-
-	select {
-	case <-ready:
-	case <-b.done:
-		t.Fatalf("l2lb exited before logging msg=ready: %v\nlog:\n%s", b.waitErr, b.logText())
-	case <-time.After(10 * time.Second):
-		t.Fatalf("l2lb did not log msg=ready within 10 s\nlog:\n%s", b.logText())
-	}
+	b.WaitReady(t)
 	// Every member must be usable (a learned MAC, or local) before traffic
 	// is counted, or the first frames would be dropped for want of a MAC.
 	deadline := time.Now().Add(10 * time.Second)
@@ -300,51 +158,24 @@ func startBalancer(t *testing.T, extra ...string) *balancer {
 				usable++
 			}
 		}
-		if err == nil && usable == len(bed.Frontends) {
+		if err == nil && usable == len(suite.Bed.Frontends) {
 			break
 		}
-		if time.Now().After(deadline) || !b.running() {
+		if time.Now().After(deadline) || !b.Running() {
 			t.Fatalf("l2lb status never listed %d usable members (last: %+v, err %v)\nlog:\n%s",
-				len(bed.Frontends), st.Members, err, b.logText())
+				len(suite.Bed.Frontends), st.Members, err, b.LogText())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for {
-		mac, err := bed.Clients[0].ARPResolve(vip())
-		if err == nil {
-			b.vmac = mac
-			break
-		}
-		if time.Now().After(deadline) || !b.running() {
-			t.Fatalf("nobody answers ARP for the VIP %v: %v\nlog:\n%s", vip(), err, b.logText())
-		}
-	}
+	b.ResolveVIP(t, suite.Bed.Clients[0], vip(), deadline)
 	return b
 }
 
 // stopBalancer sends SIGTERM and expects a clean exit.
 func stopBalancer(t *testing.T, b *balancer) {
-	// Connections a test closed finish their FIN/ACK exchange through the
-	// balancer; stopping it earlier leaves half-closed connections
-	// retransmitting into the next test.
-	if b.running() {
-		if err := waitClosed(append(slices.Clone(bed.Clients), bed.Frontends...)...); err != nil {
-			t.Logf("note: before stopping l2lb: %v", err)
-		}
-		b.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	select {
-	case <-b.done:
-		if b.waitErr != nil {
-			t.Errorf("l2lb did not exit 0 on SIGTERM: %v", b.waitErr)
-		}
-	case <-time.After(10 * time.Second):
-		b.cmd.Process.Kill()
-		<-b.done
-		t.Errorf("l2lb still running 10 s after SIGTERM; killed")
-	}
+	b.Stop(t, append(slices.Clone(suite.Bed.Clients), suite.Bed.Frontends...)...)
 	if t.Failed() {
-		t.Logf("l2lb log:\n%s", b.logText())
+		t.Logf("l2lb log:\n%s", b.LogText())
 	}
 }
 
@@ -353,7 +184,7 @@ func stopBalancer(t *testing.T, b *balancer) {
 // socket is a path in the file system, so the client needs no namespace.
 func (b *balancer) cli(args ...string) (stdout, stderr string, code int, err error) {
 	args = append([]string{args[0], "--control", b.ctl}, args[1:]...)
-	cmd := exec.Command(l2lbBin, args...)
+	cmd := exec.Command(suite.Bin, args...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
@@ -390,7 +221,7 @@ func (b *balancer) status(t *testing.T) control.Status {
 	t.Helper()
 	st, err := b.tryStatus()
 	if err != nil {
-		t.Fatalf("%v\nlog:\n%s", err, b.logText())
+		t.Fatalf("%v\nlog:\n%s", err, b.LogText())
 	}
 	return st
 }
@@ -495,7 +326,7 @@ func series(name, label, value string) string {
 // served returns the answers each frontend's name servers have given so far.
 func served() map[string]testbed.Served {
 	out := map[string]testbed.Served{}
-	for _, f := range bed.Frontends {
+	for _, f := range suite.Bed.Frontends {
 		out[f.Name] = f.Served()
 	}
 	return out
@@ -503,7 +334,7 @@ func served() map[string]testbed.Served {
 
 // frontendByName returns the frontend called name (f1, f2, ...).
 func frontendByName(name string) *testbed.Host {
-	for _, f := range bed.Frontends {
+	for _, f := range suite.Bed.Frontends {
 		if f.Name == name {
 			return f
 		}
@@ -514,8 +345,8 @@ func frontendByName(name string) *testbed.Host {
 // askOnce makes one NAME connection from s (with an explicit, never reused
 // source port) to raddr and returns the local address and the answer.
 func askOnce(s source, raddr netip.AddrPort) (netip.AddrPort, string, error) {
-	local := netip.AddrPortFrom(s.addr, uniquePort())
-	c, err := s.h.DialTCP(local, raddr, 5*time.Second)
+	local := netip.AddrPortFrom(s.Addr, uniquePort())
+	c, err := s.Host.DialTCP(local, raddr, 5*time.Second)
 	if err != nil {
 		return local, "", err
 	}
@@ -543,9 +374,9 @@ type download struct {
 // startDownload connects from s to raddr, asks for size bytes and starts
 // reading; it returns once the first bytes have arrived.
 func startDownload(s source, raddr netip.AddrPort, size int64) (*download, error) {
-	d := &download{src: s, local: netip.AddrPortFrom(s.addr, uniquePort()), size: size,
+	d := &download{src: s, local: netip.AddrPortFrom(s.Addr, uniquePort()), size: size,
 		release: make(chan struct{}), done: make(chan error, 1)}
-	c, err := s.h.DialTCP(d.local, raddr, 5*time.Second)
+	c, err := s.Host.DialTCP(d.local, raddr, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -666,32 +497,4 @@ func (b *balancer) connsOf(t *testing.T, args ...string) map[string]string {
 		rows[f[3]] = f[2]
 	}
 	return rows
-}
-
-// waitClosed waits up to 3 s until the hosts have no TCP connection that is
-// opening or closing (what remains are listeners, established connections
-// and TIME-WAIT).
-func waitClosed(hosts ...*testbed.Host) error {
-	if _, err := exec.LookPath("ss"); err != nil {
-		time.Sleep(time.Second) // no ss(8): give closings a moment instead
-		return nil
-	}
-	deadline := time.Now().Add(3 * time.Second)
-	for _, h := range hosts {
-		for {
-			out, err := h.Command("ss", "-H", "-tan", "state", "syn-sent", "state", "syn-recv", "state", "fin-wait-1",
-				"state", "fin-wait-2", "state", "last-ack", "state", "closing").Output()
-			if err != nil {
-				return fmt.Errorf("ss in %s: %w", h.Name, err)
-			}
-			if len(bytes.TrimSpace(out)) == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s still has connections opening or closing after 3 s:\n%s", h.Name, out)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -23,14 +24,14 @@ func addVIPOnFrontends(t *testing.T, vipFile string, v netip.Addr) {
 	if err := os.WriteFile(only, []byte(v.String()+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range bed.Frontends {
+	for _, f := range suite.Bed.Frontends {
 		f := f
 		t.Cleanup(func() {
-			if out, err := f.Command(l2lbBin, "vip", "down", "-f", only).CombinedOutput(); err != nil {
+			if out, err := f.Command(suite.Bin, "vip", "down", "-f", only).CombinedOutput(); err != nil {
 				t.Errorf("l2lb vip down -f %s in %s: %v\n%s", only, f.Name, err, out)
 			}
 		})
-		if out, err := f.Command(l2lbBin, "vip", "up", "-f", vipFile).CombinedOutput(); err != nil {
+		if out, err := f.Command(suite.Bin, "vip", "up", "-f", vipFile).CombinedOutput(); err != nil {
 			t.Fatalf("l2lb vip up -f %s in %s: %v\n%s", vipFile, f.Name, err, out)
 		} else {
 			t.Logf("%s: l2lb vip up: %s", f.Name, strings.TrimSpace(string(out)))
@@ -51,7 +52,7 @@ func checkVIPServed(t *testing.T, b *balancer, v netip.Addr) {
 	var mac string
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		m, err := bed.Clients[1].ARPResolve(v)
+		m, err := suite.Bed.Clients[1].ARPResolve(v)
 		if err == nil {
 			mac = m.String()
 			break
@@ -60,8 +61,8 @@ func checkVIPServed(t *testing.T, b *balancer, v netip.Addr) {
 			t.Fatalf("nobody answers ARP for the new VIP %v: %v", v, err)
 		}
 	}
-	if mac != b.vmac.String() {
-		t.Errorf("ARP for the new VIP %v answers %s, want the balancer's virtual MAC %s", v, mac, b.vmac)
+	if mac != b.VMAC.String() {
+		t.Errorf("ARP for the new VIP %v answers %s, want the balancer's virtual MAC %s", v, mac, b.VMAC)
 	}
 	names := map[string]int{}
 	srcs := sources()
@@ -101,7 +102,7 @@ func TestReload(t *testing.T) {
 	vip202 := netip.MustParseAddr("192.0.2.202")
 
 	var caps []*testbed.Capture
-	for _, c := range bed.Clients {
+	for _, c := range suite.Bed.Clients {
 		cp, err := c.Capture("eth0")
 		if err != nil {
 			t.Fatal(err)
@@ -145,11 +146,11 @@ func TestReload(t *testing.T) {
 	// A broken file through SIGHUP: the balancer logs file:line and keeps
 	// running with its VIPs.
 	b.writeVIPs(t, vip().String(), "not-an-address")
-	b.cmd.Process.Signal(syscall.SIGHUP)
+	b.Cmd.Process.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(3 * time.Second)
-	for !b.logContains("reload refused", b.vipFile+":2") {
-		if time.Now().After(deadline) || !b.running() {
-			t.Fatalf("no \"reload refused\" log line naming %s:2 within 3 s of SIGHUP\nlog:\n%s", b.vipFile, b.logText())
+	for !b.LogContains("reload refused", b.vipFile+":2") {
+		if time.Now().After(deadline) || !b.Running() {
+			t.Fatalf("no \"reload refused\" log line naming %s:2 within 3 s of SIGHUP\nlog:\n%s", b.vipFile, b.LogText())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -162,7 +163,7 @@ func TestReload(t *testing.T) {
 	// is on every frontend's lo but nobody answers ARP for it (arp_ignore).
 	b.writeVIPs(t, "# e2e/ops VIPs", vip().String(), vip201.String())
 	addVIPOnFrontends(t, b.vipFile, vip201)
-	if mac, err := bed.Clients[1].ARPResolve(vip201); err == nil {
+	if mac, err := suite.Bed.Clients[1].ARPResolve(vip201); err == nil {
 		t.Fatalf("before the reload %s already answers ARP for %v; the test cannot show the reload did it", mac, vip201)
 	}
 	out, errOut, code, err = b.cli("reload")
@@ -177,12 +178,12 @@ func TestReload(t *testing.T) {
 	// Another one through SIGHUP.
 	b.writeVIPs(t, vip().String(), vip201.String(), vip202.String())
 	addVIPOnFrontends(t, b.vipFile, vip202)
-	b.cmd.Process.Signal(syscall.SIGHUP)
+	b.Cmd.Process.Signal(syscall.SIGHUP)
 	want := []string{vip().String(), vip201.String(), vip202.String()}
 	deadline = time.Now().Add(3 * time.Second)
 	for got := b.status(t).VIPs; !slices.Equal(got, want); got = b.status(t).VIPs {
 		if time.Now().After(deadline) {
-			t.Fatalf("3 s after SIGHUP the VIPs are %v, want %v\nlog:\n%s", got, want, b.logText())
+			t.Fatalf("3 s after SIGHUP the VIPs are %v, want %v\nlog:\n%s", got, want, b.LogText())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -195,22 +196,22 @@ func TestReload(t *testing.T) {
 			t.Errorf("download %v established before the reloads: %v", d.local, err)
 		}
 	}
-	if err := waitClosed(append(slices.Clone(bed.Clients), bed.Frontends...)...); err != nil {
+	if err := e2e.WaitClosed(append(slices.Clone(suite.Bed.Clients), suite.Bed.Frontends...)...); err != nil {
 		t.Log(err)
 	}
 	for i, cp := range caps {
 		st := cp.Stop()
 		if err := cp.Err(); err != nil {
-			t.Errorf("capture on %s: %v", bed.Clients[i].Name, err)
+			t.Errorf("capture on %s: %v", suite.Bed.Clients[i].Name, err)
 		}
 		if st.Dropped != 0 {
-			t.Errorf("capture on %s dropped %d frames; the reset count is incomplete", bed.Clients[i].Name, st.Dropped)
+			t.Errorf("capture on %s dropped %d frames; the reset count is incomplete", suite.Bed.Clients[i].Name, st.Dropped)
 		}
 		if n := st.RSTs(); n != 0 {
-			t.Errorf("%s saw %d TCP resets across the reloads, want none", bed.Clients[i].Name, n)
+			t.Errorf("%s saw %d TCP resets across the reloads, want none", suite.Bed.Clients[i].Name, n)
 		}
 	}
-	if !b.running() {
-		t.Fatalf("l2lb exited: %v", b.waitErr)
+	if !b.Running() {
+		t.Fatalf("l2lb exited: %v", b.WaitErr())
 	}
 }
