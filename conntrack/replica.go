@@ -135,14 +135,9 @@ func (t *Table) ImportTemplate(client, vip uint32, member uint32, expires int64,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.advance(now)
-	v, ok := s.tmpls[tk]
+	v, ok := t.templateForUpdate(s, tk, exp)
 	if !ok {
-		if t.ntmpls.Add(1) > t.max {
-			t.ntmpls.Add(-1)
-			t.tmplOverflow.Add(1)
-			return ErrFull
-		}
-		v.exp = exp
+		return ErrFull
 	}
 	// A dead template not yet removed has an expiry before now, so the
 	// later of the two is the new one: it is replaced, not resurrected.

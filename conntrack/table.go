@@ -396,6 +396,22 @@ func (t *Table) record(f flowKey, member uint32, state State, exp uint32, now in
 	return nil
 }
 
+// templateForUpdate returns template tk of shard s (locked by the caller) to be changed and
+// stored back, creating it with expiry exp when absent. It reports false, counting the overflow,
+// when no room is left for a new template.
+func (t *Table) templateForUpdate(s *shard, tk uint64, exp uint32) (tmplVal, bool) {
+	v, ok := s.tmpls[tk]
+	if !ok {
+		if t.ntmpls.Add(1) > t.max {
+			t.ntmpls.Add(-1)
+			t.tmplOverflow.Add(1)
+			return v, false
+		}
+		v.exp = exp
+	}
+	return v, true
+}
+
 // acquireTemplate takes a flow's reference on template tk, creating it or
 // pointing it at member, and restarts its persistence period at now. It
 // reports false when the template could not be created for lack of room.
@@ -405,14 +421,9 @@ func (t *Table) acquireTemplate(tk uint64, member uint32, now int64) bool {
 	defer s.mu.Unlock()
 	s.advance(now)
 	exp := expiryTick(now, t.persist)
-	v, ok := s.tmpls[tk]
+	v, ok := t.templateForUpdate(s, tk, exp)
 	if !ok {
-		if t.ntmpls.Add(1) > t.max {
-			t.ntmpls.Add(-1)
-			t.tmplOverflow.Add(1)
-			return false
-		}
-		v.exp = exp
+		return false
 	}
 	// The caller is the authority on where the flow goes: normally it asked
 	// Template first, and it only picks another member when the template's
