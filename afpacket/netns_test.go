@@ -2,6 +2,7 @@ package afpacket
 
 import (
 	"fmt"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -13,16 +14,6 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// prereq skips the test with reason, or fails it when CI=true (CI must run
-// every test).
-func prereq(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing (CI=true): "+format, args...)
-	}
-	t.Skipf("skipping: "+format, args...)
-}
-
 // testNS is a named network namespace owned by one test.
 type testNS struct {
 	name string
@@ -33,14 +24,14 @@ type testNS struct {
 func newNS(t testing.TB) *testNS {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		prereq(t, "needs root to create network namespaces")
+		e2e.Prereq(t, "needs root to create network namespaces")
 	}
 	name := fmt.Sprintf("l2lb-afp-%d-%08x", os.Getpid(), rand.Uint32())
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
 		runtime.UnlockOSThread()
-		prereq(t, "cannot read the current netns: %v", err)
+		e2e.Prereq(t, "cannot read the current netns: %v", err)
 	}
 	defer orig.Close()
 	h, nerr := netns.NewNamed(name) // also moves this thread into it
@@ -51,7 +42,7 @@ func newNS(t testing.TB) *testNS {
 	}
 	runtime.UnlockOSThread()
 	if nerr != nil {
-		prereq(t, "cannot create netns %s: %v", name, nerr)
+		e2e.Prereq(t, "cannot create netns %s: %v", name, nerr)
 	}
 	ns := &testNS{name: name, h: h}
 	t.Cleanup(func() {
@@ -149,7 +140,7 @@ func newVethEnv(t testing.TB) *vethEnv {
 		return nil
 	})
 	if err != nil {
-		prereq(t, "cannot build the veth testbed: %v", err)
+		e2e.Prereq(t, "cannot build the veth testbed: %v", err)
 	}
 	return env
 }

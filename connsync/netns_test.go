@@ -3,6 +3,7 @@ package connsync
 import (
 	"context"
 	"errors"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,30 +16,20 @@ import (
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
-// prereq skips the test with reason, or fails it when CI=true (CI must run
-// every test).
-func prereq(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing (CI=true): "+format, args...)
-	}
-	t.Skipf("skipping: "+format, args...)
-}
-
 // newBed builds a switch with three frontends (balancer nodes: f1 active,
 // f2 and f3 standbys) and one client (c1, the attacker), all in namespaces
 // removed at cleanup.
 func newBed(t *testing.T) *testbed.Bed {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		prereq(t, "needs root to create network namespaces")
+		e2e.Prereq(t, "needs root to create network namespaces")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		prereq(t, "needs iproute2's ip: %v", err)
+		e2e.Prereq(t, "needs iproute2's ip: %v", err)
 	}
 	bed, err := testbed.New(testbed.Options{Frontends: 3, Clients: 1, Logf: t.Logf})
 	if err != nil {
-		prereq(t, "cannot build the namespace testbed: %v", err)
+		e2e.Prereq(t, "cannot build the namespace testbed: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := bed.Close(); err != nil {

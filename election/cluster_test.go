@@ -198,6 +198,8 @@ func TestClusterRejoinAndKey(t *testing.T) {
 		Name: prefix + "b", Bind: port, Meta: clusterMeta(1), Logf: logs.logf, SecretKey: key,
 	})
 	if err != nil {
+		// Not a missing prerequisite: another process took the port between reserving and
+		// binding it, which no retry here can undo.
 		t.Skipf("reserved port %s was taken meanwhile: %v", port, err)
 	}
 	t.Cleanup(func() { _ = b.Shutdown() })

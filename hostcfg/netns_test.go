@@ -3,6 +3,7 @@ package hostcfg
 import (
 	"errors"
 	"fmt"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"io"
 	"math/rand/v2"
 	"net/netip"
@@ -18,16 +19,6 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// skipOrFail skips when a prerequisite is missing, except under CI=true where
-// the test must not silently pass.
-func skipOrFail(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true and prerequisite missing: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
 // newTestNetns creates a named network namespace with a unique name and
 // removes it when the test ends. The creating thread is thrown away (its
 // goroutine exits while locked), so no thread of the test process other than
@@ -35,7 +26,7 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 func newTestNetns(t *testing.T) netns.NsHandle {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root to create a network namespace")
+		e2e.Prereq(t, "needs root to create a network namespace")
 	}
 	name := fmt.Sprintf("l2lb-hostcfg-%d-%08x", os.Getpid(), rand.Uint32())
 	type result struct {
@@ -59,7 +50,7 @@ func newTestNetns(t *testing.T) netns.NsHandle {
 		os.Remove(filepath.Join("/var/run/netns", name)) // in case NewNamed failed half-way
 	})
 	if r.err != nil {
-		skipOrFail(t, "cannot create network namespace: %v", r.err)
+		e2e.Prereq(t, "cannot create network namespace: %v", r.err)
 	}
 	return r.ns
 }

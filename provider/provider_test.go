@@ -32,7 +32,7 @@ func newSource(t *testing.T) *Source {
 	// A Node on lo opens no socket until Run; it is only the counters' owner here.
 	node, err := dataplane.NewNode(dataplane.NodeConfig{Interface: "lo", Engine: eng})
 	if err != nil {
-		t.Skipf("no loopback interface: %v", err)
+		t.Fatalf("no loopback interface: %v", err)
 	}
 	return &Source{Mode: control.ModeRun, NodeName: "n1", Interface: "eth0", Engine: eng, Node: node, Limit: 1000}
 }

@@ -63,6 +63,16 @@ func Missing(tools ...string) string {
 	return ""
 }
 
+// Prereq reports a missing prerequisite: under CI=true the test fails (CI must run every test),
+// elsewhere it is skipped with the reason.
+func Prereq(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("prerequisite missing (CI=true): "+format, args...)
+	}
+	t.Skipf("skipping: "+format, args...)
+}
+
 // Require fails the test when CI=true and missing is not empty, and skips it otherwise with the
 // reason.
 func Require(t testing.TB, missing, what string) {
