@@ -62,14 +62,7 @@ func TestMain(m *testing.M) {
 	// repeated runs (-count) do not reuse the previous run's 4-tuples.
 	portSeq.Store(rand.Uint32N(portSpan))
 	os.Exit(suite.Run(m, e2e.SuiteOptions{Name: "e2e/ops", Tools: []string{"ip"}, SharedBed: true,
-		Setup: func(bed *testbed.Bed) error {
-			for _, f := range bed.Frontends {
-				if _, err := f.ServeName(vip(), []uint16{tcpPort}, []uint16{udpPort}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}}))
+		Setup: e2e.ServeNames([]uint16{tcpPort}, []uint16{udpPort})}))
 }
 
 // needBed fails (CI=true) or skips when the testbed is unavailable.

@@ -167,3 +167,16 @@ func Sources(bed *testbed.Bed) []Source {
 	}
 	return out
 }
+
+// ServeNames returns a SuiteOptions.Setup that starts the testbed's name servers (TCP and UDP) on
+// the first VIP of every frontend.
+func ServeNames(tcpPorts, udpPorts []uint16) func(*testbed.Bed) error {
+	return func(bed *testbed.Bed) error {
+		for _, f := range bed.Frontends {
+			if _, err := f.ServeName(bed.VIPs[0], tcpPorts, udpPorts); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
