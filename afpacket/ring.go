@@ -75,7 +75,7 @@ const (
 )
 
 // ringReady is the RawConn.Read callback: done once the current block (V3)
-// or frame slot (V2) belongs to user space; otherwise the netpoller waits
+// or frame slot (V2) belongs to user space; otherwise poll(2) waits
 // for the kernel's wake-up (sent when it retires a V3 block, or for every V2
 // frame).
 func (s *Socket) ringReady(uintptr) bool {
@@ -93,7 +93,7 @@ func (s *Socket) blockReady() bool {
 	return atomic.LoadUint32(s.blockStatus(s.cur))&unix.TP_STATUS_USER != 0
 }
 
-// Receive waits, through the Go netpoller, until at least one frame is
+// Receive waits, in poll(2), until at least one frame is
 // available, calls fn for every frame available now, hands the ring blocks
 // back to the kernel and returns the number of frames. fn must be a
 // long-lived func value (not a fresh closure) so the call does not allocate.

@@ -72,7 +72,7 @@ func (s *Socket) receiveV2(fn func(*Frame), done func()) (int, error) {
 }
 
 // pollV2 polls the current slot for up to BusyPoll before Receive parks in
-// the netpoller, and reports whether a frame arrived. It reads the clock
+// poll(2), and reports whether a frame arrived. It reads the clock
 // only every 32 polls: a status load is a few nanoseconds, a clock read
 // several times that.
 func (s *Socket) pollV2() bool {

@@ -44,7 +44,7 @@ func (s *Socket) Send(b []byte) error {
 }
 
 // writeOne is the RawConn.Write callback of Send: false (wait for the
-// netpoller) only while the socket's send buffer is full.
+// poll(2)) only while the socket's send buffer is full.
 func (s *Socket) writeOne(fd uintptr) bool {
 	_, err := unix.Write(int(fd), s.txBuf)
 	if err == unix.EAGAIN {

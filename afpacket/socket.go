@@ -14,10 +14,8 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 )
 
@@ -121,7 +119,7 @@ type RingConfig struct {
 	// for V2.
 	RetireTimeout time.Duration
 	// BusyPoll (V2 only) is how long Receive keeps polling the next slot,
-	// once the ring is drained, before it parks in the netpoller; zero parks
+	// once the ring is drained, before it parks in poll(2); zero parks
 	// at once. It must be zero for V3, whose blocks arrive at most once per
 	// retire timeout.
 	BusyPoll time.Duration
@@ -153,7 +151,7 @@ func (r RingConfig) IsZero() bool { return r == RingConfig{} }
 // 1 Mpps that is ~1 ms of buffer, and because every frame is signalled the
 // reader starts draining after the first one instead of after a retire.
 // 20 µs busy poll: without it a reader that has drained the ring parks, and
-// under load nearly every frame then costs a netpoller wake-up (epoll
+// under load nearly every frame then costs a wake-up (epoll
 // callback, thread wake-up, goroutine switch) and goes out in a sendmmsg of
 // its own; measured with l2lb bench pps on 2 CPUs, V2 without polling
 // forwarded 7-13 % fewer frames/s than V3, with 20 µs it matched V3. 20 µs
@@ -212,8 +210,7 @@ const maxBatch = 64
 // parallelism); Send and SendBatch may be called concurrently with Receive
 // and with each other.
 type Socket struct {
-	conn *packet.Conn
-	rc   syscall.RawConn
+	rc   *pollConn
 	vnet bool
 	recv bool
 
@@ -259,17 +256,22 @@ func Open(cfg Config) (*Socket, error) {
 	}
 	// Bind with protocol 0 first: such a socket receives nothing, so no
 	// frame is queued before the options and the ring are in place. The
-	// real protocol is bound at the end.
-	conn, err := packet.Listen(&net.Interface{Index: cfg.Ifindex}, packet.Raw, 0, nil)
+	// real protocol is bound at the end. The socket is not handed to the Go
+	// netpoller (see pollConn).
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("afpacket: listen on ifindex %d: %w", cfg.Ifindex, err)
+		return nil, fmt.Errorf("afpacket: socket: %w", err)
 	}
-	rc, err := conn.SyscallConn()
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Ifindex: cfg.Ifindex}); err != nil {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("afpacket: bind to ifindex %d: %w", cfg.Ifindex, err)
+	}
+	rc, err := newPollConn(fd)
 	if err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("afpacket: %w", err)
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("afpacket: eventfd: %w", err)
 	}
-	s := &Socket{conn: conn, rc: rc, vnet: cfg.VnetHdr, recv: cfg.Protocol != 0}
+	s := &Socket{rc: rc, vnet: cfg.VnetHdr, recv: cfg.Protocol != 0}
 	s.waitFn = s.ringReady
 	s.writeFn = s.writeOne
 	s.writeMFn = s.writeMany
@@ -286,7 +288,7 @@ func Open(cfg Config) (*Socket, error) {
 			_ = unix.Munmap(s.ring)
 			s.ring = nil
 		}
-		_ = conn.Close()
+		_ = rc.close()
 		return nil, cerr
 	}
 	if s.recv && s.ring == nil {
@@ -487,7 +489,7 @@ func (s *Socket) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	err := s.conn.Close()
+	err := s.rc.close()
 	s.rxMu.Lock()
 	defer s.rxMu.Unlock()
 	if s.ring != nil {
@@ -504,7 +506,7 @@ func (s *Socket) Close() error {
 
 // mapErr turns the error of an operation that raced with Close into ErrClosed.
 func (s *Socket) mapErr(err error) error {
-	if s.closed.Load() {
+	if s.closed.Load() || errors.Is(err, errConnClosed) {
 		return ErrClosed
 	}
 	return fmt.Errorf("afpacket: %w", err)

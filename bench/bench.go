@@ -68,6 +68,9 @@ type Options struct {
 	// ProfileDir, if set, makes every pps balancer write a pprof CPU
 	// profile there (l2lb run --cpuprofile).
 	ProfileDir string
+	// BalancerArgs are appended to every `l2lb run` the pps, tcp and conn
+	// scenarios start, to measure other settings (--busy-poll 0, say).
+	BalancerArgs []string
 	// Verbose copies the balancer's log to Logf.
 	Verbose bool
 	// Logf receives progress messages.

@@ -198,6 +198,7 @@ func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (
 		args = append(args, "--member", h.Addr.String())
 	}
 	args = append(args, extra...)
+	args = append(args, e.opts.BalancerArgs...)
 	b, err := e.startL2LB(ctx, e.lb, statsFile, e.opts.Pin, args)
 	if err != nil {
 		return nil, err

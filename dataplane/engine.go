@@ -163,13 +163,21 @@ func New(ct conntrack.Config) *Engine {
 // Table returns the engine's connection table.
 func (e *Engine) Table() *conntrack.Table { return e.ct }
 
-// Tick advances the engine's coarse clock to the current monotonic time. The fast path reads the
-// clock instead of calling time.Now per frame; the node ticks it every millisecond, which is far
-// finer than any timeout (seconds).
+// Tick advances the engine's coarse clock to the current monotonic time and returns it. The fast
+// path reads the clock instead of calling time.Now per frame: each worker ticks it once per batch
+// of frames it takes from its ring, and the node ticks it every clockInterval while idle, both
+// far finer than any timeout (seconds). Two workers may race; the clock never goes back.
 func (e *Engine) Tick() int64 {
 	now := int64(time.Since(e.base))
-	e.clock.Store(now)
-	return now
+	for {
+		old := e.clock.Load()
+		if now <= old {
+			return old
+		}
+		if e.clock.CompareAndSwap(old, now) {
+			return now
+		}
+	}
 }
 
 // Now returns the engine's coarse clock.

@@ -37,6 +37,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 	sizes := fs.String("table-sizes", "1000000,10000000", "entry counts for table")
 	pin := fs.Bool("pin", false, "pin the generator to CPU 0 and the balancer to CPU 1 (taskset)")
 	verbose := fs.Bool("v", false, "show the balancer's log")
+	balArgs := fs.String("balancer-args", "", "extra `ARGS` (space-separated) for every l2lb run the pps, tcp and conn scenarios start, e.g. \"--busy-poll 0\"")
 	plotDir := fs.String("plot", "", "write the failover timeline plots (SVG) into `DIR`")
 	profDir := fs.String("cpuprofile-dir", "", "write a CPU profile of each pps balancer into `DIR`")
 	// Scenario names and flags may be mixed: parse, take a name, repeat.
@@ -55,7 +56,8 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		rest = fs.Args()[1:]
 	}
 	o := bench.Options{Scenarios: scenarios, Runs: *runs, Duration: *dur, PPSRate: *rate, Generators: *gens,
-		Dialers: *dialers, Pin: *pin, Verbose: *verbose, ProfileDir: *profDir, PlotDir: *plotDir}
+		Dialers: *dialers, Pin: *pin, Verbose: *verbose, ProfileDir: *profDir, PlotDir: *plotDir,
+		BalancerArgs: strings.Fields(*balArgs)}
 	var err error
 	if o.Workers, err = intList(*workers); err != nil {
 		fmt.Fprintln(stderr, "l2lb bench: --workers:", err)

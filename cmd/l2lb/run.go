@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l2lb/l2lb/afpacket"
 	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/control"
@@ -47,6 +48,7 @@ type runOptions struct {
 	syncID      int
 	sched       string
 	workers     int
+	busyPoll    time.Duration
 	maxConns    int
 	nodest      string
 	logLevel    string
@@ -83,6 +85,7 @@ func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.syncID, "s", 0, "SyncID of the balancer group (selects the default virtual MAC)")
 	fs.StringVar(&o.sched, "scheduler", "maglev", "scheduler: maglev (consistent hash), wrr or wlc")
 	fs.IntVar(&o.workers, "workers", 1, "fast-path workers (sockets in one PACKET_FANOUT group)")
+	fs.DurationVar(&o.busyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
 	fs.IntVar(&o.maxConns, "max-conns", 1<<20, "connection table limit; beyond it flows are forwarded by hash alone")
 	fs.StringVar(&o.nodest, "nodest", "reschedule", "flows of a removed frontend: reschedule or expire")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -277,7 +280,7 @@ func run(o runOptions, log *slog.Logger) error {
 		return err
 	}
 	ready := make(chan struct{})
-	node, err := dataplane.NewNode(dataplane.NodeConfig{Interface: o.iface, Workers: o.workers, Engine: eng,
+	node, err := dataplane.NewNode(dataplane.NodeConfig{Interface: o.iface, Workers: o.workers, BusyPoll: busyPollConfig(o.busyPoll), Engine: eng,
 		Logger: log, OnReady: func() { close(ready) }})
 	if err != nil {
 		return err
@@ -396,4 +399,13 @@ func reloadVIPs(path string, eng *dataplane.Engine, node *dataplane.Node, log *s
 	node.Announce()
 	log.Info("reloaded", "vips", vips.String(), "was", old.String())
 	return nil
+}
+
+// busyPollConfig maps the --busy-poll flag, where 0 means off, to NodeConfig.BusyPoll, where 0
+// means the default.
+func busyPollConfig(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
