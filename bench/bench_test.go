@@ -49,24 +49,6 @@ func TestSummarize(t *testing.T) {
 	}
 }
 
-func TestParseProcStat(t *testing.T) {
-	// A real line shape; comm contains a space and parentheses, which is why
-	// fields are counted from the last ')'. utime=1234, stime=56.
-	line := "4242 (l2lb (x) y) S 1 4242 4242 0 -1 4194560 1022 0 0 0 1234 56 0 0 20 0 7 0 1000 1300000000 3000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
-	u, s, err := ParseProcStat([]byte(line))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if u != 12340*time.Millisecond || s != 560*time.Millisecond {
-		t.Errorf("got user %v sys %v, want 12.34s and 560ms", u, s)
-	}
-	for _, bad := range []string{"", "4242 l2lb S 1", "4242 (l2lb) S 1 2 3", "4242 (l2lb) S 1 4242 4242 0 -1 4194560 1022 0 0 0 x 56 0 0"} {
-		if _, _, err := ParseProcStat([]byte(bad)); !errors.Is(err, ErrProcStat) {
-			t.Errorf("ParseProcStat(%q) err = %v, want ErrProcStat", bad, err)
-		}
-	}
-}
-
 func TestProcessCPUSelf(t *testing.T) {
 	// Burn some CPU so the counter has certainly moved past zero ticks.
 	end := time.Now().Add(50 * time.Millisecond)
@@ -77,8 +59,10 @@ func TestProcessCPUSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d <= 0 {
-		t.Errorf("own CPU time %v after burning 50ms, want > 0", d)
+	// The clock is exact to the scheduler's accounting, not to a 4 ms
+	// tick, so 50 ms of spinning shows as at least 45 ms.
+	if d < 45*time.Millisecond {
+		t.Errorf("own CPU time %v after burning 50ms, want >= 45ms", d)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,16 +34,18 @@ const (
 // ErrTransfer means a TCP transfer did not complete as the protocol says.
 var ErrTransfer = errors.New("bench: transfer failed")
 
-// startServers listens on the VIP on every backend and on the first
-// backend's own address, for both the transfer and the connection servers.
+// startServers listens on the VIP and on its own address on every backend,
+// for both the transfer and the connection servers. The own addresses are
+// what a proxy such as HAProxy connects to (and the first backend's is the
+// direct reference).
 func (e *env) startServers() error {
 	type ep struct {
 		h    *testbed.Host
 		addr netip.Addr
 	}
-	eps := []ep{{e.backends[0], e.backends[0].Addr}}
+	var eps []ep
 	for _, h := range e.backends {
-		eps = append(eps, ep{h, e.vip})
+		eps = append(eps, ep{h, h.Addr}, ep{h, e.vip})
 	}
 	for _, p := range eps {
 		for _, port := range []uint16{transferPort, connPort} {
@@ -169,17 +172,13 @@ func (e *env) transfer(ctx context.Context, raddr netip.AddrPort, upload bool) (
 	return float64(binary.BigEndian.Uint64(out[:])) * 8 / time.Since(start).Seconds(), nil
 }
 
-// runTCP is one run of the tcp scenario: download and upload through the
-// VIP (l2lb with the largest configured worker count) and straight to the
-// first backend.
+// runTCP is one run of the tcp scenario: download and upload straight to
+// the first backend, through HAProxy where it is installed, and through the
+// VIP (l2lb with the largest configured worker count). Each leg runs alone:
+// HAProxy is stopped before l2lb starts, so neither takes CPU from the other.
 func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 	w := e.opts.Workers[len(e.opts.Workers)-1]
 	sc.note("one TCP stream per transfer, offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s); direct = to %s's own address", ioChunk, w, e.backends[0].Name)
-	if _, err := exec.LookPath("haproxy"); err != nil {
-		sc.note("HAProxy comparison skipped: haproxy is not installed")
-	} else {
-		sc.note("HAProxy comparison skipped: the harness does not drive haproxy yet")
-	}
 	direct := netip.AddrPortFrom(e.backends[0].Addr, transferPort)
 	vip := netip.AddrPortFrom(e.vip, transferPort)
 	res := map[string]float64{}
@@ -190,6 +189,20 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 			return err
 		}
 		res[dir+" direct"] = v
+	}
+	haveHAProxy := false
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		sc.note("HAProxy comparison skipped: haproxy is not installed (Debian/Ubuntu package haproxy)")
+	} else {
+		e.logf("tcp: download and upload via HAProxy")
+		hp, err := e.viaHAProxy(ctx, haproxySplice)
+		if err != nil {
+			return err
+		}
+		haveHAProxy = true
+		res["download HAProxy"], res["upload HAProxy"] = hp.down, hp.up
+		sc.note("via HAProxy = haproxy -db in TCP mode on %s's own address, nbthread %d, %s, round robin over every backend's own address, no health checks; a connect probe precedes the transfers", e.lb.Name, hp.threads, strings.Join(haproxySplice, ", "))
+		sc.note("HAProxy sent the download to %s and the upload to %s", hp.downBy, hp.upBy)
 	}
 	if _, err := e.startBalancer(ctx, w); err != nil {
 		return err
@@ -204,6 +217,10 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 		sc.add(dir+" via VIP", "Gbit/s", v/1e9)
 		sc.add(dir+" direct", "Gbit/s", res[dir+" direct"]/1e9)
 		sc.add(dir+" VIP/direct", "ratio", ratio(v, res[dir+" direct"]))
+		if haveHAProxy {
+			sc.add(dir+" via HAProxy", "Gbit/s", res[dir+" HAProxy"]/1e9)
+			sc.add(dir+" VIP/HAProxy", "ratio", ratio(v, res[dir+" HAProxy"]))
+		}
 	}
 	return nil
 }
