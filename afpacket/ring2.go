@@ -49,7 +49,15 @@ func (s *Socket) receiveV2(fn func(*Frame), done func()) (int, error) {
 	}
 	n, pending := 0, 0
 	first := s.cur
+	if s.prefetch != nil {
+		for j := 0; j < prefetchAhead; j++ {
+			s.prefetchSlot(s.cur + j)
+		}
+	}
 	for i := 0; i < len(s.frameOffs) && s.frameReady(); i++ {
+		if s.prefetch != nil {
+			s.prefetchSlot(s.cur + prefetchAhead)
+		}
 		off := s.frameOffs[s.cur]
 		if parseFrameV2(s.ring[off:off+s.frameSize:off+s.frameSize], s.vnet, &s.frame) {
 			fn(&s.frame)
@@ -69,6 +77,47 @@ func (s *Socket) receiveV2(fn func(*Frame), done func()) (int, error) {
 		s.releaseV2(first, pending, done)
 	}
 	return n, nil
+}
+
+// prefetchAhead is how many slots ahead of the frame being handled the
+// prefetch hook runs: far enough that a hook's memory loads (a connection
+// table slot: one DRAM access, ~150 ns on the bench VM) complete while the
+// frames in between are handled (~100 ns each in Engine.Process), and few
+// enough that the lines are still cached when their frame comes.
+const prefetchAhead = 4
+
+// SetPrefetch installs fn, which Receive calls for a ready frame a few slots
+// before it passes that frame to its callback, so fn can start the memory
+// loads the callback will need (the dataplane prefetches the frame's
+// connection-table slot). fn sees only the frame bytes, must not keep them
+// and must not block; it runs on the receiving goroutine. Only V2 rings call
+// it. Call SetPrefetch before the first Receive.
+func (s *Socket) SetPrefetch(fn func(frame []byte)) {
+	s.rxMu.Lock()
+	defer s.rxMu.Unlock()
+	s.prefetch = fn
+}
+
+// prefetchSlot runs the prefetch hook on slot i (modulo the ring) if the
+// kernel has handed it over; bounds are checked as in parseFrameV2.
+func (s *Socket) prefetchSlot(i int) {
+	i %= len(s.frameOffs)
+	if atomic.LoadUint32(s.frameStatus(i))&unix.TP_STATUS_USER == 0 {
+		return
+	}
+	off := s.frameOffs[i]
+	h := s.ring[off : off+s.frameSize : off+s.frameSize]
+	ne := binary.NativeEndian
+	start := int(ne.Uint16(h[t2MacOff:]))
+	end := start + int(ne.Uint32(h[t2SnaplenOff:]))
+	hdr := t2Len + sizeofSockaddrLL
+	if s.vnet {
+		hdr += VnetHdrLen
+	}
+	if start < hdr || end > len(h) {
+		return
+	}
+	s.prefetch(h[start:end:end])
 }
 
 // pollV2 polls the current slot for up to BusyPoll before Receive parks in

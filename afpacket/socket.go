@@ -229,6 +229,7 @@ type Socket struct {
 	frameOffs []int
 	frameSize int
 	busyPoll  time.Duration
+	prefetch  func([]byte)
 	frame     Frame
 	waitFn    func(fd uintptr) bool
 	plain     plainState

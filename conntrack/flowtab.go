@@ -1,5 +1,7 @@
 package conntrack
 
+import "sync/atomic"
+
 // flowTab is one shard's flows: an open-addressing hash table with linear
 // probing and backward-shift deletion (Knuth, TAOCP vol. 3, 6.4 Algorithm R),
 // so there are no tombstones and a lookup stops at the first empty slot.
@@ -20,6 +22,12 @@ package conntrack
 type flowTab struct {
 	slots []slot
 	n     int // used slots
+	// pfBase and pfMask are slots' address and len-1, published for
+	// Table.Prefetch, which reads them without the shard lock (see
+	// prefetch.go). resize, the only place slots is assigned, keeps them
+	// current.
+	pfBase atomic.Uintptr
+	pfMask atomic.Uint32
 }
 
 // slot is one flow: 32 bytes, so two fill a cache line exactly.
@@ -86,6 +94,7 @@ func (t *flowTab) place(h uint32) *slot {
 func (t *flowTab) resize(size int) {
 	old := t.slots
 	t.slots = make([]slot, size)
+	t.publish()
 	for i := range old {
 		if old[i].flags&flagUsed != 0 {
 			*t.place(old[i].hash) = old[i]

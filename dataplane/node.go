@@ -421,6 +421,10 @@ type batch struct {
 
 func (w *worker) run() error {
 	w.handleFn, w.flushFn = w.handle, w.flush
+	// The ring runs Prefetch a few frames ahead of handle, so the connection-table slot a frame
+	// needs is on its way from memory while the frames before it are handled (issue 5: a cold
+	// lookup at 1 M flows costs ~220 ns, ~100 ns with the loads of a batch overlapped).
+	w.rx.SetPrefetch(w.eng.Prefetch)
 	w.out = batch{frames: make([][]byte, 0, maxBatch), res: make([]Result, 0, maxBatch), lens: make([]int, 0, maxBatch)}
 	w.loq = batch{frames: make([][]byte, 0, maxBatch), res: make([]Result, 0, maxBatch), lens: make([]int, 0, maxBatch)}
 	for {
