@@ -57,6 +57,9 @@ type Options struct {
 	PPSRate int
 	// Generators is the number of generator sockets and goroutines [2].
 	Generators int
+	// Streams is the number of parallel TCP streams the tcp scenario runs
+	// after its single-stream transfers (1: single stream only) [4].
+	Streams int
 	// Dialers is the number of parallel dialers of the conn scenario [8].
 	Dialers int
 	// TableSizes are the table scenario's entry counts [1 M, 10 M].
@@ -101,6 +104,9 @@ func (o *Options) normalize() error {
 	if o.Generators == 0 {
 		o.Generators = 2
 	}
+	if o.Streams == 0 {
+		o.Streams = 4
+	}
 	if o.Dialers == 0 {
 		o.Dialers = 8
 	}
@@ -108,7 +114,7 @@ func (o *Options) normalize() error {
 		o.TableSizes = []int{1_000_000, 10_000_000}
 	}
 	switch {
-	case o.Runs < 0, o.PPSRate < 0, o.Generators < 0, o.Dialers < 0:
+	case o.Runs < 0, o.PPSRate < 0, o.Generators < 0, o.Dialers < 0, o.Streams < 0:
 		return fmt.Errorf("%w: negative count", ErrBadOptions)
 	case o.Duration < 200*time.Millisecond:
 		return fmt.Errorf("%w: duration %v is shorter than 200ms", ErrBadOptions, o.Duration)

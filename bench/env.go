@@ -93,7 +93,7 @@ func newEnv(opts Options) (_ *env, err error) {
 	for _, fe := range []struct {
 		mac  net.HardwareAddr
 		port string
-	}{{benchVMAC, e.lb.Name}, {e.lb.MAC, e.lb.Name}} {
+	}{{benchVMAC, e.lb.Name}, {e.lb.MAC, e.lb.Name}, {e.backends[0].MAC, e.backends[0].Name}} {
 		out, err := exec.Command("bridge", "-n", bed.Switch.NS, "fdb", "replace", fe.mac.String(), "dev", fe.port, "master", "static").CombinedOutput()
 		if err != nil {
 			return nil, fmt.Errorf("bench: bridge fdb replace %s dev %s: %w: %s", fe.mac, fe.port, err, strings.TrimSpace(string(out)))

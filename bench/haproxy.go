@@ -41,8 +41,10 @@ var ErrHAProxy = errors.New("bench: haproxy failed")
 
 // haproxyResult is one pass of the HAProxy leg.
 type haproxyResult struct {
-	// down and up are the download and upload goodput in bit/s.
-	down, up float64
+	// down and up are the download and upload goodput in bit/s of one
+	// stream; downN and upN of e.opts.Streams parallel streams (0 if
+	// Streams is 1).
+	down, up, downN, upN float64
 	// downBy and upBy name the backend HAProxy sent each transfer to.
 	downBy, upBy string
 	// pid and dir are the HAProxy process and its temporary directory,
@@ -172,6 +174,17 @@ func (e *env) viaHAProxy(ctx context.Context, splice []string) (res haproxyResul
 			res.up, res.upBy = v, strings.Join(by, "+")
 		} else {
 			res.down, res.downBy = v, strings.Join(by, "+")
+		}
+		if n := e.opts.Streams; n > 1 {
+			v, err := e.transferN(ctx, addr, upload, n)
+			if err != nil {
+				return res, fmt.Errorf("via HAProxy, %d streams: %w; haproxy log: %s", n, err, p.lastLog())
+			}
+			if upload {
+				res.upN = v
+			} else {
+				res.downN = v
+			}
 		}
 	}
 	return res, nil

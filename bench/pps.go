@@ -283,6 +283,25 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 		sc.note("not pinned: generator (%d sockets), balancer and softirq work share all %d CPUs; on veth the kernel router runs in the sender's softirq context", e.opts.Generators, runtime.NumCPU())
 	}
 	sc.note("delivered = RX frames at the backends' eth0 (netlink counters) over the window after a %v warm-up; CPU per frame at a fixed offered rate of %d frames/s, from the process's CPU clock: balancer CPU/frame with the balancer on CPU 1 and the switch port's receive work steered to CPU 0 by RPS (its own work), incl. receivers without (veth runs the switch's and backend's receive path on the sender's stack); system CPU = whole-machine busy time (includes the generator and anything else running)", min(e.opts.Duration/4, 500*time.Millisecond), e.opts.PPSRate)
+	sc.note("forwarding CPU/frame = system CPU/frame minus that of direct delivery (the generator sending the same frames straight to %s's MAC): what putting the forwarder in the path costs the whole machine per frame", e.backends[0].Name)
+	var direct float64
+	for _, mode := range []string{"max", "fixed"} {
+		rate := 0
+		if mode == "fixed" {
+			rate = e.opts.PPSRate
+		}
+		e.logf("pps: direct delivery, %s rate", mode)
+		r, err := e.measure(ctx, g, e.backends[0].MAC, rate, 0)
+		if err != nil {
+			return err
+		}
+		if mode == "max" {
+			sc.add("direct delivered", "frames/s", r.delivered)
+		} else {
+			direct = r.sysCPU
+			sc.add("direct system CPU/frame", "ns", r.sysCPU)
+		}
+	}
 	kernel := map[string]float64{}
 	for _, mode := range []string{"max", "fixed"} {
 		rate := 0
@@ -302,6 +321,7 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 		} else {
 			sc.add("kernel drop rate @fixed", "fraction", r.dropRate())
 			sc.add("kernel system CPU/frame", "ns", r.sysCPU)
+			sc.add("kernel forwarding CPU/frame", "ns", r.sysCPU-direct)
 		}
 	}
 	for _, w := range e.opts.Workers {
@@ -347,6 +367,7 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 				sc.add(p+"drop rate @fixed", "fraction", r.dropRate())
 				sc.add(p+"balancer CPU/frame incl. receivers", "ns", r.balCPU)
 				sc.add(p+"system CPU/frame", "ns", r.sysCPU)
+				sc.add(p+"forwarding CPU/frame", "ns", r.sysCPU-direct)
 			}
 		}
 		if runtime.NumCPU() >= 2 {

@@ -178,17 +178,36 @@ func (e *env) transfer(ctx context.Context, raddr netip.AddrPort, upload bool) (
 // HAProxy is stopped before l2lb starts, so neither takes CPU from the other.
 func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 	w := e.opts.Workers[len(e.opts.Workers)-1]
-	sc.note("one TCP stream per transfer, offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s); direct = to %s's own address", ioChunk, w, e.backends[0].Name)
+	sc.note("offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s); direct = to %s's own address; one stream, and %d parallel streams from one client (rates summed; through the VIP and HAProxy they spread over the backends)", ioChunk, w, e.backends[0].Name, e.opts.Streams)
+	if cc, err := e.backends[0].Sysctl("net.ipv4.tcp_congestion_control"); err == nil {
+		sc.note("TCP congestion control in the namespaces: %s (inherited from the host)", cc)
+	}
 	direct := netip.AddrPortFrom(e.backends[0].Addr, transferPort)
 	vip := netip.AddrPortFrom(e.vip, transferPort)
+	dirs := []string{"download", "upload"}
 	res := map[string]float64{}
-	for _, dir := range []string{"download", "upload"} {
-		e.logf("tcp: %s direct", dir)
-		v, err := e.transfer(ctx, direct, dir == "upload")
-		if err != nil {
-			return err
+	// measure runs one stream and, with Streams > 1, the parallel streams, in both directions,
+	// and records them under name ("direct", "VIP").
+	measure := func(name string, to netip.AddrPort) error {
+		for _, dir := range dirs {
+			e.logf("tcp: %s %s", dir, name)
+			v, err := e.transfer(ctx, to, dir == "upload")
+			if err != nil {
+				return err
+			}
+			res[dir+" "+name] = v
+			if n := e.opts.Streams; n > 1 {
+				e.logf("tcp: %s %s, %d streams", dir, name, n)
+				if v, err = e.transferN(ctx, to, dir == "upload", n); err != nil {
+					return err
+				}
+				res[dir+" "+name+" N"] = v
+			}
 		}
-		res[dir+" direct"] = v
+		return nil
+	}
+	if err := measure("direct", direct); err != nil {
+		return err
 	}
 	haveHAProxy := false
 	if _, err := exec.LookPath("haproxy"); err != nil {
@@ -201,28 +220,59 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 		}
 		haveHAProxy = true
 		res["download HAProxy"], res["upload HAProxy"] = hp.down, hp.up
+		res["download HAProxy N"], res["upload HAProxy N"] = hp.downN, hp.upN
 		sc.note("via HAProxy = haproxy -db in TCP mode on %s's own address, nbthread %d, %s, round robin over every backend's own address, no health checks; a connect probe precedes the transfers", e.lb.Name, hp.threads, strings.Join(haproxySplice, ", "))
-		sc.note("HAProxy sent the download to %s and the upload to %s", hp.downBy, hp.upBy)
+		sc.note("HAProxy sent the single-stream download to %s and the upload to %s", hp.downBy, hp.upBy)
 	}
 	if _, err := e.startBalancer(ctx, w); err != nil {
 		return err
 	}
 	defer e.stopBalancer()
-	for _, dir := range []string{"download", "upload"} {
-		e.logf("tcp: %s via VIP", dir)
-		v, err := e.transfer(ctx, vip, dir == "upload")
-		if err != nil {
-			return err
+	if err := measure("VIP", vip); err != nil {
+		return err
+	}
+	suffixes := []string{""}
+	if e.opts.Streams > 1 {
+		suffixes = append(suffixes, " N")
+	}
+	for _, sfx := range suffixes {
+		label := ""
+		if sfx != "" {
+			label = fmt.Sprintf(", %d streams", e.opts.Streams)
 		}
-		sc.add(dir+" via VIP", "Gbit/s", v/1e9)
-		sc.add(dir+" direct", "Gbit/s", res[dir+" direct"]/1e9)
-		sc.add(dir+" VIP/direct", "ratio", ratio(v, res[dir+" direct"]))
-		if haveHAProxy {
-			sc.add(dir+" via HAProxy", "Gbit/s", res[dir+" HAProxy"]/1e9)
-			sc.add(dir+" VIP/HAProxy", "ratio", ratio(v, res[dir+" HAProxy"]))
+		for _, dir := range dirs {
+			v := res[dir+" VIP"+sfx]
+			sc.add(dir+" via VIP"+label, "Gbit/s", v/1e9)
+			sc.add(dir+" direct"+label, "Gbit/s", res[dir+" direct"+sfx]/1e9)
+			sc.add(dir+" VIP/direct"+label, "ratio", ratio(v, res[dir+" direct"+sfx]))
+			if haveHAProxy {
+				sc.add(dir+" via HAProxy"+label, "Gbit/s", res[dir+" HAProxy"+sfx]/1e9)
+				sc.add(dir+" VIP/HAProxy"+label, "ratio", ratio(v, res[dir+" HAProxy"+sfx]))
+			}
 		}
 	}
 	return nil
+}
+
+// transferN runs n transfers to raddr at once and returns the sum of their
+// goodputs in bits per second.
+func (e *env) transferN(ctx context.Context, raddr netip.AddrPort, upload bool, n int) (float64, error) {
+	rates := make([]float64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rates[i], errs[i] = e.transfer(ctx, raddr, upload)
+		}()
+	}
+	wg.Wait()
+	var sum float64
+	for _, r := range rates {
+		sum += r
+	}
+	return sum, errors.Join(errs...)
 }
 
 // connRate opens, reads to EOF and closes connections to raddr from

@@ -34,6 +34,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 	rate := fs.Int("rate", 50000, "fixed offered rate (frames/s) at which pps measures CPU per frame")
 	gens := fs.Int("generators", 2, "generator sockets/goroutines for pps")
 	dialers := fs.Int("dialers", 8, "parallel dialers for conn")
+	streams := fs.Int("streams", 4, "parallel TCP streams tcp measures after the single stream (1: single only)")
 	sizes := fs.String("table-sizes", "1000000,10000000", "entry counts for table")
 	pin := fs.Bool("pin", false, "pin the generator to CPU 0 and the balancer to CPU 1 (taskset)")
 	verbose := fs.Bool("v", false, "show the balancer's log")
@@ -56,7 +57,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		rest = fs.Args()[1:]
 	}
 	o := bench.Options{Scenarios: scenarios, Runs: *runs, Duration: *dur, PPSRate: *rate, Generators: *gens,
-		Dialers: *dialers, Pin: *pin, Verbose: *verbose, ProfileDir: *profDir, PlotDir: *plotDir,
+		Dialers: *dialers, Streams: *streams, Pin: *pin, Verbose: *verbose, ProfileDir: *profDir, PlotDir: *plotDir,
 		BalancerArgs: strings.Fields(*balArgs)}
 	var err error
 	if o.Workers, err = intList(*workers); err != nil {
