@@ -79,7 +79,8 @@ func TestSmokePPSConn(t *testing.T) {
 		t.Errorf("namespaces left after Run: %v", left)
 	}
 	want := map[string][]string{
-		"pps":  {"kernel delivered", "kernel offered", "l2lb w2 delivered", "l2lb w2 offered", "l2lb w2 / kernel", "l2lb w2 balancer CPU/frame"},
+		"pps": {"direct delivered", "kernel delivered", "kernel offered", "kernel loss-free rate", "l2lb w2 delivered", "l2lb w2 offered",
+			"l2lb w2 / kernel", "l2lb w2 loss-free rate", "l2lb w2 balancer CPU/frame", "l2lb w2 balancer CPU/frame incl. receivers", "l2lb w2 forwarding CPU/frame"},
 		"conn": {"via VIP", "direct", "VIP/direct"},
 	}
 	for _, sc := range rep.Scenarios {
