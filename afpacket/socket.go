@@ -151,11 +151,15 @@ func (r RingConfig) IsZero() bool { return r == RingConfig{} }
 // 1 Mpps that is ~1 ms of buffer, and because every frame is signalled the
 // reader starts draining after the first one instead of after a retire.
 // 20 µs busy poll: without it a reader that has drained the ring parks, and
-// under load nearly every frame then costs a wake-up (epoll
-// callback, thread wake-up, goroutine switch) and goes out in a sendmmsg of
-// its own; measured with l2lb bench pps on 2 CPUs, V2 without polling
-// forwarded 7-13 % fewer frames/s than V3, with 20 µs it matched V3. 20 µs
-// is still ~50 times below the V3 retire timeout it replaces.
+// under load nearly every frame then costs a thread wake-up and goes out in
+// a sendmmsg of its own. Measured with l2lb bench on 2 CPUs: when the reader
+// still parked in the Go netpoller, V2 without polling forwarded 7-13 %
+// fewer frames/s than V3 and with 20 µs matched it; since it parks in
+// poll(2) (pollConn) polling changes the forwarding rate little, still
+// gives ~5-10 % more new connections/s, and costs CPU at moderate rates
+// (1 worker at 50 000 frames/s: 3.8 µs of balancer CPU per frame against
+// 2.7 µs without; l2lb run --busy-poll 0 turns it off). 20 µs is ~50 times
+// below the V3 retire timeout it replaces.
 func DefaultRing() RingConfig {
 	return RingConfig{
 		Version:    RingV2,

@@ -150,6 +150,12 @@ func Run(ctx context.Context, o Options) (_ *Report, err error) {
 	if err := o.normalize(); err != nil {
 		return nil, err
 	}
+	if o.PlotDir != "" {
+		// Made now, not when the first plot is due minutes later.
+		if err := os.MkdirAll(o.PlotDir, 0o755); err != nil {
+			return nil, fmt.Errorf("bench: plot directory: %w", err)
+		}
+	}
 	rep := &Report{Schema: SchemaVersion, Started: time.Now().UTC(), Machine: describeMachine(), Runs: o.Runs,
 		Duration: o.Duration.Seconds()}
 	var e *env

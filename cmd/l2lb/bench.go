@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -71,6 +72,13 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 	if o.Exe, err = os.Executable(); err != nil {
 		fmt.Fprintln(stderr, "l2lb bench:", err)
 		return 1
+	}
+	if *jsonFile != "" {
+		// Fail before the run, not after it, when the report has nowhere to go.
+		if st, err := os.Stat(filepath.Dir(*jsonFile)); err != nil || !st.IsDir() {
+			fmt.Fprintf(stderr, "l2lb bench: --json %s: directory %s does not exist\n", *jsonFile, filepath.Dir(*jsonFile))
+			return 2
+		}
 	}
 	start := time.Now()
 	o.Logf = func(f string, a ...any) {
