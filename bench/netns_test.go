@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,7 +81,7 @@ func TestSmokePPSConn(t *testing.T) {
 	}
 	want := map[string][]string{
 		"pps": {"direct delivered", "kernel delivered", "kernel offered", "kernel loss-free rate", "l2lb w2 delivered", "l2lb w2 offered",
-			"l2lb w2 / kernel", "l2lb w2 loss-free rate", "l2lb w2 balancer CPU/frame", "l2lb w2 balancer CPU/frame incl. receivers", "l2lb w2 forwarding CPU/frame"},
+			"l2lb w2 / kernel", "l2lb w2 loss-free rate", "l2lb w2 balancer CPU/frame", "l2lb w2 balancer CPU/frame incl. receivers"},
 		"conn": {"via VIP", "direct", "VIP/direct"},
 	}
 	for _, sc := range rep.Scenarios {
@@ -92,6 +93,19 @@ func TestSmokePPSConn(t *testing.T) {
 			m := sc.metric(name, "")
 			if len(m.Values) != 1 || !(m.Median > 0) {
 				t.Errorf("%s %q = %v, want one positive value", sc.Name, name, m.Values)
+			}
+		}
+	}
+	// Forwarding CPU is a difference of whole-machine busy times, so other
+	// tests running beside this one (go test runs packages in parallel) can
+	// make it negative: it must be there and finite, not positive.
+	for _, sc := range rep.Scenarios {
+		if sc.Name != "pps" || sc.Error != "" {
+			continue
+		}
+		for _, name := range []string{"kernel forwarding CPU/frame", "l2lb w2 forwarding CPU/frame"} {
+			if m := sc.metric(name, ""); len(m.Values) != 1 || math.IsNaN(m.Median) || math.IsInf(m.Median, 0) {
+				t.Errorf("pps %q = %v, want one finite value", name, m.Values)
 			}
 		}
 	}
