@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/internal/memlat"
 )
 
 // tableKey maps i one-to-one onto a flow key spread over many clients and
@@ -129,31 +130,10 @@ const dramChaseBytes = 64 << 20
 // cache line per hop, so every hop waits for the previous one's miss. It is
 // the floor of a lone lookup in a table too big for the cache.
 func dramLatency(hops int) float64 {
-	const stride = 64 / 8 // uint64s per 64-byte cache line
-	const lines = dramChaseBytes / 64
-	mem := make([]uint64, lines*stride)
-	// Sattolo's algorithm: a random permutation that is one single cycle,
-	// so the chase visits every line before it comes back.
-	perm := make([]uint32, lines)
-	for i := range perm {
-		perm[i] = uint32(i)
-	}
-	rng := rand.New(rand.NewPCG(7, 8))
-	for i := lines - 1; i > 0; i-- {
-		j := rng.IntN(i)
-		perm[i], perm[j] = perm[j], perm[i]
-	}
-	for i, p := range perm {
-		mem[i*stride] = uint64(p) * stride
-	}
-	p := uint64(0)
-	for range lines { // warm the TLB and page tables once
-		p = mem[p]
-	}
+	chain := memlat.Chain(dramChaseBytes)
+	runtime.KeepAlive(memlat.Walk(chain, len(chain)/8)) // warm the TLB and page tables once
 	start := time.Now()
-	for range hops {
-		p = mem[p]
-	}
+	p := memlat.Walk(chain, hops)
 	d := time.Since(start)
 	runtime.KeepAlive(p)
 	return float64(d.Nanoseconds()) / float64(hops)

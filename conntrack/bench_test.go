@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/l2lb/l2lb/internal/memlat"
 )
 
 // benchKey maps i one-to-one onto a key spread over many clients and ports.
@@ -213,27 +215,11 @@ func BenchmarkTouchBatch1M(b *testing.B) {
 // order, one cache line per hop, so each hop is one full DRAM miss. A lone
 // cold lookup cannot beat it; ns/op is ns per hop.
 func BenchmarkDRAMLatency(b *testing.B) {
-	const lines = 64 << 20 / 64
-	const stride = 64 / 8 // uint64s per cache line
-	mem := make([]uint64, lines*stride)
-	// Sattolo's algorithm: a random permutation that is one single cycle,
-	// so the chase visits every line before it repeats.
-	perm := make([]uint32, lines)
-	for i := range perm {
-		perm[i] = uint32(i)
-	}
-	r := rand.New(rand.NewPCG(7, 8))
-	for i := lines - 1; i > 0; i-- {
-		j := r.IntN(i)
-		perm[i], perm[j] = perm[j], perm[i]
-	}
-	for i, p := range perm {
-		mem[i*stride] = uint64(p) * stride
-	}
+	chain := memlat.Chain(64 << 20)
 	p := uint64(0)
 	b.ResetTimer()
 	for b.Loop() {
-		p = mem[p]
+		p = chain[p]
 	}
 	runtime.KeepAlive(p)
 }
