@@ -98,10 +98,12 @@ func (s *Socket) SetPrefetch(fn func(frame []byte)) {
 	s.prefetch = fn
 }
 
-// prefetchSlot runs the prefetch hook on slot i (modulo the ring) if the
+// prefetchSlot runs the prefetch hook on slot i (wrapped round the ring) if the
 // kernel has handed it over; bounds are checked as in parseFrameV2.
 func (s *Socket) prefetchSlot(i int) {
-	i %= len(s.frameOffs)
+	for i >= len(s.frameOffs) { // once at most, unless the ring has fewer slots than prefetchAhead
+		i -= len(s.frameOffs)
+	}
 	if atomic.LoadUint32(s.frameStatus(i))&unix.TP_STATUS_USER == 0 {
 		return
 	}
