@@ -410,3 +410,32 @@ func TestPrefetchRunsAhead(t *testing.T) {
 		t.Errorf("callback saw %d frames, prefetch hook %d; want %d", got, len(prefetched), n)
 	}
 }
+
+// A ring with fewer slots than the look-ahead still walks safely with a
+// prefetch hook installed.
+func TestPrefetchTinyRing(t *testing.T) {
+	env := newVethEnv(t)
+	ring := RingConfig{Version: RingV2, BlockSize: 4096, BlockCount: 1, FrameSize: 2048} // 2 slots
+	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
+	tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
+	hooked := 0
+	rx.SetPrefetch(func([]byte) { hooked++ })
+	got := 0
+	fn := func(f *Frame) {
+		if _, ok := parseTestFrame(f.Data); ok {
+			got++
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 0; got < 6 && time.Now().Before(deadline); i++ {
+		if err := tx.Send(withVnet(testFrame(env.b.HardwareAddr, env.a.HardwareAddr, uint64(i), 100))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rx.ReceiveBlocks(fn, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got < 6 || hooked == 0 {
+		t.Errorf("received %d test frames, prefetch hook ran %d times", got, hooked)
+	}
+}
