@@ -40,6 +40,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -136,14 +137,20 @@ type tmplVal struct {
 }
 
 type shard struct {
+	shardState
+	// Pad to whole cache lines so neighbouring shards' locks do not share
+	// one (a fixed pad drifted when fields were added: the struct was 104
+	// bytes).
+	_ [64 - unsafe.Sizeof(shardState{})%64]byte
+}
+
+type shardState struct {
 	mu sync.Mutex
 	// now is the latest time seen under mu; operations without a "now"
 	// argument (Delete, SetMember, RemoveMember, Range) use it.
 	now   int64
 	flows flowTab
 	tmpls map[uint64]tmplVal
-	// Pad to a cache line so neighbouring shards' locks do not share one.
-	_ [64 - 32]byte
 }
 
 // Table is a sharded connection table safe for concurrent use.

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 const sec = int64(time.Second)
@@ -838,5 +839,12 @@ func fuzzImport(t *testing.T, tb *Table, k Key, member uint32, st State, expires
 	}
 	if m, ok := tb.Template(k.Src, k.Dst, now); !ok || m != member {
 		t.Fatalf("template after Import = %d, %v; want %d", m, ok, member)
+	}
+}
+
+// Shards fill whole cache lines, so no two shards' locks share one.
+func TestShardCacheLinePadding(t *testing.T) {
+	if sz := unsafe.Sizeof(shard{}); sz%64 != 0 {
+		t.Errorf("shard is %d bytes, not a multiple of 64", sz)
 	}
 }
