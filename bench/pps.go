@@ -286,7 +286,7 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 	} else {
 		sc.note("not pinned: generator (%d sockets), balancer and softirq work share all %d CPUs; on veth the kernel router runs in the sender's softirq context", e.opts.Generators, runtime.NumCPU())
 	}
-	sc.note("delivered = RX frames at the backends' eth0 (netlink counters) over the window after a %v warm-up; CPU per frame at a fixed offered rate of %d frames/s, from the process's CPU clock: balancer CPU/frame with the balancer on CPU 1 and the switch port's receive work steered to CPU 0 by RPS (its own work), incl. receivers without (veth runs the switch's and backend's receive path on the sender's stack); system CPU = whole-machine busy time (includes the generator and anything else running)", min(e.opts.Duration/4, 500*time.Millisecond), e.opts.PPSRate)
+	sc.note("delivered = RX frames at the backends' eth0 (netlink counters) over the window after a %v warm-up; CPU per frame at a fixed offered rate of %d frames/s, from the process's CPU clock: balancer CPU/frame with the balancer on CPU 1 and the switch port's receive work steered to CPU 0 by RPS (its own work plus the RPS hand-off: an upper bound), incl. receivers without (veth runs the switch's and backend's receive path on the sender's stack); system CPU = whole-machine busy time (includes the generator and anything else running)", min(e.opts.Duration/4, 500*time.Millisecond), e.opts.PPSRate)
 	sc.note("forwarding CPU/frame = system CPU/frame minus that of direct delivery (the generator sending the same frames straight to %s's MAC): what putting the forwarder in the path costs the whole machine per frame", e.backends[0].Name)
 	var direct float64
 	for _, mode := range []string{"max", "fixed"} {
@@ -452,7 +452,7 @@ func (e *env) noDropRate(ctx context.Context, g *generator, dst net.HardwareAddr
 // measureOwn is the fixed-rate phase with the balancer's process pinned to
 // CPU 1 and the receive processing of the switch port it transmits into
 // steered to CPU 0 with RPS (Documentation/networking/scaling.rst), so the
-// balancer's CPU time holds its own work only.
+// balancer's CPU time holds its own work plus the cost of that hand-off.
 //
 // Why: veth_xmit hands a frame to the peer with netif_rx, and without RPS
 // the peer's whole receive path (the switch's bridge, the backend's veth,
@@ -460,8 +460,12 @@ func (e *env) noDropRate(ctx context.Context, g *generator, dst net.HardwareAddr
 // re-enables bottom halves, billed to the sender's CPU time (this kernel has
 // no CONFIG_IRQ_TIME_ACCOUNTING). A perf profile of the balancer at
 // 50 000 frames/s put 40 % of its samples there. With a NIC that work
-// happens on other machines; RPS enqueues the frame on CPU 0's backlog and
-// the balancer pays only the enqueue and the inter-processor interrupt.
+// happens on other machines. With RPS the balancer pays the backlog enqueue
+// and an inter-processor interrupt per burst instead, which in a VM is an
+// exit: at 200 000 frames/s the hand-off cost more than the receivers' work
+// it moved (3.7 against 3.3 µs per frame), so this figure is an upper bound
+// of the balancer's own work, and forwarding CPU/frame (whole machine, over
+// direct delivery) is the fairer comparison with the kernel router.
 func (e *env) measureOwn(ctx context.Context, g *generator, pid int) (phaseResult, error) {
 	port := e.lb.Name
 	rps := func(mask string) error {
