@@ -848,3 +848,23 @@ func TestShardCacheLinePadding(t *testing.T) {
 		t.Errorf("shard is %d bytes, not a multiple of 64", sz)
 	}
 }
+
+// Each table keys its hash with its own random seed, so where a flow lands
+// cannot be computed in advance (see the package comment on hash flooding):
+// two tables place the same keys differently.
+func TestHashSeededPerTable(t *testing.T) {
+	a, b := New(Config{}), New(Config{})
+	same := 0
+	const n = 64
+	for i := range n {
+		k := Key{Src: 0x0a000000 | uint32(i), Dst: 0xc00002c8, SPort: uint16(1024 + i), DPort: 25, Proto: ProtoTCP}
+		_, ha := a.flowShard(k.pack())
+		_, hb := b.flowShard(k.pack())
+		if ha == hb {
+			same++
+		}
+	}
+	if same == n {
+		t.Errorf("all %d keys hash alike in two tables: the hash is not seeded", n)
+	}
+}
