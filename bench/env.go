@@ -235,52 +235,24 @@ func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (
 // startL2LB runs l2lb with args in h's namespace and waits until it logs
 // msg=ready. pin runs it on CPU 1 (taskset).
 func (e *env) startL2LB(ctx context.Context, h *testbed.Host, statsFile string, pin bool, args []string) (*balancer, error) {
-	b := &balancer{statsFile: statsFile, done: make(chan struct{})}
+	var cmd *exec.Cmd
 	if pin && haveTaskset() {
 		// The generator is pinned to CPU 0 (see generator.run).
-		b.cmd = h.Command("taskset", append([]string{"-c", "1", e.opts.Exe}, args...)...)
+		cmd = h.Command("taskset", append([]string{"-c", "1", e.opts.Exe}, args...)...)
 	} else {
-		b.cmd = h.Command(e.opts.Exe, args...)
+		cmd = h.Command(e.opts.Exe, args...)
 	}
-	pr, err := b.cmd.StderrPipe()
+	ready := make(chan struct{})
+	var once sync.Once
+	b, err := e.spawn(cmd, "l2lb "+h.Name, func(line string) {
+		if strings.Contains(line, "msg=ready") {
+			once.Do(func() { close(ready) })
+		}
+	})
 	if err != nil {
-		return nil, err
-	}
-	if err := b.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBalancer, err)
 	}
-	// `ip netns exec` and taskset exec the program, so the pid is l2lb's.
-	b.pid = b.cmd.Process.Pid
-	e.mu.Lock()
-	e.procs = append(e.procs, b)
-	e.mu.Unlock()
-	ready := make(chan struct{})
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		sc := bufio.NewScanner(pr)
-		var once sync.Once
-		for sc.Scan() {
-			line := sc.Text()
-			b.mu.Lock()
-			b.tail = append(b.tail, line)
-			if len(b.tail) > 20 {
-				b.tail = b.tail[1:]
-			}
-			b.mu.Unlock()
-			if e.opts.Verbose {
-				e.logf("  l2lb %s: %s", h.Name, line)
-			}
-			if strings.Contains(line, "msg=ready") {
-				once.Do(func() { close(ready) })
-			}
-		}
-	}()
-	go func() {
-		<-logDone // Wait closes the pipe: read it to the end first (os/exec)
-		b.waitErr = b.cmd.Wait()
-		close(b.done)
-	}()
+	b.statsFile = statsFile
 	select {
 	case <-ready:
 		return b, nil
@@ -293,6 +265,52 @@ func (e *env) startL2LB(ctx context.Context, h *testbed.Host, statsFile string, 
 		b.stop()
 		return nil, ctx.Err()
 	}
+}
+
+// spawn starts cmd (an `ip netns exec`, possibly through taskset, which
+// both exec the program, so the pid is the program's own), registers it so
+// close stops it, keeps the last lines of its stderr for error messages
+// (echoed under label with -v) and passes each line to onLine (may be nil).
+// The returned process's done closes once it has exited.
+func (e *env) spawn(cmd *exec.Cmd, label string, onLine func(string)) (*balancer, error) {
+	b := &balancer{cmd: cmd, done: make(chan struct{})}
+	pr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	b.pid = cmd.Process.Pid
+	e.mu.Lock()
+	e.procs = append(e.procs, b)
+	e.mu.Unlock()
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			b.mu.Lock()
+			b.tail = append(b.tail, line)
+			if len(b.tail) > 20 {
+				b.tail = b.tail[1:]
+			}
+			b.mu.Unlock()
+			if e.opts.Verbose {
+				e.logf("  %s: %s", label, line)
+			}
+			if onLine != nil {
+				onLine(line)
+			}
+		}
+	}()
+	go func() {
+		<-logDone // Wait closes the pipe: read it to the end first (os/exec)
+		b.waitErr = cmd.Wait()
+		close(b.done)
+	}()
+	return b, nil
 }
 
 // readyMembers counts the members the stats file marks ready.

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -111,41 +110,13 @@ func (e *env) viaHAProxy(ctx context.Context, splice []string) (res haproxyResul
 	if pin {
 		name = "taskset"
 	}
-	p := &balancer{cmd: e.lb.Command(name, args...), done: make(chan struct{})}
-	pr, err := p.cmd.StderrPipe()
+	// Registered with the env too, so close stops it if we never get to.
+	p, err := e.spawn(e.lb.Command(name, args...), "haproxy", nil)
 	if err != nil {
-		return res, err
-	}
-	if err := p.cmd.Start(); err != nil {
 		return res, fmt.Errorf("%w: %v", ErrHAProxy, err)
 	}
-	res.pid = p.cmd.Process.Pid
-	// Registered with the env too, so close stops it if we never get to.
-	e.mu.Lock()
-	e.procs = append(e.procs, p)
-	e.mu.Unlock()
+	res.pid = p.pid
 	defer p.stop()
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			p.mu.Lock()
-			p.tail = append(p.tail, sc.Text())
-			if len(p.tail) > 20 {
-				p.tail = p.tail[1:]
-			}
-			p.mu.Unlock()
-			if e.opts.Verbose {
-				e.logf("  haproxy: %s", sc.Text())
-			}
-		}
-	}()
-	go func() {
-		<-logDone // Wait closes the pipe: read it to the end first (os/exec)
-		p.waitErr = p.cmd.Wait()
-		close(p.done)
-	}()
 
 	addr := netip.AddrPortFrom(e.lb.Addr, haproxyPort)
 	if err := e.waitAccepting(ctx, p, addr); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -25,13 +26,7 @@ func requireRoot(t *testing.T) {
 			}
 		}
 	}
-	if missing == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s are unavailable; the bench smoke test cannot run", missing)
-	}
-	t.Skipf("needs %s (network namespaces)", missing)
+	e2e.Require(t, missing, "l2lb bench")
 }
 
 // ourNamespaces lists namespaces this test process created.

@@ -288,126 +288,122 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 	}
 	sc.note("delivered = RX frames at the backends' eth0 (netlink counters) over the window after a %v warm-up; CPU per frame at a fixed offered rate of %d frames/s, from the process's CPU clock: balancer CPU/frame with the balancer on CPU 1 and the switch port's receive work steered to CPU 0 by RPS (its own work plus the RPS hand-off: an upper bound), incl. receivers without (veth runs the switch's and backend's receive path on the sender's stack); system CPU = whole-machine busy time (includes the generator and anything else running)", min(e.opts.Duration/4, 500*time.Millisecond), e.opts.PPSRate)
 	sc.note("forwarding CPU/frame = system CPU/frame minus that of direct delivery (the generator sending the same frames straight to %s's MAC): what putting the forwarder in the path costs the whole machine per frame", e.backends[0].Name)
-	var direct float64
-	for _, mode := range []string{"max", "fixed"} {
-		rate := 0
-		if mode == "fixed" {
-			rate = e.opts.PPSRate
-		}
-		e.logf("pps: direct delivery, %s rate", mode)
-		r, err := e.measure(ctx, g, e.backends[0].MAC, rate, 0)
-		if err != nil {
+	e.logf("pps: direct delivery, max rate")
+	dmax, err := e.measure(ctx, g, e.backends[0].MAC, 0, 0)
+	if err != nil {
+		return err
+	}
+	sc.add("direct delivered", "frames/s", dmax.delivered)
+	e.logf("pps: direct delivery, fixed rate")
+	dfix, err := e.measure(ctx, g, e.backends[0].MAC, e.opts.PPSRate, 0)
+	if err != nil {
+		return err
+	}
+	direct := dfix.sysCPU
+	sc.add("direct system CPU/frame", "ns", direct)
+
+	e.logf("pps: kernel router, max rate")
+	kmax, err := e.measure(ctx, g, e.lb.MAC, 0, 0)
+	if err != nil {
+		return err
+	}
+	sc.add("kernel delivered", "frames/s", kmax.delivered)
+	sc.add("kernel offered", "frames/s", kmax.offered)
+	sc.add("kernel drop rate", "fraction", kmax.dropRate())
+	// Forwarding inline in the sender's context, the kernel router normally
+	// loses nothing even at the generator's full rate.
+	kernelLossFree := kmax.delivered
+	if kmax.dropRate() >= noDropLoss {
+		e.logf("pps: kernel router, loss-free rate search")
+		if kernelLossFree, err = e.noDropRate(ctx, g, e.lb.MAC, 0, kmax.offered); err != nil {
 			return err
 		}
-		if mode == "max" {
-			sc.add("direct delivered", "frames/s", r.delivered)
-		} else {
-			direct = r.sysCPU
-			sc.add("direct system CPU/frame", "ns", r.sysCPU)
-		}
 	}
-	kernel := map[string]float64{}
-	for _, mode := range []string{"max", "fixed"} {
-		rate := 0
-		if mode == "fixed" {
-			rate = e.opts.PPSRate
-		}
-		e.logf("pps: kernel router, %s rate", mode)
-		r, err := e.measure(ctx, g, e.lb.MAC, rate, 0)
-		if err != nil {
-			return err
-		}
-		if mode == "max" {
-			kernel["pps"] = r.delivered
-			sc.add("kernel delivered", "frames/s", r.delivered)
-			sc.add("kernel offered", "frames/s", r.offered)
-			sc.add("kernel drop rate", "fraction", r.dropRate())
-			// Forwarding inline in the sender's context, the kernel router
-			// normally loses nothing even at the generator's full rate.
-			kernel["loss-free"] = r.delivered
-			if r.dropRate() >= noDropLoss {
-				e.logf("pps: kernel router, loss-free rate search")
-				if kernel["loss-free"], err = e.noDropRate(ctx, g, e.lb.MAC, 0, r.offered); err != nil {
-					return err
-				}
-			}
-			sc.add("kernel loss-free rate", "frames/s", kernel["loss-free"])
-		} else {
-			sc.add("kernel drop rate @fixed", "fraction", r.dropRate())
-			sc.add("kernel system CPU/frame", "ns", r.sysCPU)
-			sc.add("kernel forwarding CPU/frame", "ns", r.sysCPU-direct)
-		}
+	sc.add("kernel loss-free rate", "frames/s", kernelLossFree)
+	e.logf("pps: kernel router, fixed rate")
+	kfix, err := e.measure(ctx, g, e.lb.MAC, e.opts.PPSRate, 0)
+	if err != nil {
+		return err
 	}
+	sc.add("kernel drop rate @fixed", "fraction", kfix.dropRate())
+	sc.add("kernel system CPU/frame", "ns", kfix.sysCPU)
+	sc.add("kernel forwarding CPU/frame", "ns", kfix.sysCPU-direct)
+
 	for _, w := range e.opts.Workers {
-		var extra []string
-		if e.opts.ProfileDir != "" {
-			e.runN++
-			extra = []string{"--cpuprofile", filepath.Join(e.opts.ProfileDir, fmt.Sprintf("l2lb-pps-w%d-%d.pprof", w, e.runN))}
-		}
-		bal, err := e.startBalancer(ctx, w, extra...)
-		if err != nil {
+		if err := e.runPPSBalancer(ctx, sc, g, w, kmax.delivered, kernelLossFree, direct); err != nil {
 			return err
 		}
-		// The balancer's CPU use without traffic (timers, ring block
-		// retirement), which every forwarded frame's share includes at a
-		// fixed rate.
-		idle, err := idleCPU(ctx, bal.pid, time.Second)
-		if err != nil {
-			e.stopBalancer()
+	}
+	return nil
+}
+
+// runPPSBalancer measures l2lb with w workers: idle CPU, the generator's
+// full rate, the loss-free rate, the fixed rate and, on 2 CPUs or more, the
+// fixed rate with the receivers steered off (measureOwn). kernel and
+// kernelLossFree are the kernel router's rates, direct the system CPU per
+// frame of direct delivery, from the same run.
+func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w int, kernel, kernelLossFree, direct float64) error {
+	var extra []string
+	if e.opts.ProfileDir != "" {
+		e.runN++
+		extra = []string{"--cpuprofile", filepath.Join(e.opts.ProfileDir, fmt.Sprintf("l2lb-pps-w%d-%d.pprof", w, e.runN))}
+	}
+	bal, err := e.startBalancer(ctx, w, extra...)
+	if err != nil {
+		return err
+	}
+	defer e.stopBalancer()
+	// alive turns a phase that ended with the balancer gone into an error.
+	alive := func(err error, what string) error {
+		if err == nil && !bal.alive() {
+			err = fmt.Errorf("%w: exited during the %s; log: %s", ErrBalancer, what, bal.lastLog())
+		}
+		return err
+	}
+	p := fmt.Sprintf("l2lb w%d ", w)
+	// The balancer's CPU use without traffic (timers, ring block
+	// retirement), which every forwarded frame's share includes at a fixed
+	// rate.
+	idle, err := idleCPU(ctx, bal.pid, time.Second)
+	if err != nil {
+		return err
+	}
+	sc.add(p+"idle CPU", "% of a CPU", idle*100)
+
+	e.logf("pps: l2lb %d worker(s), max rate", w)
+	r, err := e.measure(ctx, g, benchVMAC, 0, bal.pid)
+	if err = alive(err, "phase"); err != nil {
+		return err
+	}
+	sc.add(p+"delivered", "frames/s", r.delivered)
+	sc.add(p+"offered", "frames/s", r.offered)
+	sc.add(p+"drop rate", "fraction", r.dropRate())
+	sc.add(p+"/ kernel", "ratio", ratio(r.delivered, kernel))
+	e.logf("pps: l2lb %d worker(s), loss-free rate search", w)
+	nd, err := e.noDropRate(ctx, g, benchVMAC, bal.pid, r.offered)
+	if err = alive(err, "search"); err != nil {
+		return err
+	}
+	sc.add(p+"loss-free rate", "frames/s", nd)
+	sc.add(p+"/ kernel, loss-free", "ratio", ratio(nd, kernelLossFree))
+
+	e.logf("pps: l2lb %d worker(s), fixed rate", w)
+	r, err = e.measure(ctx, g, benchVMAC, e.opts.PPSRate, bal.pid)
+	if err = alive(err, "phase"); err != nil {
+		return err
+	}
+	sc.add(p+"drop rate @fixed", "fraction", r.dropRate())
+	sc.add(p+"balancer CPU/frame incl. receivers", "ns", r.balCPU)
+	sc.add(p+"system CPU/frame", "ns", r.sysCPU)
+	sc.add(p+"forwarding CPU/frame", "ns", r.sysCPU-direct)
+
+	if runtime.NumCPU() >= 2 {
+		e.logf("pps: l2lb %d worker(s), fixed rate, receivers steered off the balancer's CPU", w)
+		r, err := e.measureOwn(ctx, g, bal.pid)
+		if err = alive(err, "phase"); err != nil {
 			return err
 		}
-		sc.add(fmt.Sprintf("l2lb w%d idle CPU", w), "% of a CPU", idle*100)
-		for _, mode := range []string{"max", "fixed"} {
-			rate := 0
-			if mode == "fixed" {
-				rate = e.opts.PPSRate
-			}
-			e.logf("pps: l2lb %d worker(s), %s rate", w, mode)
-			r, err := e.measure(ctx, g, benchVMAC, rate, bal.pid)
-			if err == nil && !bal.alive() {
-				err = fmt.Errorf("%w: exited during the phase; log: %s", ErrBalancer, bal.lastLog())
-			}
-			if err != nil {
-				e.stopBalancer()
-				return err
-			}
-			p := fmt.Sprintf("l2lb w%d ", w)
-			if mode == "max" {
-				sc.add(p+"delivered", "frames/s", r.delivered)
-				sc.add(p+"offered", "frames/s", r.offered)
-				sc.add(p+"drop rate", "fraction", r.dropRate())
-				sc.add(p+"/ kernel", "ratio", ratio(r.delivered, kernel["pps"]))
-				e.logf("pps: l2lb %d worker(s), loss-free rate search", w)
-				nd, err := e.noDropRate(ctx, g, benchVMAC, bal.pid, r.offered)
-				if err == nil && !bal.alive() {
-					err = fmt.Errorf("%w: exited during the search; log: %s", ErrBalancer, bal.lastLog())
-				}
-				if err != nil {
-					e.stopBalancer()
-					return err
-				}
-				sc.add(p+"loss-free rate", "frames/s", nd)
-				sc.add(p+"/ kernel, loss-free", "ratio", ratio(nd, kernel["loss-free"]))
-			} else {
-				sc.add(p+"drop rate @fixed", "fraction", r.dropRate())
-				sc.add(p+"balancer CPU/frame incl. receivers", "ns", r.balCPU)
-				sc.add(p+"system CPU/frame", "ns", r.sysCPU)
-				sc.add(p+"forwarding CPU/frame", "ns", r.sysCPU-direct)
-			}
-		}
-		if runtime.NumCPU() >= 2 {
-			e.logf("pps: l2lb %d worker(s), fixed rate, receivers steered off the balancer's CPU", w)
-			r, err := e.measureOwn(ctx, g, bal.pid)
-			if err == nil && !bal.alive() {
-				err = fmt.Errorf("%w: exited during the phase; log: %s", ErrBalancer, bal.lastLog())
-			}
-			if err != nil {
-				e.stopBalancer()
-				return err
-			}
-			sc.add(fmt.Sprintf("l2lb w%d balancer CPU/frame", w), "ns", r.balCPU)
-		}
-		e.stopBalancer()
+		sc.add(p+"balancer CPU/frame", "ns", r.balCPU)
 	}
 	return nil
 }
