@@ -99,7 +99,7 @@ func (s *Socket) SetPrefetch(fn func(frame []byte)) {
 }
 
 // prefetchSlot runs the prefetch hook on slot i (wrapped round the ring) if the
-// kernel has handed it over; bounds are checked as in parseFrameV2.
+// kernel has handed it over.
 func (s *Socket) prefetchSlot(i int) {
 	for i >= len(s.frameOffs) { // once at most, unless the ring has fewer slots than prefetchAhead
 		i -= len(s.frameOffs)
@@ -109,17 +109,9 @@ func (s *Socket) prefetchSlot(i int) {
 	}
 	off := s.frameOffs[i]
 	h := s.ring[off : off+s.frameSize : off+s.frameSize]
-	ne := binary.NativeEndian
-	start := int(ne.Uint16(h[t2MacOff:]))
-	end := start + int(ne.Uint32(h[t2SnaplenOff:]))
-	hdr := t2Len + sizeofSockaddrLL
-	if s.vnet {
-		hdr += VnetHdrLen
+	if start, end, ok := frameBoundsV2(h, s.vnet); ok {
+		s.prefetch(h[start:end:end])
 	}
-	if start < hdr || end > len(h) {
-		return
-	}
-	s.prefetch(h[start:end:end])
 }
 
 // pollV2 polls the current slot for up to BusyPoll before Receive parks in
@@ -157,6 +149,27 @@ func (s *Socket) releaseV2(first, count int, done func()) {
 	}
 }
 
+// frameBoundsV2 returns where the frame in V2 slot h starts and ends. The
+// offsets come from the kernel but are still checked: the frame (and its
+// virtio_net_hdr) must lie after the sockaddr_ll and inside the slot, or ok
+// is false.
+func frameBoundsV2(h []byte, vnet bool) (start, end int, ok bool) {
+	if len(h) < t2Len {
+		return 0, 0, false
+	}
+	ne := binary.NativeEndian
+	start = int(ne.Uint16(h[t2MacOff:]))
+	end = start + int(ne.Uint32(h[t2SnaplenOff:]))
+	hdr := t2Len + sizeofSockaddrLL
+	if vnet {
+		hdr += VnetHdrLen
+	}
+	if start < hdr || end > len(h) {
+		return 0, 0, false
+	}
+	return start, end, true
+}
+
 // parseFrameV2 fills f from the V2 slot h and reports whether it holds a
 // usable frame. The offsets come from the kernel but are still
 // bounds-checked: a bad one skips the slot instead of faulting.
@@ -164,21 +177,14 @@ func parseFrameV2(h []byte, vnet bool, f *Frame) bool {
 	if len(h) < t2PktTypeOff+1 {
 		return false
 	}
-	ne := binary.NativeEndian
-	snap := uint64(ne.Uint32(h[t2SnaplenOff:]))
-	flen := ne.Uint32(h[t2LenOff:])
-	status := ne.Uint32(h[t2StatusOff:])
-	start := uint64(ne.Uint16(h[t2MacOff:]))
-	end := start + snap
-	// The frame (and its virtio_net_hdr) must lie after the sockaddr_ll
-	// and inside the slot.
-	hdr := uint64(t2Len + sizeofSockaddrLL)
-	if vnet {
-		hdr += VnetHdrLen
-	}
-	if start < hdr || end > uint64(len(h)) {
+	start, end, ok := frameBoundsV2(h, vnet)
+	if !ok {
 		return false
 	}
+	ne := binary.NativeEndian
+	snap := uint64(end - start)
+	flen := ne.Uint32(h[t2LenOff:])
+	status := ne.Uint32(h[t2StatusOff:])
 	first := start
 	if vnet {
 		first -= VnetHdrLen
