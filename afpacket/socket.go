@@ -150,23 +150,23 @@ func (r RingConfig) IsZero() bool { return r == RingConfig{} }
 // 64 blocks: 960 slots in 64 MiB, the memory of the former V3 default; at
 // 1 Mpps that is ~1 ms of buffer, and because every frame is signalled the
 // reader starts draining after the first one instead of after a retire.
-// 20 µs busy poll: without it a reader that has drained the ring parks, and
-// under load nearly every frame then costs a thread wake-up and goes out in
-// a sendmmsg of its own. Measured with l2lb bench on 2 CPUs: when the reader
-// still parked in the Go netpoller, V2 without polling forwarded 7-13 %
-// fewer frames/s than V3 and with 20 µs matched it; since it parks in
-// poll(2) (pollConn) polling changes the forwarding rate little, still
-// gives ~5-10 % more new connections/s, and costs CPU at moderate rates
-// (1 worker at 50 000 frames/s: 3.8 µs of balancer CPU per frame against
-// 2.7 µs without; l2lb run --busy-poll 0 turns it off). 20 µs is ~50 times
-// below the V3 retire timeout it replaces.
+// No busy poll (BusyPoll 0), like the kernel's own net.core.busy_poll
+// default: a reader that has drained the ring parks in poll(2) at once.
+// Polling first saves the wake-up of a reader whose next frame comes within
+// the poll, but every poll that ends empty is CPU taken from the services on
+// the node, and the active balancer is a frontend too. Measured with
+// l2lb bench on 2 CPUs (issue 5): 1 worker at 50 000 frames/s costs 3.1 µs
+// of balancer CPU per frame without polling against 4.6 µs with 20 µs of it
+// (2 workers: 4.1 against 6.0 µs), while new connections/s through the VIP
+// (9 735 against 9 524, medians of 3) and the forwarding rate at saturation,
+// where the ring never runs dry, do not change beyond run-to-run noise. A
+// latency-bound deployment can still ask for it (l2lb run --busy-poll 20us).
 func DefaultRing() RingConfig {
 	return RingConfig{
 		Version:    RingV2,
 		BlockSize:  1 << 20,
 		BlockCount: 64,
 		FrameSize:  66 << 10,
-		BusyPoll:   20 * time.Microsecond,
 	}
 }
 
