@@ -29,6 +29,19 @@ func requireRoot(t *testing.T) {
 	e2e.Require(t, missing, "l2lb bench")
 }
 
+// buildL2LB builds the l2lb binary the scenarios run (static, like .ci/run's
+// build) into a temporary directory and returns its path.
+func buildL2LB(t *testing.T) string {
+	t.Helper()
+	exe := filepath.Join(t.TempDir(), "l2lb")
+	build := exec.Command("go", "build", "-o", exe, "github.com/l2lb/l2lb/cmd/l2lb")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return exe
+}
+
 // ourNamespaces lists namespaces this test process created.
 func ourNamespaces(t *testing.T) []string {
 	t.Helper()
@@ -54,12 +67,7 @@ func TestSmokePPSConn(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the l2lb binary and a testbed")
 	}
-	exe := filepath.Join(t.TempDir(), "l2lb")
-	build := exec.Command("go", "build", "-o", exe, "github.com/l2lb/l2lb/cmd/l2lb")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	exe := buildL2LB(t)
 	t.Cleanup(func() {
 		// Run removes the bed itself; this is the safety net if it did not.
 		for _, ns := range ourNamespaces(t) {

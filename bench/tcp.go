@@ -224,6 +224,17 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 		sc.note("via HAProxy = haproxy -db in TCP mode on %s's own address, nbthread %d, %s, round robin over every backend's own address, no health checks; a connect probe precedes the transfers", e.lb.Name, hp.threads, strings.Join(haproxySplice, ", "))
 		sc.note("HAProxy sent the single-stream download to %s and the upload to %s", hp.downBy, hp.upBy)
 	}
+	var ip *iperfResult
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		sc.note("iperf3 cross-check skipped: iperf3 is not installed (Debian/Ubuntu package iperf3)")
+	} else {
+		r, err := e.viaIperf3(ctx, w)
+		if err != nil {
+			return err
+		}
+		ip = &r
+		sc.note("iperf3 = %s, client and server in processes of their own, one stream of %v, -R for the download; via VIP with l2lb -p %s (persistence: an iperf3 test's control and data connections must reach the same server)", r.version, e.opts.Duration.Round(time.Second), iperfPersistence)
+	}
 	if _, err := e.startBalancer(ctx, w); err != nil {
 		return err
 	}
@@ -249,6 +260,16 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 				sc.add(dir+" via HAProxy"+label, "Gbit/s", res[dir+" HAProxy"+sfx]/1e9)
 				sc.add(dir+" VIP/HAProxy"+label, "ratio", ratio(v, res[dir+" HAProxy"+sfx]))
 			}
+		}
+	}
+	if ip != nil {
+		for _, d := range []struct {
+			dir         string
+			vip, direct float64
+		}{{"download", ip.downVIP, ip.downDirect}, {"upload", ip.upVIP, ip.upDirect}} {
+			sc.add(d.dir+" via VIP (iperf3)", "Gbit/s", d.vip/1e9)
+			sc.add(d.dir+" direct (iperf3)", "Gbit/s", d.direct/1e9)
+			sc.add(d.dir+" VIP/direct (iperf3)", "ratio", ratio(d.vip, d.direct))
 		}
 	}
 	return nil

@@ -1,0 +1,199 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/l2lb/l2lb/internal/testbed"
+)
+
+// iperfPort is the port the iperf3 servers listen on (iperf3's default).
+const iperfPort = 5201
+
+// iperfPersistence is the l2lb run -p the iperf3 leg runs the balancer with:
+// an iperf3 test is a control connection plus a data connection, and both
+// must reach the same server, as with any multi-connection protocol behind
+// IPVS (its -p).
+const iperfPersistence = "60"
+
+// ErrIperf means an iperf3 transfer failed or reported no result.
+var ErrIperf = errors.New("bench: iperf3 failed")
+
+// iperfResult is the iperf3 leg of the tcp scenario: single-stream goodput
+// in bits per second.
+type iperfResult struct {
+	version              string
+	downDirect, upDirect float64
+	downVIP, upVIP       float64
+}
+
+// viaIperf3 measures a single-stream download and upload with iperf3 straight
+// to the first backend and through the VIP (l2lb with workers workers and
+// persistence), with client and server in processes of their own.
+//
+// Why beside the bench's own transfers: those run client and server as
+// goroutines of this one process, sharing its Go scheduler, and their
+// direct download swings from ~15 to ~29 Gbit/s between runs on 2 CPUs while
+// the one through the VIP stays near 17. iperf3 is the tool operators
+// compare with, and its two ends are separate processes, as two machines'
+// would be.
+func (e *env) viaIperf3(ctx context.Context, workers int) (res iperfResult, err error) {
+	out, err := exec.Command("iperf3", "--version").Output()
+	if err != nil {
+		return res, fmt.Errorf("%w: iperf3 --version: %v", ErrIperf, err)
+	}
+	res.version, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
+	stop, err := e.startIperfServers(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer stop()
+	direct := e.backends[0].Addr
+	e.logf("tcp: download and upload direct, iperf3")
+	if res.downDirect, err = e.iperf3(ctx, direct, true); err != nil {
+		return res, err
+	}
+	if res.upDirect, err = e.iperf3(ctx, direct, false); err != nil {
+		return res, err
+	}
+	if _, err := e.startBalancer(ctx, workers, "-p", iperfPersistence); err != nil {
+		return res, err
+	}
+	defer e.stopBalancer()
+	e.logf("tcp: download and upload via VIP, iperf3")
+	if res.downVIP, err = e.iperf3(ctx, e.vip, true); err != nil {
+		return res, err
+	}
+	if res.upVIP, err = e.iperf3(ctx, e.vip, false); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// startIperfServers starts `iperf3 -s` on every backend, waits until each
+// listens, and returns the function that stops them.
+func (e *env) startIperfServers(ctx context.Context) (stop func(), err error) {
+	var cmds []*exec.Cmd
+	stop = func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}
+	for _, h := range e.backends {
+		// Pdeathsig in Host.Command: the server dies with the bench.
+		c := h.Command("iperf3", "-s", "-p", strconv.Itoa(iperfPort))
+		if err := c.Start(); err != nil {
+			stop()
+			return nil, fmt.Errorf("%w: server on %s: %v", ErrIperf, h.Name, err)
+		}
+		cmds = append(cmds, c)
+	}
+	for _, h := range e.backends {
+		if err := waitListening(ctx, h, iperfPort, 5*time.Second); err != nil {
+			stop()
+			return nil, fmt.Errorf("%w: server on %s: %v", ErrIperf, h.Name, err)
+		}
+	}
+	return stop, nil
+}
+
+// waitListening waits until a TCP socket in h's namespace listens on port.
+// It reads the namespace's own /proc/thread-self/net/tcp and tcp6 instead of
+// probing with a connection, which an iperf3 server would take for a test.
+func waitListening(ctx context.Context, h *testbed.Host, port uint16, limit time.Duration) error {
+	// Each line: slot, local address:port in hex, remote, state (0A is
+	// TCP_LISTEN), as Documentation/networking/proc_net_tcp.rst lays it out.
+	suffix := fmt.Sprintf(":%04X", port)
+	deadline := time.Now().Add(limit)
+	for {
+		listening := false
+		err := h.Do(func() error {
+			for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					continue // no IPv6
+				}
+				for _, l := range strings.Split(string(b), "\n") {
+					fs := strings.Fields(l)
+					if len(fs) > 3 && fs[3] == "0A" && strings.HasSuffix(fs[1], suffix) {
+						listening = true
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if listening {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not listening on port %d after %v", port, limit)
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// iperfReport is the part of `iperf3 -J` output the bench reads.
+type iperfReport struct {
+	Error string `json:"error"`
+	End   struct {
+		SumReceived struct {
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+}
+
+// iperf3 runs one single-stream iperf3 test from the client to dst for the
+// phase duration (-R for a download) and returns the receiver's goodput in
+// bits per second.
+func (e *env) iperf3(ctx context.Context, dst netip.Addr, download bool) (float64, error) {
+	secs := max(1, int(e.opts.Duration.Round(time.Second)/time.Second))
+	args := []string{"-c", dst.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(secs), "-J",
+		"--connect-timeout", "3000"}
+	if download {
+		// --rcv-timeout (ms) is for the receiving side only.
+		args = append(args, "-R", "--rcv-timeout", "5000")
+	}
+	cmd := e.client.Command("iperf3", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrIperf, err)
+	}
+	// iperf3's own timeouts bound a stalled test; this bounds everything
+	// else, and Ctrl-C.
+	limit := time.AfterFunc(time.Duration(secs+15)*time.Second, func() { cmd.Process.Kill() })
+	defer limit.Stop()
+	stopOnCancel := context.AfterFunc(ctx, func() { cmd.Process.Kill() })
+	defer stopOnCancel()
+	werr := cmd.Wait()
+	var rep iperfReport
+	jerr := json.Unmarshal(stdout.Bytes(), &rep)
+	switch {
+	case ctx.Err() != nil:
+		return 0, ctx.Err()
+	case jerr == nil && rep.Error != "":
+		return 0, fmt.Errorf("%w: to %v: %s", ErrIperf, dst, rep.Error)
+	case werr != nil:
+		return 0, fmt.Errorf("%w: to %v: %v: %s", ErrIperf, dst, werr, strings.TrimSpace(stderr.String()))
+	case jerr != nil:
+		return 0, fmt.Errorf("%w: to %v: reading its JSON: %v", ErrIperf, dst, jerr)
+	case !(rep.End.SumReceived.BitsPerSecond > 0):
+		return 0, fmt.Errorf("%w: to %v: no bytes received", ErrIperf, dst)
+	}
+	return rep.End.SumReceived.BitsPerSecond, nil
+}
