@@ -49,19 +49,7 @@ func TestHAProxyLeg(t *testing.T) {
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		e2e.Prereq(t, "haproxy (Debian package haproxy) for the tcp scenario's HAProxy comparison")
 	}
-	o := Options{Scenarios: []string{"tcp"}, Duration: 300 * time.Millisecond, Logf: t.Logf}
-	if err := o.normalize(); err != nil {
-		t.Fatal(err)
-	}
-	e, err := newEnv(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := e.close(); err != nil {
-			t.Error(err)
-		}
-	})
+	e := newTestEnv(t, Options{Scenarios: []string{"tcp"}, Duration: 300 * time.Millisecond, Logf: t.Logf})
 	if err := e.startServers(); err != nil {
 		t.Fatal(err)
 	}

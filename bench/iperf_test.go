@@ -19,19 +19,7 @@ func TestIperfLeg(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the l2lb binary and a testbed")
 	}
-	o := Options{Exe: buildL2LB(t), Scenarios: []string{"tcp"}, Duration: time.Second, Logf: t.Logf}
-	if err := o.normalize(); err != nil {
-		t.Fatal(err)
-	}
-	e, err := newEnv(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := e.close(); err != nil {
-			t.Error(err)
-		}
-	})
+	e := newTestEnv(t, Options{Exe: buildL2LB(t), Scenarios: []string{"tcp"}, Duration: time.Second, Logf: t.Logf})
 	res, err := e.viaIperf3(t.Context(), 1)
 	if err != nil {
 		t.Fatal(err)

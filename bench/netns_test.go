@@ -42,6 +42,25 @@ func buildL2LB(t *testing.T) string {
 	return exe
 }
 
+// newTestEnv builds the testbed for o (normalized) and removes it when the
+// test ends, failing the test if that leaves anything behind.
+func newTestEnv(t *testing.T, o Options) *env {
+	t.Helper()
+	if err := o.normalize(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := newEnv(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return e
+}
+
 // ourNamespaces lists namespaces this test process created.
 func ourNamespaces(t *testing.T) []string {
 	t.Helper()
