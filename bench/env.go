@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -133,6 +134,29 @@ func (e *env) setupRouter() error {
 	}
 	_, err := e.lb.RunIP("route", "replace", netip.PrefixFrom(e.vip, 32).String(), "via", to.Addr.String(), "dev", "eth0")
 	return err
+}
+
+// setRPS sets the RPS CPU mask (hex; "0" turns RPS off) of ifname's receive
+// queue in h's namespace (Documentation/networking/scaling.rst). sysfs shows
+// a namespace's own devices only to a process that mounted it there, so the
+// write runs under ip netns exec.
+func setRPS(h *testbed.Host, ifname, mask string) error {
+	out, err := h.Command("sh", "-c", fmt.Sprintf("echo %s > /sys/class/net/%s/queues/rx-0/rps_cpus", mask, ifname)).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("bench: RPS mask %s on %s in %s: %w: %s", mask, ifname, h.Name, err, out)
+	}
+	return nil
+}
+
+// allCPUsMask is the RPS mask of every CPU: a hex bitmap in comma-separated
+// 32-bit groups, most significant first, as the kernel's bitmap_parse reads it.
+func allCPUsMask() string {
+	n := runtime.NumCPU()
+	var groups []string
+	for ; n > 0; n -= 32 {
+		groups = append([]string{strconv.FormatUint(1<<min(n, 32)-1, 16)}, groups...)
+	}
+	return strings.Join(groups, ",")
 }
 
 // close stops the balancer and removes the testbed and temporary files.

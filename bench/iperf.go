@@ -34,6 +34,9 @@ type iperfResult struct {
 	version              string
 	downDirect, upDirect float64
 	downVIP, upVIP       float64
+	// downRouter and downRouterRPS are downloads with the client's packets
+	// through f1 as a kernel router, inline and handed off by RPS.
+	downRouter, downRouterRPS float64
 }
 
 // viaIperf3 measures a single-stream download and upload with iperf3 straight
@@ -65,6 +68,9 @@ func (e *env) viaIperf3(ctx context.Context, workers int) (res iperfResult, err 
 	if res.upDirect, err = e.iperf3(ctx, direct, false); err != nil {
 		return res, err
 	}
+	if res.downRouter, res.downRouterRPS, err = e.iperfKernelRouter(ctx); err != nil {
+		return res, err
+	}
 	if _, err := e.startBalancer(ctx, workers, "-p", iperfPersistence); err != nil {
 		return res, err
 	}
@@ -77,6 +83,47 @@ func (e *env) viaIperf3(ctx context.Context, workers int) (res iperfResult, err 
 		return res, err
 	}
 	return res, nil
+}
+
+// iperfKernelRouter measures the download through the VIP with f1 as the
+// pps scenario's kernel router in the path of the client's packets (a
+// permanent neighbour entry on the client sends the VIP to f1's MAC; the
+// data comes straight from the backend, as through l2lb), first as it runs
+// on veth and then with f1's receive processing handed to a CPU by RPS.
+//
+// Why both: on veth the router forwards inside the client's own send call,
+// and the backend's ACK processing and next data run there too, so the
+// client's receive queue is refilled before its read returns. A userspace
+// forwarder is another thread, so its hop is asynchronous; RPS makes the
+// kernel's hop asynchronous in the same way, as a real NIC's interrupt
+// would, which makes it the fair reference for l2lb's download.
+func (e *env) iperfKernelRouter(ctx context.Context) (inline, rps float64, err error) {
+	if _, err := e.client.RunIP("neigh", "replace", e.vip.String(), "lladdr", e.lb.MAC.String(), "dev", "eth0", "nud", "permanent"); err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		// The client must ARP for the VIP again once l2lb answers for it.
+		if _, derr := e.client.RunIP("neigh", "del", e.vip.String(), "dev", "eth0"); derr != nil {
+			err = errors.Join(err, derr)
+		}
+	}()
+	e.logf("tcp: download via kernel router, iperf3")
+	if inline, err = e.iperf3(ctx, e.vip, true); err != nil {
+		return 0, 0, err
+	}
+	if err := setRPS(e.lb, "eth0", allCPUsMask()); err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		if rerr := setRPS(e.lb, "eth0", "0"); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	e.logf("tcp: download via kernel router with RPS, iperf3")
+	if rps, err = e.iperf3(ctx, e.vip, true); err != nil {
+		return 0, 0, err
+	}
+	return inline, rps, nil
 }
 
 // startIperfServers starts `iperf3 -s` on every backend, waits until each

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,7 +11,9 @@ import (
 
 // TestIperfLeg runs the tcp scenario's iperf3 cross-check with short tests
 // on a real testbed and checks that all four transfers carried data, that the
-// balancer it started is stopped, and that its iperf3 servers are gone.
+// balancer it started is stopped, that its iperf3 servers are gone, and that
+// the client's neighbour entry and f1's RPS mask for the kernel-router legs
+// were undone.
 func TestIperfLeg(t *testing.T) {
 	requireRoot(t)
 	if _, err := exec.LookPath("iperf3"); err != nil {
@@ -24,10 +27,11 @@ func TestIperfLeg(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s: download %.2f Gbit/s via VIP, %.2f direct; upload %.2f via VIP, %.2f direct",
-		res.version, res.downVIP/1e9, res.downDirect/1e9, res.upVIP/1e9, res.upDirect/1e9)
+	t.Logf("%s: download %.2f Gbit/s via VIP, %.2f direct, %.2f via kernel router, %.2f with RPS; upload %.2f via VIP, %.2f direct",
+		res.version, res.downVIP/1e9, res.downDirect/1e9, res.downRouter/1e9, res.downRouterRPS/1e9, res.upVIP/1e9, res.upDirect/1e9)
 	for name, v := range map[string]float64{"download via VIP": res.downVIP, "download direct": res.downDirect,
-		"upload via VIP": res.upVIP, "upload direct": res.upDirect} {
+		"upload via VIP": res.upVIP, "upload direct": res.upDirect,
+		"download via kernel router": res.downRouter, "download via kernel router with RPS": res.downRouterRPS} {
 		if !(v > 0) {
 			t.Errorf("%s = %v bit/s, want > 0", name, v)
 		}
@@ -37,6 +41,12 @@ func TestIperfLeg(t *testing.T) {
 	e.mu.Unlock()
 	if bal != nil {
 		t.Error("the balancer the leg started is still running")
+	}
+	if out, err := e.client.RunIP("neigh", "show", e.vip.String(), "dev", "eth0"); err != nil || strings.Contains(string(out), "PERMANENT") {
+		t.Errorf("client's neighbour entry for the VIP after the leg: %q (%v), want none", out, err)
+	}
+	if b, err := e.lb.Command("cat", "/sys/class/net/eth0/queues/rx-0/rps_cpus").Output(); err != nil || strings.Trim(string(b), "0,\n") != "" {
+		t.Errorf("f1 eth0 rps_cpus after the leg: %q (%v), want 0", b, err)
 	}
 	for _, h := range e.backends {
 		if err := waitListening(t.Context(), h, iperfPort, 0); err == nil {

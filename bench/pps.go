@@ -463,14 +463,7 @@ func (e *env) noDropRate(ctx context.Context, g *generator, dst net.HardwareAddr
 // of the balancer's own work, and forwarding CPU/frame (whole machine, over
 // direct delivery) is the fairer comparison with the kernel router.
 func (e *env) measureOwn(ctx context.Context, g *generator, pid int) (phaseResult, error) {
-	port := e.lb.Name
-	rps := func(mask string) error {
-		out, err := e.bed.Switch.Command("sh", "-c", fmt.Sprintf("echo %s > /sys/class/net/%s/queues/rx-0/rps_cpus", mask, port)).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("bench: RPS mask %s on switch port %s: %w: %s", mask, port, err, out)
-		}
-		return nil
-	}
+	rps := func(mask string) error { return setRPS(e.bed.Switch, e.lb.Name, mask) }
 	var one, all unix.CPUSet
 	one.Set(1)
 	for i := range runtime.NumCPU() {

@@ -234,6 +234,7 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 		}
 		ip = &r
 		sc.note("iperf3 = %s, client and server in processes of their own, one stream of %v, -R for the download; via VIP with l2lb -p %s (persistence: an iperf3 test's control and data connections must reach the same server)", r.version, e.opts.Duration.Round(time.Second), iperfPersistence)
+		sc.note("kernel router (iperf3) = the download through the VIP with f1 forwarding the client's packets as the pps scenario's kernel router (data straight from %s, as through l2lb); on veth it forwards inside the client's own send call, and the backend's reply runs there too. RPS = f1's eth0 receive work handed to a CPU by RPS (mask %s), an asynchronous hop like a NIC interrupt's or l2lb's thread", e.backends[0].Name, allCPUsMask())
 	}
 	if _, err := e.startBalancer(ctx, w); err != nil {
 		return err
@@ -271,6 +272,11 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 			sc.add(d.dir+" direct (iperf3)", "Gbit/s", d.direct/1e9)
 			sc.add(d.dir+" VIP/direct (iperf3)", "ratio", ratio(d.vip, d.direct))
 		}
+		sc.add("download via kernel router (iperf3)", "Gbit/s", ip.downRouter/1e9)
+		sc.add("download kernel router/direct (iperf3)", "ratio", ratio(ip.downRouter, ip.downDirect))
+		sc.add("download via kernel router, RPS (iperf3)", "Gbit/s", ip.downRouterRPS/1e9)
+		sc.add("download kernel router, RPS/direct (iperf3)", "ratio", ratio(ip.downRouterRPS, ip.downDirect))
+		sc.add("download VIP/kernel router, RPS (iperf3)", "ratio", ratio(ip.downVIP, ip.downRouterRPS))
 	}
 	return nil
 }
