@@ -102,8 +102,8 @@ func TestSmokePPSConn(t *testing.T) {
 		t.Errorf("namespaces left after Run: %v", left)
 	}
 	want := map[string][]string{
-		"pps": {"direct delivered", "kernel delivered", "kernel offered", "kernel loss-free rate", "l2lb w2 delivered", "l2lb w2 offered",
-			"l2lb w2 / kernel", "l2lb w2 loss-free rate", "l2lb w2 balancer CPU/frame", "l2lb w2 balancer CPU/frame incl. receivers"},
+		"pps": {"direct delivered", "kernel delivered", "kernel offered", "kernel loss-free rate", "kernel RPS delivered", "l2lb w2 delivered", "l2lb w2 offered",
+			"l2lb w2 / kernel", "l2lb w2 / kernel RPS", "l2lb w2 loss-free rate", "l2lb w2 balancer CPU/frame", "l2lb w2 balancer CPU/frame incl. receivers"},
 		"conn": {"via VIP", "direct", "VIP/direct"},
 	}
 	for _, sc := range rep.Scenarios {
@@ -125,7 +125,7 @@ func TestSmokePPSConn(t *testing.T) {
 		if sc.Name != "pps" || sc.Error != "" {
 			continue
 		}
-		for _, name := range []string{"kernel forwarding CPU/frame", "l2lb w2 forwarding CPU/frame"} {
+		for _, name := range []string{"kernel forwarding CPU/frame", "kernel RPS forwarding CPU/frame", "l2lb w2 forwarding CPU/frame"} {
 			if m := sc.metric(name, ""); len(m.Values) != 1 || math.IsNaN(m.Median) || math.IsInf(m.Median, 0) {
 				t.Errorf("pps %q = %v, want one finite value", name, m.Values)
 			}

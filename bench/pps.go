@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -288,6 +289,7 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 	}
 	sc.note("delivered = RX frames at the backends' eth0 (netlink counters) over the window after a %v warm-up; CPU per frame at a fixed offered rate of %d frames/s, from the process's CPU clock: balancer CPU/frame with the balancer on CPU 1 and the switch port's receive work steered to CPU 0 by RPS (its own work plus the RPS hand-off: an upper bound), incl. receivers without (veth runs the switch's and backend's receive path on the sender's stack); system CPU = whole-machine busy time (includes the generator and anything else running)", min(e.opts.Duration/4, 500*time.Millisecond), e.opts.PPSRate)
 	sc.note("forwarding CPU/frame = system CPU/frame minus that of direct delivery (the generator sending the same frames straight to %s's MAC): what putting the forwarder in the path costs the whole machine per frame", e.backends[0].Name)
+	sc.note("kernel RPS = the kernel router with f1's receive work handed to a CPU by RPS (mask %s): its hop made asynchronous, as behind a NIC interrupt and as l2lb's thread always is", allCPUsMask())
 	e.logf("pps: direct delivery, max rate")
 	dmax, err := e.measure(ctx, g, e.backends[0].MAC, 0, 0)
 	if err != nil {
@@ -328,21 +330,63 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 	sc.add("kernel drop rate @fixed", "fraction", kfix.dropRate())
 	sc.add("kernel system CPU/frame", "ns", kfix.sysCPU)
 	sc.add("kernel forwarding CPU/frame", "ns", kfix.sysCPU-direct)
+	rps, err := e.runPPSKernelRPS(ctx, sc, g, direct)
+	if err != nil {
+		return err
+	}
 
+	ref := kernelRef{delivered: kmax.delivered, lossFree: kernelLossFree, rps: rps, direct: direct}
 	for _, w := range e.opts.Workers {
-		if err := e.runPPSBalancer(ctx, sc, g, w, kmax.delivered, kernelLossFree, direct); err != nil {
+		if err := e.runPPSBalancer(ctx, sc, g, w, ref); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// kernelRef holds the kernel-router and direct-delivery figures of a pps run
+// that l2lb's are compared with.
+type kernelRef struct {
+	delivered, lossFree float64 // kernel router's full and loss-free rates, frames/s
+	rps                 float64 // kernel router's full rate with RPS on f1, frames/s
+	direct              float64 // system CPU ns per frame of direct delivery
+}
+
+// runPPSKernelRPS measures the kernel router at full rate and at the fixed
+// rate with f1's receive work handed to a CPU by RPS, and returns the full
+// rate. Why: on veth the kernel router forwards inside the generator's send
+// call, synchronously and for free in wake-ups; RPS makes its hop
+// asynchronous, as a NIC interrupt would and as l2lb's thread always is.
+func (e *env) runPPSKernelRPS(ctx context.Context, sc *Scenario, g *generator, direct float64) (_ float64, err error) {
+	if err := setRPS(e.lb, "eth0", allCPUsMask()); err != nil {
+		return 0, err
+	}
+	defer func() {
+		if rerr := setRPS(e.lb, "eth0", "0"); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	e.logf("pps: kernel router with RPS, max rate")
+	rmax, err := e.measure(ctx, g, e.lb.MAC, 0, 0)
+	if err != nil {
+		return 0, err
+	}
+	sc.add("kernel RPS delivered", "frames/s", rmax.delivered)
+	sc.add("kernel RPS drop rate", "fraction", rmax.dropRate())
+	e.logf("pps: kernel router with RPS, fixed rate")
+	rfix, err := e.measure(ctx, g, e.lb.MAC, e.opts.PPSRate, 0)
+	if err != nil {
+		return 0, err
+	}
+	sc.add("kernel RPS forwarding CPU/frame", "ns", rfix.sysCPU-direct)
+	return rmax.delivered, nil
+}
+
 // runPPSBalancer measures l2lb with w workers: idle CPU, the generator's
 // full rate, the loss-free rate, the fixed rate and, on 2 CPUs or more, the
-// fixed rate with the receivers steered off (measureOwn). kernel and
-// kernelLossFree are the kernel router's rates, direct the system CPU per
-// frame of direct delivery, from the same run.
-func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w int, kernel, kernelLossFree, direct float64) error {
+// fixed rate with the receivers steered off (measureOwn), and compares them
+// with ref from the same run.
+func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w int, ref kernelRef) error {
 	var extra []string
 	if e.opts.ProfileDir != "" {
 		e.runN++
@@ -378,14 +422,15 @@ func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w 
 	sc.add(p+"delivered", "frames/s", r.delivered)
 	sc.add(p+"offered", "frames/s", r.offered)
 	sc.add(p+"drop rate", "fraction", r.dropRate())
-	sc.add(p+"/ kernel", "ratio", ratio(r.delivered, kernel))
+	sc.add(p+"/ kernel", "ratio", ratio(r.delivered, ref.delivered))
+	sc.add(p+"/ kernel RPS", "ratio", ratio(r.delivered, ref.rps))
 	e.logf("pps: l2lb %d worker(s), loss-free rate search", w)
 	nd, err := e.noDropRate(ctx, g, benchVMAC, bal.pid, r.offered)
 	if err = alive(err, "search"); err != nil {
 		return err
 	}
 	sc.add(p+"loss-free rate", "frames/s", nd)
-	sc.add(p+"/ kernel, loss-free", "ratio", ratio(nd, kernelLossFree))
+	sc.add(p+"/ kernel, loss-free", "ratio", ratio(nd, ref.lossFree))
 
 	e.logf("pps: l2lb %d worker(s), fixed rate", w)
 	r, err = e.measure(ctx, g, benchVMAC, e.opts.PPSRate, bal.pid)
@@ -395,7 +440,7 @@ func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w 
 	sc.add(p+"drop rate @fixed", "fraction", r.dropRate())
 	sc.add(p+"balancer CPU/frame incl. receivers", "ns", r.balCPU)
 	sc.add(p+"system CPU/frame", "ns", r.sysCPU)
-	sc.add(p+"forwarding CPU/frame", "ns", r.sysCPU-direct)
+	sc.add(p+"forwarding CPU/frame", "ns", r.sysCPU-ref.direct)
 
 	if runtime.NumCPU() >= 2 {
 		e.logf("pps: l2lb %d worker(s), fixed rate, receivers steered off the balancer's CPU", w)
