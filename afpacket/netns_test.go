@@ -146,6 +146,20 @@ func newVethEnv(t testing.TB) *vethEnv {
 }
 
 // open opens a Socket inside the namespace and closes it at cleanup.
+// sendBurst sends n numbered 200-byte test frames with virtio_net_hdr from a
+// to b in one SendBatch, on a transmit socket of its own.
+func (e *vethEnv) sendBurst(t testing.TB, n int) {
+	t.Helper()
+	tx := e.open(t, Config{Ifindex: e.a.Index, VnetHdr: true})
+	batch := make([][]byte, n)
+	for i := range batch {
+		batch[i] = withVnet(testFrame(e.b.HardwareAddr, e.a.HardwareAddr, uint64(i), 200))
+	}
+	if sent, err := tx.SendBatch(batch); err != nil || sent != n {
+		t.Fatalf("SendBatch: %d, %v", sent, err)
+	}
+}
+
 func (e *vethEnv) open(t testing.TB, cfg Config) *Socket {
 	t.Helper()
 	var s *Socket

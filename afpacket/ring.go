@@ -148,6 +148,24 @@ func (s *Socket) ReceiveBlocks(fn func(f *Frame), done func()) (int, error) {
 	return n, nil
 }
 
+// fillFrame sets f to the frame at mem[start:end] as a ring slot's header
+// describes it (pktType, tp_status, tp_len), for V2 and V3 alike. first is
+// where its virtio_net_hdr starts, or start when there is none; the caller
+// has checked first <= start <= end <= len(mem).
+func fillFrame(f *Frame, mem []byte, first, start, end int, pktType byte, status, flen uint32) {
+	*f = Frame{
+		Data:         mem[start:end:end],
+		PktType:      pktType,
+		VLANValid:    status&unix.TP_STATUS_VLAN_VALID != 0,
+		CsumNotReady: status&unix.TP_STATUS_CSUMNOTREADY != 0,
+		Truncated:    uint64(end-start) < uint64(flen) || status&unix.TP_STATUS_COPY != 0,
+		wire:         mem[first:end:end],
+	}
+	if first < start {
+		f.VnetHdr = mem[first:start:end]
+	}
+}
+
 // walkBlock calls fn for each frame of the retired V3 block b (following
 // tp_next_offset) and returns how many it delivered. Offsets come from the
 // kernel but are still bounds-checked: a bad one ends the walk instead of
@@ -180,19 +198,9 @@ func walkBlock(b []byte, vnet bool, f *Frame, fn func(*Frame)) int {
 		if first < off+thLen+sizeofSockaddrLL || end > size {
 			break
 		}
-		*f = Frame{
-			Data:         b[start:end:end],
-			PktType:      h[sllPktTypeOff],
-			VLANValid:    status&unix.TP_STATUS_VLAN_VALID != 0,
-			CsumNotReady: status&unix.TP_STATUS_CSUMNOTREADY != 0,
-			Truncated:    snap < uint64(flen) || status&unix.TP_STATUS_COPY != 0,
-			wire:         b[first:end:end],
-		}
+		fillFrame(f, b, int(first), int(start), int(end), h[sllPktTypeOff], status, flen)
 		if f.VLANValid {
 			f.VLANTCI = uint16(ne.Uint32(h[thVlanTCIOff:]))
-		}
-		if vnet {
-			f.VnetHdr = b[first:start:end]
 		}
 		fn(f)
 		n++

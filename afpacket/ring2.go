@@ -182,26 +182,13 @@ func parseFrameV2(h []byte, vnet bool, f *Frame) bool {
 		return false
 	}
 	ne := binary.NativeEndian
-	snap := uint64(end - start)
-	flen := ne.Uint32(h[t2LenOff:])
-	status := ne.Uint32(h[t2StatusOff:])
 	first := start
 	if vnet {
 		first -= VnetHdrLen
 	}
-	*f = Frame{
-		Data:         h[start:end:end],
-		PktType:      h[t2PktTypeOff],
-		VLANValid:    status&unix.TP_STATUS_VLAN_VALID != 0,
-		CsumNotReady: status&unix.TP_STATUS_CSUMNOTREADY != 0,
-		Truncated:    snap < uint64(flen) || status&unix.TP_STATUS_COPY != 0,
-		wire:         h[first:end:end],
-	}
+	fillFrame(f, h, first, start, end, h[t2PktTypeOff], ne.Uint32(h[t2StatusOff:]), ne.Uint32(h[t2LenOff:]))
 	if f.VLANValid {
 		f.VLANTCI = ne.Uint16(h[t2VlanTCIOff:])
-	}
-	if vnet {
-		f.VnetHdr = h[first:start:end]
 	}
 	return true
 }

@@ -109,15 +109,8 @@ func TestFramesValidUntilDone(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			env := newVethEnv(t)
 			rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
-			tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
-			batch := make([][]byte, n)
-			for i := range batch {
-				batch[i] = withVnet(testFrame(env.b.HardwareAddr, env.a.HardwareAddr, uint64(i), 200))
-			}
 			// Queue the whole burst before the first Receive.
-			if sent, err := tx.SendBatch(batch); err != nil || sent != n {
-				t.Fatalf("SendBatch: %d, %v", sent, err)
-			}
+			env.sendBurst(t, n)
 			time.Sleep(20 * time.Millisecond) // let V3 retire the block
 			var held [][]byte
 			var seqs []uint64
@@ -373,14 +366,7 @@ func TestPrefetchRunsAhead(t *testing.T) {
 	env := newVethEnv(t)
 	ring := RingConfig{Version: RingV2, BlockSize: 1 << 20, BlockCount: 1, FrameSize: 2048}
 	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
-	tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
-	batch := make([][]byte, n)
-	for i := range batch {
-		batch[i] = withVnet(testFrame(env.b.HardwareAddr, env.a.HardwareAddr, uint64(i), 200))
-	}
-	if sent, err := tx.SendBatch(batch); err != nil || sent != n {
-		t.Fatalf("SendBatch: %d, %v", sent, err)
-	}
+	env.sendBurst(t, n)
 	time.Sleep(20 * time.Millisecond)
 	prefetched := map[uint64]bool{}
 	rx.SetPrefetch(func(b []byte) {

@@ -413,10 +413,14 @@ func (v RingVersion) hdrLen() int {
 func (s *Socket) setupRing(fd int, r RingConfig) error {
 	frames := r.BlockSize / r.FrameSize * r.BlockCount
 	var err error
+	version := unix.TPACKET_V3
 	if r.Version == RingV2 {
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
-			return fmt.Errorf("afpacket: setsockopt PACKET_VERSION: %w", err)
-		}
+		version = unix.TPACKET_V2
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, version); err != nil {
+		return fmt.Errorf("afpacket: setsockopt PACKET_VERSION: %w", err)
+	}
+	if r.Version == RingV2 {
 		// packet_set_ring insists on frame_nr == frames per block * blocks.
 		req := unix.TpacketReq{
 			Block_size: uint32(r.BlockSize),
@@ -428,9 +432,6 @@ func (s *Socket) setupRing(fd int, r RingConfig) error {
 			return fmt.Errorf("afpacket: setsockopt PACKET_RX_RING %+v: %w", req, err)
 		}
 	} else {
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V3); err != nil {
-			return fmt.Errorf("afpacket: setsockopt PACKET_VERSION: %w", err)
-		}
 		req := unix.TpacketReq3{
 			Block_size:     uint32(r.BlockSize),
 			Block_nr:       uint32(r.BlockCount),
