@@ -1,5 +1,5 @@
 // Package afpacket provides the fast path's AF_PACKET sockets: a TPACKET_V2
-// or TPACKET_V3 memory-mapped receive ring, PACKET_VNET_HDR offload metadata, virtual-MAC
+// memory-mapped receive ring, PACKET_VNET_HDR offload metadata, virtual-MAC
 // membership, fanout and batched transmission, all in pure Go.
 //
 // The kernel interface is described in Documentation/networking/packet_mmap.rst
@@ -33,8 +33,8 @@ var (
 	// ErrShortFrame is returned by Send and SendBatch for a buffer shorter
 	// than an Ethernet header (plus the virtio_net_hdr when VnetHdr is on).
 	ErrShortFrame = errors.New("afpacket: frame too short")
-	// ErrNotReceiving is returned by Receive on a transmit-only socket
-	// (Config.Protocol == 0).
+	// ErrNotReceiving is returned by Receive and ReceiveBlocks on a
+	// transmit-only socket (Config.Protocol == 0).
 	ErrNotReceiving = errors.New("afpacket: socket is transmit-only")
 )
 
@@ -43,8 +43,8 @@ type Config struct {
 	// Ifindex is the interface the socket is bound to; it must be > 0.
 	Ifindex int
 	// Protocol is the ethertype the socket receives, in host byte order:
-	// EthPAll (0x0003) for receive sockets, 0 for a transmit-only socket
-	// that never receives anything.
+	// EthPAll (0x0003) for receive sockets, which need a Ring, or 0 for a
+	// transmit-only socket that never receives anything and has no ring.
 	Protocol uint16
 	// VnetHdr turns on PACKET_VNET_HDR: every received frame is preceded by
 	// a struct virtio_net_hdr and every sent buffer must start with one.
@@ -58,9 +58,9 @@ type Config struct {
 	// UnicastMACs are added with PACKET_ADD_MEMBERSHIP/PACKET_MR_UNICAST so
 	// the NIC accepts them; the memberships end when the socket closes.
 	UnicastMACs []net.HardwareAddr
-	// Ring configures the memory-mapped receive ring (TPACKET_V2 or V3). The
-	// zero value means no ring: Receive then falls back to one recvmsg(2)
-	// per frame.
+	// Ring configures the memory-mapped TPACKET_V2 receive ring. It is
+	// required when Protocol is non-zero and must be the zero value when it
+	// is 0.
 	Ring RingConfig
 	// FanoutGroup, when non-zero, joins PACKET_FANOUT group FanoutGroup so
 	// several sockets share the interface's traffic.
@@ -70,72 +70,36 @@ type Config struct {
 	FanoutMode uint16
 }
 
-// RingVersion selects the layout of the memory-mapped receive ring
-// (packet_mmap.rst, "TPACKET versions").
-type RingVersion uint8
-
-const (
-	// RingV3 is TPACKET_V3: frames are packed into blocks and the kernel
-	// hands over (and wakes the reader for) a whole block at a time, when it
-	// fills or after RetireTimeout. It is the zero value, so a RingConfig
-	// without a Version keeps the V3 layout it always had.
-	RingV3 RingVersion = iota
-	// RingV2 is TPACKET_V2: fixed-size frame slots, each handed over on its
-	// own with a per-frame status and a wake-up per frame (tpacket_rcv calls
-	// sk_data_ready for every V1/V2 frame), so the added latency is per
-	// packet rather than up to one retire timeout.
-	RingV2
-)
-
-// String returns "V2" or "V3".
-func (v RingVersion) String() string {
-	switch v {
-	case RingV2:
-		return "V2"
-	case RingV3:
-		return "V3"
-	}
-	return fmt.Sprintf("RingVersion(%d)", uint8(v))
-}
-
-// RingConfig sizes a memory-mapped receive ring (packet_mmap.rst).
+// RingConfig sizes a memory-mapped TPACKET_V2 receive ring (packet_mmap.rst):
+// fixed-size frame slots, each handed over on its own with a per-frame status
+// and a wake-up per frame (tpacket_rcv calls sk_data_ready for every V2
+// frame), so the added latency is per packet.
 type RingConfig struct {
-	// Version selects TPACKET_V3 (the zero value) or TPACKET_V2.
-	Version RingVersion
 	// BlockSize is the size of one ring block in bytes; it must be a
-	// multiple of the page size. V3 truncates a frame larger than a block
-	// (minus headers); V2 carves each block into BlockSize/FrameSize slots.
+	// multiple of the page size. Each block is carved into
+	// BlockSize/FrameSize slots.
 	BlockSize int
 	// BlockCount is the number of blocks in the ring.
 	BlockCount int
-	// FrameSize is a multiple of 16 (TPACKET_ALIGNMENT). For V3 it is only
-	// the kernel's hint that sets frame_nr, since V3 packs frames of any
-	// size into a block. For V2 it is the slot size: a frame longer than
-	// FrameSize minus the headers arrives truncated.
+	// FrameSize is the slot size, a multiple of 16 (TPACKET_ALIGNMENT): a
+	// frame longer than FrameSize minus the headers arrives truncated.
 	FrameSize int
-	// RetireTimeout (V3 only) is how long the kernel waits before handing a
-	// partly filled block to user space (rounded up to whole milliseconds;
-	// zero lets the kernel derive one from the link speed). It must be zero
-	// for V2.
-	RetireTimeout time.Duration
-	// BusyPoll (V2 only) is how long Receive keeps polling the next slot,
-	// once the ring is drained, before it parks in poll(2); zero parks
-	// at once. It must be zero for V3, whose blocks arrive at most once per
-	// retire timeout.
+	// BusyPoll is how long Receive keeps polling the next slot, once the
+	// ring is drained, before it parks in poll(2); zero parks at once.
 	BusyPoll time.Duration
 }
 
 // IsZero reports whether r is the zero value, i.e. asks for no ring.
 func (r RingConfig) IsZero() bool { return r == RingConfig{} }
 
-// DefaultRing returns the ring used by the dataplane: TPACKET_V2.
+// DefaultRing returns the ring used by the dataplane.
 //
-// Why V2: a V3 reader is woken only when a block is retired, so at low and
-// medium rates every frame waits for the retire timeout (at least 1 ms,
-// tp_retire_blk_tov is in ms) — each SYN, handshake ACK and TCP ACK through
-// the balancer. V2 hands over and signals each frame on its own (measured
-// in BenchmarkRingLatency: a ping-pong round trip costs tens of
-// microseconds on V2 against ~1 ms on V3).
+// Why TPACKET_V2: it hands over and signals each frame on its own, so a
+// frame waits for no batch (BenchmarkRingLatency: tens of microseconds from
+// send to Receive). TPACKET_V3, which this package no longer implements,
+// wakes the reader only when a block is retired, so at low and medium rates
+// every frame waited for the retire timeout (at least 1 ms) — each SYN,
+// handshake ACK and TCP ACK through the balancer.
 //
 // 66 KiB frames: PACKET_VNET_HDR delivers GSO/GRO super-frames whole, and
 // V2 truncates a frame that does not fit its slot (the kernel marks it
@@ -147,9 +111,9 @@ func (r RingConfig) IsZero() bool { return r == RingConfig{} }
 // 1 MiB blocks: the kernel allocates each block as one power-of-two page
 // run, so a 1 MiB block holding 15 slots wastes 3 % (a 68 KiB block would
 // take 128 KiB).
-// 64 blocks: 960 slots in 64 MiB, the memory of the former V3 default; at
-// 1 Mpps that is ~1 ms of buffer, and because every frame is signalled the
-// reader starts draining after the first one instead of after a retire.
+// 64 blocks: 960 slots in 64 MiB; at 1 Mpps that is ~1 ms of buffer, and
+// because every frame is signalled the reader starts draining after the
+// first one.
 // No busy poll (BusyPoll 0), like the kernel's own net.core.busy_poll
 // default: a reader that has drained the ring parks in poll(2) at once.
 // Polling first saves the wake-up of a reader whose next frame comes within
@@ -163,33 +127,9 @@ func (r RingConfig) IsZero() bool { return r == RingConfig{} }
 // latency-bound deployment can still ask for it (l2lb run --busy-poll 20us).
 func DefaultRing() RingConfig {
 	return RingConfig{
-		Version:    RingV2,
 		BlockSize:  1 << 20,
 		BlockCount: 64,
 		FrameSize:  66 << 10,
-	}
-}
-
-// DefaultRingV3 returns the TPACKET_V3 ring that was the dataplane's default
-// before V2: it buffers far more MTU-sized frames in the same memory (about
-// 41 000 in 64 MiB) but adds up to one retire timeout of latency per frame
-// at low rates.
-//
-// 1 MiB blocks: a V3 block must hold the largest frame whole, and GRO/TSO
-// frames reach 64 KiB plus headers, so a block holds sixteen of those or
-// ~650 MTU-sized frames and one block hand-over amortises the wake-up.
-// 64 blocks (64 MiB): ~41 000 MTU frames of buffer, about 28 ms at 1.5 Mpps.
-// 2048-byte frame hint: an MTU frame with its tpacket3_hdr and sockaddr_ll.
-// 1 ms retire timeout: the smallest the kernel accepts; under light load
-// every frame waits for it, and an empty block is never retired so an idle
-// ring costs no wake-ups.
-func DefaultRingV3() RingConfig {
-	return RingConfig{
-		Version:       RingV3,
-		BlockSize:     1 << 20,
-		BlockCount:    64,
-		FrameSize:     2048,
-		RetireTimeout: time.Millisecond,
 	}
 }
 
@@ -200,9 +140,6 @@ type Stats struct {
 	Packets uint64
 	// Drops is the number of frames lost because the ring or queue was full.
 	Drops uint64
-	// FreezeQueueCount counts how often the V3 ring ran out of free blocks
-	// (always zero for V2, whose statistics have no such counter).
-	FreezeQueueCount uint64
 }
 
 // maxBatch is how many frames one sendmmsg(2) call carries; the kernel caps a
@@ -221,22 +158,18 @@ type Socket struct {
 	closed atomic.Bool
 
 	// Receive side, guarded by rxMu (Close takes it to unmap safely).
-	rxMu       sync.Mutex
-	ring       []byte
-	version    RingVersion
-	blockSize  int
-	blockCount int
-	// cur is the next block (V3) or frame slot (V2) to read.
+	rxMu sync.Mutex
+	ring []byte
+	// cur is the next frame slot to read.
 	cur int
-	// frameOffs holds each V2 slot's offset in ring (slots never straddle
-	// a block, so they are not evenly spaced across blocks).
+	// frameOffs holds each slot's offset in ring (slots never straddle a
+	// block, so they are not evenly spaced across blocks).
 	frameOffs []int
 	frameSize int
 	busyPoll  time.Duration
 	prefetch  func([]byte)
 	frame     Frame
 	waitFn    func(fd uintptr) bool
-	plain     plainState
 
 	// Transmit side, guarded by txMu; the method values are built once so a
 	// send does not allocate a closure.
@@ -277,7 +210,7 @@ func Open(cfg Config) (*Socket, error) {
 		return nil, fmt.Errorf("afpacket: eventfd: %w", err)
 	}
 	s := &Socket{rc: rc, vnet: cfg.VnetHdr, recv: cfg.Protocol != 0}
-	s.waitFn = s.ringReady
+	s.waitFn = s.slotReady
 	s.writeFn = s.writeOne
 	s.writeMFn = s.writeMany
 	for i := range s.msgs {
@@ -296,9 +229,6 @@ func Open(cfg Config) (*Socket, error) {
 		_ = rc.close()
 		return nil, cerr
 	}
-	if s.recv && s.ring == nil {
-		s.plain.init()
-	}
 	return s, nil
 }
 
@@ -308,6 +238,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.Protocol == 0 && (!cfg.Ring.IsZero() || cfg.FanoutGroup != 0) {
 		return fmt.Errorf("%w: a transmit-only socket (protocol 0) cannot have a ring or fanout", ErrInvalidConfig)
+	}
+	if cfg.Protocol != 0 && cfg.Ring.IsZero() {
+		return fmt.Errorf("%w: a receive socket (protocol %#04x) needs a ring", ErrInvalidConfig, cfg.Protocol)
 	}
 	for _, mac := range cfg.UnicastMACs {
 		if len(mac) != 6 {
@@ -321,18 +254,13 @@ func (cfg *Config) validate() error {
 			return fmt.Errorf("%w: block size %d is not a positive multiple of the page size %d", ErrInvalidConfig, r.BlockSize, page)
 		case r.BlockCount <= 0:
 			return fmt.Errorf("%w: block count %d", ErrInvalidConfig, r.BlockCount)
-		case r.Version != RingV2 && r.Version != RingV3:
-			return fmt.Errorf("%w: ring version %v", ErrInvalidConfig, r.Version)
 		// TPACKET_ALIGNMENT is 16 (if_packet.h); packet_set_ring wants a
 		// frame to hold the header and the sockaddr_ll after it
-		// (TPACKET2_HDRLEN 52, TPACKET3_HDRLEN 68).
-		case r.FrameSize < r.Version.hdrLen() || r.FrameSize%16 != 0 || r.FrameSize > r.BlockSize:
+		// (TPACKET2_HDRLEN, 52).
+		case r.FrameSize < t2HdrLen || r.FrameSize%16 != 0 || r.FrameSize > r.BlockSize:
 			return fmt.Errorf("%w: frame size %d", ErrInvalidConfig, r.FrameSize)
-		case r.RetireTimeout < 0 || r.RetireTimeout > time.Duration(1<<31)*time.Millisecond ||
-			r.Version == RingV2 && r.RetireTimeout != 0:
-			return fmt.Errorf("%w: retire timeout %v for a %v ring", ErrInvalidConfig, r.RetireTimeout, r.Version)
-		case r.BusyPoll < 0 || r.Version == RingV3 && r.BusyPoll != 0:
-			return fmt.Errorf("%w: busy poll %v for a %v ring", ErrInvalidConfig, r.BusyPoll, r.Version)
+		case r.BusyPoll < 0:
+			return fmt.Errorf("%w: busy poll %v", ErrInvalidConfig, r.BusyPoll)
 		case uint64(r.BlockSize)*uint64(r.BlockCount) > 1<<40:
 			return fmt.Errorf("%w: ring of %d x %d bytes is too large", ErrInvalidConfig, r.BlockCount, r.BlockSize)
 		}
@@ -377,13 +305,6 @@ func (s *Socket) setup(fd int, cfg Config) error {
 			return err
 		}
 	}
-	if cfg.Protocol != 0 && cfg.Ring.IsZero() {
-		// The ring-less path reads the status bits a ring header would
-		// carry from a PACKET_AUXDATA control message.
-		if err := opt("PACKET_AUXDATA", unix.PACKET_AUXDATA); err != nil {
-			return err
-		}
-	}
 	if cfg.Protocol != 0 {
 		sa := &unix.SockaddrLinklayer{Protocol: htons(cfg.Protocol), Ifindex: cfg.Ifindex}
 		if err := unix.Bind(fd, sa); err != nil {
@@ -399,64 +320,34 @@ func (s *Socket) setup(fd int, cfg Config) error {
 	return nil
 }
 
-// hdrLen is the kernel's tp_hdrlen for the version: the frame header plus
-// the struct sockaddr_ll (20 bytes) after it (TPACKET2_HDRLEN and
-// TPACKET3_HDRLEN in if_packet.h).
-func (v RingVersion) hdrLen() int {
-	if v == RingV2 {
-		return t2Len + sizeofSockaddrLL
-	}
-	return thLen + sizeofSockaddrLL
-}
-
-// setupRing selects the TPACKET version, asks for the ring and maps it.
+// setupRing selects TPACKET_V2, asks for the ring and maps it.
 func (s *Socket) setupRing(fd int, r RingConfig) error {
-	frames := r.BlockSize / r.FrameSize * r.BlockCount
-	var err error
-	version := unix.TPACKET_V3
-	if r.Version == RingV2 {
-		version = unix.TPACKET_V2
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, version); err != nil {
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
 		return fmt.Errorf("afpacket: setsockopt PACKET_VERSION: %w", err)
 	}
-	if r.Version == RingV2 {
-		// packet_set_ring insists on frame_nr == frames per block * blocks.
-		req := unix.TpacketReq{
-			Block_size: uint32(r.BlockSize),
-			Block_nr:   uint32(r.BlockCount),
-			Frame_size: uint32(r.FrameSize),
-			Frame_nr:   uint32(frames),
-		}
-		if err = unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
-			return fmt.Errorf("afpacket: setsockopt PACKET_RX_RING %+v: %w", req, err)
-		}
-	} else {
-		req := unix.TpacketReq3{
-			Block_size:     uint32(r.BlockSize),
-			Block_nr:       uint32(r.BlockCount),
-			Frame_size:     uint32(r.FrameSize),
-			Frame_nr:       uint32(frames),
-			Retire_blk_tov: uint32((r.RetireTimeout + time.Millisecond - 1) / time.Millisecond),
-		}
-		if err = unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
-			return fmt.Errorf("afpacket: setsockopt PACKET_RX_RING %+v: %w", req, err)
-		}
+	// packet_set_ring insists on frame_nr == frames per block * blocks.
+	per := r.BlockSize / r.FrameSize
+	frames := per * r.BlockCount
+	req := unix.TpacketReq{
+		Block_size: uint32(r.BlockSize),
+		Block_nr:   uint32(r.BlockCount),
+		Frame_size: uint32(r.FrameSize),
+		Frame_nr:   uint32(frames),
+	}
+	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
+		return fmt.Errorf("afpacket: setsockopt PACKET_RX_RING %+v: %w", req, err)
 	}
 	ring, err := unix.Mmap(fd, 0, r.BlockSize*r.BlockCount, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return fmt.Errorf("afpacket: mmap ring: %w", err)
 	}
-	s.ring, s.version, s.blockSize, s.blockCount = ring, r.Version, r.BlockSize, r.BlockCount
-	if r.Version == RingV2 {
-		// The kernel numbers slots block by block (packet_lookup_frame).
-		per := r.BlockSize / r.FrameSize
-		s.frameOffs = make([]int, frames)
-		for i := range s.frameOffs {
-			s.frameOffs[i] = i/per*r.BlockSize + i%per*r.FrameSize
-		}
-		s.frameSize, s.busyPoll = r.FrameSize, r.BusyPoll
+	s.ring = ring
+	// The kernel numbers slots block by block (packet_lookup_frame).
+	s.frameOffs = make([]int, frames)
+	for i := range s.frameOffs {
+		s.frameOffs[i] = i/per*r.BlockSize + i%per*r.FrameSize
 	}
+	s.frameSize, s.busyPoll = r.FrameSize, r.BusyPoll
 	return nil
 }
 
@@ -469,11 +360,10 @@ func (s *Socket) Stats() (Stats, error) {
 	if s.closed.Load() {
 		return Stats{}, ErrClosed
 	}
-	var st *unix.TpacketStatsV3
+	var st *unix.TpacketStats
 	var gerr error
 	if err := s.rc.Control(func(fd uintptr) {
-		// For V1/V2 sockets the kernel writes only the first 8 bytes.
-		st, gerr = unix.GetsockoptTpacketStatsV3(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
+		st, gerr = unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
 	}); err != nil {
 		return Stats{}, s.mapErr(err)
 	}
@@ -484,7 +374,6 @@ func (s *Socket) Stats() (Stats, error) {
 	defer s.statsMu.Unlock()
 	s.statsTotal.Packets += uint64(st.Packets - st.Drops)
 	s.statsTotal.Drops += uint64(st.Drops)
-	s.statsTotal.FreezeQueueCount += uint64(st.Freeze_q_cnt)
 	return s.statsTotal, nil
 }
 

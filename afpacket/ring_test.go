@@ -96,68 +96,53 @@ func FuzzParseFrameV2(f *testing.F) {
 }
 
 // Frames handed to fn stay intact until done runs, also when many arrive
-// at once: the dataplane queues them in fn and sends them in done. (Without
-// a ring every recvmsg reuses one buffer, so done must run per frame.)
+// at once: the dataplane queues them in fn and sends them in done.
 func TestFramesValidUntilDone(t *testing.T) {
 	const n = 150
-	rings := map[string]RingConfig{
-		"V2":    {Version: RingV2, BlockSize: 1 << 20, BlockCount: 1, FrameSize: 2048}, // 512 slots
-		"V3":    testRing(RingV3),
-		"plain": {},
+	env := newVethEnv(t)
+	ring := RingConfig{BlockSize: 1 << 20, BlockCount: 1, FrameSize: 2048} // 512 slots
+	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
+	// Queue the whole burst before the first Receive.
+	env.sendBurst(t, n)
+	time.Sleep(20 * time.Millisecond)
+	var held [][]byte
+	var seqs []uint64
+	got, maxHeld := 0, 0
+	fn := func(f *Frame) {
+		if seq, ok := parseTestFrame(f.Data); ok {
+			held = append(held, f.SendBuf())
+			seqs = append(seqs, seq)
+		}
 	}
-	for name, ring := range rings {
-		t.Run(name, func(t *testing.T) {
-			env := newVethEnv(t)
-			rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
-			// Queue the whole burst before the first Receive.
-			env.sendBurst(t, n)
-			time.Sleep(20 * time.Millisecond) // let V3 retire the block
-			var held [][]byte
-			var seqs []uint64
-			got, maxHeld := 0, 0
-			fn := func(f *Frame) {
-				if seq, ok := parseTestFrame(f.Data); ok {
-					held = append(held, f.SendBuf())
-					seqs = append(seqs, seq)
-				}
+	done := func() {
+		for i, b := range held {
+			if seq, ok := parseTestFrame(b[VnetHdrLen:]); !ok || seq != seqs[i] {
+				t.Errorf("frame %d changed before done (now seq %d, valid %v)", seqs[i], seq, ok)
 			}
-			done := func() {
-				for i, b := range held {
-					if seq, ok := parseTestFrame(b[VnetHdrLen:]); !ok || seq != seqs[i] {
-						t.Errorf("frame %d changed before done (now seq %d, valid %v)", seqs[i], seq, ok)
-					}
-				}
-				maxHeld = max(maxHeld, len(held))
-				got += len(held)
-				held, seqs = held[:0], seqs[:0]
-			}
-			deadline := time.Now().Add(5 * time.Second)
-			for got < n && time.Now().Before(deadline) {
-				if _, err := rx.ReceiveBlocks(fn, done); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if len(held) != 0 {
-				t.Errorf("%d frames passed to fn without a done", len(held))
-			}
-			st, err := rx.Stats()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if uint64(got)+st.Drops != n {
-				t.Errorf("received %d + dropped %d != %d", got, st.Drops, n)
-			}
-			wantMax := 1
-			if ring.Version == RingV2 && !ring.IsZero() {
-				wantMax = v2Release // the burst is released in v2Release batches
-			}
-			if ring.IsZero() && maxHeld != 1 || ring.Version == RingV2 && !ring.IsZero() && maxHeld != wantMax {
-				t.Errorf("largest batch before done: %d, want %d", maxHeld, wantMax)
-			}
-			if ring.Version == RingV3 && !ring.IsZero() && maxHeld < 2 {
-				t.Errorf("V3 block held %d frames; the test needs a batch", maxHeld)
-			}
-		})
+		}
+		maxHeld = max(maxHeld, len(held))
+		got += len(held)
+		held, seqs = held[:0], seqs[:0]
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for got < n && time.Now().Before(deadline) {
+		if _, err := rx.ReceiveBlocks(fn, done); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(held) != 0 {
+		t.Errorf("%d frames passed to fn without a done", len(held))
+	}
+	st, err := rx.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint64(got)+st.Drops != n {
+		t.Errorf("received %d + dropped %d != %d", got, st.Drops, n)
+	}
+	// The burst is released in v2Release batches.
+	if maxHeld != v2Release {
+		t.Errorf("largest batch before done: %d, want %d", maxHeld, v2Release)
 	}
 }
 
@@ -174,7 +159,7 @@ func TestRingV2BigFrame(t *testing.T) {
 		whole bool
 	}{
 		{"default", DefaultRing(), true},
-		{"2KiB", RingConfig{Version: RingV2, BlockSize: 1 << 20, BlockCount: 1, FrameSize: 2048}, false},
+		{"2KiB", RingConfig{BlockSize: 1 << 20, BlockCount: 1, FrameSize: 2048}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) { bigFrames(t, c.ring, c.whole) })
 	}
@@ -330,31 +315,23 @@ func latencySamples(tb testing.TB, ring RingConfig, n int) []time.Duration {
 	return out
 }
 
-// V2 wakes the reader per frame, V3 only when the block is retired (a 1 ms
-// timeout here): the median V2 latency must be well below V3's.
+// The ring wakes the reader per frame, so a lone frame is not held back
+// for a batch: the median latency stays well below a millisecond.
 func TestRingLatency(t *testing.T) {
 	const n = 40
-	v2 := latencySamples(t, DefaultRing(), n)
-	v3 := latencySamples(t, DefaultRingV3(), n)
-	t.Logf("send->Receive median/max: V2 %v/%v, V3 %v/%v", v2[n/2], v2[n-1], v3[n/2], v3[n-1])
-	if v2[n/2] >= time.Millisecond || v2[n/2]*4 > v3[n/2] {
-		t.Errorf("V2 median latency %v, V3 %v: V2 should be per packet (<1ms, <1/4 of V3)", v2[n/2], v3[n/2])
+	s := latencySamples(t, DefaultRing(), n)
+	t.Logf("send->Receive median/max: %v/%v", s[n/2], s[n-1])
+	if s[n/2] >= time.Millisecond {
+		t.Errorf("median latency %v: the ring should hand over each frame on its own (<1ms)", s[n/2])
 	}
 }
 
 // BenchmarkRingLatency reports the send->Receive latency of one frame in
-// flight (median and 99th percentile) for each receive path.
+// flight (median and 99th percentile).
 func BenchmarkRingLatency(b *testing.B) {
-	for _, c := range []struct {
-		name string
-		ring RingConfig
-	}{{"V2", DefaultRing()}, {"V3", DefaultRingV3()}, {"plain", RingConfig{}}} {
-		b.Run(c.name, func(b *testing.B) {
-			s := latencySamples(b, c.ring, max(b.N, 2))
-			b.ReportMetric(float64(s[len(s)/2].Nanoseconds())/1e3, "p50-µs")
-			b.ReportMetric(float64(s[len(s)*99/100].Nanoseconds())/1e3, "p99-µs")
-		})
-	}
+	s := latencySamples(b, DefaultRing(), max(b.N, 2))
+	b.ReportMetric(float64(s[len(s)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(s[len(s)*99/100].Nanoseconds())/1e3, "p99-µs")
 }
 
 // The prefetch hook sees every frame of a queued burst, with the bytes the
@@ -364,7 +341,7 @@ func BenchmarkRingLatency(b *testing.B) {
 func TestPrefetchRunsAhead(t *testing.T) {
 	const n = 100
 	env := newVethEnv(t)
-	ring := RingConfig{Version: RingV2, BlockSize: 1 << 20, BlockCount: 1, FrameSize: 2048}
+	ring := RingConfig{BlockSize: 1 << 20, BlockCount: 1, FrameSize: 2048}
 	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
 	env.sendBurst(t, n)
 	time.Sleep(20 * time.Millisecond)
@@ -401,7 +378,7 @@ func TestPrefetchRunsAhead(t *testing.T) {
 // prefetch hook installed.
 func TestPrefetchTinyRing(t *testing.T) {
 	env := newVethEnv(t)
-	ring := RingConfig{Version: RingV2, BlockSize: 4096, BlockCount: 1, FrameSize: 2048} // 2 slots
+	ring := RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 2048} // 2 slots
 	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true, Ring: ring})
 	tx := env.open(t, Config{Ifindex: env.a.Index, VnetHdr: true})
 	hooked := 0
