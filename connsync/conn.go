@@ -133,6 +133,7 @@ type Conn struct {
 
 	sendMu  sync.Mutex
 	sendBuf []byte
+	sendMAC *macState // the key's HMAC state for sending; nil without a key
 
 	sentMsgs, sentRecs, sendErrs      atomic.Uint64
 	recvMsgs, recvRecs, dumpReqs, own atomic.Uint64
@@ -158,6 +159,7 @@ func Listen(cfg Config) (*Conn, error) {
 		key:     append([]byte(nil), cfg.Key...),
 		logf:    cfg.Logf,
 		sendBuf: make([]byte, 0, MaxMessage),
+		sendMAC: newMAC(cfg.Key),
 	}
 	if c.logf == nil {
 		c.logf = func(string, ...any) {}
@@ -328,7 +330,7 @@ func (c *Conn) send(t MsgType, recs []Record) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	h := Header{Type: t, SyncID: c.syncID, Sender: c.local, Seq: c.seq.Add(1)}
-	b, err := Encode(c.sendBuf[:0], h, recs, c.key)
+	b, err := encode(c.sendBuf[:0], h, recs, c.sendMAC)
 	if err != nil {
 		return err
 	}
@@ -364,6 +366,7 @@ func (c *Conn) send(t MsgType, recs []Record) error {
 func (c *Conn) Receive(fn func(from netip.Addr, h Header, recs []Record), onDumpRequest func(from netip.Addr)) error {
 	buf := make([]byte, readBuffer)
 	recs := make([]Record, 0, MaxRecords)
+	mac := newMAC(c.key) // this Receive's own, so the sender's is never shared
 	for {
 		n, src, err := c.uc.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -382,7 +385,7 @@ func (c *Conn) Receive(fn func(from netip.Addr, h Header, recs []Record), onDump
 			continue
 		}
 		var h Header
-		h, recs, err = Decode(buf[:n], c.key, c.syncID, recs)
+		h, recs, err = decode(buf[:n], mac, c.syncID, recs)
 		if err != nil {
 			c.reject(err, from)
 			continue

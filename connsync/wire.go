@@ -1,11 +1,12 @@
 package connsync
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"net/netip"
 	"time"
 
@@ -173,11 +174,17 @@ func EncodedLen(n int, authenticated bool) int {
 
 // Encode appends the message made of h and recs to dst and returns the
 // extended slice. With a non-empty key the message ends with an
-// HMAC-SHA256 over everything before it. It allocates nothing when dst has
-// room for EncodedLen(len(recs), len(key) > 0) more bytes. It fails with
-// ErrHeader, ErrCount or ErrRecord (wrapped) on input Decode would reject,
-// leaving dst unchanged.
+// HMAC-SHA256 over everything before it. Without a key it allocates nothing
+// when dst has room for EncodedLen(len(recs), false) more bytes; with one it
+// sets up an HMAC state for the call (crypto/hmac allocates it), which a
+// Conn instead keeps and reuses. It fails with ErrHeader, ErrCount or
+// ErrRecord (wrapped) on input Decode would reject, leaving dst unchanged.
 func Encode(dst []byte, h Header, recs []Record, key []byte) ([]byte, error) {
+	return encode(dst, h, recs, newMAC(key))
+}
+
+// encode is Encode with the key's HMAC state, nil for no key.
+func encode(dst []byte, h Header, recs []Record, mac *macState) ([]byte, error) {
 	if h.Type < MsgUpdate || h.Type > MsgDumpEnd || !h.Sender.Is4() {
 		return dst, ErrHeader
 	}
@@ -190,12 +197,12 @@ func Encode(dst []byte, h Header, recs []Record, key []byte) ([]byte, error) {
 		}
 	}
 	start := len(dst)
-	dst = grow(dst, EncodedLen(len(recs), len(key) > 0))
+	dst = grow(dst, EncodedLen(len(recs), mac != nil))
 	b := dst[start:]
 	copy(b[0:4], magic[:])
 	b[4] = Version
 	b[5] = 0
-	if len(key) > 0 {
+	if mac != nil {
 		b[5] = flagAuth
 	}
 	b[6] = byte(h.Type)
@@ -210,10 +217,8 @@ func Encode(dst []byte, h Header, recs []Record, key []byte) ([]byte, error) {
 		putRecord(b[off:off+RecordLen], &recs[i])
 		off += RecordLen
 	}
-	if len(key) > 0 {
-		var m [MACLen]byte
-		hmacSHA256(&m, key, b[:off])
-		copy(b[off:], m[:])
+	if mac != nil {
+		mac.appendMAC(b[:off])
 	}
 	return dst, nil
 }
@@ -235,8 +240,14 @@ func grow(b []byte, n int) []byte {
 // carry a valid HMAC; without one it must carry none, so mismatched
 // configurations fail loudly instead of half-working. Every length is
 // checked before it is used, and failures wrap one of the package's
-// sentinel errors.
+// sentinel errors. As with Encode, a key costs an HMAC state per call; a
+// Conn keeps one.
 func Decode(b []byte, key []byte, wantSyncID uint16, recs []Record) (Header, []Record, error) {
+	return decode(b, newMAC(key), wantSyncID, recs)
+}
+
+// decode is Decode with the key's HMAC state, nil for no key.
+func decode(b []byte, mac *macState, wantSyncID uint16, recs []Record) (Header, []Record, error) {
 	recs = recs[:0]
 	if len(b) < 5 {
 		return Header{}, recs, ErrShort
@@ -277,14 +288,12 @@ func Decode(b []byte, key []byte, wantSyncID uint16, recs []Record) (Header, []R
 		body -= MACLen
 	}
 	switch {
-	case len(key) > 0 && !auth:
+	case mac != nil && !auth:
 		return Header{}, recs, fmt.Errorf("%w: message carries no MAC", ErrAuth)
-	case len(key) == 0 && auth:
+	case mac == nil && auth:
 		return Header{}, recs, fmt.Errorf("%w: message carries a MAC but no key is set", ErrAuth)
 	case auth:
-		var m [MACLen]byte
-		hmacSHA256(&m, key, b[:body])
-		if subtle.ConstantTimeCompare(m[:], b[body:]) != 1 {
+		if !mac.verify(b[:body], b[body:]) {
 			return Header{}, recs, ErrAuth
 		}
 	}
@@ -383,37 +392,34 @@ func stateMatchesProto(s conntrack.State, proto uint8) bool {
 	return false
 }
 
-// HMAC-SHA256 per RFC 2104 section 2, written out so that it runs on stack
-// buffers: crypto/hmac allocates a fresh state per key, and Decode is a
-// pure function called for every datagram. hmac_test.go checks it against
-// crypto/hmac.
-const (
-	blockSize = sha256.BlockSize // B in RFC 2104
-	ipad      = 0x36
-	opad      = 0x5c
-)
+// macState is one key's HMAC-SHA256 (RFC 2104) state from crypto/hmac,
+// reset for every message so that authenticating a message allocates
+// nothing. It is not safe for concurrent use. A nil *macState stands for no
+// key.
+type macState struct {
+	h   hash.Hash
+	sum [MACLen]byte
+}
 
-// hmacSHA256 sets out to HMAC-SHA256(key, msg). msg is at most a message
-// body (MaxMessage-MACLen bytes), which Encode and Decode guarantee.
-func hmacSHA256(out *[MACLen]byte, key, msg []byte) {
-	var k [blockSize]byte
-	if len(key) > blockSize {
-		// RFC 2104: keys longer than B are first hashed.
-		s := sha256.Sum256(key)
-		copy(k[:], s[:])
-	} else {
-		copy(k[:], key)
+// newMAC returns the HMAC state for key, or nil when key is empty.
+func newMAC(key []byte) *macState {
+	if len(key) == 0 {
+		return nil
 	}
-	var inner [blockSize + MaxMessage]byte
-	for i := range k {
-		inner[i] = k[i] ^ ipad
-	}
-	n := copy(inner[blockSize:], msg)
-	ih := sha256.Sum256(inner[:blockSize+n])
-	var outer [blockSize + MACLen]byte
-	for i := range k {
-		outer[i] = k[i] ^ opad
-	}
-	copy(outer[blockSize:], ih[:])
-	*out = sha256.Sum256(outer[:])
+	return &macState{h: hmac.New(sha256.New, key)}
+}
+
+// appendMAC appends the MAC of msg to msg, which must have MACLen bytes of
+// spare capacity (Encode's grow leaves them), and returns the extended slice.
+func (m *macState) appendMAC(msg []byte) []byte {
+	m.h.Reset()
+	m.h.Write(msg)
+	return m.h.Sum(msg)
+}
+
+// verify reports whether mac is the MAC of msg, in constant time.
+func (m *macState) verify(msg, mac []byte) bool {
+	m.h.Reset()
+	m.h.Write(msg)
+	return hmac.Equal(m.h.Sum(m.sum[:0]), mac)
 }
