@@ -207,7 +207,7 @@ func (h *Helper) startMembership(mac net.HardwareAddr) {
 	}
 	cl, err := election.Join(election.ClusterConfig{Name: self.String(), Bind: netip.AddrPortFrom(self, h.opt.GossipPort),
 		Meta: election.NodeMeta{Name: self.String(), Addr: self, MAC: mac, PortLo: lo, PortHi: hi, Weight: 100, Healthy: true},
-		Logf: func(f string, a ...any) { h.log.Debug(fmt.Sprintf(f, a...)) }})
+		Log:  h.log})
 	if err != nil {
 		h.info("membership unavailable: %v", err)
 		return

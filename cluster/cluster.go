@@ -70,7 +70,8 @@ type Config struct {
 	Peers []string
 	// ClusterKey encrypts memberlist gossip (16, 24 or 32 bytes), optional.
 	ClusterKey []byte
-	// Sync configures the connection-sync channel (Interface, Local and Logf are filled in).
+	// Sync configures the connection-sync channel (Interface and Local are filled in; Log
+	// defaults to the node's).
 	Sync connsync.Config
 	// HealthPorts are this node's own service ports probed with TCP connects (none: always
 	// healthy); Rise and Fall are the hysteresis counts.
@@ -228,14 +229,14 @@ func (n *Node) Run(ctx context.Context) error {
 	// Membership and election.
 	healthy := len(cfg.HealthPorts) == 0
 	n.cl, err = election.Join(election.ClusterConfig{Name: cfg.Name, Bind: cfg.Bind, Peers: cfg.Peers,
-		Meta: n.meta(healthy), Logf: func(f string, a ...any) { n.log.Debug(fmt.Sprintf(f, a...)) }, SecretKey: cfg.ClusterKey})
+		Meta: n.meta(healthy), Log: n.log, SecretKey: cfg.ClusterKey})
 	if err != nil {
 		n.sync.Close()
 		cancel()
 		wg.Wait()
 		return fmt.Errorf("cluster: joining: %w", err)
 	}
-	el := election.NewElector(cfg.Name, cfg.VIPs.Addrs(), election.Options{Preempt: cfg.Preempt}, n.logf)
+	el := election.NewElector(cfg.Name, cfg.VIPs.Addrs(), election.Options{Preempt: cfg.Preempt}, n.log)
 	// The membership signals each change once; both the election and the member list must see
 	// every change, so the signal is fanned out (a shared channel made one of them wait for its
 	// next one-second tick, which slowed hand-overs to a second).
@@ -258,7 +259,7 @@ func (n *Node) Run(ctx context.Context) error {
 	// A (re)joining node asks the active one for the table before it may preempt anyone.
 	n.sync.RequestDump()
 	wg.Add(3)
-	go func() { defer wg.Done(); n.runner.Run(runCtx, n.logf) }()
+	go func() { defer wg.Done(); n.runner.Run(runCtx, n.log) }()
 	go func() { defer wg.Done(); n.memberLoop(runCtx) }()
 	go func() { defer wg.Done(); n.healthLoop(runCtx, healthy) }()
 	wg.Add(1)

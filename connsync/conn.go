@@ -1,8 +1,10 @@
 package connsync
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -67,9 +69,9 @@ type Config struct {
 	// first IPv4 address; in unicast mode it is required and the socket is
 	// bound to it.
 	Local netip.Addr
-	// Logf, if set, receives warnings (a missing key, the first rejection
-	// of each kind, send failures).
-	Logf func(string, ...any)
+	// Log receives warnings (a missing key, the first rejection of each
+	// kind, send and read failures); nil discards them.
+	Log *slog.Logger
 }
 
 // Stats counts a connection's traffic. Every rejected datagram is counted
@@ -127,7 +129,7 @@ type Conn struct {
 	local  netip.Addr
 	dests  []netip.AddrPort // the group, or the unicast peers
 	peers  []netip.Addr     // accepted sources in unicast mode
-	logf   func(string, ...any)
+	log    *slog.Logger
 	seq    atomic.Uint32
 	closed atomic.Bool
 
@@ -157,12 +159,12 @@ func Listen(cfg Config) (*Conn, error) {
 	c := &Conn{
 		syncID:  cfg.SyncID,
 		key:     append([]byte(nil), cfg.Key...),
-		logf:    cfg.Logf,
+		log:     cfg.Log,
 		sendBuf: make([]byte, 0, MaxMessage),
 		sendMAC: newMAC(cfg.Key),
 	}
-	if c.logf == nil {
-		c.logf = func(string, ...any) {}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
 	}
 	// A random first sequence number makes a restarted sender's messages
 	// distinguishable from its previous life's in a capture.
@@ -181,7 +183,7 @@ func Listen(cfg Config) (*Conn, error) {
 		return nil, err
 	}
 	if len(c.key) == 0 {
-		c.logf("connsync: WARNING: no sync key set; sync messages are not authenticated and anyone on the link can inject connection entries")
+		c.log.Warn("no sync key set: sync messages are not authenticated and anyone on the link can inject connection entries")
 	}
 	return c, nil
 }
@@ -351,7 +353,7 @@ func (c *Conn) send(t MsgType, recs []Record) error {
 		// At most one log line a second: a dead peer must not flood.
 		now := time.Now().UnixNano()
 		if last := c.lastSendLog.Load(); now-last > int64(time.Second) && c.lastSendLog.CompareAndSwap(last, now) {
-			c.logf("connsync: %v", err)
+			c.log.Warn("sync send failed", "err", err)
 		}
 		return err
 	}
@@ -374,7 +376,7 @@ func (c *Conn) Receive(fn func(from netip.Addr, h Header, recs []Record), onDump
 				return nil
 			}
 			c.readErrs.Add(1)
-			c.logf("connsync: read: %v", err)
+			c.log.Warn("sync read failed", "err", err)
 			// A persistent error must not spin a core.
 			time.Sleep(10 * time.Millisecond)
 			continue
@@ -421,12 +423,19 @@ func (c *Conn) isPeer(a netip.Addr) bool {
 
 // reject counts a rejected datagram and logs the first one of each reason;
 // later ones are only counted, so a flood of garbage cannot flood the log.
+// Another group's messages are normal on a shared LAN, so that reason is
+// logged at Info, the others at Warn.
 func (c *Conn) reject(err error, from netip.Addr) {
 	for i, e := range rejErrs {
 		if errors.Is(err, e) {
 			c.rejected[i].Add(1)
 			if c.rejLogged[i].CompareAndSwap(false, true) {
-				c.logf("connsync: dropped a datagram from %v: %v (further drops of this kind are only counted)", from, err)
+				level := slog.LevelWarn
+				if i == rejSyncID {
+					level = slog.LevelInfo
+				}
+				c.log.Log(context.Background(), level, "dropped a sync datagram; further drops of this kind are only counted",
+					"from", from, "err", err)
 			}
 			return
 		}

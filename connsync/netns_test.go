@@ -3,16 +3,18 @@ package connsync
 import (
 	"context"
 	"errors"
-	"github.com/l2lb/l2lb/internal/e2e"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -57,6 +59,18 @@ type node struct {
 	onDump func(netip.Addr)
 }
 
+// testLogger logs to t, one t.Log call per record.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
 // listen opens a Conn inside h's namespace and runs its Receive loop until
 // cleanup.
 func listen(t *testing.T, h *testbed.Host, cfg Config) *node {
@@ -66,9 +80,8 @@ func listen(t *testing.T, h *testbed.Host, cfg Config) *node {
 
 func listenWith(t *testing.T, h *testbed.Host, cfg Config, onDump func(netip.Addr)) *node {
 	t.Helper()
-	if cfg.Logf == nil {
-		name := h.Name
-		cfg.Logf = func(f string, a ...any) { t.Logf(name+": "+f, a...) }
+	if cfg.Log == nil {
+		cfg.Log = testLogger(t).With("node", h.Name)
 	}
 	n := &node{onDump: onDump}
 	err := h.Do(func() error {
@@ -216,7 +229,7 @@ func TestNamespaces(t *testing.T) {
 		// garbage.
 		wrongID := listen(t, c1, Config{SyncID: 9, Key: key, Interface: "eth0", Group: group})
 		wrongKey := listen(t, c1, Config{SyncID: 7, Key: []byte("guessed"), Interface: "eth0", Group: group})
-		noKey := listen(t, c1, Config{SyncID: 7, Interface: "eth0", Group: group, Logf: func(string, ...any) {}})
+		noKey := listen(t, c1, Config{SyncID: 7, Interface: "eth0", Group: group, Log: slog.New(slog.DiscardHandler)})
 		evil := manyRecords(5)
 		for i := range evil {
 			evil[i].Member = c1.Addr // would steal flows

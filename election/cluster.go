@@ -3,8 +3,8 @@ package election
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log"
+	"log/slog"
 	"math"
 	"net/netip"
 	"slices"
@@ -74,9 +74,10 @@ type ClusterConfig struct {
 	Peers []string
 	// Meta is this node's initial metadata; its Name is replaced by Name.
 	Meta NodeMeta
-	// Logf receives this package's and memberlist's log lines; nil
-	// discards them (memberlist never writes to stderr by itself here).
-	Logf func(string, ...any)
+	// Log receives this package's events and, at Debug, memberlist's log
+	// lines; nil discards them (memberlist never writes to stderr by itself
+	// here).
+	Log *slog.Logger
 	// SecretKey, if set, encrypts gossip with AES (16, 24 or 32 bytes).
 	SecretKey []byte
 	// ProbeInterval defaults to DefaultProbeInterval; the other timers
@@ -90,7 +91,7 @@ type ClusterConfig struct {
 type Cluster struct {
 	cfg     ClusterConfig
 	ml      *memberlist.Memberlist
-	logf    func(string, ...any)
+	log     *slog.Logger
 	updated chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
@@ -183,7 +184,7 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 	}
 	c := &Cluster{
 		cfg:     cfg,
-		logf:    cfg.Logf,
+		log:     cfg.Log,
 		updated: make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -191,11 +192,8 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 		peers:   slices.Clone(cfg.Peers),
 		badMeta: make(map[string]bool),
 	}
-	var out io.Writer = io.Discard
-	if c.logf == nil {
-		c.logf = func(string, ...any) {}
-	} else {
-		out = logWriter{c.logf}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
 	}
 	meta := cfg.Meta
 	meta.Name = cfg.Name
@@ -205,7 +203,10 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 	}
 	c.self, c.selfEnc = meta, enc
 
-	mc := memberlistConfig(cfg, pi, log.New(out, "", 0))
+	// memberlist logs through a *log.Logger, one line per call, each
+	// starting with its own "[LEVEL] memberlist:" tag; it is chatty, so all
+	// of it goes out at Debug.
+	mc := memberlistConfig(cfg, pi, slog.NewLogLogger(c.log.Handler(), slog.LevelDebug))
 	d := &delegate{c}
 	mc.Delegate, mc.Events, mc.Conflict = d, d, d
 	ml, err := memberlist.Create(mc)
@@ -215,7 +216,7 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 	c.ml = ml
 	if len(c.peers) > 0 {
 		if _, err := ml.Join(c.peers); err != nil {
-			c.logf("election: %s: joining %v: %v (will retry every %s)", cfg.Name, c.peers, err, ri)
+			c.log.Info("joining the peers failed; retrying", "node", cfg.Name, "peers", c.peers, "err", err, "every", ri)
 		}
 	}
 	go c.rejoinLoop(ri)
@@ -354,7 +355,7 @@ func (c *Cluster) rejoinLoop(every time.Duration) {
 		// Log only changes so that an unreachable peer does not fill
 		// the log every few seconds.
 		if msg != c.joinErrs && msg != "" {
-			c.logf("election: %s: rejoining %v: %v", c.cfg.Name, missing, err)
+			c.log.Info("rejoining peers failed", "node", c.cfg.Name, "peers", missing, "err", err)
 		}
 		c.joinErrs = msg
 	}
@@ -383,7 +384,7 @@ func (c *Cluster) setMember(n *memberlist.Node, alive bool) {
 			// Keep the node visible but never a candidate; log once
 			// per node until its metadata becomes readable.
 			if !c.badMeta[n.Name] {
-				c.logf("election: %s: member %s announces unreadable metadata: %v", c.cfg.Name, n.Name, err)
+				c.log.Warn("member announces unreadable metadata", "node", c.cfg.Name, "member", n.Name, "err", err)
 			}
 			c.badMeta[n.Name] = true
 			meta = NodeMeta{}
@@ -435,14 +436,6 @@ func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.c.setMember(n, true) }
 // NotifyConflict logs two nodes claiming the same name: memberlist keeps the
 // first, and the second is not a member until it is renamed.
 func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
-	d.c.logf("election: %s: name conflict: %s is claimed by %s and %s", d.c.cfg.Name, existing.Name, existing.Address(), other.Address())
-}
-
-// logWriter routes memberlist's *log.Logger output to Logf.
-type logWriter struct{ logf func(string, ...any) }
-
-// Write logs one line per call, as log.Logger writes whole lines.
-func (w logWriter) Write(p []byte) (int, error) {
-	w.logf("%s", strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	d.c.log.Warn("name conflict: two nodes claim one name", "node", d.c.cfg.Name, "name", existing.Name,
+		"addr", existing.Address(), "other", other.Address())
 }

@@ -3,6 +3,7 @@ package election
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -13,17 +14,37 @@ import (
 	"time"
 )
 
-// lineLog collects log lines from memberlist goroutines, which may outlive a
-// test's own goroutine.
+// lineLog collects log records, as slog's text handler writes them, from
+// memberlist goroutines, which may outlive a test's own goroutine.
 type lineLog struct {
 	mu    sync.Mutex
 	lines []string
 }
 
-func (l *lineLog) logf(format string, args ...any) {
+// Write stores one record (the text handler writes each in one call).
+func (l *lineLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
-	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+	l.lines = append(l.lines, string(p))
 	l.mu.Unlock()
+	return len(p), nil
+}
+
+// logger returns a logger that writes every record, Debug included, to l.
+func (l *lineLog) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// testLogger returns a logger that writes every record, Debug included, to
+// the test's log.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }
 
 func (l *lineLog) contains(s string) bool {
@@ -85,7 +106,7 @@ func startCluster(t *testing.T, n int, logs *lineLog) []*Cluster {
 			Bind:  netip.MustParseAddrPort("127.0.0.1:0"),
 			Peers: seed,
 			Meta:  clusterMeta(i),
-			Logf:  logs.logf,
+			Log:   logs.logger(),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -169,7 +190,7 @@ func TestClusterMembership(t *testing.T) {
 		t.Fatalf("UpdateMeta after Leave: %v", err)
 	}
 	if !logs.contains("memberlist") {
-		t.Fatal("memberlist's log was not routed to Logf")
+		t.Fatal("memberlist's log was not routed to Log")
 	}
 }
 
@@ -187,7 +208,7 @@ func TestClusterRejoinAndKey(t *testing.T) {
 	ln.Close()
 	a, err := Join(ClusterConfig{
 		Name: prefix + "a", Bind: netip.MustParseAddrPort("127.0.0.1:0"),
-		Peers: []string{port.String()}, Meta: clusterMeta(0), Logf: logs.logf,
+		Peers: []string{port.String()}, Meta: clusterMeta(0), Log: logs.logger(),
 		SecretKey: key, RejoinInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
@@ -195,7 +216,7 @@ func TestClusterRejoinAndKey(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = a.Shutdown() })
 	b, err := Join(ClusterConfig{
-		Name: prefix + "b", Bind: port, Meta: clusterMeta(1), Logf: logs.logf, SecretKey: key,
+		Name: prefix + "b", Bind: port, Meta: clusterMeta(1), Log: logs.logger(), SecretKey: key,
 	})
 	if err != nil {
 		// Not a missing prerequisite: another process took the port between reserving and

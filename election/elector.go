@@ -1,6 +1,7 @@
 package election
 
 import (
+	"log/slog"
 	"net/netip"
 	"slices"
 )
@@ -28,7 +29,7 @@ type Elector struct {
 	self  string
 	vips  []netip.Addr
 	opt   Options
-	logf  func(string, ...any)
+	log   *slog.Logger
 	owned map[netip.Addr]bool
 	// seen remembers logged conflicts and waits so that a condition
 	// that lasts several steps is logged once, when it starts.
@@ -36,16 +37,17 @@ type Elector struct {
 }
 
 // NewElector returns the elector of the node named self for the given VIPs.
-// logf receives one line per transition; nil discards them.
-func NewElector(self string, vips []netip.Addr, opt Options, logf func(string, ...any)) *Elector {
-	if logf == nil {
-		logf = func(string, ...any) {}
+// log receives one record per transition, with the node's name as "node";
+// nil discards them.
+func NewElector(self string, vips []netip.Addr, opt Options, log *slog.Logger) *Elector {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	return &Elector{
 		self:  self,
 		vips:  sortedVIPs(vips),
 		opt:   opt,
-		logf:  logf,
+		log:   log,
 		owned: make(map[netip.Addr]bool),
 		seen:  make(map[string]bool),
 	}
@@ -99,18 +101,20 @@ func (e *Elector) Step(v View) (acquire, release []netip.Addr) {
 			case !selfCand:
 				delete(e.owned, vip)
 				release = append(release, vip)
-				e.logf("election: %s: handed %s over to %s", e.self, vip, holders[0].Name)
+				e.log.Info("handed the VIP over", "node", e.self, "vip", vip, "to", holders[0].Name)
 			default:
 				w := best(append(holders, self), vip, e.opt)
 				others := names(holders)
 				if w.Name != e.self {
 					delete(e.owned, vip)
 					release = append(release, vip)
-					e.logf("election: %s: split brain: %s also announce %s; yielding to %s", e.self, others, vip, w.Name)
+					e.log.Warn("split brain: others announce the VIP too; yielding", "node", e.self, "vip", vip,
+						"others", others, "winner", w.Name)
 				} else {
 					key := "conflict " + vip.String() + " " + others
 					if !e.seen[key] {
-						e.logf("election: %s: split brain: %s also announce %s; keeping it, they must yield", e.self, others, vip)
+						e.log.Warn("split brain: others announce the VIP too; keeping it, they must yield", "node", e.self,
+							"vip", vip, "others", others)
 					}
 					seen[key] = true
 				}
@@ -125,19 +129,19 @@ func (e *Elector) Step(v View) (acquire, release []netip.Addr) {
 		case len(holders) == 0:
 			e.owned[vip] = true
 			acquire = append(acquire, vip)
-			e.logf("election: %s: acquired %s (elected, no live holder)", e.self, vip)
+			e.log.Info("acquired the VIP: elected, no live holder", "node", e.self, "vip", vip)
 		case e.opt.Preempt && self.TableReady:
 			e.owned[vip] = true
 			acquire = append(acquire, vip)
-			e.logf("election: %s: acquired %s (preempting %s, table synced)", e.self, vip, names(holders))
+			e.log.Info("acquired the VIP: preempting, table synced", "node", e.self, "vip", vip, "holders", names(holders))
 		default:
 			key := "wait " + vip.String() + " " + names(holders)
 			if !e.seen[key] {
+				msg := "elected for the VIP but another node holds it; not preempting"
 				if e.opt.Preempt {
-					e.logf("election: %s: elected for %s but %s holds it; waiting for the synced table", e.self, vip, names(holders))
-				} else {
-					e.logf("election: %s: elected for %s but %s holds it; not preempting", e.self, vip, names(holders))
+					msg = "elected for the VIP but another node holds it; waiting for the synced table"
 				}
+				e.log.Info(msg, "node", e.self, "vip", vip, "holders", names(holders))
 			}
 			seen[key] = true
 		}
@@ -165,7 +169,7 @@ func names(ms []Member) string {
 func (e *Elector) ReleaseAll() []netip.Addr {
 	out := e.Owned()
 	if len(out) > 0 {
-		e.logf("election: %s: stopping, released %v", e.self, out)
+		e.log.Info("stopping, released the VIPs", "node", e.self, "vips", out)
 	}
 	clear(e.owned)
 	return out

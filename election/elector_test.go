@@ -1,7 +1,7 @@
 package election
 
 import (
-	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -39,12 +39,25 @@ func newSim(t *testing.T, vips []netip.Addr, opt Options, prio map[string]uint8)
 	return s
 }
 
-func (s *sim) logf(format string, args ...any) {
-	line := fmt.Sprintf(format, args...)
+// Write stores one log record as slog's text handler renders it (the sim
+// runs on the test's goroutine) and copies it to the test log.
+func (s *sim) Write(p []byte) (int, error) {
+	line := strings.TrimSuffix(string(p), "\n")
 	s.logs = append(s.logs, line)
 	if !s.quiet {
 		s.t.Log(line)
 	}
+	return len(p), nil
+}
+
+// logger returns a logger writing to s, without the time.
+func (s *sim) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(s, &slog.HandlerOptions{ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) == 0 && a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))
 }
 
 // start (re)starts a node: fresh elector, nothing served, table not synced.
@@ -52,7 +65,7 @@ func (s *sim) start(name string) {
 	n := s.nodes[name]
 	n.up = true
 	n.meta.Active = nil
-	n.e = NewElector(name, s.vips, s.opt, s.logf)
+	n.e = NewElector(name, s.vips, s.opt, s.logger())
 }
 
 func (s *sim) sees(a, b string) bool {
@@ -155,7 +168,7 @@ func TestElectorFailoverNoPreempt(t *testing.T) {
 	s.start("a")
 	s.settle()
 	s.wantOwner("b")
-	if !s.logged("a: elected for 198.51.100.1 but b holds it; not preempting") {
+	if !s.logged(`not preempting" node=a vip=198.51.100.1 holders=b`) {
 		t.Fatal("a did not log that it does not preempt")
 	}
 	// b crashes later: a, the Decide winner, takes over.
@@ -212,7 +225,7 @@ func TestElectorDrainingHandsOver(t *testing.T) {
 	}
 	s.settle()
 	s.wantOwner("b")
-	if !s.logged("a: handed 198.51.100.1 over to b") {
+	if !s.logged(`msg="handed the VIP over" node=a vip=198.51.100.1 to=b`) {
 		t.Fatal("hand-over not logged")
 	}
 }
@@ -262,10 +275,10 @@ func TestElectorSplitBrain(t *testing.T) {
 			}
 			s.settle()
 			s.wantOwner("a")
-			if !s.logged("b: split brain: a also announce 198.51.100.1; yielding to a") {
+			if !s.logged(`yielding" node=b vip=198.51.100.1 others=a winner=a`) {
 				t.Fatal("loser did not log the conflict")
 			}
-			if first == "a" && !s.logged("a: split brain: b also announce 198.51.100.1; keeping it") {
+			if first == "a" && !s.logged(`keeping it, they must yield" node=a vip=198.51.100.1 others=b`) {
 				t.Fatal("winner did not log the conflict")
 			}
 		})

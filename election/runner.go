@@ -2,6 +2,7 @@ package election
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"sync"
@@ -75,13 +76,17 @@ func (r *Runner) Update(change func(*NodeMeta)) error {
 }
 
 // Run steps the election on every membership change, and every second
-// regardless, until ctx ends. Announcement errors are passed to logf.
-func (r *Runner) Run(ctx context.Context, logf func(string, ...any)) {
+// regardless, until ctx ends. Announcement errors are logged to log at Warn;
+// nil discards them.
+func (r *Runner) Run(ctx context.Context, log *slog.Logger) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	t := time.NewTicker(resyncInterval)
 	defer t.Stop()
 	for {
-		if err := r.Sync(); err != nil && logf != nil {
-			logf("election: %s: announcing metadata: %v", r.meta.Name, err)
+		if err := r.Sync(); err != nil {
+			log.Warn("announcing metadata failed", "node", r.name(), "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -120,6 +125,13 @@ func (r *Runner) Handover(ctx context.Context) error {
 		_ = r.m.UpdateMeta(r.meta)
 	}
 	return err
+}
+
+// name returns this node's name.
+func (r *Runner) name() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.meta.Name
 }
 
 // Owned returns the VIPs this node serves now.

@@ -84,14 +84,14 @@ func TestRunnerHandover(t *testing.T) {
 	var runners []*Runner
 	for i, name := range []string{"a", "b"} {
 		meta := NodeMeta{Name: name, Priority: uint8(10 - i), Healthy: true, Capable: true}
-		r := NewRunner(bus.join(meta), NewElector(name, vips, Options{}, t.Logf), meta, bus.record(name))
+		r := NewRunner(bus.join(meta), NewElector(name, vips, Options{}, testLogger(t)), meta, bus.record(name))
 		runners = append(runners, r)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, r := range runners {
 		wg.Add(1)
-		go func() { defer wg.Done(); r.Run(ctx, t.Logf) }()
+		go func() { defer wg.Done(); r.Run(ctx, testLogger(t)) }()
 	}
 	defer func() { cancel(); wg.Wait() }()
 
@@ -120,7 +120,7 @@ func TestRunnerHandover(t *testing.T) {
 func TestRunnerHandoverAloneTimesOut(t *testing.T) {
 	bus := &fakeBus{metas: map[string]NodeMeta{}, alive: map[string]bool{}, chans: map[string]chan struct{}{}}
 	meta := NodeMeta{Name: "a", Healthy: true, Capable: true}
-	r := NewRunner(bus.join(meta), NewElector("a", vipList(1), Options{}, t.Logf), meta, bus.record("a"))
+	r := NewRunner(bus.join(meta), NewElector("a", vipList(1), Options{}, testLogger(t)), meta, bus.record("a"))
 	if err := r.Sync(); err != nil || len(r.Owned()) != 1 {
 		t.Fatalf("sole node not elected: %v %v", r.Owned(), err)
 	}

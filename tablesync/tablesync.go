@@ -7,7 +7,6 @@ package tablesync
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -39,8 +38,8 @@ func Start(eng *dataplane.Engine, cfg connsync.Config, log *slog.Logger, onDumpE
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Logf == nil {
-		cfg.Logf = func(f string, a ...any) { log.Info("sync: " + fmt.Sprintf(f, a...)) }
+	if cfg.Log == nil {
+		cfg.Log = log.With("part", "sync")
 	}
 	c, err := connsync.Listen(cfg)
 	if err != nil {
