@@ -96,7 +96,6 @@ func (t *Table) pointTemplate(tk uint64, member uint32, now int64) {
 	s.advance(now)
 	if v, ok := s.tmpls[tk]; ok {
 		v.member = uint16(member)
-		v.gone = false
 		v.exp = laterTick(v.exp, expiryTick(now, t.persist))
 		s.tmpls[tk] = v
 	}
@@ -114,8 +113,8 @@ func (t *Table) pointTemplate(tk uint64, member uint32, now int64) {
 // flows imported with Import take their own.
 //
 // ImportTemplate returns ErrNoPersistence when the table has persistence
-// off, ErrBadMember for a member above MaxMember, and ErrFull (counted as a
-// template overflow, see Overflows) when MaxEntries templates exist already.
+// off, ErrBadMember for a member above MaxMember, and ErrFull when
+// MaxEntries templates exist already.
 func (t *Table) ImportTemplate(client, vip uint32, member uint32, expires int64, now int64) error {
 	if t.persist == 0 {
 		return ErrNoPersistence
@@ -142,7 +141,6 @@ func (t *Table) ImportTemplate(client, vip uint32, member uint32, expires int64,
 	// A dead template not yet removed has an expiry before now, so the
 	// later of the two is the new one: it is replaced, not resurrected.
 	v.member = uint16(member)
-	v.gone = false
 	v.exp = laterTick(v.exp, exp)
 	s.tmpls[tk] = v
 	return nil
@@ -164,8 +162,7 @@ func (t *Table) latest() int64 {
 // shard, until fn returns false, for a connection-sync sender's periodic
 // refresh or bulk dump. A template is live while a flow holds it or its
 // persistence period has not passed, judged at the latest time the table
-// has seen; templates whose member was removed (see RemoveMember) are
-// skipped. fn runs with the template's shard locked, so it must not call
+// has seen. fn runs with the template's shard locked, so it must not call
 // back into t. Templates created or removed during RangeTemplates may or may
 // not be seen.
 //
@@ -185,9 +182,6 @@ func (t *Table) RangeTemplates(fn func(client, vip uint32, e Entry) bool) {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for tk, v := range s.tmpls {
-			if v.gone {
-				continue
-			}
 			exp := v.exp
 			if v.flows > 0 {
 				exp = laterTick(exp, held)

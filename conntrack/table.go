@@ -8,7 +8,7 @@
 //
 // # Layout and why
 //
-// Entries live in Shards independent shards, each a mutex, an open-addressing
+// Entries live in 256 independent shards, each a mutex, an open-addressing
 // flow table of 32-byte slots (see flowTab for why not a Go map) and a Go map
 // of persistence templates, which are only consulted when a flow misses. The
 // shard is picked by the low bits of the key's hash, the slot by its high
@@ -112,9 +112,6 @@ type Entry struct {
 
 // Config sets up a Table. Zero fields take their defaults.
 type Config struct {
-	// Shards is the number of independently locked shards; it is rounded up
-	// to a power of two. Default 256.
-	Shards int
 	// MaxEntries bounds the number of flows; persistence templates are
 	// bounded separately by the same number. Default 1<<20.
 	MaxEntries int
@@ -125,6 +122,10 @@ type Config struct {
 	// member its earlier flows went to while any of them lives and for
 	// Persistence after the last activity. Zero turns persistence off.
 	Persistence time.Duration
+
+	// shards replaces defaultShards when positive (tests), rounded up to a
+	// power of two.
+	shards int
 }
 
 // flowKey is Key packed into two words, so the map hashes and compares 16
@@ -135,11 +136,7 @@ type flowKey struct{ a, b uint64 }
 type tmplVal struct {
 	exp    uint32 // expiry tick once no flow holds the template
 	member uint16
-	// gone marks a template whose member was removed while flows of other
-	// members still hold it: it no longer steers new flows, but it stays
-	// until they end so every reference count stays exact.
-	gone  bool
-	flows uint32 // live flows holding a reference
+	flows  uint32 // live flows holding a reference
 }
 
 type shard struct {
@@ -153,7 +150,7 @@ type shard struct {
 type shardState struct {
 	mu sync.Mutex
 	// now is the latest time seen under mu; operations without a "now"
-	// argument (Delete, SetMember, RemoveMember, Range) use it.
+	// argument (Delete, SetMember, Range) use it.
 	now   int64
 	flows flowTab
 	tmpls map[uint64]tmplVal
@@ -161,15 +158,13 @@ type shardState struct {
 
 // Table is a sharded connection table safe for concurrent use.
 type Table struct {
-	shards       []shard
-	mask         uint64
-	max          int64
-	persist      int64 // ns; 0 = off
-	timeout      [numStates]int64
-	nflows       atomic.Int64
-	ntmpls       atomic.Int64
-	overflows    atomic.Uint64
-	tmplOverflow atomic.Uint64
+	shards  []shard
+	mask    uint64
+	max     int64
+	persist int64 // ns; 0 = off
+	timeout [numStates]int64
+	nflows  atomic.Int64
+	ntmpls  atomic.Int64
 	// seed keys the flow and template hashes (see the package comment).
 	seed maphash.Seed
 	// onInsert is the SetOnInsert hook; nil (the usual case) costs Insert
@@ -180,7 +175,7 @@ type Table struct {
 
 // New returns an empty table configured by cfg.
 func New(cfg Config) *Table {
-	n := cfg.Shards
+	n := cfg.shards
 	if n <= 0 {
 		n = defaultShards
 	}
@@ -312,8 +307,8 @@ func (t *Table) Touch(k Key, tcpFlags uint8, now int64) (member uint32, ok bool)
 // was not yet removed is replaced. With Persistence on, Insert also creates
 // or refreshes the template of (k.Src, k.Dst) and points it at member; if
 // MaxEntries templates exist already the flow is still recorded, without
-// persistence, and the overflow is counted (see Overflows). After a
-// successful Insert it calls the SetOnInsert hook, if any.
+// persistence. After a successful Insert it calls the SetOnInsert hook, if
+// any.
 func (t *Table) Insert(k Key, member uint32, tcpFlags uint8, now int64) error {
 	if member > MaxMember {
 		return ErrBadMember
@@ -353,7 +348,6 @@ func (t *Table) SetOnInsert(fn func(k Key, member uint32, state State)) {
 func (t *Table) record(f flowKey, member uint32, state State, exp uint32, now int64, update bool) error {
 	if t.nflows.Add(1) > t.max {
 		t.nflows.Add(-1)
-		t.overflows.Add(1)
 		return ErrFull
 	}
 	tk := f.tmplKey()
@@ -408,14 +402,13 @@ func (t *Table) record(f flowKey, member uint32, state State, exp uint32, now in
 }
 
 // templateForUpdate returns template tk of shard s (locked by the caller) to be changed and
-// stored back, creating it with expiry exp when absent. It reports false, counting the overflow,
-// when no room is left for a new template.
+// stored back, creating it with expiry exp when absent. It reports false when no room is left
+// for a new template.
 func (t *Table) templateForUpdate(s *shard, tk uint64, exp uint32) (tmplVal, bool) {
 	v, ok := s.tmpls[tk]
 	if !ok {
 		if t.ntmpls.Add(1) > t.max {
 			t.ntmpls.Add(-1)
-			t.tmplOverflow.Add(1)
 			return v, false
 		}
 		v.exp = exp
@@ -440,7 +433,6 @@ func (t *Table) acquireTemplate(tk uint64, member uint32, now int64) bool {
 	// Template first, and it only picks another member when the template's
 	// one can no longer take flows (IPVS then drops the old template too).
 	v.member = uint16(member)
-	v.gone = false
 	v.flows++
 	v.exp = laterTick(v.exp, exp)
 	s.tmpls[tk] = v
@@ -471,7 +463,7 @@ func (t *Table) Template(client, vip uint32, now int64) (member uint32, ok bool)
 	s.advance(now)
 	v, ok := s.tmpls[tk]
 	s.mu.Unlock()
-	if !ok || v.gone || (v.flows == 0 && expired(v.exp, now)) {
+	if !ok || (v.flows == 0 && expired(v.exp, now)) {
 		return 0, false
 	}
 	return uint32(v.member), true
@@ -591,65 +583,6 @@ func (t *Table) Expire(now int64) (flows, templates int) {
 	return flows, templates
 }
 
-// RemoveMember deletes every flow and every persistence template of member,
-// as IPVS does for a removed real server with expire_nodest_conn=1. It
-// returns how many flows it removed.
-func (t *Table) RemoveMember(member uint32) int {
-	if member > MaxMember {
-		return 0
-	}
-	m := uint16(member)
-	var rel []release
-	removed := 0
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		for i := 0; i < len(s.flows.slots); {
-			v := &s.flows.slots[i]
-			if v.flags&flagUsed == 0 || v.member != m {
-				i++
-				continue
-			}
-			t.active[m].Add(-1)
-			removed++
-			if v.flags&flagTemplate != 0 {
-				rel = append(rel, release{v.a, flowEnd(v, s.now)})
-			}
-			s.flows.removeAt(i) // slot i may now hold another flow: look again
-		}
-		s.flows.shrink()
-		s.mu.Unlock()
-		for _, r := range rel {
-			t.releaseTemplate(r.tk, r.end)
-		}
-		rel = rel[:0]
-	}
-	t.nflows.Add(-int64(removed))
-
-	templates := 0
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		for tk, v := range s.tmpls {
-			if v.member != m || v.gone {
-				continue
-			}
-			if v.flows > 0 {
-				// Still held by flows of other members (Insert re-pointed
-				// it to m after they were scheduled); see tmplVal.gone.
-				v.gone = true
-				s.tmpls[tk] = v
-				continue
-			}
-			delete(s.tmpls, tk)
-			templates++
-		}
-		s.mu.Unlock()
-	}
-	t.ntmpls.Add(-int64(templates))
-	return removed
-}
-
 // Len returns how many flows and persistence templates the table holds,
 // including expired ones Expire has not yet removed.
 func (t *Table) Len() (flows, templates int) {
@@ -663,13 +596,6 @@ func (t *Table) Active(member uint32) int64 {
 		return 0
 	}
 	return t.active[member].Load()
-}
-
-// Overflows returns how many flows Insert and Import refused with ErrFull,
-// and how many flows were recorded without persistence because the template
-// limit was reached plus how many templates ImportTemplate refused for it.
-func (t *Table) Overflows() (flows, templates uint64) {
-	return t.overflows.Load(), t.tmplOverflow.Load()
 }
 
 // Range calls fn for each flow, shard by shard, until fn returns false. fn

@@ -402,7 +402,7 @@ func TestPersistenceIdleWithoutFlows(t *testing.T) {
 
 func TestLimit(t *testing.T) {
 	const max = 100
-	tb := New(Config{MaxEntries: max, Shards: 4, Persistence: time.Minute})
+	tb := New(Config{MaxEntries: max, shards: 4, Persistence: time.Minute})
 	for i := 0; i < max; i++ {
 		mustInsert(t, tb, Key{Src: uint32(i), Dst: 1, Proto: ProtoUDP}, uint32(i%3), 0, t0)
 	}
@@ -415,9 +415,6 @@ func TestLimit(t *testing.T) {
 	if f, tm := tb.Len(); f != max || tm != max {
 		t.Fatalf("Len = %d, %d; want %d, %d", f, tm, max, max)
 	}
-	if of, _ := tb.Overflows(); of != 10 {
-		t.Fatalf("overflows = %d, want 10", of)
-	}
 	checkInvariants(t, tb)
 	// A refused flow must not have created a template.
 	if _, ok := tb.Template(uint32(max), 1, t0); ok {
@@ -427,19 +424,19 @@ func TestLimit(t *testing.T) {
 	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoUDP})
 	mustInsert(t, tb, Key{Src: 0, Dst: 1, SPort: 5, Proto: ProtoUDP}, 0, 0, t0)
 	// Templates are bounded too: with all 100 template slots live, a flow of
-	// a new client is recorded without persistence and counted.
+	// a new client is recorded without persistence.
 	tb.Delete(Key{Src: 1, Dst: 1, Proto: ProtoUDP})
 	mustInsert(t, tb, Key{Src: 5000, Dst: 1, Proto: ProtoUDP}, 1, 0, t0)
 	if _, ok := tb.Template(5000, 1, t0); ok {
 		t.Fatal("template created beyond MaxEntries")
 	}
-	if _, ot := tb.Overflows(); ot != 1 {
-		t.Fatalf("template overflows = %d, want 1", ot)
+	if _, tm := tb.Len(); tm != max {
+		t.Fatalf("templates = %d, want %d", tm, max)
 	}
 	checkInvariants(t, tb)
 }
 
-func TestRemoveMemberAndActive(t *testing.T) {
+func TestActive(t *testing.T) {
 	tb := New(Config{Persistence: time.Minute})
 	now := t0
 	for i := uint32(0); i < 300; i++ {
@@ -450,25 +447,11 @@ func TestRemoveMemberAndActive(t *testing.T) {
 			t.Fatalf("Active(%d) = %d, want 100", m, a)
 		}
 	}
-	// A template of member 2 held by a flow of member 1: the client's
-	// template was re-pointed by a later Insert.
+	// A later Insert re-points the client's template: member 2's template
+	// is then also held by a flow of member 1.
 	mustInsert(t, tb, Key{Src: 1, Dst: 100, SPort: 9999, Proto: ProtoTCP}, 2, FlagSYN, now)
-	checkInvariants(t, tb)
-
-	if n := tb.RemoveMember(2); n != 101 {
-		t.Fatalf("RemoveMember(2) removed %d flows, want 101", n)
-	}
-	if tb.Active(2) != 0 || tb.Active(0) != 100 || tb.Active(1) != 100 {
-		t.Fatalf("Active after RemoveMember: %d %d %d", tb.Active(0), tb.Active(1), tb.Active(2))
-	}
-	if _, ok := tb.Template(1, 100, now); ok {
-		t.Fatal("template of removed member survives")
-	}
-	if _, ok := tb.Template(2, 100, now); ok {
-		t.Fatal("template of removed member survives")
-	}
-	if m, ok := tb.Template(0, 100, now); !ok || m != 0 {
-		t.Fatal("template of another member removed")
+	if m, ok := tb.Template(1, 100, now); !ok || m != 2 || tb.Active(2) != 101 {
+		t.Fatalf("Template = %d, %v, Active(2) = %d; want 2, true, 101", m, ok, tb.Active(2))
 	}
 	checkInvariants(t, tb)
 
@@ -489,8 +472,8 @@ func TestRemoveMemberAndActive(t *testing.T) {
 	checkInvariants(t, tb)
 	// Expire (all SYN_RECV) brings every count to zero.
 	f, _ := tb.Expire(now + int64(DefaultTimeouts().TCPSynRecv) + tickNs)
-	if f != 199 || tb.Active(0) != 0 || tb.Active(1) != 0 {
-		t.Fatalf("Expire removed %d; Active %d %d", f, tb.Active(0), tb.Active(1))
+	if f != 300 || tb.Active(0) != 0 || tb.Active(1) != 0 || tb.Active(2) != 0 {
+		t.Fatalf("Expire removed %d; Active %d %d %d", f, tb.Active(0), tb.Active(1), tb.Active(2))
 	}
 	checkInvariants(t, tb)
 }
@@ -536,8 +519,8 @@ func TestStateString(t *testing.T) {
 
 func TestConfigDefaults(t *testing.T) {
 	for _, c := range []struct{ in, want int }{{0, 256}, {1, 1}, {3, 4}, {256, 256}, {300, 512}} {
-		if got := len(New(Config{Shards: c.in}).shards); got != c.want {
-			t.Errorf("Shards %d -> %d, want %d", c.in, got, c.want)
+		if got := len(New(Config{shards: c.in}).shards); got != c.want {
+			t.Errorf("shards %d -> %d, want %d", c.in, got, c.want)
 		}
 	}
 	if New(Config{}).max != 1<<20 {
@@ -572,11 +555,11 @@ func TestTouchAllocs(t *testing.T) {
 }
 
 // TestConcurrentStress runs the fast-path calls and sync imports from
-// several goroutines against Expire, Delete, RemoveMember and both Ranges,
+// several goroutines against Expire, Delete and both Ranges,
 // then checks every count and that the insert hook saw each successful
 // Insert exactly once.
 func TestConcurrentStress(t *testing.T) {
-	tb := New(Config{Shards: 8, MaxEntries: 3000, Persistence: 2 * time.Second,
+	tb := New(Config{shards: 8, MaxEntries: 3000, Persistence: 2 * time.Second,
 		Timeouts: Timeouts{TCPSynRecv: time.Second, TCPEstablished: 5 * time.Second,
 			TCPClosing: 2 * time.Second, UDP: 3 * time.Second}})
 	var inserted, hooked atomic.Int64
@@ -664,9 +647,6 @@ func TestConcurrentStress(t *testing.T) {
 			default:
 			}
 			tb.Expire(tick())
-			if i%50 == 0 {
-				tb.RemoveMember(uint32(i/50) % 8)
-			}
 			tb.Range(func(Key, Entry) bool { return true })
 			tb.RangeTemplates(func(_, _ uint32, e Entry) bool {
 				if e.Member >= 8 {
@@ -701,7 +681,7 @@ func FuzzOps(f *testing.F) {
 	f.Add([]byte{0, 0x12, 0, 0x34, 5, 0x56, 6, 0x78, 7, 0x9a, 0, 0xbc, 0xde, 6, 0xff})
 	f.Add([]byte{8, 0x21, 9, 0x41, 98, 0x21, 0, 0x21, 6, 0x40, 5, 0, 248, 0x35, 9, 0x13, 169, 0x62, 6, 0xff, 5, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
-		tb := New(Config{Shards: 2, MaxEntries: 12, Persistence: 5 * time.Second,
+		tb := New(Config{shards: 2, MaxEntries: 12, Persistence: 5 * time.Second,
 			Timeouts: Timeouts{TCPSynRecv: 2 * time.Second, TCPClose: time.Second}})
 		var inserted, hooked int
 		tb.SetOnInsert(func(Key, uint32, State) { hooked++ })
@@ -734,9 +714,17 @@ func FuzzOps(f *testing.F) {
 			case 3:
 				tb.SetMember(k, member)
 			case 4:
-				tb.RemoveMember(member)
-				if tb.Active(member) != 0 {
-					t.Fatal("RemoveMember left active flows")
+				// Active counts exactly the member's flows (checkMembers
+				// below checks every member's count too).
+				n := int64(0)
+				tb.Range(func(_ Key, e Entry) bool {
+					if e.Member == member {
+						n++
+					}
+					return true
+				})
+				if got := tb.Active(member); got != n {
+					t.Fatalf("Active(%d) = %d, Range holds %d", member, got, n)
 				}
 			case 5:
 				tb.Expire(now)

@@ -20,7 +20,7 @@ import (
 const DefaultPort = 7946
 
 // DefaultProbeInterval is how often each node probes one other member. With
-// the derived settings of Join it bounds crash detection to under 2 s for
+// the settings Join derives from it, crash detection stays under 2 s for
 // groups of up to four nodes (see DetectionBound).
 const DefaultProbeInterval = 200 * time.Millisecond
 
@@ -80,11 +80,9 @@ type ClusterConfig struct {
 	Log *slog.Logger
 	// SecretKey, if set, encrypts gossip with AES (16, 24 or 32 bytes).
 	SecretKey []byte
-	// ProbeInterval defaults to DefaultProbeInterval; the other timers
-	// are derived from it.
-	ProbeInterval time.Duration
-	// RejoinInterval defaults to DefaultRejoinInterval.
-	RejoinInterval time.Duration
+
+	// rejoinInterval replaces DefaultRejoinInterval when positive (tests).
+	rejoinInterval time.Duration
 }
 
 // Cluster is this node's memberlist membership. It implements Membership.
@@ -106,9 +104,9 @@ type Cluster struct {
 	joinErrs string
 }
 
-// DetectionBound returns the worst-case time, with the settings Join derives
-// from probeInterval, between the crash of one of n members and the others
-// marking it dead:
+// DetectionBound returns the worst-case time, with the settings memberlist
+// gets from a probe interval (Join uses DefaultProbeInterval), between the
+// crash of one of n members and the others marking it dead:
 //
 //   - until some node probes it: each node probes the others round-robin,
 //     one per interval, reshuffling after each round (state.go, probe), so
@@ -120,7 +118,7 @@ type Cluster struct {
 //
 // For n = 3 and 200 ms this is 1.3 s; n = 4 gives 1.7 s. Larger groups stay
 // near 1 s in practice because n-1 nodes probe independently, but the strict
-// bound grows by two intervals per node; lower the interval for them.
+// bound grows by two intervals per node.
 func DetectionBound(n int, probeInterval time.Duration) time.Duration {
 	if n < 2 {
 		n = 2
@@ -174,11 +172,7 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 	if !cfg.Bind.Addr().IsValid() {
 		return nil, ErrBadBind
 	}
-	pi := cfg.ProbeInterval
-	if pi <= 0 {
-		pi = DefaultProbeInterval
-	}
-	ri := cfg.RejoinInterval
+	ri := cfg.rejoinInterval
 	if ri <= 0 {
 		ri = DefaultRejoinInterval
 	}
@@ -206,7 +200,7 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 	// memberlist logs through a *log.Logger, one line per call, each
 	// starting with its own "[LEVEL] memberlist:" tag; it is chatty, so all
 	// of it goes out at Debug.
-	mc := memberlistConfig(cfg, pi, slog.NewLogLogger(c.log.Handler(), slog.LevelDebug))
+	mc := memberlistConfig(cfg, DefaultProbeInterval, slog.NewLogLogger(c.log.Handler(), slog.LevelDebug))
 	d := &delegate{c}
 	mc.Delegate, mc.Events, mc.Conflict = d, d, d
 	ml, err := memberlist.Create(mc)

@@ -209,7 +209,7 @@ func TestClusterRejoinAndKey(t *testing.T) {
 	a, err := Join(ClusterConfig{
 		Name: prefix + "a", Bind: netip.MustParseAddrPort("127.0.0.1:0"),
 		Peers: []string{port.String()}, Meta: clusterMeta(0), Log: logs.logger(),
-		SecretKey: key, RejoinInterval: 200 * time.Millisecond,
+		SecretKey: key, rejoinInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -79,7 +79,7 @@ func (e *Elector) Step(v View) (acquire, release []netip.Addr) {
 	// otherwise.
 	self.Alive = true
 	selfCand := Candidate(self)
-	owners := Decide(v, e.vips, e.opt)
+	owners := Decide(v, e.vips)
 	seen := make(map[string]bool)
 
 	for _, vip := range e.vips {
@@ -103,7 +103,7 @@ func (e *Elector) Step(v View) (acquire, release []netip.Addr) {
 				release = append(release, vip)
 				e.log.Info("handed the VIP over", "node", e.self, "vip", vip, "to", holders[0].Name)
 			default:
-				w := best(append(holders, self), vip, e.opt)
+				w := best(append(holders, self))
 				others := names(holders)
 				if w.Name != e.self {
 					delete(e.owned, vip)

@@ -62,9 +62,6 @@ func (h *Health) Observe(ok bool) (healthy, changed bool) {
 	return h.healthy, false
 }
 
-// Healthy returns the current state.
-func (h *Health) Healthy() bool { return h.healthy }
-
 // TCPProbe returns a probe that succeeds when a TCP connection to every one
 // of addrs is accepted within timeout; the connections are closed at once.
 // The addresses are tried in parallel so a probe lasts at most timeout. With

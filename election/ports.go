@@ -66,21 +66,3 @@ func Overlaps(v View) [][2]string {
 	}
 	return out
 }
-
-// PortOwner returns the live member whose source-port range contains port,
-// so that a reply arriving at the VIP can be handed to the frontend that
-// opened the connection. With overlapping ranges the first by name wins;
-// Overlaps reports that misconfiguration.
-func PortOwner(v View, port uint16) (Member, bool) {
-	var found Member
-	ok := false
-	for _, m := range v.Members {
-		if !m.Alive || (m.PortLo == 0 && m.PortHi == 0) || port < m.PortLo || port > m.PortHi {
-			continue
-		}
-		if !ok || m.Name < found.Name {
-			found, ok = m, true
-		}
-	}
-	return found, ok
-}
