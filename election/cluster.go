@@ -93,6 +93,8 @@ type Cluster struct {
 	updated chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
+	// local is memberlist's address of this node, read once in Join.
+	local netip.AddrPort
 
 	mu       sync.Mutex
 	self     NodeMeta
@@ -102,6 +104,11 @@ type Cluster struct {
 	closed   bool
 	badMeta  map[string]bool
 	joinErrs string
+	// addrs holds each other member's gossip address ("addr:port") as its
+	// last memberlist event gave it. memberlist rewrites the *Node values it
+	// hands out (Members, LocalNode) under its own lock whenever an alive
+	// message arrives, so they may only be read inside its callbacks.
+	addrs map[string]string
 }
 
 // DetectionBound returns the worst-case time, with the settings memberlist
@@ -185,6 +192,7 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 		members: make(map[string]Member),
 		peers:   slices.Clone(cfg.Peers),
 		badMeta: make(map[string]bool),
+		addrs:   make(map[string]string),
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -208,6 +216,11 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 		return nil, fmt.Errorf("election: memberlist on %s: %w", cfg.Bind, err)
 	}
 	c.ml = ml
+	// Nothing but a message from a peer about this node rewrites its record,
+	// and no peer knows it yet.
+	ln := ml.LocalNode()
+	la, _ := netip.AddrFromSlice(ln.Addr)
+	c.local = netip.AddrPortFrom(la.Unmap(), ln.Port)
 	if len(c.peers) > 0 {
 		if _, err := ml.Join(c.peers); err != nil {
 			c.log.Info("joining the peers failed; retrying", "node", cfg.Name, "peers", c.peers, "err", err, "every", ri)
@@ -219,11 +232,7 @@ func Join(cfg ClusterConfig) (*Cluster, error) {
 
 // LocalAddr returns the address and port memberlist listens on (the chosen
 // port when Bind had port 0).
-func (c *Cluster) LocalAddr() netip.AddrPort {
-	n := c.ml.LocalNode()
-	a, _ := netip.AddrFromSlice(n.Addr)
-	return netip.AddrPortFrom(a.Unmap(), n.Port)
-}
+func (c *Cluster) LocalAddr() netip.AddrPort { return c.local }
 
 // View returns the current membership, members sorted by name, this node
 // included with the metadata it announces.
@@ -323,11 +332,13 @@ func (c *Cluster) rejoinLoop(every time.Duration) {
 			return
 		case <-t.C:
 		}
-		alive := make(map[string]bool)
-		for _, n := range c.ml.Members() {
-			alive[n.Address()] = true
-		}
 		c.mu.Lock()
+		alive := map[string]bool{c.local.String(): true}
+		for name, m := range c.members {
+			if m.Alive {
+				alive[c.addrs[name]] = true
+			}
+		}
 		var missing []string
 		for _, p := range c.peers {
 			// Peers given by host name cannot be matched to a member
@@ -371,6 +382,7 @@ func (c *Cluster) setMember(n *memberlist.Node, alive bool) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.addrs[n.Name] = n.Address()
 	m, ok := c.members[n.Name]
 	if alive || !ok {
 		meta, err := DecodeMeta(n.Meta)

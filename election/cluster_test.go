@@ -231,6 +231,37 @@ func TestClusterRejoinAndKey(t *testing.T) {
 	}
 }
 
+// The rejoin loop runs while memberlist applies a member's metadata updates
+// (each one an alive message that rewrites memberlist's record of the node):
+// under -race this shows the loop never reads memberlist's node records
+// outside memberlist's lock.
+func TestRejoinDuringUpdates(t *testing.T) {
+	prefix := fmt.Sprintf("u%d-%d-", os.Getpid(), time.Now().UnixNano()%1e6)
+	b, err := Join(ClusterConfig{Name: prefix + "b", Bind: netip.MustParseAddrPort("127.0.0.1:0"), Meta: clusterMeta(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Shutdown() })
+	// Every round of a's rejoin loop looks at the membership, also when no
+	// peer is missing.
+	a, err := Join(ClusterConfig{
+		Name: prefix + "a", Bind: netip.MustParseAddrPort("127.0.0.1:0"), Meta: clusterMeta(0),
+		Peers: []string{b.LocalAddr().String()}, rejoinInterval: time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Shutdown() })
+	waitFor(t, "join", 5*time.Second, func() bool { return len(aliveSet(a)) == 2 })
+	m := clusterMeta(1)
+	for i := range 10 {
+		m.Weight = uint32(100 + i)
+		_ = b.UpdateMeta(m)
+	}
+	// Gossip, or at the latest the next push/pull (every 5 s), brings it.
+	waitFor(t, "last update", 10*time.Second, func() bool { return aliveSet(a)[prefix+"b"].Weight == m.Weight })
+}
+
 func TestJoinConfigErrors(t *testing.T) {
 	if _, err := Join(ClusterConfig{Bind: netip.MustParseAddrPort("127.0.0.1:0")}); !errors.Is(err, ErrNoName) {
 		t.Fatalf("no name: %v", err)
