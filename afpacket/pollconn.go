@@ -86,7 +86,27 @@ func (c *pollConn) wait(f func(fd uintptr) bool, fds *[2]unix.PollFd) error {
 		if _, err := unix.Poll(fds[:], -1); err != nil && err != unix.EINTR {
 			return err
 		}
+		if fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 && !c.closed.Load() {
+			// A pending socket error (ENETDOWN when the interface goes down or away:
+			// packet_notifier in net/packet/af_packet.c) keeps poll returning at once, so
+			// waiting again would spin. Report it; the caller decides whether to reopen.
+			if err := c.sockErr(); err != nil {
+				return err
+			}
+		}
 	}
+}
+
+// sockErr reads and clears the socket's pending error (SO_ERROR).
+func (c *pollConn) sockErr() error {
+	e, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return err
+	}
+	if e != 0 {
+		return unix.Errno(e)
+	}
+	return nil
 }
 
 // close wakes every waiter, waits until no operation is using the

@@ -3,7 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/internal/testbed"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -237,9 +237,9 @@ func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (
 	e.bal = b
 	e.mu.Unlock()
 	deadline := time.After(15 * time.Second)
-	// The stats file lists each member as ready once its MAC is resolved.
+	// The status lists each member as ready once its MAC is resolved.
 	for {
-		if n, err := readyMembers(b.statsFile); err == nil && n == len(e.backends) {
+		if n, err := b.readyMembers(); err == nil && n == len(e.backends) {
 			return b, nil
 		}
 		select {
@@ -256,9 +256,10 @@ func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (
 	}
 }
 
-// startL2LB runs l2lb with args in h's namespace and waits until it logs
-// msg=ready. pin runs it on CPU 1 (taskset).
+// startL2LB runs l2lb with args and a control socket beside statsFile in h's namespace and waits
+// until the control socket reports it ready. pin runs it on CPU 1 (taskset).
 func (e *env) startL2LB(ctx context.Context, h *testbed.Host, statsFile string, pin bool, args []string) (*balancer, error) {
+	args = append(args[:1:1], append([]string{"--control", statsFile + ".sock"}, args[1:]...)...)
 	var cmd *exec.Cmd
 	if pin && haveTaskset() {
 		// The generator is pinned to CPU 0 (see generator.run).
@@ -266,30 +267,37 @@ func (e *env) startL2LB(ctx context.Context, h *testbed.Host, statsFile string, 
 	} else {
 		cmd = h.Command(e.opts.Exe, args...)
 	}
-	ready := make(chan struct{})
-	var once sync.Once
-	b, err := e.spawn(cmd, "l2lb "+h.Name, func(line string) {
-		if strings.Contains(line, "msg=ready") {
-			once.Do(func() { close(ready) })
-		}
-	})
+	b, err := e.spawn(cmd, "l2lb "+h.Name, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBalancer, err)
 	}
 	b.statsFile = statsFile
-	select {
-	case <-ready:
-		return b, nil
-	case <-b.done:
-		return nil, fmt.Errorf("%w: exited: %v; log: %s", ErrBalancer, b.waitErr, b.lastLog())
-	case <-time.After(15 * time.Second):
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-b.done:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	if _, err := b.control().WaitReady(wctx); err != nil {
+		select {
+		case <-b.done:
+			return nil, fmt.Errorf("%w: exited: %v; log: %s", ErrBalancer, b.waitErr, b.lastLog())
+		default:
+		}
 		b.stop()
-		return nil, fmt.Errorf("%w: not ready after 15 s; log: %s", ErrBalancer, b.lastLog())
-	case <-ctx.Done():
-		b.stop()
-		return nil, ctx.Err()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: not ready after 15 s (%v); log: %s", ErrBalancer, err, b.lastLog())
 	}
+	return b, nil
 }
+
+// control returns a client of the balancer's control socket.
+func (b *balancer) control() *control.Client { return control.Dial(b.statsFile + ".sock") }
 
 // spawn starts cmd (an `ip netns exec`, possibly through taskset, which
 // both exec the program, so the pid is the program's own), registers it so
@@ -337,22 +345,14 @@ func (e *env) spawn(cmd *exec.Cmd, label string, onLine func(string)) (*balancer
 	return b, nil
 }
 
-// readyMembers counts the members the stats file marks ready.
-func readyMembers(path string) (int, error) {
-	raw, err := os.ReadFile(path)
+// readyMembers counts the members the balancer's status marks ready.
+func (b *balancer) readyMembers() (int, error) {
+	st, err := b.control().Status()
 	if err != nil {
 		return 0, err
 	}
-	var snap struct {
-		Members []struct {
-			Ready bool `json:"ready"`
-		} `json:"members"`
-	}
-	if err := json.Unmarshal(raw, &snap); err != nil {
-		return 0, err
-	}
 	n := 0
-	for _, m := range snap.Members {
+	for _, m := range st.Members {
 		if m.Ready {
 			n++
 		}

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -70,16 +70,10 @@ type sample struct {
 	per   []uint64
 }
 
-// active reports whether the node's stats file says it is the active node.
+// active reports whether the node's status says it is the active node.
 func (n *clusterNode) active() bool {
-	raw, err := os.ReadFile(n.proc.statsFile)
-	if err != nil {
-		return false
-	}
-	var snap struct {
-		Active bool `json:"active"`
-	}
-	return json.Unmarshal(raw, &snap) == nil && snap.Active
+	st, err := n.proc.control().Status()
+	return err == nil && st.Role == control.RoleActive
 }
 
 // waitActive waits for one of nodes (still running) to be active.

@@ -2,6 +2,7 @@ package cgphelper_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,37 +11,40 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/balancer"
 	"github.com/l2lb/l2lb/cgphelper"
+	"github.com/l2lb/l2lb/control"
+	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/dataplane/node"
+	"github.com/l2lb/l2lb/election"
 	"github.com/l2lb/l2lb/helperproto"
 	"github.com/l2lb/l2lb/hostcfg"
-	"github.com/l2lb/l2lb/scheduler"
 )
 
 // fakeHost is a Host without sockets or /proc: it returns what the test sets
 // and records what the helper asked.
 type fakeHost struct {
 	local    map[netip.Addr]bool
-	mac      net.HardwareAddr
-	macErr   error
 	findings []hostcfg.Finding
 
 	mu          sync.Mutex
 	doctorCalls []hostcfg.DoctorInput
-	macCalls    []string
+	ifaceCalls  []string
 }
 
 func (f *fakeHost) LocalAddrs() map[netip.Addr]bool { return f.local }
 
-func (f *fakeHost) InterfaceMAC(name string) (net.HardwareAddr, error) {
+func (f *fakeHost) Interface(name string) (netip.Addr, net.HardwareAddr, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.macCalls = append(f.macCalls, name)
-	return f.mac, f.macErr
+	f.ifaceCalls = append(f.ifaceCalls, name)
+	return self, net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}, nil
 }
 
 func (f *fakeHost) Doctor(iface string, vips []netip.Addr) []hostcfg.Finding {
@@ -93,24 +97,29 @@ func writeVIPs(t *testing.T, content string) string {
 	return p
 }
 
-func options(vipFile string, dry bool) cgphelper.Options {
-	return cgphelper.Options{
-		Persistence: 15 * time.Second, Interface: "eth0", SyncID: 7, VIPFile: vipFile,
-		SelfWeight: 50, DryRun: dry, Scheduler: scheduler.KindMaglev, VirtualMAC: vmac,
-	}
+func options(vipFile string) cgphelper.Options {
+	return cgphelper.Options{Interface: "eth0", VIPFile: vipFile, SelfWeight: 50}
 }
 
-func newDry(t *testing.T) (*cgphelper.Helper, *fakeHost, *infoLog) {
+// newHelper returns a helper on b, closed when the test ends.
+func newHelper(t *testing.T, b balancer.Control, vipFile string, host *fakeHost, log *infoLog) *cgphelper.Helper {
 	t.Helper()
-	host := &fakeHost{local: map[netip.Addr]bool{self: true, vipA: true, vipB: true}}
-	log := &infoLog{}
-	h := cgphelper.New(options(writeVIPs(t, "# two VIPs\n192.0.2.200\n192.0.2.201\n"), true), host, log.info, nil)
+	h := cgphelper.New(b, host, options(vipFile), log.info, nil)
 	t.Cleanup(func() {
 		if err := h.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})
-	return h, host, log
+	return h
+}
+
+// newDry returns a helper driving the -m balancer.
+func newDry(t *testing.T) (*cgphelper.Helper, *fakeHost, *infoLog) {
+	t.Helper()
+	host := &fakeHost{local: map[netip.Addr]bool{self: true, vipA: true, vipB: true}}
+	log := &infoLog{}
+	vips := writeVIPs(t, "# two VIPs\n192.0.2.200\n192.0.2.201\n")
+	return newHelper(t, cgphelper.NewDryRun("eth0", vips, vmac, log.info), vips, host, log), host, log
 }
 
 // statusField returns the value of key=value in a STATUS summary.
@@ -172,8 +181,8 @@ func TestStartReportsHostChecksAndDryRun(t *testing.T) {
 	if in.Iface != "eth0" || len(in.VIPs) != 2 || in.VIPs[0] != vipA || in.VIPs[1] != vipB {
 		t.Errorf("Doctor asked about %+v, want eth0 and both VIPs", in)
 	}
-	if len(host.macCalls) != 0 {
-		t.Errorf("DryRun Start looked up the interface %v: it must open nothing", host.macCalls)
+	if len(host.ifaceCalls) != 0 {
+		t.Errorf("DryRun Start looked up the interface %v: it must open nothing", host.ifaceCalls)
 	}
 }
 
@@ -222,8 +231,8 @@ func TestActiveDryRun(t *testing.T) {
 	if strings.ContainsAny(st, "\n\r") {
 		t.Errorf("STATUS %q is not one line", st)
 	}
-	if len(host.macCalls) != 0 {
-		t.Errorf("DryRun ACTIVE looked up the interface %v", host.macCalls)
+	if len(host.ifaceCalls) != 0 {
+		t.Errorf("DryRun ACTIVE looked up the interface %v", host.ifaceCalls)
 	}
 
 	// Repeating the same ACTIVE changes nothing (CGP re-sends pending
@@ -286,14 +295,29 @@ func TestStandbyDryRun(t *testing.T) {
 	}
 }
 
+// realBalancer returns a balancer whose fast path cannot open (open returns openErr): enough
+// for the helper's error paths, without sockets.
+func realBalancer(t *testing.T, vipFile string, openErr error) *balancer.Balancer {
+	t.Helper()
+	b, err := balancer.New(balancer.Config{Mode: "helper", Interface: "lo", VIPFile: vipFile, VirtualMAC: vmac,
+		StartAnyway: true, Open: func(node.OpenConfig) (node.Sockets, error) { return node.Sockets{}, openErr }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestMissingVIPFile(t *testing.T) {
-	host := &fakeHost{local: map[netip.Addr]bool{self: true}}
-	log := &infoLog{}
 	missing := filepath.Join(t.TempDir(), "no-such-vipaddrs")
 	for _, dry := range []bool{false, true} {
 		t.Run(fmt.Sprintf("dry=%v", dry), func(t *testing.T) {
-			h := cgphelper.New(options(missing, dry), host, log.info, nil)
-			defer h.Close()
+			host := &fakeHost{local: map[netip.Addr]bool{self: true}}
+			log := &infoLog{}
+			var b balancer.Control = realBalancer(t, missing, errors.New("unused"))
+			if dry {
+				b = cgphelper.NewDryRun("eth0", missing, vmac, log.info)
+			}
+			h := newHelper(t, b, missing, host, log)
 			if err := h.Start(); err != nil {
 				t.Fatalf("Start must not fail on a missing VIP file (STANDBY works without VIPs): %v", err)
 			}
@@ -304,7 +328,7 @@ func TestMissingVIPFile(t *testing.T) {
 			if err == nil {
 				t.Fatal("ACTIVE without a readable VIP file answered OK")
 			}
-			if !errors.Is(err, cgphelper.ErrNoVIPs) || !errors.Is(err, fs.ErrNotExist) {
+			if !errors.Is(err, balancer.ErrNoVIPs) || !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("ACTIVE error %v: want ErrNoVIPs wrapping the file's not-exist error", err)
 			}
 			if err := h.Standby(netip.Addr{}); err != nil {
@@ -317,70 +341,57 @@ func TestMissingVIPFile(t *testing.T) {
 			if !strings.Contains(st, "vips=error(") {
 				t.Errorf("STATUS %q does not report the VIP error", st)
 			}
+			if len(host.doctorCalls) != 0 {
+				t.Errorf("Doctor was run without VIPs: %+v", host.doctorCalls)
+			}
 		})
-	}
-	if len(host.doctorCalls) != 0 {
-		t.Errorf("Doctor was run without VIPs: %+v", host.doctorCalls)
 	}
 }
 
 func TestEmptyVIPFile(t *testing.T) {
-	host := &fakeHost{}
-	h := cgphelper.New(options(writeVIPs(t, "# nothing yet\n\n"), true), host, (&infoLog{}).info, nil)
-	defer h.Close()
-	if err := h.Active([]netip.Addr{self}); !errors.Is(err, cgphelper.ErrNoVIPs) {
+	vips := writeVIPs(t, "# nothing yet\n\n")
+	h := newHelper(t, cgphelper.NewDryRun("eth0", vips, vmac, (&infoLog{}).info), vips, &fakeHost{}, &infoLog{})
+	if err := h.Active([]netip.Addr{self}); !errors.Is(err, balancer.ErrNoVIPs) {
 		t.Errorf("ACTIVE with an empty VIP file: %v, want ErrNoVIPs", err)
 	}
 }
 
-func TestStartFailsWithoutInterface(t *testing.T) {
+// TestActiveWithoutInterface: the fast path cannot open; ACTIVE answers ErrNoInterface naming
+// it, STATUS reports it, and the helper stays up.
+func TestActiveWithoutInterface(t *testing.T) {
 	vips := writeVIPs(t, "192.0.2.200\n")
-	t.Run("InterfaceMAC fails", func(t *testing.T) {
-		host := &fakeHost{local: map[netip.Addr]bool{self: true}, macErr: errors.New("no such network interface")}
-		log := &infoLog{}
-		opt := options(vips, false)
-		opt.Interface = "l2lbnone0"
-		h := cgphelper.New(opt, host, log.info, nil)
-		err := h.Start()
-		if !errors.Is(err, cgphelper.ErrNoInterface) || !strings.Contains(err.Error(), "l2lbnone0") {
-			t.Fatalf("Start on a missing interface: %v, want ErrNoInterface naming it", err)
-		}
-		checkNotStarted(t, h, err)
-		if len(host.macCalls) < 2 {
-			t.Errorf("ACTIVE did not retry opening the fast path (interface asked %d times)", len(host.macCalls))
-		}
-	})
-	t.Run("interface lookup fails", func(t *testing.T) {
-		// The Host knows a MAC, but the interface does not exist here, so
-		// the dataplane refuses it before any socket is opened.
-		host := &fakeHost{local: map[netip.Addr]bool{self: true}, mac: net.HardwareAddr{0x02, 0, 0, 0, 0, 1}}
-		opt := options(vips, false)
-		opt.Interface = "l2lbnone0"
-		h := cgphelper.New(opt, host, (&infoLog{}).info, nil)
-		err := h.Start()
-		if !errors.Is(err, cgphelper.ErrNoInterface) {
-			t.Fatalf("Start: %v, want ErrNoInterface", err)
-		}
-		checkNotStarted(t, h, err)
-	})
-}
-
-func checkNotStarted(t *testing.T, h *cgphelper.Helper, startErr error) {
-	t.Helper()
+	b := realBalancer(t, vips, fmt.Errorf("%w: l2lbnone0: no such network interface", node.ErrNoInterface))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	log := &infoLog{}
+	h := newHelper(t, b, vips, &fakeHost{local: map[netip.Addr]bool{self: true}}, log)
+	if err := h.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	deadline := time.Now().Add(2 * time.Second)
+	for err = h.Active([]netip.Addr{self, peer2}); !errors.Is(err, balancer.ErrNoInterface) && time.Now().Before(deadline); err = h.Active([]netip.Addr{self, peer2}) {
+		time.Sleep(10 * time.Millisecond) // the first attempt to open may not have failed yet
+	}
+	if !errors.Is(err, balancer.ErrNoInterface) || !strings.Contains(err.Error(), "l2lbnone0") {
+		t.Fatalf("ACTIVE without an interface: %v, want ErrNoInterface naming it", err)
+	}
 	st := h.Status()
-	if !strings.Contains(st, fmt.Sprintf("error=%q", startErr.Error())) {
-		t.Errorf("STATUS %q does not report the start error %q", st, startErr)
-	}
-	if err := h.Active([]netip.Addr{self, peer2}); !errors.Is(err, cgphelper.ErrNoInterface) {
-		t.Errorf("ACTIVE without an interface: %v, want ErrNoInterface", err)
-	}
-	if got := statusField(t, h.Status(), "role"); got != "standby" {
+	if got := statusField(t, st, "role"); got != "standby" {
 		t.Errorf("role=%s after a failed ACTIVE", got)
+	}
+	if !strings.Contains(st, "error=") || !strings.Contains(st, "l2lbnone0") {
+		t.Errorf("STATUS %q does not report the interface problem", st)
+	}
+	h.Periodic()
+	if lines := log.take(); !hasLine(lines, "problem: ") || !hasLine(lines, "l2lbnone0") {
+		t.Errorf("Periodic did not report the problem as an info line: %q", lines)
 	}
 	if err := h.Standby(netip.Addr{}); err != nil {
 		t.Errorf("STANDBY: %v", err)
 	}
-	h.Periodic() // nothing running: must neither block nor panic
 	for i := 0; i < 2; i++ {
 		if err := h.Close(); err != nil {
 			t.Errorf("Close #%d: %v", i+1, err)
@@ -389,7 +400,7 @@ func checkNotStarted(t *testing.T, h *cgphelper.Helper, startErr error) {
 }
 
 func TestCloseTwice(t *testing.T) {
-	h, _, log := newDry(t)
+	h, _, _ := newDry(t)
 	if err := h.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -401,9 +412,159 @@ func TestCloseTwice(t *testing.T) {
 			t.Errorf("Close #%d: %v", i+1, err)
 		}
 	}
-	h.Periodic()
-	if lines := log.take(); hasLine(lines, "fast path stopped") {
-		t.Errorf("Periodic after Close reported a fast path that was never started: %q", lines)
+	if err := h.Active([]netip.Addr{self}); !errors.Is(err, cgphelper.ErrClosed) {
+		t.Errorf("ACTIVE after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestRolesAndMembersOnTheFake drives the helper through CGP's commands on the fake balancer:
+// ACTIVE gives the members (this server at -r, the others at 100) and the active role, a new list
+// changes only the members, an ACTIVE the balancer cannot take yet is answered with its error and
+// still asked for, and STANDBY steps down.
+func TestRolesAndMembersOnTheFake(t *testing.T) {
+	f := balancer.NewFake(control.Status{Interface: "eth0", VIPs: []string{"192.0.2.200"}, Ready: true})
+	log := &infoLog{}
+	h := newHelper(t, f, writeVIPs(t, "192.0.2.200\n"), &fakeHost{local: map[netip.Addr]bool{self: true}}, log)
+	if err := h.Active([]netip.Addr{self, peer2, peer3}); err != nil {
+		t.Fatal(err)
+	}
+	if f.Role() != balancer.RoleActive {
+		t.Fatalf("role %v after ACTIVE", f.Role())
+	}
+	want := []balancer.Member{{Addr: self, Weight: 50, Local: true}, {Addr: peer2, Weight: 100}, {Addr: peer3, Weight: 100}}
+	if got := f.Members(); !slices.Equal(got, want) {
+		t.Errorf("members %+v, want %+v", got, want)
+	}
+	if lines := log.take(); !hasLine(lines, "active: VIPs 192.0.2.200 on eth0, members 192.0.2.11 (self, weight 50) 192.0.2.12 192.0.2.13") {
+		t.Errorf("ACTIVE logged %q", lines)
+	}
+	// The same list again changes nothing and says nothing.
+	n := f.MemberLists()
+	if err := h.Active([]netip.Addr{self, peer2, peer3}); err != nil {
+		t.Fatal(err)
+	}
+	if lines := log.take(); len(lines) != 0 {
+		t.Errorf("a repeated ACTIVE logged %q", lines)
+	}
+	if f.MemberLists() != n+1 || !slices.Equal(f.Members(), want) {
+		t.Errorf("a repeated ACTIVE changed the members: %+v", f.Members())
+	}
+	// A new list is a membership change.
+	if err := h.Active([]netip.Addr{self, peer3}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Members(); len(got) != 2 || got[1].Addr != peer3 {
+		t.Errorf("members after the new list: %+v", got)
+	}
+	// STANDBY.
+	if err := h.Standby(peer2); err != nil {
+		t.Fatal(err)
+	}
+	if f.Role() != balancer.RoleStandby {
+		t.Errorf("role %v after STANDBY", f.Role())
+	}
+	// An ACTIVE the balancer cannot take is answered with its error, and asked for anyway.
+	f.SetRoleErr(fmt.Errorf("%w: l2lbnone0", balancer.ErrNoInterface))
+	if err := h.Active([]netip.Addr{self}); !errors.Is(err, balancer.ErrNoInterface) {
+		t.Errorf("ACTIVE on a balancer that cannot: %v", err)
+	}
+	if f.Role() != balancer.RoleActive {
+		t.Errorf("the role asked for after a failed ACTIVE is %v; the balancer must keep CGP's wish", f.Role())
+	}
+}
+
+// fakeMembership is the group's gossip as the helper sees it.
+type fakeMembership struct {
+	mu      sync.Mutex
+	view    election.View
+	joined  []string
+	updated chan struct{}
+}
+
+func (m *fakeMembership) View() election.View {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.view
+}
+func (m *fakeMembership) Updated() <-chan struct{} { return m.updated }
+func (m *fakeMembership) JoinPeers(p []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.joined = append(m.joined, p...)
+	return nil
+}
+func (m *fakeMembership) Leave(time.Duration) error { return nil }
+func (m *fakeMembership) Shutdown() error           { close(m.updated); return nil }
+
+// TestPortRangesFromMembership: the members' ranges learnt by gossip reach the balancer, also
+// when they arrive after ACTIVE; overlapping ones are passed on for the balancer's one rule.
+func TestPortRangesFromMembership(t *testing.T) {
+	f := balancer.NewFake(control.Status{Ready: true})
+	m := &fakeMembership{updated: make(chan struct{}, 1)}
+	opt := options(writeVIPs(t, "192.0.2.200\n"))
+	opt.GossipPort = 7946
+	opt.Join = func(election.ClusterConfig) (cgphelper.Membership, error) { return m, nil }
+	h := cgphelper.New(f, &fakeHost{local: map[netip.Addr]bool{self: true}}, opt, (&infoLog{}).info, nil)
+	defer h.Close()
+	if err := h.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Active([]netip.Addr{self, peer2, peer3}); err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	m.view.Members = []election.Member{
+		{Alive: true, NodeMeta: election.NodeMeta{Name: "a", Addr: peer2, PortLo: 55000, PortHi: 59000}},
+		{Alive: true, NodeMeta: election.NodeMeta{Name: "b", Addr: peer3, PortLo: 58000, PortHi: 60000}},
+		{Alive: false, NodeMeta: election.NodeMeta{Name: "c", Addr: self, PortLo: 50000, PortHi: 54000}},
+	}
+	m.mu.Unlock()
+	m.updated <- struct{}{}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		got := map[netip.Addr]dataplane.PortRange{}
+		for _, mm := range f.Members() {
+			got[mm.Addr] = mm.Ports
+		}
+		if got[peer2] == (dataplane.PortRange{Lo: 55000, Hi: 59000}) && got[peer3] == (dataplane.PortRange{Lo: 58000, Hi: 60000}) {
+			if got[self] != (dataplane.PortRange{}) {
+				t.Errorf("a dead member's range was used: %+v", got[self])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ranges never reached the balancer: %+v", f.Members())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	deadline = time.Now().Add(2 * time.Second)
+	for {
+		m.mu.Lock()
+		joined := slices.Clone(m.joined)
+		m.mu.Unlock()
+		if slices.Contains(joined, "192.0.2.12:7946") && slices.Contains(joined, "192.0.2.13:7946") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the helper joined %v, want the other members at the gossip port", joined)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestStatusLine: the STATUS summary CGP reads, from the balancer's status.
+func TestStatusLine(t *testing.T) {
+	since := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	st := control.Status{Role: "active", Since: since, Interface: "eth0", VIPs: []string{"192.0.2.200", "192.0.2.201"},
+		Members: []control.Member{{Addr: "192.0.2.11", Weight: 50, Ready: true, Flows: 3},
+			{Addr: "192.0.2.12", Weight: 100, Flows: 1}, {Addr: "192.0.2.13", Weight: 0, Ready: true}},
+		Table: control.Table{Flows: 4, Templates: 2}, Verdicts: map[string]uint64{"forwarded": 7, "local": 5, "dropped": 1},
+		Problems: []string{"connection sync unavailable: no IPv4 address"}}
+	want := `role=active since=2026-12-03T10:00:00Z iface=eth0 vips=192.0.2.200,192.0.2.201 ` +
+		`members=192.0.2.11/50/ready/3,192.0.2.12/100/unresolved/1,192.0.2.13/0/quiescent/0 ` +
+		`connections=4 templates=2 forwarded=7 local=5 dropped=1 error="connection sync unavailable: no IPv4 address"`
+	if got := cgphelper.StatusLine(st); got != want {
+		t.Errorf("STATUS\n got  %s\n want %s", got, want)
 	}
 }
 
@@ -457,8 +618,9 @@ func TestSession(t *testing.T) {
 			}
 			var out bytes.Buffer
 			var sess *helperproto.Session
-			h := cgphelper.New(options(vipFile, true), &fakeHost{local: map[netip.Addr]bool{self: true}},
-				func(f string, a ...any) { sess.Info(f, a...) }, nil)
+			info := func(f string, a ...any) { sess.Info(f, a...) }
+			h := cgphelper.New(cgphelper.NewDryRun("eth0", vipFile, vmac, info), &fakeHost{local: map[netip.Addr]bool{self: true}},
+				options(vipFile), info, nil)
 			sess = helperproto.NewSession(helperproto.Config{In: strings.NewReader(tc.in), Out: &out,
 				Handler: h, Timeout: time.Second})
 			if err := h.Start(); err != nil {

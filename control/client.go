@@ -1,11 +1,13 @@
 package control
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -144,5 +146,30 @@ func (c *Client) Drain(member netip.Addr, wait bool, timeout time.Duration, prog
 			pause = min(pause, left)
 		}
 		time.Sleep(pause)
+	}
+}
+
+// WaitReady polls the balancer's status until it reports Ready (its fast path runs) and
+// returns that status. It is the one way tests, the demo and the bench wait for a balancer they
+// started: no log text is parsed. It gives up when ctx ends, with the last error seen.
+func (c *Client) WaitReady(ctx context.Context) (Status, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	var last error
+	for {
+		st, err := c.Status()
+		if err == nil && st.Ready {
+			return st, nil
+		}
+		if err == nil {
+			last = fmt.Errorf("control: not ready: %s", strings.Join(st.Problems, "; "))
+		} else {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return Status{}, fmt.Errorf("%w: %w", ctx.Err(), last)
+		case <-t.C:
+		}
 	}
 }

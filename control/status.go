@@ -37,6 +37,8 @@ var ErrUnknownMember = errors.New("control: unknown member")
 // Status is the one data model behind `l2lb status --json`, the text view, the web status page and
 // the Prometheus metrics, so that the four can never disagree.
 type Status struct {
+	// Time is when the snapshot was taken.
+	Time time.Time `json:"time,omitzero"`
 	// Mode is how the balancer runs: ModeRun, ModeCluster or ModeHelper.
 	Mode string `json:"mode"`
 	// Node is this node's name or address.
@@ -47,6 +49,13 @@ type Status struct {
 	Since time.Time `json:"since,omitzero"`
 	// Transitions counts role changes since the process started.
 	Transitions uint64 `json:"transitions"`
+	// Ready is true while the fast path runs on open sockets: the balancer can take the active
+	// role. Tests and service managers wait for it (control.Client.WaitReady).
+	Ready bool `json:"ready"`
+	// Problems lists what keeps the balancer from working as configured (a VIP file that
+	// cannot be read, a fast path that cannot open its sockets, sync unavailable, overlapping
+	// port ranges), one sentence each; empty when all is well.
+	Problems []string `json:"problems,omitempty"`
 	// Interface is the network interface that receives VIP traffic.
 	Interface string `json:"interface"`
 	// VirtualMAC is the MAC address ARP answers for the VIPs carry.
@@ -81,8 +90,15 @@ type Member struct {
 	Local bool `json:"local"`
 	// Ready is true when the member may receive new connections (CGP's "Ready" state, or static).
 	Ready bool `json:"ready"`
-	// Healthy is the result of the latest health check.
+	// Healthy is the result of the latest health check; an unhealthy member gets no new
+	// connections, its established ones continue.
 	Healthy bool `json:"healthy"`
+	// Leaving is true for a member that left the list but keeps its established flows until
+	// they end (weight 0).
+	Leaving bool `json:"leaving,omitempty"`
+	// PortConflict is true when the member's source-port range overlaps another member's, so
+	// neither range is used (PortLo and PortHi are then zero).
+	PortConflict bool `json:"port_conflict,omitempty"`
 	// PortLo is the first port of the member's outgoing source-port range; zero if it has none.
 	PortLo uint16 `json:"port_lo"`
 	// PortHi is the last port of the member's outgoing source-port range.

@@ -31,6 +31,9 @@ func writeStatus(w io.Writer, s Status, now time.Time) error {
 		p(" since %s (%s)", s.Since.UTC().Format(time.RFC3339), ago(now, s.Since))
 	}
 	p(", %d transitions\n", s.Transitions)
+	for _, pr := range s.Problems {
+		p("Problem: %s\n", clean(pr))
+	}
 	p("Interface %s, virtual MAC %s\n", orDash(s.Interface), orDash(s.VirtualMAC))
 	p("VIPs: %s\n", orDash(joinClean(s.VIPs)))
 	p("Table: %d flows, %d templates, limit %s\n", s.Table.Flows, s.Table.Templates, limit(s.Table))
@@ -48,7 +51,7 @@ func writeStatus(w io.Writer, s Status, now time.Time) error {
 	p("\nMember\tMAC\tWeight\tLocal\tReady\tHealthy\tPorts\tFlows\tTemplates\tPackets\tBytes\n")
 	for _, m := range s.Members {
 		p("  -> %s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", clean(m.Addr), orDash(m.MAC), m.Weight,
-			yesNo(m.Local), yesNo(m.Ready), yesNo(m.Healthy), ports(m), m.Flows, m.Templates, m.Packets, m.Bytes)
+			yesNo(m.Local), yesNo(m.Ready), healthy(m), ports(m), m.Flows, m.Templates, m.Packets, m.Bytes)
 	}
 	if len(s.PerVIP) > 0 {
 		p("\nVIP\tPackets\tBytes\n")
@@ -72,6 +75,15 @@ func WriteConns(w io.Writer, cs []Conn) error {
 			orDash(c.Client), orDash(c.VIP), orDash(c.Member))
 	}
 	return tw.Flush()
+}
+
+// healthy is the Healthy column: yes or no, and "leaving" for a member that left the list but
+// keeps its established flows.
+func healthy(m Member) string {
+	if m.Leaving {
+		return yesNo(m.Healthy) + " (leaving)"
+	}
+	return yesNo(m.Healthy)
 }
 
 // section writes a sorted name/count list under a title; nothing if the map is empty.
@@ -122,6 +134,9 @@ func limit(t Table) string {
 
 // ports formats a member's source-port range.
 func ports(m Member) string {
+	if m.PortConflict {
+		return "overlap"
+	}
 	if m.PortLo == 0 && m.PortHi == 0 {
 		return "-"
 	}

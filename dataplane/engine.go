@@ -28,8 +28,8 @@ var (
 	ErrTooManyMembers = errors.New("dataplane: too many members")
 	// ErrBadMember is returned for a member without an IPv4 address or with a bad port range.
 	ErrBadMember = errors.New("dataplane: bad member")
-	// ErrNoVIPs is returned for a configuration without any VIP.
-	ErrNoVIPs = errors.New("dataplane: no VIPs")
+	// ErrBadMAC is returned for a virtual or interface MAC that is not 6 bytes long.
+	ErrBadMAC = errors.New("dataplane: bad MAC address")
 	// ErrPortRangeOverlap is returned when two members' source-port ranges overlap.
 	ErrPortRangeOverlap = errors.New("dataplane: overlapping port ranges")
 )
@@ -231,7 +231,7 @@ func (e *Engine) SetMAC(addr netip.Addr, mac net.HardwareAddr) error {
 		e.macs[addr] = append(net.HardwareAddr(nil), mac...)
 		delete(e.failed, addr)
 	}
-	if e.cfg.VIPs == nil {
+	if e.cfg.VirtualMAC == nil {
 		return nil // not configured yet: Configure will use the MAC
 	}
 	return e.applyLocked(e.cfg)
@@ -293,11 +293,18 @@ func (e *Engine) Members() []MemberStatus {
 }
 
 func (e *Engine) applyLocked(cfg Config) error {
-	if cfg.VIPs == nil || cfg.VIPs.Len() == 0 {
-		return ErrNoVIPs
+	if cfg.VIPs == nil {
+		// No VIP yet (a helper started with a VIP file it cannot read): nothing is balancer
+		// input until a reload gives some.
+		cfg.VIPs = vipset.New()
 	}
-	if len(cfg.VirtualMAC) != 6 || len(cfg.InterfaceMAC) != 6 {
-		return fmt.Errorf("dataplane: virtual and interface MACs must be 6 bytes")
+	if len(cfg.VirtualMAC) != 6 {
+		return fmt.Errorf("%w: the virtual MAC must be 6 bytes", ErrBadMAC)
+	}
+	if len(cfg.InterfaceMAC) != 6 && len(cfg.InterfaceMAC) != 0 {
+		// Empty while the interface is not known yet: nothing is forwarded before the fast
+		// path runs on it, and the balancer configures the MAC before that.
+		return fmt.Errorf("%w: the interface MAC must be 6 bytes", ErrBadMAC)
 	}
 	seen := make(map[netip.Addr]bool)
 	newIDs := 0

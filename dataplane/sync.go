@@ -6,19 +6,13 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 )
 
-// SyncRecord is a flow or persistence template in the form the sync channel carries: the member
-// as an address (IDs are per node) and the remaining lifetime.
-type SyncRecord struct {
-	// Template marks a persistence template; Key.Src is the client and Key.Dst the VIP.
-	Template bool
-	Key      conntrack.Key
-	Member   netip.Addr
-	State    conntrack.State
-	TTL      time.Duration
-}
+// The engine imports and exports its table as connsync.Records, the form the sync channel
+// carries: members as addresses (IDs are per node) and remaining lifetimes. The same type goes
+// from the table to the wire and back, with no conversion in between.
 
 // memberIDLocked returns the ID of addr, allocating one if the engine has never seen it. A member
 // learnt this way is not configured: flows to it are treated like flows of a removed member until
@@ -33,7 +27,7 @@ func (e *Engine) memberIDLocked(addr netip.Addr) (uint32, error) {
 	id := e.nextID
 	e.ids[addr] = id
 	e.nextID++
-	if e.cfg.VIPs != nil {
+	if e.cfg.VirtualMAC != nil {
 		if err := e.applyLocked(e.cfg); err != nil {
 			return 0, err
 		}
@@ -44,7 +38,7 @@ func (e *Engine) memberIDLocked(addr netip.Addr) (uint32, error) {
 // Import records flows and templates learnt from the active balancer, so that this node can take
 // over without cutting them. Records with an invalid member are skipped; the first error is
 // returned after the rest were applied.
-func (e *Engine) Import(recs []SyncRecord) error {
+func (e *Engine) Import(recs []connsync.Record) error {
 	now := e.Tick()
 	var first error
 	for i := range recs {
@@ -60,7 +54,7 @@ func (e *Engine) Import(recs []SyncRecord) error {
 		e.mu.Unlock()
 		if err == nil {
 			exp := now + int64(r.TTL)
-			if r.Template {
+			if r.Kind == connsync.RecordTemplate {
 				err = e.ct.ImportTemplate(r.Key.Src, r.Key.Dst, id, exp, now)
 			} else {
 				err = e.ct.Import(r.Key, id, r.State, exp, now)
@@ -75,49 +69,50 @@ func (e *Engine) Import(recs []SyncRecord) error {
 
 // Export calls fn for every live flow and template, with members as addresses and remaining
 // lifetimes, for the sync channel's refresh and bulk dump. It stops when fn returns false.
-func (e *Engine) Export(fn func(SyncRecord) bool) {
+func (e *Engine) Export(fn func(connsync.Record) bool) {
 	now := e.Tick()
 	st := e.state.Load()
-	addrOf := func(id uint32) (netip.Addr, bool) {
-		if int(id) >= len(st.members) {
-			return netip.Addr{}, false
-		}
-		var b [4]byte
-		binary.BigEndian.PutUint32(b[:], st.members[id].addr)
-		return netip.AddrFrom4(b), st.members[id].addr != 0
-	}
 	cont := true
 	e.ct.Range(func(k conntrack.Key, en conntrack.Entry) bool {
-		a, ok := addrOf(en.Member)
+		a, ok := st.memberAddr(en.Member)
 		if !ok || en.Expires <= now {
 			return true
 		}
-		cont = fn(SyncRecord{Key: k, Member: a, State: en.State, TTL: time.Duration(en.Expires - now)})
+		cont = fn(connsync.Record{Kind: connsync.RecordFlow, Key: k, Member: a, State: en.State,
+			TTL: time.Duration(en.Expires - now)})
 		return cont
 	})
 	if !cont {
 		return
 	}
 	e.ct.RangeTemplates(func(client, vip uint32, en conntrack.Entry) bool {
-		a, ok := addrOf(en.Member)
+		a, ok := st.memberAddr(en.Member)
 		if !ok || en.Expires <= now {
 			return true
 		}
-		return fn(SyncRecord{Template: true, Key: conntrack.Key{Src: client, Dst: vip}, Member: a,
-			TTL: time.Duration(en.Expires - now)})
+		return fn(connsync.Record{Kind: connsync.RecordTemplate, Key: conntrack.Key{Src: client, Dst: vip},
+			Member: a, TTL: time.Duration(en.Expires - now)})
 	})
 }
 
-// SyncRecordOf converts a new flow reported by the table's insert hook into a SyncRecord; it is
+// RecordOf converts a new flow reported by the table's insert hook into a sync record; it is
 // allocation-free so it can run in the fast path.
-func (e *Engine) SyncRecordOf(k conntrack.Key, member uint32, state conntrack.State) (SyncRecord, bool) {
-	st := e.state.Load()
-	if int(member) >= len(st.members) || st.members[member].addr == 0 {
-		return SyncRecord{}, false
+func (e *Engine) RecordOf(k conntrack.Key, member uint32, state conntrack.State) (connsync.Record, bool) {
+	a, ok := e.state.Load().memberAddr(member)
+	if !ok {
+		return connsync.Record{}, false
+	}
+	return connsync.Record{Kind: connsync.RecordFlow, Key: k, Member: a, State: state, TTL: e.timeoutOf(state)}, true
+}
+
+// memberAddr returns the address of member id, if the snapshot knows one.
+func (st *state) memberAddr(id uint32) (netip.Addr, bool) {
+	if int(id) >= len(st.members) || st.members[id].addr == 0 {
+		return netip.Addr{}, false
 	}
 	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], st.members[member].addr)
-	return SyncRecord{Key: k, Member: netip.AddrFrom4(b), State: state, TTL: e.timeoutOf(state)}, true
+	binary.BigEndian.PutUint32(b[:], st.members[id].addr)
+	return netip.AddrFrom4(b), true
 }
 
 // timeoutOf returns the configured lifetime of a flow in state s.

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/scheduler"
 )
@@ -27,11 +28,11 @@ func TestExportImportKeepsFlows(t *testing.T) {
 		r := process(active, frameSpec{src: src, dst: vip, sport: 1000 + p, dport: 25, syn: true}.bytes(t))
 		want[p] = ownerOf(t, active, r)
 	}
-	var recs []SyncRecord
-	active.Export(func(r SyncRecord) bool { recs = append(recs, r); return true })
+	var recs []connsync.Record
+	active.Export(func(r connsync.Record) bool { recs = append(recs, r); return true })
 	flows, tmpls := 0, 0
 	for _, r := range recs {
-		if r.Template {
+		if r.Kind == connsync.RecordTemplate {
 			tmpls++
 		} else {
 			flows++
@@ -66,7 +67,7 @@ func TestExportImportKeepsFlows(t *testing.T) {
 
 func TestImportRejectsBadMember(t *testing.T) {
 	e := newTestEngine(t)
-	err := e.Import([]SyncRecord{{Key: conntrack.Key{Src: 1, Dst: u32(vip), SPort: 1, DPort: 2, Proto: 6},
+	err := e.Import([]connsync.Record{{Key: conntrack.Key{Src: 1, Dst: u32(vip), SPort: 1, DPort: 2, Proto: 6},
 		State: conntrack.StateEstablished, TTL: time.Minute}})
 	if err == nil {
 		t.Fatal("record without a member address accepted")
@@ -83,7 +84,7 @@ func TestImportRejectsBadMember(t *testing.T) {
 func TestPendingMemberFlowsWait(t *testing.T) {
 	e := newTestEngine(t)
 	k := conntrack.Key{Src: u32(client1), Dst: u32(vip), SPort: 4444, DPort: 25, Proto: 6}
-	if err := e.Import([]SyncRecord{{Key: k, Member: netip.MustParseAddr("192.0.2.14"), State: conntrack.StateEstablished, TTL: time.Minute}}); err != nil {
+	if err := e.Import([]connsync.Record{{Key: k, Member: netip.MustParseAddr("192.0.2.14"), State: conntrack.StateEstablished, TTL: time.Minute}}); err != nil {
 		t.Fatal(err)
 	}
 	cfg := e.Config()

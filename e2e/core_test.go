@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/internal/e2e"
 	"math/rand/v2"
 	"net"
@@ -63,19 +64,8 @@ type source = e2e.Source
 // sources returns both addresses of every client.
 func sources() []source { return e2e.Sources(suite.Bed) }
 
-// stats mirrors the JSON snapshot l2lb writes with --stats-file.
-type stats struct {
-	Verdicts map[string]uint64 `json:"verdicts"`
-	Drops    map[string]uint64 `json:"drops"`
-	Members  []struct {
-		Addr    string `json:"addr"`
-		MAC     string `json:"mac"`
-		Local   bool   `json:"local"` // f1 itself: delivered locally, so no MAC to learn
-		Ready   bool   `json:"ready"`
-		Flows   int64  `json:"flows"`
-		Packets uint64 `json:"packets"`
-	} `json:"members"`
-}
+// stats is the status l2lb writes with --stats-file, the schema of `l2lb status --json`.
+type stats = control.Status
 
 // balancer is a running `l2lb run` on f1.
 type balancer struct {

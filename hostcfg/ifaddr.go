@@ -26,3 +26,21 @@ func InterfaceIPv4(name string) (netip.Addr, error) {
 	}
 	return netip.Addr{}, fmt.Errorf("%s has no IPv4 address", name)
 }
+
+// LocalIPv4s returns the IPv4 addresses configured on this host's interfaces (the VIPs on lo
+// included): a member address among them is this node itself.
+func LocalIPv4s() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return out
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
+				out[ip.Unmap()] = true
+			}
+		}
+	}
+	return out
+}

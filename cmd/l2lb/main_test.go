@@ -3,55 +3,11 @@ package main
 import (
 	"bytes"
 	"flag"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/l2lb/l2lb/dataplane"
-	"github.com/l2lb/l2lb/vipset"
 )
-
-func TestBuildMembers(t *testing.T) {
-	self := netip.MustParseAddr("192.0.2.11")
-	vips := vipset.New(netip.MustParseAddr("192.0.2.200"))
-	ms, err := buildMembers([]string{"192.0.2.11", "192.0.2.12=50", "192.0.2.13,192.0.2.14"},
-		[]string{"192.0.2.12=55000-59000"}, 30, map[netip.Addr]bool{self: true}, vips)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []dataplane.Member{
-		{Addr: self, Weight: 30, Local: true},
-		{Addr: netip.MustParseAddr("192.0.2.12"), Weight: 50, Ports: dataplane.PortRange{Lo: 55000, Hi: 59000}},
-		{Addr: netip.MustParseAddr("192.0.2.13"), Weight: 100},
-		{Addr: netip.MustParseAddr("192.0.2.14"), Weight: 100},
-	}
-	if len(ms) != len(want) {
-		t.Fatalf("got %+v", ms)
-	}
-	for i := range want {
-		if ms[i] != want[i] {
-			t.Errorf("member %d: got %+v, want %+v", i, ms[i], want[i])
-		}
-	}
-	for _, bad := range []struct {
-		members, ranges []string
-		msg             string
-	}{
-		{[]string{"192.0.2.300"}, nil, "not an IPv4"},
-		{[]string{"192.0.2.200"}, nil, "that is a VIP"},
-		{[]string{"192.0.2.12", "192.0.2.12"}, nil, "given twice"},
-		{[]string{"192.0.2.12=x"}, nil, "bad weight"},
-		{[]string{"192.0.2.12"}, []string{"192.0.2.13=1-2"}, "not a --member"},
-		{[]string{"192.0.2.12"}, []string{"192.0.2.12=9-2"}, "LO <= HI"},
-	} {
-		_, err := buildMembers(bad.members, bad.ranges, 100, nil, vips)
-		if err == nil || !strings.Contains(err.Error(), bad.msg) {
-			t.Errorf("%v %v: err %v, want %q", bad.members, bad.ranges, err, bad.msg)
-		}
-	}
-}
 
 func TestRunRejectsBadConfigWithFileAndLine(t *testing.T) {
 	dir := t.TempDir()

@@ -1,55 +1,17 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
 	"strconv"
 	"time"
 
 	"github.com/l2lb/l2lb/control"
-	"github.com/l2lb/l2lb/metrics"
-	"github.com/l2lb/l2lb/provider"
 )
-
-// opsFlags are the operator-interface flags shared by run and helper.
-type opsFlags struct {
-	control string
-	metrics string
-}
-
-func (o *opsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.control, "control", control.DefaultSocket, "control socket for l2lb status/conns/weight/drain/reload (root-only); \"off\" disables it")
-	fs.StringVar(&o.metrics, "metrics", metrics.DefaultListen, "listen address of the Prometheus metrics and the status page; \"off\" disables it")
-}
-
-// startOps serves the control socket and the metrics listener for p until ctx ends. Failing to
-// serve them is reported through warn and does not stop the balancer.
-func startOps(ctx context.Context, o opsFlags, p *provider.Provider, warn func(string, ...any)) {
-	if o.control != "" && o.control != "off" {
-		go func() {
-			if err := control.Serve(ctx, o.control, p); err != nil && ctx.Err() == nil {
-				warn("control socket %s: %v", o.control, err)
-			}
-		}()
-	}
-	if o.metrics != "" && o.metrics != "off" {
-		go func() {
-			if err := metrics.ListenAndServe(ctx, o.metrics, p.Status); err != nil && ctx.Err() == nil {
-				warn("metrics listener %s: %v", o.metrics, err)
-			}
-		}()
-	}
-}
-
-func slogWarn(log *slog.Logger) func(string, ...any) {
-	return func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) }
-}
 
 // clientFlags parses the flags common to the client commands.
 func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {

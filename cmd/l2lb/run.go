@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,22 +9,21 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
-	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/l2lb/l2lb/afpacket"
+	"github.com/l2lb/l2lb/balancer"
+	"github.com/l2lb/l2lb/cluster"
 	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/dataplane"
-	"github.com/l2lb/l2lb/provider"
+	"github.com/l2lb/l2lb/hostcfg"
 	"github.com/l2lb/l2lb/scheduler"
-	"github.com/l2lb/l2lb/vipset"
+	"github.com/l2lb/l2lb/static"
 )
 
 // listFlag collects a repeatable flag.
@@ -35,27 +32,106 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
-// runOptions are the flags of `l2lb run`.
-type runOptions struct {
+// balancerFlags are the flags of the balancer itself, the same for `l2lb run` and `l2lb helper`
+// (the seed's -p -i -s -f -r and l2lb's fast-path settings).
+type balancerFlags struct {
 	iface       string
 	vipFile     string
-	members     listFlag
-	portRanges  listFlag
 	persistence int
-	selfWeight  int
-	statsFile   string
-	vmac        string
 	syncID      int
+	selfWeight  int
+	vmac        string
 	sched       string
 	workers     int
 	busyPoll    time.Duration
 	maxConns    int
 	nodest      string
-	logLevel    string
 	tcpTimeout  time.Duration
 	finTimeout  time.Duration
 	udpTimeout  time.Duration
-	// Standalone cluster mode (issue 4).
+	statsFile   string
+	syncGroup   string
+	syncKeyFile string
+	ops         opsFlags
+}
+
+func (f *balancerFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.iface, "i", "eth0", "interface that receives VIP traffic")
+	fs.StringVar(&f.vipFile, "f", "/etc/sysconfig/vipaddrs", "VIP list file (seed format: addresses and /24../32 subnets)")
+	fs.IntVar(&f.persistence, "p", 15, "persistence seconds: a client's new connections within this time go to the same frontend (0 = off)")
+	fs.IntVar(&f.syncID, "s", 0, "SyncID of the balancer group (0-65535; selects the default virtual MAC and the sync group)")
+	fs.IntVar(&f.selfWeight, "r", 100, "weight of this node as a frontend while it is the active balancer (others weigh 100)")
+	fs.StringVar(&f.vmac, "vmac", "", "virtual MAC answered for the VIPs (default 02:6c:32:62:SS:SS from -s)")
+	fs.StringVar(&f.sched, "scheduler", "maglev", "scheduler: maglev (consistent hash), wrr or wlc")
+	fs.IntVar(&f.workers, "workers", 1, "fast-path workers (sockets in one PACKET_FANOUT group)")
+	fs.DurationVar(&f.busyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
+	fs.IntVar(&f.maxConns, "max-conns", 1<<20, "connection table limit; beyond it flows are forwarded by hash alone")
+	fs.StringVar(&f.nodest, "nodest", "reschedule", "flows of a removed frontend: reschedule or expire")
+	fs.DurationVar(&f.tcpTimeout, "tcp-timeout", 900*time.Second, "timeout of established TCP flows (IPVS default)")
+	fs.DurationVar(&f.finTimeout, "tcpfin-timeout", 120*time.Second, "timeout of closing TCP flows (IPVS default)")
+	fs.DurationVar(&f.udpTimeout, "udp-timeout", 300*time.Second, "timeout of UDP flows (IPVS default)")
+	fs.StringVar(&f.statsFile, "stats-file", "", "write the status as JSON (the schema of l2lb status --json) to this file every second and at exit")
+	fs.StringVar(&f.syncGroup, "sync-group", "", "connection-sync multicast group `ADDR:PORT` (default "+connsync.DefaultGroup.String()+")")
+	fs.StringVar(&f.syncKeyFile, "sync-key-file", "", "file holding the shared key that authenticates connection-sync messages (HMAC-SHA256); without it sync is unauthenticated")
+	f.ops.register(fs)
+}
+
+// config turns the flags into a balancer configuration; sync is filled in by the caller.
+func (f *balancerFlags) config(mode, name string, log *slog.Logger) (balancer.Config, error) {
+	var zero balancer.Config
+	if f.persistence < 0 || f.selfWeight < 0 || f.syncID < 0 || f.syncID > 0xffff {
+		return zero, errors.New("-p and -r must not be negative, -s must be 0..65535")
+	}
+	kind, err := scheduler.ParseKind(f.sched)
+	if err != nil {
+		return zero, err
+	}
+	nodest, err := dataplane.ParseNoDestPolicy(f.nodest)
+	if err != nil {
+		return zero, err
+	}
+	vmac := defaultVMAC(f.syncID)
+	if f.vmac != "" {
+		if vmac, err = net.ParseMAC(f.vmac); err != nil || len(vmac) != 6 {
+			return zero, fmt.Errorf("--vmac %q: not a MAC-48 address", f.vmac)
+		}
+	}
+	to := conntrack.DefaultTimeouts()
+	to.TCPEstablished, to.TCPClosing, to.UDP = f.tcpTimeout, f.finTimeout, f.udpTimeout
+	busy := f.busyPoll
+	if busy <= 0 {
+		busy = -1 // the flag's 0 means off; node.OpenConfig's 0 means the default
+	}
+	return balancer.Config{Mode: mode, Name: name, Interface: f.iface, VIPFile: f.vipFile, VirtualMAC: vmac,
+		Scheduler: kind, Persistence: time.Duration(f.persistence) * time.Second, NoDest: nodest,
+		MaxConns: f.maxConns, Timeouts: to, Workers: f.workers, BusyPoll: busy, StatsFile: f.statsFile, Log: log}, nil
+}
+
+// syncConfig returns the connection-sync settings of the flags.
+func (f *balancerFlags) syncConfig() (*connsync.Config, error) {
+	sc := &connsync.Config{SyncID: uint16(f.syncID)}
+	var err error
+	if f.syncGroup != "" {
+		if sc.Group, err = netip.ParseAddrPort(f.syncGroup); err != nil {
+			return nil, fmt.Errorf("--sync-group %q: %w", f.syncGroup, err)
+		}
+	}
+	if f.syncKeyFile != "" {
+		if sc.Key, err = readKey(f.syncKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	return sc, nil
+}
+
+// runOptions are the flags of `l2lb run`.
+type runOptions struct {
+	balancerFlags
+	members    listFlag
+	portRanges listFlag
+	logLevel   string
+	cpuProfile string
+	// Standalone cluster (--peers).
 	peers       listFlag
 	name        string
 	addr        string
@@ -63,135 +139,27 @@ type runOptions struct {
 	priority    int
 	preempt     bool
 	healthPorts listFlag
-	syncGroup   string
 	syncPeers   listFlag
-	syncKeyFile string
 	gossipKey   string
-	// cpuProfile is --cpuprofile: a pprof CPU profile of the whole run (used by `l2lb bench`).
-	cpuProfile string
-	ops        opsFlags
 }
 
 func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
 	fs := newFlagSet("run", stderr)
-	fs.StringVar(&o.iface, "i", "eth0", "interface that receives VIP traffic")
-	fs.StringVar(&o.vipFile, "f", "/etc/sysconfig/vipaddrs", "VIP list file (seed format: addresses and /24../32 subnets)")
+	o.balancerFlags.register(fs)
 	fs.Var(&o.members, "member", "frontend real address `ADDR[=WEIGHT]` (repeatable); this node's own address makes it a frontend too, with weight -r")
 	fs.Var(&o.portRanges, "port-range", "a frontend's source-port range for its outgoing connections, `ADDR=LO-HI` (repeatable; seed step 7)")
-	fs.IntVar(&o.persistence, "p", 15, "persistence seconds: a client's new connections within this time go to the same frontend (0 = off)")
-	fs.IntVar(&o.selfWeight, "r", 100, "weight of this node as a frontend while it is the active balancer (others weigh 100)")
-	fs.StringVar(&o.statsFile, "stats-file", "", "write a JSON snapshot of the counters to this file every second and at exit")
-	fs.StringVar(&o.vmac, "vmac", "", "virtual MAC answered for the VIPs (default 02:6c:32:62:SS:SS from -s)")
-	fs.IntVar(&o.syncID, "s", 0, "SyncID of the balancer group (selects the default virtual MAC)")
-	fs.StringVar(&o.sched, "scheduler", "maglev", "scheduler: maglev (consistent hash), wrr or wlc")
-	fs.IntVar(&o.workers, "workers", 1, "fast-path workers (sockets in one PACKET_FANOUT group)")
-	fs.DurationVar(&o.busyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
-	fs.IntVar(&o.maxConns, "max-conns", 1<<20, "connection table limit; beyond it flows are forwarded by hash alone")
-	fs.StringVar(&o.nodest, "nodest", "reschedule", "flows of a removed frontend: reschedule or expire")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.DurationVar(&o.tcpTimeout, "tcp-timeout", 900*time.Second, "timeout of established TCP flows (IPVS default)")
-	fs.DurationVar(&o.finTimeout, "tcpfin-timeout", 120*time.Second, "timeout of closing TCP flows (IPVS default)")
-	fs.DurationVar(&o.udpTimeout, "udp-timeout", 300*time.Second, "timeout of UDP flows (IPVS default)")
-	o.ops.register(fs)
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the run to `FILE` (written at exit)")
 	fs.Var(&o.peers, "peers", "standalone cluster: other nodes' membership addresses `HOST[:PORT]` (comma-separated or repeated); members and the active node then come from the cluster instead of --member")
 	fs.StringVar(&o.name, "name", "", "cluster: this node's unique name (default: its address)")
 	fs.StringVar(&o.addr, "addr", "", "cluster: this node's real IPv4 address (default: the first IPv4 address of -i)")
-	fs.StringVar(&o.bind, "bind", "", "cluster: membership listen address `ADDR:PORT` (default ADDR:7946)")
+	fs.StringVar(&o.bind, "bind", "", "cluster: membership listen address `ADDR:PORT` (default ADDR:7946, TCP and UDP)")
 	fs.IntVar(&o.priority, "priority", 100, "cluster: election priority 0-255; the highest alive and healthy node is active (ties: name)")
 	fs.BoolVar(&o.preempt, "preempt", false, "cluster: a returning higher-priority node takes the active role back once its table is synced")
 	fs.Var(&o.healthPorts, "health-port", "cluster: this node's own service port to probe with TCP connects (repeatable); an unhealthy node gets no new flows")
-	fs.StringVar(&o.syncGroup, "sync-group", "", "cluster: sync multicast group `ADDR:PORT` (default "+connsync.DefaultGroup.String()+")")
 	fs.Var(&o.syncPeers, "sync-peer", "cluster: send sync messages to this unicast `ADDR:PORT` instead of multicast (repeatable)")
-	fs.StringVar(&o.syncKeyFile, "sync-key-file", "", "cluster: file holding the shared key that authenticates sync messages (HMAC-SHA256)")
 	fs.StringVar(&o.gossipKey, "gossip-key-file", "", "cluster: file holding a 16, 24 or 32-byte key that encrypts membership gossip")
-	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the run to `FILE` (written at exit)")
 	return fs
-}
-
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("bad -log-level %q", level)
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
-}
-
-// defaultVMAC derives the virtual MAC from the SyncID: locally administered (RFC 7042 §2.1), fixed
-// per group so that every node of a group announces the same MAC and clients' ARP caches stay
-// valid across failover, as VRRP's 00:00:5e:00:01:VRID does (RFC 5798 §7.3).
-func defaultVMAC(syncID int) net.HardwareAddr {
-	return net.HardwareAddr{0x02, 0x6c, 0x32, 0x62, byte(syncID >> 8), byte(syncID)}
-}
-
-// localAddrs returns the IPv4 addresses configured on this host's interfaces.
-func localAddrs() map[netip.Addr]bool {
-	out := map[netip.Addr]bool{}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return out
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok {
-				out[ip.Unmap()] = true
-			}
-		}
-	}
-	return out
-}
-
-// buildMembers turns --member and --port-range flags into members. A member address configured
-// on this host is the local member and weighs selfWeight unless a weight is given.
-func buildMembers(specs, ranges []string, selfWeight int, local map[netip.Addr]bool, vips *vipset.Set) ([]dataplane.Member, error) {
-	var ms []dataplane.Member
-	idx := map[netip.Addr]int{}
-	for _, s := range specs {
-		for _, one := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
-			addrS, wS, hasW := strings.Cut(one, "=")
-			a, err := netip.ParseAddr(addrS)
-			if err != nil || !a.Is4() {
-				return nil, fmt.Errorf("--member %q: not an IPv4 address", one)
-			}
-			if vips.Contains(a) {
-				return nil, fmt.Errorf("--member %q: that is a VIP; give the frontend's real address", one)
-			}
-			m := dataplane.Member{Addr: a, Weight: 100, Local: local[a]}
-			if m.Local {
-				m.Weight = uint32(selfWeight)
-			}
-			if hasW {
-				w, err := strconv.ParseUint(wS, 10, 32)
-				if err != nil {
-					return nil, fmt.Errorf("--member %q: bad weight", one)
-				}
-				m.Weight = uint32(w)
-			}
-			if _, dup := idx[a]; dup {
-				return nil, fmt.Errorf("--member %s given twice", a)
-			}
-			idx[a] = len(ms)
-			ms = append(ms, m)
-		}
-	}
-	for _, r := range ranges {
-		addrS, rng, ok := strings.Cut(r, "=")
-		a, err := netip.ParseAddr(addrS)
-		if !ok || err != nil {
-			return nil, fmt.Errorf("--port-range %q: want ADDR=LO-HI", r)
-		}
-		i, known := idx[a]
-		if !known {
-			return nil, fmt.Errorf("--port-range %q: %s is not a --member", r, a)
-		}
-		loS, hiS, ok := strings.Cut(rng, "-")
-		lo, err1 := strconv.ParseUint(loS, 10, 16)
-		hi, err2 := strconv.ParseUint(hiS, 10, 16)
-		if !ok || err1 != nil || err2 != nil || lo == 0 || lo > hi {
-			return nil, fmt.Errorf("--port-range %q: want ADDR=LO-HI with 0 < LO <= HI <= 65535", r)
-		}
-		ms[i].Ports = dataplane.PortRange{Lo: uint16(lo), Hi: uint16(hi)}
-	}
-	return ms, nil
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
@@ -210,12 +178,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
-		if err != nil {
-			log.Error("l2lb run failed", "err", err)
-			return 1
+		if err == nil {
+			defer f.Close()
+			err = pprof.StartCPUProfile(f)
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
+		if err != nil {
 			log.Error("l2lb run failed", "err", err)
 			return 1
 		}
@@ -225,187 +192,144 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		log.Error("l2lb run failed", "err", err)
 		return 1
 	}
+	log.Info("stopped")
 	return 0
 }
 
+// run builds the balancer and its control plane: static members, or with --peers the
+// standalone cluster.
 func run(o runOptions, log *slog.Logger) error {
-	vips, err := vipset.ParseFile(o.vipFile)
-	if err != nil {
-		return err
+	if len(o.peers) > 0 && len(o.members) > 0 {
+		return errors.New("--member and --peers exclude each other: with --peers the members come from the cluster")
 	}
-	if vips.Len() == 0 {
-		return fmt.Errorf("%s: no VIP listed", o.vipFile)
-	}
-	kind, err := scheduler.ParseKind(o.sched)
-	if err != nil {
-		return err
-	}
-	nodest, err := dataplane.ParseNoDestPolicy(o.nodest)
-	if err != nil {
-		return err
-	}
-	if o.persistence < 0 || o.selfWeight < 0 {
-		return errors.New("-p and -r must not be negative")
-	}
-	vmac := defaultVMAC(o.syncID)
-	if o.vmac != "" {
-		if vmac, err = net.ParseMAC(o.vmac); err != nil || len(vmac) != 6 {
-			return fmt.Errorf("--vmac %q: not a MAC-48 address", o.vmac)
-		}
-	}
-	to := conntrack.DefaultTimeouts()
-	to.TCPEstablished, to.TCPClosing, to.UDP = o.tcpTimeout, o.finTimeout, o.udpTimeout
-	if len(o.peers) > 0 {
-		if len(o.members) > 0 {
-			return errors.New("--member and --peers exclude each other: with --peers the members come from the cluster")
-		}
-		return runCluster(o, log, vips, vmac, kind, nodest, to)
-	}
-	members, err := buildMembers(o.members, o.portRanges, o.selfWeight, localAddrs(), vips)
-	if err != nil {
-		return err
-	}
-	if len(members) == 0 {
+	if len(o.peers) == 0 && len(o.members) == 0 {
 		return errors.New("no --member given (or --peers for a standalone cluster)")
 	}
-	eng := dataplane.New(conntrack.Config{MaxEntries: o.maxConns, Timeouts: to,
-		Persistence: time.Duration(o.persistence) * time.Second})
-	ifi, err := net.InterfaceByName(o.iface)
-	if err != nil {
-		return fmt.Errorf("-i %s: %w", o.iface, err)
+	mode := control.ModeRun
+	if len(o.peers) > 0 {
+		mode = control.ModeCluster
 	}
-	cfg := dataplane.Config{VirtualMAC: vmac, InterfaceMAC: ifi.HardwareAddr, VIPs: vips, Members: members,
-		Scheduler: kind, Persistence: time.Duration(o.persistence) * time.Second, NoDest: nodest}
-	if err := eng.Configure(cfg); err != nil {
-		return err
-	}
-	ready := make(chan struct{})
-	node, err := dataplane.NewNode(dataplane.NodeConfig{Interface: o.iface, Workers: o.workers, BusyPoll: busyPollConfig(o.busyPoll), Engine: eng,
-		Logger: log, OnReady: func() { close(ready) }})
+	cfg, err := o.config(mode, o.name, log)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	node.SetActive(true)
-	errc := make(chan error, 1)
-	go func() { errc <- node.Run(ctx) }()
-	startOps(ctx, o.ops, provider.New(&provider.Source{Mode: control.ModeRun, NodeName: ifi.Name, Interface: o.iface,
-		Engine: eng, Node: node, Limit: o.maxConns,
-		Reload: func() error { return reloadVIPs(o.vipFile, eng, node, log) }}), slogWarn(log))
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ready:
-			ready = nil
-			log.Info("ready", "interface", o.iface, "vips", vips.String(), "vmac", vmac.String(),
-				"members", len(members), "persistence", o.persistence, "scheduler", string(kind))
-			writeStats(o.statsFile, node, eng, log)
-		case <-tick.C:
-			writeStats(o.statsFile, node, eng, log)
-		case <-hup:
-			reloadVIPs(o.vipFile, eng, node, log)
-		case err := <-errc:
-			writeStats(o.statsFile, node, eng, log)
-			if err == nil {
-				log.Info("stopped")
+	if len(o.peers) == 0 {
+		if cfg.Name == "" {
+			cfg.Name, _ = os.Hostname()
+		}
+		b, err := balancer.New(cfg)
+		if err != nil {
+			return err
+		}
+		ms, err := static.ParseMembers(o.members, o.portRanges, uint32(o.selfWeight), hostcfg.LocalIPv4s(), b.VIPs())
+		if err != nil {
+			return err
+		}
+		return serve(b, static.New(b, ms), o.ops, log.Warn)
+	}
+	addr, err := nodeAddr(o.addr, o.iface)
+	if err != nil {
+		return err
+	}
+	if o.priority < 0 || o.priority > 255 {
+		return fmt.Errorf("--priority %d: want 0-255", o.priority)
+	}
+	if cfg.Name == "" {
+		cfg.Name = addr.String()
+	}
+	if cfg.Sync, err = o.syncConfig(); err != nil {
+		return err
+	}
+	cfg.Sync.Local = addr
+	for _, p := range o.syncPeers {
+		ap, err := netip.ParseAddrPort(p)
+		if err != nil {
+			return fmt.Errorf("--sync-peer %q: %w", p, err)
+		}
+		cfg.Sync.Peers = append(cfg.Sync.Peers, ap)
+	}
+	cfg.KeepLeaving = true
+	b, err := balancer.New(cfg)
+	if err != nil {
+		return err
+	}
+	cc := cluster.Config{Name: cfg.Name, Addr: addr, Weight: 100, SelfWeight: uint32(o.selfWeight),
+		Priority: uint8(o.priority), Preempt: o.preempt, Log: log}
+	if ifi, err := net.InterfaceByName(o.iface); err == nil {
+		cc.MAC = ifi.HardwareAddr
+	}
+	cc.VIPs = b.VIPs().Addrs()
+	for _, p := range o.peers {
+		for _, one := range strings.Split(p, ",") {
+			if one = strings.TrimSpace(one); one != "" {
+				cc.Peers = append(cc.Peers, one)
 			}
+		}
+	}
+	if o.bind != "" {
+		if cc.Bind, err = netip.ParseAddrPort(o.bind); err != nil {
+			return fmt.Errorf("--bind %q: %w", o.bind, err)
+		}
+	}
+	for _, p := range o.healthPorts {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("--health-port %q: not a port", p)
+		}
+		cc.HealthPorts = append(cc.HealthPorts, uint16(n))
+	}
+	if o.gossipKey != "" {
+		if cc.ClusterKey, err = readKey(o.gossipKey); err != nil {
 			return err
 		}
 	}
-}
-
-// statsSnapshot is the JSON written by --stats-file.
-type statsSnapshot struct {
-	Time         time.Time         `json:"time"`
-	Active       bool              `json:"active"`
-	Verdicts     map[string]uint64 `json:"verdicts"`
-	Drops        map[string]uint64 `json:"drops"`
-	NewFlows     uint64            `json:"new_flows"`
-	TableFull    uint64            `json:"table_full"`
-	ARPConflicts uint64            `json:"arp_conflicts"`
-	ARPAnnounced uint64            `json:"arp_announced"`
-	Flows        int               `json:"flows"`
-	Templates    int               `json:"templates"`
-	Members      []memberSnapshot  `json:"members"`
-}
-
-type memberSnapshot struct {
-	Addr    string `json:"addr"`
-	MAC     string `json:"mac"`
-	Weight  uint32 `json:"weight"`
-	Local   bool   `json:"local"`
-	Ready   bool   `json:"ready"`
-	Flows   int64  `json:"flows"`
-	Packets uint64 `json:"packets"`
-	Bytes   uint64 `json:"bytes"`
-}
-
-func writeStats(path string, node *dataplane.Node, eng *dataplane.Engine, log *slog.Logger) {
-	if path == "" {
-		return
+	plane, err := cluster.New(b, cc)
+	if err != nil {
+		return err
 	}
-	st := node.Stats()
-	flows, tmpl := eng.Table().Len()
-	snap := statsSnapshot{Time: time.Now().UTC(), Active: eng.Active(), Verdicts: st.Verdicts, Drops: st.Drops,
-		NewFlows: st.NewFlows, TableFull: st.TableFull, ARPConflicts: st.ARPConflicts, ARPAnnounced: st.ARPAnnounced,
-		Flows: flows, Templates: tmpl}
-	for _, m := range eng.Members() {
-		ms := memberSnapshot{Addr: m.Addr.String(), Weight: m.Weight, Local: m.Local, Ready: m.Ready, Flows: m.Flows,
-			Packets: st.MemberPackets[m.ID], Bytes: st.MemberBytes[m.ID]}
-		if m.MAC != nil {
-			ms.MAC = m.MAC.String()
+	return serve(b, plane, o.ops, log.Warn)
+}
+
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("bad -log-level %q", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// defaultVMAC derives the virtual MAC from the SyncID: locally administered (RFC 7042 §2.1), fixed
+// per group so that every node of a group announces the same MAC and clients' ARP caches stay
+// valid across failover, as VRRP's 00:00:5e:00:01:VRID does (RFC 5798 §7.3).
+func defaultVMAC(syncID int) net.HardwareAddr {
+	return net.HardwareAddr{0x02, 0x6c, 0x32, 0x62, byte(syncID >> 8), byte(syncID)}
+}
+
+// nodeAddr returns the --addr value or the first IPv4 address of the interface.
+func nodeAddr(flagVal, iface string) (netip.Addr, error) {
+	if flagVal != "" {
+		a, err := netip.ParseAddr(flagVal)
+		if err != nil || !a.Is4() {
+			return netip.Addr{}, fmt.Errorf("--addr %q: not an IPv4 address", flagVal)
 		}
-		snap.Members = append(snap.Members, ms)
+		return a, nil
 	}
-	b, err := json.MarshalIndent(snap, "", "  ")
+	a, err := hostcfg.InterfaceIPv4(iface)
 	if err != nil {
-		return
+		return netip.Addr{}, fmt.Errorf("-i %s: %w; give --addr", iface, err)
 	}
-	// Write then rename so a reader never sees half a file.
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		log.Warn("stats file", "err", err)
-		return
-	}
-	os.Rename(tmp, path)
+	return a, nil
 }
 
-// reloadVIPs re-reads the VIP file (SIGHUP, `l2lb reload`). A bad file is reported with its
-// file:line and the running VIPs stay; a good one is applied atomically and the new VIPs are
-// announced at once. Established flows are not touched.
-func reloadVIPs(path string, eng *dataplane.Engine, node *dataplane.Node, log *slog.Logger) error {
-	vips, err := vipset.ParseFile(path)
-	if err == nil && vips.Len() == 0 {
-		err = fmt.Errorf("%s: no VIP listed", path)
-	}
+// readKey reads a key file; surrounding whitespace is ignored.
+func readKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		log.Error("reload refused; the running configuration stays", "err", err)
-		return err
+		return nil, err
 	}
-	old := eng.Config().VIPs
-	if old.Equal(vips) {
-		log.Info("reload: VIPs unchanged", "vips", vips.String())
-		return nil
+	k := []byte(strings.TrimSpace(string(b)))
+	if len(k) == 0 {
+		return nil, fmt.Errorf("%s: empty key", path)
 	}
-	if err := eng.SetVIPs(vips); err != nil {
-		log.Error("reload refused; the running configuration stays", "err", err)
-		return err
-	}
-	node.Announce()
-	log.Info("reloaded", "vips", vips.String(), "was", old.String())
-	return nil
-}
-
-// busyPollConfig maps the --busy-poll flag, where 0 means off, to NodeConfig.BusyPoll, where 0
-// means the default.
-func busyPollConfig(d time.Duration) time.Duration {
-	if d <= 0 {
-		return -1
-	}
-	return d
+	return k, nil
 }

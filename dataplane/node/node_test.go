@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1074,9 +1073,6 @@ func TestReleaseCancelledBySetActive(t *testing.T) {
 	}
 }
 
-// knownBugs runs tests that show bugs reported but not yet fixed in the non-test code.
-var knownBugs = os.Getenv("L2LB_KNOWN_BUGS") != ""
-
 // TestSetActiveAfterReleaseAnnounces: a node that released its VIPs (another node announced
 // the virtual MAC meanwhile) and is made active again before the grace ends must announce
 // again, or switches keep sending the virtual MAC's frames to the other node's port until
@@ -1084,9 +1080,6 @@ var knownBugs = os.Getenv("L2LB_KNOWN_BUGS") != ""
 // inactive, and a draining engine still reports Active, while Release dropped the pending
 // bursts.
 func TestSetActiveAfterReleaseAnnounces(t *testing.T) {
-	if !knownBugs {
-		t.Skip("known bug (node.go SetActive: no announcement when a Release is cancelled); set L2LB_KNOWN_BUGS=1")
-	}
 	n := New(Config{Engine: newEngine(t, allMembers(), knownMACs())})
 	tx := newFakeTx()
 	installTx(n, tx)

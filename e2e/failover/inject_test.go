@@ -182,7 +182,7 @@ func TestSyncInjection(t *testing.T) {
 			t.Errorf("%s's table grew after the injection: flows %d -> %d, templates %d -> %d", n.host.Name, b.Flows, s.Flows, b.Templates, s.Templates)
 		}
 		for _, why := range []string{"connsync: other SyncID", "connsync: authentication failed", "connsync: bad magic"} {
-			if l, ok := n.findLog(tInject, "connsync: dropped a datagram from "+sc.bed.Clients[0].Addr.String(), why); ok {
+			if l, ok := n.findLog(tInject, `msg="dropped a sync datagram`, "from="+sc.bed.Clients[0].Addr.String(), why); ok {
 				t.Logf("%s: %s", n.host.Name, l.text)
 			} else {
 				t.Errorf("%s logged no rejection %q of the injected datagrams", n.host.Name, why)

@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/internal/e2e"
 	"net/netip"
 	"os"
@@ -51,19 +52,12 @@ func newBed(t *testing.T) *testbed.Bed {
 	return suite.NewBed(t, "the failover tests", testbed.Options{Frontends: 3, Clients: 2})
 }
 
-// snapshot mirrors the JSON l2lb writes with --stats-file (writeStats).
+// snapshot is the status l2lb writes with --stats-file (the schema of `l2lb status --json`),
+// with the fields these tests read most.
 type snapshot struct {
-	Time      time.Time         `json:"time"`
-	Active    bool              `json:"active"`
-	Flows     int               `json:"flows"`
-	Templates int               `json:"templates"`
-	Verdicts  map[string]uint64 `json:"verdicts"`
-	Drops     map[string]uint64 `json:"drops"`
-	Members   []struct {
-		Addr   string `json:"addr"`
-		Weight uint32 `json:"weight"`
-		Flows  int64  `json:"flows"`
-	} `json:"members"`
+	control.Status
+	Active           bool `json:"-"`
+	Flows, Templates int  `json:"-"`
 }
 
 // logLine is one line of a node's standard error and when it was read.
@@ -96,7 +90,7 @@ type cluster struct {
 }
 
 // startCluster starts l2lb on every frontend with extra flags, waits for each
-// to log msg=ready and for exactly one node (f1, the highest priority) to be
+// to report ready on its control socket and for exactly one node (f1, the highest priority) to be
 // active.
 func startCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
 	t.Helper()
@@ -159,7 +153,8 @@ func (c *cluster) node(name string) *node {
 	return nil
 }
 
-// start runs l2lb in the node's namespace; waitReady waits for msg=ready.
+// start runs l2lb in the node's namespace; waitReady waits until its control socket reports
+// it ready.
 func (n *node) start() {
 	n.t.Helper()
 	n.mu.Lock()
@@ -207,17 +202,12 @@ func (n *node) start() {
 
 func (n *node) waitReady(limit time.Duration) {
 	n.t.Helper()
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if _, ok := n.findLog(time.Time{}, "msg=ready"); ok {
-			return
-		}
-		if !n.running() {
-			n.t.Fatalf("%s: l2lb exited before logging msg=ready: %v\nlog:\n%s", n.host.Name, n.err(), n.logText(50))
-		}
-		time.Sleep(20 * time.Millisecond)
+	n.mu.Lock()
+	done := n.done
+	n.mu.Unlock()
+	if err := e2e.WaitReady(n.statsPath+".sock", limit, done); err != nil {
+		n.t.Fatalf("%s: %v: %v\nlog:\n%s", n.host.Name, err, n.err(), n.logText(50))
 	}
-	n.t.Fatalf("%s: l2lb did not log msg=ready within %v\nlog:\n%s", n.host.Name, limit, n.logText(50))
 }
 
 func (n *node) running() bool {
@@ -286,6 +276,9 @@ func (n *node) stop() {
 		n.waitExit(5 * time.Second)
 		n.t.Errorf("%s: l2lb still running 10 s after SIGTERM; killed", n.host.Name)
 	}
+	if race := e2e.RaceReport(n.logText(1 << 20)); race != "" {
+		n.t.Errorf("%s: the race detector reported in l2lb:\n%s", n.host.Name, race)
+	}
 }
 
 // findLog returns the first line of the current process at or after since
@@ -330,7 +323,9 @@ func (n *node) stats() (snapshot, error) {
 	if err != nil {
 		return s, err
 	}
-	return s, json.Unmarshal(b, &s)
+	err = json.Unmarshal(b, &s.Status)
+	s.Active, s.Flows, s.Templates = s.Role == control.RoleActive, s.Table.Flows, s.Table.Templates
+	return s, err
 }
 
 // roleActive is what the node logs when it takes the active role.

@@ -2,15 +2,19 @@ package e2e
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -19,10 +23,11 @@ import (
 type Balancer struct {
 	// Cmd is the process.
 	Cmd *exec.Cmd
+	// Control is its control socket.
+	Control string
 	// VMAC is what a client's ARP for the VIP resolved to (set by ResolveVIP).
 	VMAC net.HardwareAddr
 
-	ready   chan struct{} // closed when the log says msg=ready
 	done    chan struct{} // closed when the process has exited
 	waitErr error         // valid after done
 
@@ -30,12 +35,22 @@ type Balancer struct {
 	log []string
 }
 
-// StartBalancer starts bin with args in h's namespace and keeps its standard error. The
-// caller stops it (Stop), normally from a t.Cleanup registered right away, and waits for
-// it to be ready (WaitReady).
+// StartBalancer starts bin with args in h's namespace and keeps its standard error. Unless args
+// name a control socket (--control PATH), one in a temporary directory is added. The caller
+// stops it (Stop), normally from a t.Cleanup registered right away, and waits for it to be ready
+// (WaitReady).
 func StartBalancer(t *testing.T, h *testbed.Host, bin string, args []string) *Balancer {
 	t.Helper()
-	b := &Balancer{ready: make(chan struct{}), done: make(chan struct{})}
+	b := &Balancer{done: make(chan struct{})}
+	for i, a := range args {
+		if a == "--control" && i+1 < len(args) {
+			b.Control = args[i+1]
+		}
+	}
+	if b.Control == "" {
+		b.Control = filepath.Join(t.TempDir(), "control.sock")
+		args = append(args[:1:1], append([]string{"--control", b.Control}, args[1:]...)...)
+	}
 	b.Cmd = h.Command(bin, args...)
 	stderr, err := b.Cmd.StderrPipe()
 	if err != nil {
@@ -48,17 +63,12 @@ func StartBalancer(t *testing.T, h *testbed.Host, bin string, args []string) *Ba
 	logDone := make(chan struct{})
 	go func() {
 		defer close(logDone)
-		var once sync.Once
 		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			line := sc.Text()
 			b.mu.Lock()
-			b.log = append(b.log, line)
+			b.log = append(b.log, sc.Text())
 			b.mu.Unlock()
-			// slog's text handler writes msg=ready, its JSON handler "msg":"ready".
-			if strings.Contains(line, "msg=ready") || strings.Contains(line, `"msg":"ready"`) {
-				once.Do(func() { close(b.ready) })
-			}
 		}
 	}()
 	go func() {
@@ -69,15 +79,12 @@ func StartBalancer(t *testing.T, h *testbed.Host, bin string, args []string) *Ba
 	return b
 }
 
-// WaitReady fails the test unless the balancer logs msg=ready within 10 s.
+// WaitReady fails the test unless the balancer reports ready on its control socket within
+// 10 s.
 func (b *Balancer) WaitReady(t *testing.T) {
 	t.Helper()
-	select {
-	case <-b.ready:
-	case <-b.done:
-		t.Fatalf("l2lb exited before logging msg=ready: %v\nlog:\n%s", b.waitErr, b.LogText())
-	case <-time.After(10 * time.Second):
-		t.Fatalf("l2lb did not log msg=ready within 10 s\nlog:\n%s", b.LogText())
+	if err := WaitReady(b.Control, 10*time.Second, b.done); err != nil {
+		t.Fatalf("%v (exit: %v)\nlog:\n%s", err, b.WaitErr(), b.LogText())
 	}
 }
 
@@ -164,9 +171,36 @@ func (b *Balancer) Stop(t *testing.T, hosts ...*testbed.Host) {
 		if b.waitErr != nil {
 			t.Errorf("l2lb did not exit 0 on SIGTERM: %v", b.waitErr)
 		}
+		if race := RaceReport(b.LogText()); race != "" {
+			t.Errorf("the race detector reported in l2lb:\n%s", race)
+		}
 	case <-time.After(10 * time.Second):
 		b.Cmd.Process.Kill()
 		<-b.done
 		t.Errorf("l2lb still running 10 s after SIGTERM; killed")
 	}
+}
+
+// WaitReady waits up to limit until the balancer serving the control socket at path reports
+// ready (control.Client.WaitReady), or fails early when exited is closed (the process ended).
+// It is the one way the end-to-end tests wait for a balancer: no log text is parsed.
+func WaitReady(path string, limit time.Duration, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if _, err := control.Dial(path).WaitReady(ctx); err != nil {
+		select {
+		case <-exited:
+			return fmt.Errorf("l2lb exited before it was ready (%w)", err)
+		default:
+		}
+		return fmt.Errorf("l2lb not ready within %v: %w", limit, err)
+	}
+	return nil
 }

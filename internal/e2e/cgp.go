@@ -336,6 +336,9 @@ func (hp *Helper) cleanup() {
 	if len(unknown) > 0 {
 		hp.t.Errorf("%s: lines that answer no command sent: %q", hp.name, unknown)
 	}
+	if race := RaceReport(hp.err.String()); race != "" {
+		hp.t.Errorf("%s: the race detector reported in l2lb:\n%s", hp.name, race)
+	}
 }
 
 // QuitAll sends QUIT to every helper before it waits for any, as CGP

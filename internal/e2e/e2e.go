@@ -30,20 +30,43 @@ func ModuleRoot() (string, error) {
 	return filepath.Dir(gomod), nil
 }
 
-// BuildL2LB builds ./cmd/l2lb with CGO_ENABLED=0 (as it ships) into dir and returns its path.
+// BuildL2LB builds ./cmd/l2lb into dir and returns its path. When the tests themselves run
+// under the race detector (go test -race, as CI runs them), the binary is built with -race too,
+// so the end-to-end suites check the real process for data races; the detector needs cgo, and
+// GORACE makes a racy process exit with RaceExitCode (the report goes to its standard error, see
+// RaceReport). Otherwise it is built as it ships, with CGO_ENABLED=0.
 func BuildL2LB(dir string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "l2lb")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/l2lb")
+	args, env := []string{"build", "-o", bin}, "CGO_ENABLED=0"
+	if raceEnabled {
+		args, env = append(args, "-race"), "CGO_ENABLED=1"
+		// For the children started from here. atexit_sleep_ms=0: the detector otherwise sleeps a
+		// second before exiting, longer than the helper contract allows after QUIT.
+		os.Setenv("GORACE", fmt.Sprintf("exitcode=%d atexit_sleep_ms=0", RaceExitCode))
+	}
+	build := exec.Command("go", append(args, "./cmd/l2lb")...)
 	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Env = append(os.Environ(), env)
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("e2e: building ./cmd/l2lb with CGO_ENABLED=0 failed: %v\n%s", err, out)
+		return "", fmt.Errorf("e2e: go %s ./cmd/l2lb (%s) failed: %v\n%s", strings.Join(args, " "), env, err, out)
 	}
 	return bin, nil
+}
+
+// RaceExitCode is the exit status of an l2lb built by BuildL2LB under -race that saw a data race.
+const RaceExitCode = 66
+
+// RaceReport returns the race detector's reports in a process's standard error ("" if none).
+func RaceReport(stderr string) string {
+	i := strings.Index(stderr, "WARNING: DATA RACE")
+	if i < 0 {
+		return ""
+	}
+	return stderr[i:]
 }
 
 // Missing returns what this machine lacks to build namespace testbeds ("" when nothing): root

@@ -1,0 +1,398 @@
+// Package balancer owns a running l2lb balancer: the per-frame engine, the fast path on its
+// sockets, the connection-sync channel, the members with their MACs, weights and drains, the VIP
+// list and its reloads, the counters and the status. It is assembled once here, whatever drives
+// it: a control plane (static members, the standalone cluster, CommuniGate Pro's helper) talks to
+// it only through the Control interface, and the operator's tools (control socket, metrics, status
+// page) read it through control.Provider, which *Balancer implements.
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/l2lb/l2lb/connsync"
+	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/control"
+	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/dataplane/node"
+	"github.com/l2lb/l2lb/scheduler"
+	"github.com/l2lb/l2lb/vipset"
+)
+
+// Timing of the balancer's own loops.
+const (
+	// ReleaseGrace is how long RoleReleasing keeps forwarding frames still sent to this node:
+	// the switch moves the virtual MAC on the successor's first announcement, well within.
+	ReleaseGrace = time.Second
+	// housekeepingInterval paces the stats file, the retries of the sync channel and the
+	// re-evaluation of leaving members.
+	housekeepingInterval = time.Second
+	// reopenMin and reopenMax bound the back-off between attempts to open the fast path's
+	// sockets (the interface missing or down).
+	reopenMin = 250 * time.Millisecond
+	reopenMax = 10 * time.Second
+	// syncRetry is the wait between attempts to open a sync channel that failed to open.
+	syncRetry = 10 * time.Second
+)
+
+// Config configures a Balancer.
+type Config struct {
+	// Mode and Name identify the balancer in the status (control.ModeRun, ModeCluster,
+	// ModeHelper; the node's name).
+	Mode, Name string
+	// Interface receives VIP traffic and sends forwarded frames.
+	Interface string
+	// VIPFile lists the VIPs (seed format); Reload re-reads it.
+	VIPFile string
+	// StartAnyway makes New succeed when the VIP file cannot be read or the interface is
+	// missing: the problem shows in the status and in SetRole's error until Reload or the
+	// interface's appearance repairs it. CGP's helper needs this (it must keep answering);
+	// `l2lb run` fails at start instead.
+	StartAnyway bool
+	// VirtualMAC is answered for the VIPs while active.
+	VirtualMAC net.HardwareAddr
+	// Scheduler, Persistence and NoDest configure the engine (IPVS -s, -p, expire_nodest_conn).
+	Scheduler   scheduler.Kind
+	Persistence time.Duration
+	NoDest      dataplane.NoDestPolicy
+	// MaxConns and Timeouts configure the connection table.
+	MaxConns int
+	Timeouts conntrack.Timeouts
+	// Workers and BusyPoll configure the fast path (node.OpenConfig).
+	Workers  int
+	BusyPoll time.Duration
+	// Sync, when set, opens the connection-sync channel: the active node replicates its table,
+	// standbys import it (IPVS's sync daemon). Interface and Log are filled in.
+	Sync *connsync.Config
+	// KeepLeaving keeps a member that leaves the list at weight 0 while it still has flows, so
+	// its established connections continue (its services may be alive; only its l2lb may have
+	// stopped). Without it a removed member's flows follow NoDest at once.
+	KeepLeaving bool
+	// StatsFile, when set, receives the status as JSON every second and at exit.
+	StatsFile string
+	// Log receives events (nil: discarded).
+	Log *slog.Logger
+	// Open opens the fast path's sockets (default node.Open); tests inject fakes.
+	Open func(node.OpenConfig) (node.Sockets, error)
+}
+
+// Balancer is one running balancer. Its methods may be called from several goroutines.
+type Balancer struct {
+	cfg    Config
+	log    *slog.Logger
+	eng    *dataplane.Engine
+	node   *node.Node
+	events chan Event
+	start  time.Time
+
+	mu          sync.Mutex
+	role        Role // what the control plane asked for
+	since       time.Time
+	transitions uint64
+	vips        *vipset.Set
+	vipErr      error
+	running     bool  // the fast path runs on open sockets
+	openErr     error // why the last attempt to open the sockets failed
+	members     []Member
+	leaving     map[netip.Addr]bool // departed members kept at weight 0 while they have flows
+	applied     []dataplane.Member
+	weights     map[netip.Addr]uint32 // operator overrides (l2lb weight / drain)
+	conflicts   string                // the port-range overlaps reported last
+	sync        *syncer
+	syncErr     error
+	syncTried   time.Time
+}
+
+// New returns a balancer in the standby role with the VIPs of cfg.VIPFile; it opens nothing
+// (Run does). A bad VIP file or a missing interface is an error unless cfg.StartAnyway.
+func New(cfg Config) (*Balancer, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	if cfg.Open == nil {
+		cfg.Open = node.Open
+	}
+	if len(cfg.VirtualMAC) != 6 {
+		return nil, fmt.Errorf("balancer: virtual MAC %v is not a MAC-48 address", cfg.VirtualMAC)
+	}
+	if cfg.Scheduler == "" {
+		cfg.Scheduler = scheduler.KindMaglev
+	}
+	b := &Balancer{cfg: cfg, log: cfg.Log, events: make(chan Event, 16), start: time.Now(),
+		leaving: map[netip.Addr]bool{}, weights: map[netip.Addr]uint32{}}
+	b.since = b.start
+	b.eng = dataplane.New(conntrack.Config{MaxEntries: cfg.MaxConns, Timeouts: cfg.Timeouts,
+		Persistence: cfg.Persistence})
+	b.vips, b.vipErr = ReadVIPs(cfg.VIPFile)
+	if b.vipErr != nil && !cfg.StartAnyway {
+		return nil, b.vipErr
+	}
+	if _, err := net.InterfaceByName(cfg.Interface); err != nil && !cfg.StartAnyway {
+		return nil, fmt.Errorf("%w: -i %s: %w", ErrNoInterface, cfg.Interface, err)
+	}
+	// The interface's MAC, the source of forwarded frames, is set when the fast path opens.
+	if err := b.eng.Configure(dataplane.Config{VirtualMAC: cfg.VirtualMAC, VIPs: b.vips,
+		Scheduler: cfg.Scheduler, Persistence: cfg.Persistence, NoDest: cfg.NoDest}); err != nil {
+		return nil, fmt.Errorf("balancer: %w", err)
+	}
+	b.node = node.New(node.Config{Engine: b.eng, Workers: cfg.Workers, Log: cfg.Log,
+		OnConflict: func(vip netip.Addr, _ net.HardwareAddr) { b.emit(Event{Kind: EventConflict, From: vip}) }})
+	return b, nil
+}
+
+// ReadVIPs parses a VIP file (seed format) as the balancer does: a file that lists none is an
+// error too, and every error wraps ErrNoVIPs.
+func ReadVIPs(path string) (*vipset.Set, error) {
+	v, err := vipset.ParseFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoVIPs, err)
+	}
+	if v.Len() == 0 {
+		return nil, fmt.Errorf("%w: %s lists none", ErrNoVIPs, path)
+	}
+	return v, nil
+}
+
+// emit delivers ev unless nobody has room for it.
+func (b *Balancer) emit(ev Event) {
+	select {
+	case b.events <- ev:
+	default:
+	}
+}
+
+// Events implements Control.
+func (b *Balancer) Events() <-chan Event { return b.events }
+
+// VIPs returns the VIPs in force (an empty set while none could be read).
+func (b *Balancer) VIPs() *vipset.Set { return b.eng.Config().VIPs }
+
+// Engine returns the balancer's per-frame engine, for benchmarks and tests that look inside.
+func (b *Balancer) Engine() *dataplane.Engine { return b.eng }
+
+// Run runs the fast path until ctx ends: it opens the sockets (retrying with a back-off while the
+// interface is missing or down), runs the engine on them, and opens them again if they fail. The
+// engine, its connection table and the counters outlive every restart. It also runs the sync
+// channel and the stats file. On the way out it stops answering and forwarding, closes every
+// socket and writes the stats file a last time.
+func (b *Balancer) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() { defer wg.Done(); b.housekeeping(ctx) }()
+	defer b.closeSync()
+	wait := reopenMin
+	for ctx.Err() == nil {
+		socks, err := b.open()
+		if err != nil {
+			b.mu.Lock()
+			changed := b.openErr == nil || b.openErr.Error() != err.Error()
+			b.openErr = err
+			b.mu.Unlock()
+			if changed {
+				b.log.Error("cannot open the fast path; retrying", "interface", b.cfg.Interface, "err", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, reopenMax)
+			continue
+		}
+		wait = reopenMin
+		b.setRunning(true)
+		err = b.node.Run(ctx, socks)
+		b.setRunning(false)
+		if err != nil && ctx.Err() == nil {
+			b.mu.Lock()
+			b.openErr = err
+			b.mu.Unlock()
+			b.log.Error("fast path stopped; reopening its sockets", "interface", b.cfg.Interface, "err", err)
+		}
+	}
+	b.node.SetActive(false)
+	b.writeStats()
+	return nil
+}
+
+// open opens the sockets of one fast-path life and gives the engine the interface's MAC (it may
+// have changed while the interface was away).
+func (b *Balancer) open() (node.Sockets, error) {
+	s, err := b.cfg.Open(node.OpenConfig{Interface: b.cfg.Interface, Workers: b.cfg.Workers, BusyPoll: b.cfg.BusyPoll,
+		VirtualMAC: b.cfg.VirtualMAC, FanoutGroup: uint16(os.Getpid())})
+	if err != nil {
+		if errors.Is(err, node.ErrNoInterface) {
+			err = fmt.Errorf("%w: %w", ErrNoInterface, err)
+		}
+		return node.Sockets{}, err
+	}
+	cfg := b.eng.Config()
+	if string(cfg.InterfaceMAC) != string(s.MAC) {
+		cfg.InterfaceMAC = s.MAC
+		if err := b.eng.Configure(cfg); err != nil {
+			s.Close()
+			return node.Sockets{}, err
+		}
+	}
+	return s, nil
+}
+
+// setRunning records that the fast path runs (or stopped) and applies the role asked for.
+func (b *Balancer) setRunning(on bool) {
+	b.mu.Lock()
+	b.running = on
+	if on {
+		b.openErr = nil
+	}
+	b.applyRoleLocked()
+	vips := b.vips
+	b.mu.Unlock()
+	if on {
+		b.log.Info("ready", "mode", b.cfg.Mode, "interface", b.cfg.Interface, "vips", vips.String(),
+			"vmac", b.cfg.VirtualMAC.String(), "workers", b.cfg.Workers)
+	}
+}
+
+// housekeeping writes the stats file, retries a sync channel that failed to open and lets go of
+// leaving members whose flows have ended, every housekeepingInterval until ctx ends.
+func (b *Balancer) housekeeping(ctx context.Context) {
+	t := time.NewTicker(housekeepingInterval)
+	defer t.Stop()
+	for {
+		b.mu.Lock()
+		b.openSyncLocked(time.Now())
+		if len(b.leaving) > 0 {
+			if err := b.applyMembersLocked(); err != nil {
+				b.log.Warn("applying members", "err", err)
+			}
+		}
+		b.mu.Unlock()
+		b.writeStats()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// RunWith runs the balancer driven by plane until ctx ends. The plane stops first, with the
+// balancer still running, so that it can hand the active role over; then the balancer stops.
+func (b *Balancer) RunWith(ctx context.Context, plane Plane) error {
+	bctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- b.Run(bctx) }()
+	perr := plane.Run(ctx)
+	cancel()
+	return errors.Join(perr, <-done)
+}
+
+// SetRole implements Control.
+func (b *Balancer) SetRole(r Role) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if r != b.role {
+		b.log.Info("role change", "role", r.String(), "was", b.role.String())
+		if (r == RoleActive) != (b.role == RoleActive) {
+			b.since = time.Now()
+			b.transitions++
+		}
+		b.role = r
+		b.applyRoleLocked()
+	}
+	return b.roleErrLocked()
+}
+
+// roleErrLocked says why the role asked for does not hold now.
+func (b *Balancer) roleErrLocked() error {
+	if b.role != RoleActive {
+		return nil
+	}
+	if b.vipErr != nil {
+		return b.vipErr
+	}
+	if !b.running {
+		if b.openErr != nil {
+			if errors.Is(b.openErr, ErrNoInterface) {
+				return b.openErr
+			}
+			return fmt.Errorf("%w: %w", ErrNotRunning, b.openErr)
+		}
+		return ErrNotRunning
+	}
+	return nil
+}
+
+// applyRoleLocked makes the fast path and the sync channel follow the role asked for, as far as
+// the VIPs and the sockets allow.
+func (b *Balancer) applyRoleLocked() {
+	active := b.role == RoleActive && b.vipErr == nil && b.running
+	switch {
+	case active:
+		b.node.SetActive(true)
+	case b.role == RoleReleasing && b.eng.Active():
+		b.node.Release(time.Now(), ReleaseGrace)
+	case b.role != RoleReleasing:
+		b.node.SetActive(false)
+	}
+	if b.sync != nil {
+		b.sync.setActive(active)
+	}
+}
+
+// Announce implements Control.
+func (b *Balancer) Announce() { b.node.Announce() }
+
+// Reload re-reads the VIP file (SIGHUP, `l2lb reload`). A bad file is reported with its file:line
+// and the running VIPs stay; a good one is applied atomically, new VIPs are announced at once, and
+// a role that waited for VIPs is taken. Established flows are not touched.
+func (b *Balancer) Reload() error {
+	vips, err := ReadVIPs(b.cfg.VIPFile)
+	if err != nil {
+		b.log.Error("reload refused; the running configuration stays", "err", err)
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := b.vips
+	if old != nil && old.Equal(vips) && b.vipErr == nil {
+		b.log.Info("reload: VIPs unchanged", "vips", vips.String())
+		return nil
+	}
+	if err := b.eng.SetVIPs(vips); err != nil {
+		b.log.Error("reload refused; the running configuration stays", "err", err)
+		return err
+	}
+	b.vips, b.vipErr = vips, nil
+	b.applyRoleLocked()
+	b.node.Announce()
+	b.log.Info("reloaded", "vips", vips.String(), "was", old.String())
+	return nil
+}
+
+// SetWeight overrides a member's weight (`l2lb weight`, `l2lb drain`) for as long as the process
+// runs, also across later member lists from the control plane; 0 quiesces it.
+func (b *Balancer) SetWeight(member netip.Addr, weight uint32) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	known := b.leaving[member]
+	for _, m := range b.members {
+		known = known || m.Addr == member
+	}
+	if !known {
+		return fmt.Errorf("%w: %v", control.ErrUnknownMember, member)
+	}
+	b.weights[member] = weight
+	return b.applyMembersLocked()
+}

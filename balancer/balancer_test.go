@@ -1,0 +1,344 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/l2lb/l2lb/afpacket"
+	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/control"
+	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/dataplane/node"
+)
+
+// Documentation addresses only (RFC 5737).
+var (
+	vip    = netip.MustParseAddr("192.0.2.200")
+	self   = netip.MustParseAddr("192.0.2.11")
+	peer2  = netip.MustParseAddr("192.0.2.12")
+	peer3  = netip.MustParseAddr("192.0.2.13")
+	vmac   = net.HardwareAddr{0x02, 0x6c, 0x32, 0x62, 0, 7}
+	ifMAC  = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}
+	peerMC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x12}
+)
+
+// fakeSocket is a worker or lo socket: it receives nothing, blocks until closed or failed.
+type fakeSocket struct {
+	once   sync.Once
+	closed chan struct{}
+	fail   chan error
+}
+
+func newFakeSocket() *fakeSocket {
+	return &fakeSocket{closed: make(chan struct{}), fail: make(chan error, 1)}
+}
+
+func (s *fakeSocket) ReceiveBlocks(func(*afpacket.Frame), func()) (int, error) {
+	select {
+	case <-s.closed:
+		return 0, afpacket.ErrClosed
+	case err := <-s.fail:
+		return 0, err
+	}
+}
+func (s *fakeSocket) SetPrefetch(func([]byte))          {}
+func (s *fakeSocket) Send([]byte) error                 { return nil }
+func (s *fakeSocket) SendBatch(f [][]byte) (int, error) { return len(f), nil }
+func (s *fakeSocket) Close() error                      { s.once.Do(func() { close(s.closed) }); return nil }
+func (s *fakeSocket) isClosed() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// fakeResolver answers every member with peerMC.
+type fakeResolver struct{}
+
+func (fakeResolver) Resolve(netip.Addr) (net.HardwareAddr, error) { return peerMC, nil }
+func (fakeResolver) Close() error                                 { return nil }
+
+// opener hands out fake sockets and remembers them; it can be told to fail.
+type opener struct {
+	mu    sync.Mutex
+	err   error
+	socks []*fakeSocket
+	opens int
+}
+
+func (o *opener) open(node.OpenConfig) (node.Sockets, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.opens++
+	if o.err != nil {
+		return node.Sockets{}, o.err
+	}
+	w := newFakeSocket()
+	o.socks = append(o.socks, w)
+	return node.Sockets{Workers: []node.RxSocket{w}, Lo: newFakeSocket(), ARP: fakeResolver{}, MAC: ifMAC}, nil
+}
+
+func (o *opener) last() *fakeSocket {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.socks) == 0 {
+		return nil
+	}
+	return o.socks[len(o.socks)-1]
+}
+
+func (o *opener) setErr(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.err = err
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "vipaddrs")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func newTest(t *testing.T, vipFile string, edit func(*Config)) (*Balancer, *opener) {
+	t.Helper()
+	o := &opener{}
+	cfg := Config{Mode: control.ModeRun, Name: "t", Interface: "lo", VIPFile: vipFile, VirtualMAC: vmac,
+		Open: o.open, Timeouts: conntrack.DefaultTimeouts()}
+	if edit != nil {
+		edit(&cfg)
+	}
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, o
+}
+
+// start runs b until the test ends and waits for it to be ready.
+func start(t *testing.T, b *Balancer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	waitFor(t, "ready", func() bool { return b.Status().Ready })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func member(st control.Status, a netip.Addr) (control.Member, bool) { return st.FindMember(a) }
+
+func TestBadVIPFileFailsUnlessStartAnyway(t *testing.T) {
+	bad := writeFile(t, "192.0.2.200\n10.0.0.0/16\n")
+	_, err := New(Config{Interface: "lo", VIPFile: bad, VirtualMAC: vmac})
+	if !errors.Is(err, ErrNoVIPs) || !strings.Contains(err.Error(), bad+":2") {
+		t.Fatalf("New with a bad VIP file: %v, want ErrNoVIPs naming %s:2", err, bad)
+	}
+	if _, err := New(Config{Interface: "l2lbnone0", VIPFile: writeFile(t, "192.0.2.200\n"), VirtualMAC: vmac}); !errors.Is(err, ErrNoInterface) {
+		t.Fatalf("New on a missing interface: %v, want ErrNoInterface", err)
+	}
+}
+
+// TestReloadRepairsBadVIPFile: a helper started with a VIP file it cannot read keeps CGP's
+// ACTIVE and takes it once `l2lb reload` reads a good file.
+func TestReloadRepairsBadVIPFile(t *testing.T) {
+	path := writeFile(t, "192.0.2.200\n10.0.0.0/16\n")
+	b, _ := newTest(t, path, func(c *Config) { c.StartAnyway = true })
+	start(t, b)
+	if err := b.SetRole(RoleActive); !errors.Is(err, ErrNoVIPs) {
+		t.Fatalf("SetRole(active) without VIPs: %v, want ErrNoVIPs", err)
+	}
+	st := b.Status()
+	if st.Role != control.RoleStandby || len(st.Problems) == 0 || !strings.Contains(st.Problems[0], path+":2") {
+		t.Fatalf("status %q %q: want standby and the VIP file's problem", st.Role, st.Problems)
+	}
+	if err := b.Reload(); err == nil {
+		t.Fatal("Reload of the same bad file succeeded")
+	}
+	if err := os.WriteFile(path, []byte("192.0.2.200\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Reload(); err != nil {
+		t.Fatalf("Reload of a good file: %v", err)
+	}
+	st = b.Status()
+	if st.Role != control.RoleActive || len(st.VIPs) != 1 || st.VIPs[0] != vip.String() || len(st.Problems) != 0 {
+		t.Fatalf("after the reload: role %s, VIPs %v, problems %q; want active with 192.0.2.200", st.Role, st.VIPs, st.Problems)
+	}
+	if !b.Engine().Active() {
+		t.Error("the engine is not active after the reload")
+	}
+}
+
+// TestFastPathRestart: sockets that fail are opened again; the engine, its table and the
+// counters carry over, and Status reads the live fast path.
+func TestFastPathRestart(t *testing.T) {
+	b, o := newTest(t, writeFile(t, "192.0.2.200\n"), nil)
+	start(t, b)
+	b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}})
+	if err := b.SetRole(RoleActive); err != nil {
+		t.Fatal(err)
+	}
+	k := conntrack.Key{Src: 0xc6336401, Dst: 0xc00002c8, SPort: 1000, DPort: 25, Proto: conntrack.ProtoTCP}
+	id, _ := b.Engine().MemberID(self)
+	if err := b.Engine().Table().Insert(k, id, 0x02, b.Engine().Tick()); err != nil {
+		t.Fatal(err)
+	}
+	first := o.last()
+	o.setErr(errors.New("no such device"))
+	first.fail <- errors.New("afpacket: receive: network is down")
+	waitFor(t, "the fast path to stop", func() bool { return !b.Status().Ready })
+	st := b.Status()
+	if st.Role != control.RoleStandby || !strings.Contains(strings.Join(st.Problems, ";"), "no such device") {
+		t.Errorf("while the sockets cannot open: role %s problems %q; want standby and the open error", st.Role, st.Problems)
+	}
+	if err := b.SetRole(RoleActive); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("SetRole(active) while the fast path is down: %v, want ErrNotRunning", err)
+	}
+	o.setErr(nil)
+	waitFor(t, "the fast path to reopen", func() bool { return b.Status().Ready })
+	if o.last() == first || !first.isClosed() {
+		t.Fatal("the failed sockets were not replaced and closed")
+	}
+	st = b.Status()
+	if st.Role != control.RoleActive || st.Table.Flows != 1 || !b.Engine().Active() {
+		t.Errorf("after the restart: role %s, %d flows, engine active %v; want active with the flow kept",
+			st.Role, st.Table.Flows, b.Engine().Active())
+	}
+	if m, ok := member(st, self); !ok || m.Flows != 1 {
+		t.Errorf("after the restart member %v: %+v", self, m)
+	}
+}
+
+// TestSetWeightRightAfterStart: `l2lb weight` before the fast path or the control plane ran.
+func TestSetWeightRightAfterStart(t *testing.T) {
+	b, _ := newTest(t, writeFile(t, "192.0.2.200\n"), nil)
+	if err := b.SetWeight(peer2, 50); !errors.Is(err, control.ErrUnknownMember) {
+		t.Fatalf("SetWeight of an unknown member: %v, want ErrUnknownMember", err)
+	}
+	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}, {Addr: peer2, Weight: 100}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetWeight(peer2, 50); err != nil {
+		t.Fatalf("SetWeight before Run: %v", err)
+	}
+	// The override outlives the control plane's next list.
+	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}, {Addr: peer2, Weight: 100}, {Addr: peer3, Weight: 100}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := member(b.Status(), peer2); m.Weight != 50 {
+		t.Errorf("weight of %v after a new member list: %d, want the override 50", peer2, m.Weight)
+	}
+}
+
+func TestDownMemberIsUnhealthyAndGetsNoNewFlows(t *testing.T) {
+	b, _ := newTest(t, writeFile(t, "192.0.2.200\n"), nil)
+	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}, {Addr: peer2, Weight: 100, Down: true}}); err != nil {
+		t.Fatal(err)
+	}
+	m, ok := member(b.Status(), peer2)
+	if !ok || m.Healthy || m.Weight != 0 {
+		t.Fatalf("a Down member in the status: %+v (found %v), want unhealthy with weight 0", m, ok)
+	}
+	if m, _ := member(b.Status(), self); !m.Healthy {
+		t.Errorf("a healthy member reported unhealthy: %+v", m)
+	}
+}
+
+// TestPortRangeOverlapRule: overlapping ranges are both dropped, whatever the order.
+func TestPortRangeOverlapRule(t *testing.T) {
+	for _, order := range [][]netip.Addr{{self, peer2, peer3}, {peer3, peer2, self}} {
+		b, _ := newTest(t, writeFile(t, "192.0.2.200\n"), nil)
+		ranges := map[netip.Addr]dataplane.PortRange{self: {Lo: 50000, Hi: 54000}, peer2: {Lo: 53000, Hi: 57000},
+			peer3: {Lo: 58000, Hi: 60000}}
+		var ms []Member
+		for _, a := range order {
+			ms = append(ms, Member{Addr: a, Weight: 100, Local: a == self, Ports: ranges[a]})
+		}
+		if err := b.SetMembers(ms); err != nil {
+			t.Fatal(err)
+		}
+		st := b.Status()
+		for a, want := range map[netip.Addr]bool{self: true, peer2: true, peer3: false} {
+			m, _ := member(st, a)
+			if m.PortConflict != want || (want && m.PortLo != 0) || (!want && m.PortLo != 58000) {
+				t.Errorf("order %v: member %v %+v, want conflict=%v", order, a, m, want)
+			}
+		}
+		if !strings.Contains(strings.Join(st.Problems, ";"), "overlap") {
+			t.Errorf("order %v: problems %q do not report the overlap", order, st.Problems)
+		}
+	}
+}
+
+// TestKeepLeaving: a member that leaves keeps its flows at weight 0, then goes.
+func TestKeepLeaving(t *testing.T) {
+	b, _ := newTest(t, writeFile(t, "192.0.2.200\n"), func(c *Config) { c.KeepLeaving = true })
+	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}, {Addr: peer2, Weight: 100}}); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := b.Engine().MemberID(peer2)
+	k := conntrack.Key{Src: 0xc6336401, Dst: 0xc00002c8, SPort: 1000, DPort: 25, Proto: conntrack.ProtoTCP}
+	if err := b.Engine().Table().Insert(k, id, 0x02, b.Engine().Tick()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}}); err != nil {
+		t.Fatal(err)
+	}
+	m, ok := member(b.Status(), peer2)
+	if !ok || !m.Leaving || m.Weight != 0 || m.Flows != 1 {
+		t.Fatalf("member that left with a flow: %+v (listed %v), want leaving, weight 0, 1 flow", m, ok)
+	}
+	b.Engine().Table().Delete(k)
+	b.mu.Lock()
+	b.applyMembersLocked()
+	b.mu.Unlock()
+	if _, ok := member(b.Status(), peer2); ok {
+		t.Error("the member is still listed after its last flow ended")
+	}
+}
+
+func TestReleasingThenStandby(t *testing.T) {
+	b, _ := newTest(t, writeFile(t, "192.0.2.200\n"), nil)
+	start(t, b)
+	if err := b.SetRole(RoleActive); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetRole(RoleReleasing); err != nil {
+		t.Fatal(err)
+	}
+	if b.Status().Role != control.RoleStandby {
+		t.Error("a releasing balancer reports itself active")
+	}
+	waitFor(t, "the release to end", func() bool { return !b.Engine().Active() })
+	if st := b.Status(); st.Transitions != 2 {
+		t.Errorf("transitions %d, want 2 (to active and back)", st.Transitions)
+	}
+}

@@ -1,0 +1,151 @@
+package balancer
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/l2lb/l2lb/dataplane"
+)
+
+// SetMembers implements Control.
+func (b *Balancer) SetMembers(ms []Member) error {
+	seen := make(map[netip.Addr]bool, len(ms))
+	for _, m := range ms {
+		if !m.Addr.Is4() {
+			return fmt.Errorf("%w: %v is not an IPv4 address", ErrBadMember, m.Addr)
+		}
+		if seen[m.Addr] {
+			return fmt.Errorf("%w: %v listed twice", ErrBadMember, m.Addr)
+		}
+		if m.Ports.Lo > m.Ports.Hi {
+			return fmt.Errorf("%w: %v port range %d-%d", ErrBadMember, m.Addr, m.Ports.Lo, m.Ports.Hi)
+		}
+		seen[m.Addr] = true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	prev := b.members
+	b.members = slices.Clone(ms)
+	if err := b.applyMembersLocked(); err != nil {
+		b.members = prev
+		return err
+	}
+	return nil
+}
+
+// applyMembersLocked turns the control plane's members into the engine's: operator weight
+// overrides win, a member that is Down weighs 0, ranges that overlap are dropped, and with
+// KeepLeaving a departed member that still has flows stays at weight 0 until they end.
+func (b *Balancer) applyMembersLocked() error {
+	ms := make([]dataplane.Member, 0, len(b.members)+len(b.leaving))
+	listed := make(map[netip.Addr]bool, len(b.members))
+	for _, m := range b.members {
+		dm := dataplane.Member{Addr: m.Addr, Weight: m.Weight, Local: m.Local, Ports: m.Ports}
+		if w, ok := b.weights[m.Addr]; ok {
+			dm.Weight = w
+		}
+		if m.Down {
+			dm.Weight = 0
+		}
+		listed[m.Addr] = true
+		delete(b.leaving, m.Addr)
+		ms = append(ms, dm)
+	}
+	if b.cfg.KeepLeaving {
+		for _, old := range b.applied {
+			if listed[old.Addr] {
+				continue
+			}
+			flows := int64(0)
+			if id, ok := b.eng.MemberID(old.Addr); ok {
+				flows = b.eng.Table().Active(id)
+			}
+			if flows == 0 {
+				if b.leaving[old.Addr] {
+					b.log.Info("member left; its last flow ended", "member", old.Addr)
+				}
+				delete(b.leaving, old.Addr)
+				continue
+			}
+			if !b.leaving[old.Addr] {
+				b.log.Info("member left; keeping its established flows", "member", old.Addr, "flows", flows)
+				b.leaving[old.Addr] = true
+			}
+			old.Weight = 0
+			ms = append(ms, old)
+		}
+	}
+	b.dropOverlapsLocked(ms)
+	slices.SortFunc(ms, func(a, c dataplane.Member) int { return a.Addr.Compare(c.Addr) })
+	if slices.Equal(ms, b.applied) {
+		return nil
+	}
+	cfg := b.eng.Config()
+	cfg.Members = ms
+	if err := b.eng.Configure(cfg); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadMember, err)
+	}
+	b.applied = ms
+	b.log.Info("members", "members", memberList(ms))
+	return nil
+}
+
+// dropOverlapsLocked enforces the one rule for source-port ranges (seed step 7), in every mode:
+// when two members' ranges overlap, neither is used, because a reply to a port in both cannot be
+// given to its owner, and which one to keep would depend on the order members were listed in,
+// which differs between balancers. Replies to those ports are then scheduled like new flows. The
+// overlaps are logged when they change and shown in the status.
+func (b *Balancer) dropOverlapsLocked(ms []dataplane.Member) {
+	bad := overlapping(ms)
+	var pairs []string
+	for i := range ms {
+		for j := i + 1; j < len(ms); j++ {
+			if bad[i] && bad[j] && rangesOverlap(ms[i].Ports, ms[j].Ports) {
+				pairs = append(pairs, fmt.Sprintf("%s %d-%d and %s %d-%d", ms[i].Addr, ms[i].Ports.Lo, ms[i].Ports.Hi,
+					ms[j].Addr, ms[j].Ports.Lo, ms[j].Ports.Hi))
+			}
+		}
+	}
+	for i := range ms {
+		if bad[i] {
+			ms[i].Ports = dataplane.PortRange{}
+		}
+	}
+	now := strings.Join(pairs, "; ")
+	if now != b.conflicts {
+		if now != "" {
+			b.log.Warn("members' source-port ranges overlap (seed step 7); those ranges are not used", "overlaps", now)
+		} else {
+			b.log.Info("members' source-port ranges no longer overlap")
+		}
+		b.conflicts = now
+	}
+}
+
+// overlapping marks the members whose source-port range overlaps another member's.
+func overlapping(ms []dataplane.Member) map[int]bool {
+	bad := map[int]bool{}
+	for i := range ms {
+		for j := i + 1; j < len(ms); j++ {
+			if rangesOverlap(ms[i].Ports, ms[j].Ports) {
+				bad[i], bad[j] = true, true
+			}
+		}
+	}
+	return bad
+}
+
+func rangesOverlap(a, c dataplane.PortRange) bool {
+	zero := dataplane.PortRange{}
+	return a != zero && c != zero && a.Lo <= c.Hi && c.Lo <= a.Hi
+}
+
+func memberList(ms []dataplane.Member) string {
+	parts := make([]string, 0, len(ms))
+	for _, m := range ms {
+		parts = append(parts, fmt.Sprintf("%s/%d", m.Addr, m.Weight))
+	}
+	return strings.Join(parts, " ")
+}

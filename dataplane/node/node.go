@@ -1,0 +1,470 @@
+// Package node runs a dataplane.Engine on sockets: the per-frame loop of each worker (receive,
+// decide, rewrite, send in batches), the gratuitous ARP announcements of the active balancer, the
+// resolution of the frontends' MAC addresses and the watch for other hosts claiming our VIPs.
+//
+// The sockets are given to Run (Sockets; Open makes the real AF_PACKET ones) and the periodic work
+// is done by Tick and ResolveOnce, which take the time as an argument, so the package is tested
+// with fake sockets and a synthetic clock. The Engine itself stays socket-free.
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/l2lb/l2lb/afpacket"
+	"github.com/l2lb/l2lb/dataplane"
+	"github.com/mdlayher/arp"
+	"golang.org/x/sys/unix"
+)
+
+// Timing of the periodic work. A switch forgets a MAC after its ageing time (IEEE 802.1D default
+// 300 s, Linux bridge ageing_time default 300 s), so the virtual MAC is re-announced well within
+// it.
+const (
+	// announceBurst frames of each kind are sent announceBurstGap apart at every announcement.
+	announceBurst    = 3
+	announceBurstGap = 50 * time.Millisecond
+	// announceRefresh re-announces the VIPs while active.
+	announceRefresh = 30 * time.Second
+	// announceRetry is the wait before re-sending announcements the link refused.
+	announceRetry = time.Second
+	// resolveInterval refreshes resolved frontend MACs; resolveRetry retries unresolved ones.
+	resolveInterval = 10 * time.Second
+	resolveRetry    = time.Second
+	// ResolveTimeout bounds one ARP resolution of a frontend.
+	ResolveTimeout = 500 * time.Millisecond
+	// resolveMaxFailures consecutive failures make a frontend count as unresolved (presumed
+	// down): its flows then follow the no-destination policy.
+	resolveMaxFailures = 3
+	// resolveStep is how often Run steps the resolver.
+	resolveStep = 100 * time.Millisecond
+	// expireInterval is how often expired flows, templates and fragments are forgotten.
+	expireInterval = time.Second
+	// TickInterval is how often Run calls Tick: it ticks the engine clock while no frames arrive
+	// (workers tick it per batch) and times the announcement bursts. It was 1 ms when only this
+	// loop ticked the clock: 1000 timer wake-ups a second cost an idle balancer ~3 % of a CPU on
+	// the 2-core bench VM (issue 5).
+	TickInterval = 10 * time.Millisecond
+	// conflictLogGap rate-limits the conflict log and callback.
+	conflictLogGap = time.Second
+)
+
+// announceRepeats are the delays after becoming active at which the announcement burst is sent
+// again, in case the first one was lost while links or switch ports were settling.
+var announceRepeats = []time.Duration{0, 500 * time.Millisecond, 2 * time.Second, 5 * time.Second}
+
+// RxSocket is a socket on the balanced interface that receives balancer input and sends frames.
+// *afpacket.Socket with a receive ring implements it.
+type RxSocket interface {
+	TxSocket
+	// ReceiveBlocks waits for frames, calls fn for each one the ring holds and done before the
+	// frames are handed back to the kernel (their memory is reused afterwards).
+	ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, error)
+	// SetPrefetch sets a function run on each frame a few frames before fn sees it.
+	SetPrefetch(fn func(frame []byte))
+}
+
+// TxSocket sends frames. Every buffer starts with a virtio_net_hdr (PACKET_VNET_HDR, design notes).
+// *afpacket.Socket implements it.
+type TxSocket interface {
+	// Send transmits one frame.
+	Send(b []byte) error
+	// SendBatch transmits frames in order and returns how many were sent before an error.
+	SendBatch(frames [][]byte) (int, error)
+	// Close closes the socket; a ReceiveBlocks in progress returns afpacket.ErrClosed.
+	Close() error
+}
+
+// Resolver learns the MAC address of a frontend on the interface (an ARP client).
+type Resolver interface {
+	// Resolve returns the MAC of ip, or an error within a bounded time.
+	Resolve(ip netip.Addr) (net.HardwareAddr, error)
+	// Close releases the resolver; a Resolve in progress returns an error.
+	Close() error
+}
+
+// Sockets are what one life of the fast path runs on.
+type Sockets struct {
+	// Workers are the receive sockets, one per worker goroutine (one PACKET_FANOUT group).
+	// Workers[0] also sends the announcements.
+	Workers []RxSocket
+	// Lo sends the active node's own share to the local stack (design notes: re-injection on
+	// lo with destination MAC 00:00:00:00:00:00).
+	Lo TxSocket
+	// ARP resolves the frontends' MACs; nil leaves MACs to Engine.SetMAC calls.
+	ARP Resolver
+	// MAC is the interface's own address, the source of forwarded frames.
+	MAC net.HardwareAddr
+}
+
+// Close closes every socket and the resolver.
+func (s Sockets) Close() {
+	for _, w := range s.Workers {
+		w.Close()
+	}
+	if s.Lo != nil {
+		s.Lo.Close()
+	}
+	if s.ARP != nil {
+		s.ARP.Close()
+	}
+}
+
+// Config configures a Node.
+type Config struct {
+	// Engine decides what happens to each frame.
+	Engine *dataplane.Engine
+	// Workers is the number of worker goroutines, and of per-worker counters (default 1).
+	Workers int
+	// Log receives events (nil: discarded).
+	Log *slog.Logger
+	// OnConflict is called (at most once a second, from a worker: it must not block) when another
+	// host claims one of our VIPs while we answer ARP for them.
+	OnConflict func(vip netip.Addr, mac net.HardwareAddr)
+}
+
+// ErrNoSockets is returned by Run when it is given no worker socket or no lo socket.
+var ErrNoSockets = errors.New("node: no sockets")
+
+// Node runs an Engine on sockets. It outlives its sockets: Run may be called again with new ones
+// after a failure, and the counters, the role and the resolver's state carry over.
+type Node struct {
+	cfg      Config
+	eng      *dataplane.Engine
+	log      *slog.Logger
+	counters []*dataplane.Counters
+	announce chan struct{}
+
+	mu          sync.Mutex
+	tx          TxSocket    // where announcements go while Run runs
+	bursts      []time.Time // pending announcement bursts
+	lastRefresh time.Time   // last periodic announcement
+	lastExpire  time.Time   // last Engine.Expire
+	releaseAt   time.Time   // a Release's deadline (zero: none pending)
+	conflictLog time.Time   // last conflict logged
+	resolve     map[netip.Addr]*resolveState
+}
+
+// resolveState is the resolver's memory of one frontend.
+type resolveState struct {
+	next     time.Time
+	failures int
+	resolved bool
+}
+
+// New returns a Node for cfg; it opens nothing.
+func New(cfg Config) *Node {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	n := &Node{cfg: cfg, eng: cfg.Engine, log: cfg.Log, announce: make(chan struct{}, 1),
+		resolve: map[netip.Addr]*resolveState{}}
+	// One more set of counters than workers: the periodic work's own (announcements).
+	for i := 0; i <= cfg.Workers; i++ {
+		n.counters = append(n.counters, new(dataplane.Counters))
+	}
+	return n
+}
+
+// Stats sums the workers' counters.
+func (n *Node) Stats() dataplane.Stats { return dataplane.Sum(n.counters...) }
+
+// SetActive makes the engine answer ARP and forward (true) or drop VIP input (false), at once. It
+// cancels a pending Release. On becoming active the VIPs are announced.
+func (n *Node) SetActive(on bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	// A node releasing its VIPs is still active (it forwards) but no longer answers ARP, and
+	// its successor may have pulled the virtual MAC away meanwhile: taking the role back must
+	// announce again, as becoming active does.
+	releasing := !n.releaseAt.IsZero()
+	n.releaseAt = time.Time{}
+	was := n.eng.Active()
+	n.eng.SetActive(on)
+	if on && (!was || releasing) {
+		n.scheduleLocked(time.Now())
+	}
+}
+
+// Release stops answering ARP at once and stops forwarding at the first Tick after now+grace:
+// frames already on their way to this node while the switch learns the new active node's port
+// are still delivered. A SetActive in the meantime cancels it.
+func (n *Node) Release(now time.Time, grace time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.eng.SetDraining()
+	n.releaseAt = now.Add(grace)
+	n.bursts = n.bursts[:0]
+}
+
+// Announce schedules the gratuitous ARP bursts again (after a VIP change, say), if active.
+func (n *Node) Announce() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.eng.Active() {
+		n.scheduleLocked(time.Now())
+	}
+}
+
+// scheduleLocked plans announceBurst bursts at each of announceRepeats from now.
+func (n *Node) scheduleLocked(now time.Time) {
+	n.bursts = n.bursts[:0]
+	for _, d := range announceRepeats {
+		for i := 0; i < announceBurst; i++ {
+			n.bursts = append(n.bursts, now.Add(d+time.Duration(i)*announceBurstGap))
+		}
+	}
+	n.lastRefresh = now
+}
+
+// Tick does the periodic work due at now: it advances the engine clock, ends a Release whose
+// grace is over, expires table entries every second and sends the announcements that are due. Run
+// calls it every TickInterval; tests call it with a synthetic clock.
+func (n *Node) Tick(now time.Time) {
+	n.eng.Tick()
+	n.mu.Lock()
+	if !n.releaseAt.IsZero() && !now.Before(n.releaseAt) {
+		n.releaseAt = time.Time{}
+		n.eng.SetActive(false)
+	}
+	expire := now.Sub(n.lastExpire) >= expireInterval
+	if expire {
+		n.lastExpire = now
+	}
+	due := 0
+	for due < len(n.bursts) && !now.Before(n.bursts[due]) {
+		due++
+	}
+	if due > 0 {
+		n.bursts = append(n.bursts[:0], n.bursts[due:]...)
+	}
+	active := n.eng.Active() && n.releaseAt.IsZero()
+	if active && now.Sub(n.lastRefresh) >= announceRefresh {
+		n.lastRefresh = now
+		due++
+	}
+	tx := n.tx
+	n.mu.Unlock()
+	if expire {
+		n.eng.Expire()
+	}
+	if due == 0 || !active || tx == nil {
+		return
+	}
+	// Several bursts due at once (a late tick) are sent as one.
+	if !n.sendAnnouncements(tx) {
+		// The link refused them (down?): keep trying every second until they go out, or the
+		// switch keeps the virtual MAC where it last saw it.
+		n.mu.Lock()
+		if len(n.bursts) == 0 {
+			n.bursts = append(n.bursts, now.Add(announceRetry))
+		}
+		n.mu.Unlock()
+	}
+}
+
+// sendAnnouncements sends one gratuitous ARP burst frame of each kind for every VIP and reports
+// whether every frame went out (a link that is down refuses them with ENOBUFS).
+func (n *Node) sendAnnouncements(tx TxSocket) bool {
+	cfg := n.eng.Config()
+	if cfg.VIPs == nil || cfg.VIPs.Len() == 0 {
+		return true
+	}
+	frames := dataplane.Announcements(cfg.VirtualMAC, cfg.VIPs.Addrs())
+	sent := 0
+	for _, f := range frames {
+		buf := make([]byte, afpacket.VnetHdrLen+len(f))
+		copy(buf[afpacket.VnetHdrLen:], f)
+		if err := tx.Send(buf); err != nil {
+			n.log.Warn("gratuitous ARP send failed", "err", err)
+			continue
+		}
+		sent++
+	}
+	n.counters[len(n.counters)-1].Announced(sent)
+	n.log.Debug("announced VIPs", "vips", cfg.VIPs.String(), "mac", cfg.VirtualMAC.String(), "frames", sent)
+	return sent == len(frames)
+}
+
+// ResolveOnce resolves, with r, every non-local member whose refresh or retry is due at now, and
+// tells the engine what it learnt. A member that stops answering is marked unresolved after
+// resolveMaxFailures tries and gets no new flows until it answers again. It stops early when ctx
+// ends. Run calls it every 100 ms from a goroutine of its own (a resolution may take
+// ResolveTimeout); tests call it with a fake resolver and a synthetic clock.
+func (n *Node) ResolveOnce(ctx context.Context, r Resolver, now time.Time) {
+	for _, m := range n.eng.Config().Members {
+		if m.Local {
+			continue
+		}
+		n.mu.Lock()
+		s := n.resolve[m.Addr]
+		if s == nil {
+			s = &resolveState{}
+			n.resolve[m.Addr] = s
+		}
+		due := !now.Before(s.next)
+		n.mu.Unlock()
+		if !due {
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		mac, err := r.Resolve(m.Addr)
+		if err != nil && ctx.Err() != nil {
+			return // the resolver was closed under us: not the member's failure
+		}
+		n.mu.Lock()
+		if err == nil {
+			wasResolved := s.resolved
+			s.failures, s.resolved, s.next = 0, true, now.Add(resolveInterval)
+			n.mu.Unlock()
+			if !wasResolved {
+				n.log.Info("frontend MAC resolved", "member", m.Addr, "mac", mac.String())
+			}
+			if err := n.eng.SetMAC(m.Addr, mac); err != nil {
+				n.log.Warn("applying frontend MAC", "member", m.Addr, "err", err)
+			}
+			continue
+		}
+		s.failures++
+		s.next = now.Add(resolveRetry)
+		down, wasResolved := s.failures == resolveMaxFailures, s.resolved
+		if down {
+			s.resolved = false
+		}
+		n.mu.Unlock()
+		if !down {
+			continue
+		}
+		// Presumed down: no new flows, and its flows follow the no-destination policy.
+		if wasResolved {
+			n.log.Warn("frontend MAC no longer resolves; no new flows to it", "member", m.Addr)
+		} else {
+			n.log.Warn("frontend MAC does not resolve; no flows to it until it answers ARP", "member", m.Addr)
+		}
+		n.eng.SetMAC(m.Addr, nil)
+	}
+}
+
+// Run runs the fast path on s until ctx ends or a worker's socket fails, and closes s before it
+// returns. The error is nil when ctx ended; otherwise it is the first worker's error (a socket
+// that failed: the interface went away, say), and the caller may open new sockets and Run again.
+func (n *Node) Run(ctx context.Context, s Sockets) error {
+	defer s.Close()
+	if len(s.Workers) == 0 || s.Lo == nil {
+		return ErrNoSockets
+	}
+	if len(s.Workers) > n.cfg.Workers {
+		return fmt.Errorf("node: %d worker sockets for %d workers", len(s.Workers), n.cfg.Workers)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n.mu.Lock()
+	n.tx = s.Workers[0]
+	if n.eng.Active() && n.releaseAt.IsZero() {
+		// New sockets after a failure (the link went down, say): the switch may have forgotten
+		// where the virtual MAC lives.
+		n.scheduleLocked(time.Now())
+	}
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.tx = nil
+		n.mu.Unlock()
+	}()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(s.Workers))
+	for i, rx := range s.Workers {
+		w := newWorker(n, rx, s.Lo, n.counters[i])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.run(); err != nil && !errors.Is(err, afpacket.ErrClosed) {
+				errc <- err
+				cancel()
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(TickInterval)
+		defer t.Stop()
+		n.Tick(time.Now())
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				n.Tick(now)
+			}
+		}
+	}()
+	if s.ARP != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(resolveStep)
+			defer t.Stop()
+			for {
+				n.ResolveOnce(ctx, s.ARP, time.Now())
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	<-ctx.Done()
+	// Closing the sockets ends the workers' ReceiveBlocks and a Resolve in progress.
+	s.Close()
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// logConflict reports an ARP frame b from another host claiming one of our VIPs, at most once per
+// conflictLogGap.
+func (n *Node) logConflict(b []byte) {
+	n.mu.Lock()
+	if time.Since(n.conflictLog) < conflictLogGap {
+		n.mu.Unlock()
+		return
+	}
+	n.conflictLog = time.Now()
+	n.mu.Unlock()
+	var p arp.Packet
+	if len(b) < 14 || p.UnmarshalBinary(b[14:]) != nil {
+		return
+	}
+	vmac := n.eng.Config().VirtualMAC
+	if bytes.Equal(p.SenderHardwareAddr, vmac) {
+		n.log.Warn("another balancer announces our VIP with our virtual MAC: two active nodes (split brain)",
+			"vip", p.SenderIP, "from", net.HardwareAddr(b[6:12]).String())
+	} else {
+		n.log.Warn("another host claims one of our VIPs (arp_ignore missing on a frontend?)",
+			"vip", p.SenderIP, "mac", p.SenderHardwareAddr.String())
+	}
+	if n.cfg.OnConflict != nil {
+		n.cfg.OnConflict(p.SenderIP, p.SenderHardwareAddr)
+	}
+}
+
+// pktOutgoing is sll_pkttype of a frame this host sent (never balancer input).
+const pktOutgoing = unix.PACKET_OUTGOING

@@ -1,0 +1,121 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/l2lb/l2lb/afpacket"
+	"github.com/mdlayher/arp"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoInterface is returned by Open when an interface it needs does not exist.
+var ErrNoInterface = errors.New("node: interface not found")
+
+// OpenConfig says which real sockets Open creates.
+type OpenConfig struct {
+	// Interface receives VIP traffic and sends forwarded frames.
+	Interface string
+	// Workers is the number of receive sockets, in one PACKET_FANOUT group when more than one
+	// (default 1).
+	Workers int
+	// BusyPoll is how long a worker keeps polling its ring for the next frame before it sleeps
+	// in poll(2): zero means afpacket.DefaultRing's, negative none.
+	BusyPoll time.Duration
+	// VirtualMAC is added to the interface's unicast filter (PACKET_MR_UNICAST) for as long as
+	// the sockets are open, so the NIC accepts frames to it (design notes).
+	VirtualMAC net.HardwareAddr
+	// FanoutGroup is the PACKET_FANOUT group ID of the workers' sockets; it must be unique on
+	// the interface among running balancers (the process ID is a fine choice).
+	FanoutGroup uint16
+}
+
+// Open opens the real sockets of one fast-path life: a TPACKET_V2 ring per worker bound to
+// ETH_P_ALL on the interface with PACKET_VNET_HDR, PACKET_IGNORE_OUTGOING and the virtual MAC's
+// membership; a transmit-only socket on lo; and an ARP client on the interface. On error nothing
+// stays open. The sockets belong to the calling thread's network namespace.
+func Open(c OpenConfig) (Sockets, error) {
+	if c.Workers <= 0 {
+		c.Workers = 1
+	}
+	ifi, err := net.InterfaceByName(c.Interface)
+	if err != nil {
+		return Sockets{}, fmt.Errorf("%w: %s: %w", ErrNoInterface, c.Interface, err)
+	}
+	if len(ifi.HardwareAddr) != 6 {
+		return Sockets{}, fmt.Errorf("%w: %s has no Ethernet address", ErrNoInterface, c.Interface)
+	}
+	lo, err := loopback()
+	if err != nil {
+		return Sockets{}, err
+	}
+	ring := afpacket.DefaultRing()
+	switch {
+	case c.BusyPoll > 0:
+		ring.BusyPoll = c.BusyPoll
+	case c.BusyPoll < 0:
+		ring.BusyPoll = 0
+	}
+	s := Sockets{MAC: ifi.HardwareAddr}
+	for i := 0; i < c.Workers; i++ {
+		ac := afpacket.Config{
+			Ifindex: ifi.Index, Protocol: unix.ETH_P_ALL, VnetHdr: true, IgnoreOutgoing: true,
+			QdiscBypass: true, UnicastMACs: []net.HardwareAddr{c.VirtualMAC}, Ring: ring,
+		}
+		if c.Workers > 1 {
+			ac.FanoutGroup, ac.FanoutMode = c.FanoutGroup, unix.PACKET_FANOUT_HASH
+		}
+		sock, err := afpacket.Open(ac)
+		if err != nil {
+			s.Close()
+			return Sockets{}, fmt.Errorf("node: open %s: %w", ifi.Name, err)
+		}
+		s.Workers = append(s.Workers, sock)
+	}
+	loSock, err := afpacket.Open(afpacket.Config{Ifindex: lo.Index, Protocol: 0, VnetHdr: true})
+	if err != nil {
+		s.Close()
+		return Sockets{}, fmt.Errorf("node: open %s: %w", lo.Name, err)
+	}
+	s.Lo = loSock
+	client, err := arp.Dial(ifi)
+	if err != nil {
+		s.Close()
+		return Sockets{}, fmt.Errorf("node: ARP client on %s: %w", ifi.Name, err)
+	}
+	s.ARP = &arpResolver{c: client, timeout: ResolveTimeout}
+	return s, nil
+}
+
+func loopback() (*net.Interface, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("node: listing interfaces: %w", err)
+	}
+	for i := range ifs {
+		if ifs[i].Flags&net.FlagLoopback != 0 {
+			return &ifs[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no loopback interface", ErrNoInterface)
+}
+
+// arpResolver is a Resolver on an ARP client, each resolution bounded by timeout.
+type arpResolver struct {
+	c       *arp.Client
+	timeout time.Duration
+}
+
+// Resolve implements Resolver.
+func (r *arpResolver) Resolve(ip netip.Addr) (net.HardwareAddr, error) {
+	if err := r.c.SetDeadline(time.Now().Add(r.timeout)); err != nil {
+		return nil, err
+	}
+	return r.c.Resolve(ip)
+}
+
+// Close implements Resolver.
+func (r *arpResolver) Close() error { return r.c.Close() }
