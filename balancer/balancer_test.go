@@ -342,3 +342,10 @@ func TestReleasingThenStandby(t *testing.T) {
 		t.Errorf("transitions %d, want 2 (to active and back)", st.Transitions)
 	}
 }
+
+func TestDefaultVirtualMAC(t *testing.T) {
+	m := DefaultVirtualMAC(0x1234)
+	if m.String() != "02:6c:32:62:12:34" || m[0]&0x02 == 0 || m[0]&0x01 != 0 {
+		t.Fatalf("vmac %v must be locally administered unicast", m)
+	}
+}

@@ -102,7 +102,7 @@ func (b *Balancer) dropOverlapsLocked(ms []dataplane.Member) {
 	var pairs []string
 	for i := range ms {
 		for j := i + 1; j < len(ms); j++ {
-			if bad[i] && bad[j] && rangesOverlap(ms[i].Ports, ms[j].Ports) {
+			if bad[i] && bad[j] && ms[i].Ports.Overlaps(ms[j].Ports) {
 				pairs = append(pairs, fmt.Sprintf("%s %d-%d and %s %d-%d", ms[i].Addr, ms[i].Ports.Lo, ms[i].Ports.Hi,
 					ms[j].Addr, ms[j].Ports.Lo, ms[j].Ports.Hi))
 			}
@@ -129,7 +129,7 @@ func overlapping(ms []dataplane.Member) map[int]bool {
 	bad := map[int]bool{}
 	for i := range ms {
 		for j := i + 1; j < len(ms); j++ {
-			if rangesOverlap(ms[i].Ports, ms[j].Ports) {
+			if ms[i].Ports.Overlaps(ms[j].Ports) {
 				bad[i], bad[j] = true, true
 			}
 		}
@@ -137,10 +137,6 @@ func overlapping(ms []dataplane.Member) map[int]bool {
 	return bad
 }
 
-func rangesOverlap(a, c dataplane.PortRange) bool {
-	zero := dataplane.PortRange{}
-	return a != zero && c != zero && a.Lo <= c.Hi && c.Lo <= a.Hi
-}
 
 func memberList(ms []dataplane.Member) string {
 	parts := make([]string, 0, len(ms))

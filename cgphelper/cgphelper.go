@@ -253,8 +253,14 @@ func (h *Helper) Active(members []netip.Addr) error {
 // summary describes the VIPs and members for the active line.
 func (h *Helper) summary() string {
 	st := h.b.Status()
-	desc := make([]string, 0, len(st.Members))
-	for _, m := range st.Members {
+	return fmt.Sprintf("VIPs %s on %s, members %s", strings.Join(st.VIPs, " "), h.opt.Interface, describe(st.Members))
+}
+
+// describe lists members as the active and -m lines name them: this server with its -r weight,
+// the others by address, with their weight when it is not the default 100.
+func describe(ms []control.Member) string {
+	desc := make([]string, 0, len(ms))
+	for _, m := range ms {
 		switch {
 		case m.Local:
 			desc = append(desc, fmt.Sprintf("%s (self, weight %d)", m.Addr, m.Weight))
@@ -264,7 +270,7 @@ func (h *Helper) summary() string {
 			desc = append(desc, m.Addr)
 		}
 	}
-	return fmt.Sprintf("VIPs %s on %s, members %s", strings.Join(st.VIPs, " "), h.opt.Interface, strings.Join(desc, " "))
+	return strings.Join(desc, " ")
 }
 
 func allReady(st control.Status) bool {

@@ -1,10 +1,8 @@
 package cgphelper
 
 import (
-	"fmt"
 	"net"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -52,7 +50,7 @@ func (d *DryRun) SetRole(r balancer.Role) error {
 	switch {
 	case r == balancer.RoleActive:
 		d.info("would answer ARP for %s on %s with %s and announce them", d.vips, d.iface, d.vmac)
-		d.info("would forward VIP traffic to members %s", describe(d.members))
+		d.info("would forward VIP traffic to members %s", describe(d.statusMembers()))
 	case d.role == balancer.RoleActive:
 		d.info("would stop answering ARP for %s and stop forwarding", d.vips)
 		d.members = nil
@@ -64,22 +62,6 @@ func (d *DryRun) SetRole(r balancer.Role) error {
 	}
 	d.role = r
 	return nil
-}
-
-// describe lists members as the -m lines name them.
-func describe(ms []balancer.Member) string {
-	desc := make([]string, 0, len(ms))
-	for _, m := range ms {
-		switch {
-		case m.Local:
-			desc = append(desc, fmt.Sprintf("%s (self, weight %d)", m.Addr, m.Weight))
-		case m.Weight != 100:
-			desc = append(desc, fmt.Sprintf("%s (weight %d)", m.Addr, m.Weight))
-		default:
-			desc = append(desc, m.Addr.String())
-		}
-	}
-	return strings.Join(desc, " ")
 }
 
 // SetMembers implements balancer.Control; the list is described when the role is set.
@@ -113,9 +95,16 @@ func (d *DryRun) Status() control.Status {
 			st.VIPs = append(st.VIPs, v.String())
 		}
 	}
-	for _, m := range d.members {
-		st.Members = append(st.Members, control.Member{Addr: m.Addr.String(), Weight: m.Weight, Local: m.Local,
-			Ready: true, Healthy: !m.Down})
-	}
+	st.Members = d.statusMembers()
 	return st
+}
+
+// statusMembers returns the members as the status lists them: ready (a dry run resolves
+// nothing and waits for nothing).
+func (d *DryRun) statusMembers() []control.Member {
+	out := make([]control.Member, 0, len(d.members))
+	for _, m := range d.members {
+		out = append(out, control.Member{Addr: m.Addr.String(), Weight: m.Weight, Local: m.Local, Ready: true, Healthy: !m.Down})
+	}
+	return out
 }

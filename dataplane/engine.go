@@ -57,8 +57,14 @@ func ParseNoDestPolicy(s string) (NoDestPolicy, error) {
 	return 0, fmt.Errorf("dataplane: unknown no-destination policy %q (want reschedule or expire)", s)
 }
 
-// PortRange is a frontend's own source-port range for outgoing connections (seed step 7).
+// PortRange is a frontend's own source-port range for outgoing connections (seed step 7). The
+// zero value means no range.
 type PortRange struct{ Lo, Hi uint16 }
+
+// Overlaps reports whether r and o are both ranges and share a port.
+func (r PortRange) Overlaps(o PortRange) bool {
+	return r != PortRange{} && o != PortRange{} && r.Lo <= o.Hi && o.Lo <= r.Hi
+}
 
 // Member is one frontend as configured.
 type Member struct {

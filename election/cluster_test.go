@@ -134,9 +134,6 @@ func TestClusterMembership(t *testing.T) {
 			}
 		}
 	}
-	if ov := Overlaps(cs[0].View()); len(ov) != 0 {
-		t.Fatalf("disjoint ranges reported as overlapping: %v", ov)
-	}
 
 	// UpdateMeta propagates, and Updated fires.
 	m := clusterMeta(1)

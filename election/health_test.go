@@ -99,19 +99,3 @@ func TestParsePortRange(t *testing.T) {
 	}
 }
 
-func TestOverlaps(t *testing.T) {
-	m := func(name string, lo, hi uint16, alive bool) Member {
-		return Member{NodeMeta: NodeMeta{Name: name, PortLo: lo, PortHi: hi}, Alive: alive}
-	}
-	v := View{Members: []Member{
-		m("fe2", 55000, 59000, true),
-		m("fe1", 50000, 54000, true),
-		m("fe3", 54000, 54500, true),  // touches fe1 at 54000
-		m("fe4", 0, 0, true),          // unknown range
-		m("fe5", 50000, 60000, false), // dead: ignored
-	}}
-	got := Overlaps(v)
-	if len(got) != 1 || got[0] != [2]string{"fe1", "fe3"} {
-		t.Fatalf("overlaps %v", got)
-	}
-}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -42,27 +41,3 @@ func ParsePortRange(s string) (lo, hi uint16, err error) {
 	return uint16(a), uint16(b), nil
 }
 
-// Overlaps reports every pair of live members whose announced source-port
-// ranges overlap, names in each pair and the pairs themselves sorted. Members
-// with no range (both bounds zero) are skipped. An overlap means replies to
-// outgoing connections cannot be attributed to one frontend (seed step 7),
-// so the operator must be told.
-func Overlaps(v View) [][2]string {
-	var ms []Member
-	for _, m := range v.Members {
-		if m.Alive && (m.PortLo != 0 || m.PortHi != 0) {
-			ms = append(ms, m)
-		}
-	}
-	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
-	var out [][2]string
-	for i := range ms {
-		for j := i + 1; j < len(ms); j++ {
-			a, b := ms[i], ms[j]
-			if a.PortLo <= b.PortHi && b.PortLo <= a.PortHi {
-				out = append(out, [2]string{a.Name, b.Name})
-			}
-		}
-	}
-	return out
-}

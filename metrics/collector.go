@@ -27,6 +27,12 @@ var (
 		"mode", "node", "interface", "virtual_mac")
 	descRole = desc("role",
 		"1 for the role this node has now (active or standby), 0 for the other.", "role")
+	descReadyNode = desc("ready",
+		"1 while the fast path runs on open sockets (the node can take the active role), else 0.")
+	descProblems = desc("problems",
+		"Number of problems keeping the balancer from working as configured (l2lb status lists them).")
+	descLeaving = desc("member_leaving",
+		"1 for a member that left the list but keeps its established flows until they end.", "member")
 	descRoleSince = desc("role_since_timestamp_seconds",
 		"Unix time at which this node took its current role.")
 	descTransitions = desc("role_transitions_total",
@@ -76,7 +82,7 @@ var (
 )
 
 var allDescs = []*prometheus.Desc{
-	descInfo, descRole, descRoleSince, descTransitions, descVIPs, descPackets, descBytes,
+	descInfo, descRole, descReadyNode, descProblems, descLeaving, descRoleSince, descTransitions, descVIPs, descPackets, descBytes,
 	descVIPPackets, descVIPBytes, descWeight, descReady, descHealthy, descMemberFlows,
 	descMemberTemplates, descDrops, descVerdicts, descTable, descTableLimit, descARPReplies,
 	descARPAnnounced, descARPConflicts, descSyncPeers, descSync, descSyncRejected, descSyncLast,
@@ -118,6 +124,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range roles {
 		gauge(descRole, b2f(r == s.Role), r)
 	}
+	gauge(descReadyNode, b2f(s.Ready))
+	gauge(descProblems, float64(len(s.Problems)))
 	if !s.Since.IsZero() {
 		gauge(descRoleSince, float64(s.Since.UnixNano())/1e9)
 	}
@@ -137,6 +145,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descWeight, float64(m.Weight), m.Addr)
 		gauge(descReady, b2f(m.Ready), m.Addr)
 		gauge(descHealthy, b2f(m.Healthy), m.Addr)
+		gauge(descLeaving, b2f(m.Leaving), m.Addr)
 		gauge(descMemberFlows, float64(m.Flows), m.Addr)
 		gauge(descMemberTemplates, float64(m.Templates), m.Addr)
 	}

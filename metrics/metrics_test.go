@@ -25,12 +25,13 @@ func sampleStatus() control.Status {
 	return control.Status{
 		Mode: control.ModeCluster, Node: "fe1", Role: control.RoleActive,
 		Since:       time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC),
-		Transitions: 4, Interface: "eth0", VirtualMAC: "02:00:5e:00:01:01",
+		Transitions: 4, Interface: "eth0", VirtualMAC: "02:00:5e:00:01:01", Ready: true,
+		Problems: []string{"connection sync unavailable: no IPv4 address on eth0"},
 		VIPs: []string{"192.0.2.10", "192.0.2.48/29"},
 		Members: []control.Member{
 			{Addr: "192.0.2.11", MAC: "02:00:00:00:00:0b", Weight: 100, Local: true, Ready: true, Healthy: true,
 				PortLo: 50000, PortHi: 54000, Flows: 6, Templates: 2, Packets: 345, Bytes: 23456},
-			{Addr: "192.0.2.12", MAC: "02:00:00:00:00:0c", Weight: 0, Ready: false, Healthy: true,
+			{Addr: "192.0.2.12", MAC: "02:00:00:00:00:0c", Weight: 0, Ready: false, Healthy: false, Leaving: true,
 				PortLo: 55000, PortHi: 59000, Flows: 3, Templates: 1, Packets: 12, Bytes: 3400},
 		},
 		Table: control.Table{Flows: 9, Templates: 3, Limit: 1000},
@@ -75,7 +76,11 @@ l2lb_member_flows{member="192.0.2.12"} 3
 # HELP l2lb_member_healthy 1 if the member passed its latest health check, else 0.
 # TYPE l2lb_member_healthy gauge
 l2lb_member_healthy{member="192.0.2.11"} 1
-l2lb_member_healthy{member="192.0.2.12"} 1
+l2lb_member_healthy{member="192.0.2.12"} 0
+# HELP l2lb_member_leaving 1 for a member that left the list but keeps its established flows until they end.
+# TYPE l2lb_member_leaving gauge
+l2lb_member_leaving{member="192.0.2.11"} 0
+l2lb_member_leaving{member="192.0.2.12"} 1
 # HELP l2lb_member_ready 1 if the member may receive new connections, else 0.
 # TYPE l2lb_member_ready gauge
 l2lb_member_ready{member="192.0.2.11"} 1
@@ -95,6 +100,12 @@ l2lb_packets_forwarded_total{member="192.0.2.12"} 12
 # HELP l2lb_packets_total Frames received for a VIP, by VIP.
 # TYPE l2lb_packets_total counter
 l2lb_packets_total{vip="192.0.2.10"} 357
+# HELP l2lb_problems Number of problems keeping the balancer from working as configured (l2lb status lists them).
+# TYPE l2lb_problems gauge
+l2lb_problems 1
+# HELP l2lb_ready 1 while the fast path runs on open sockets (the node can take the active role), else 0.
+# TYPE l2lb_ready gauge
+l2lb_ready 1
 # HELP l2lb_role 1 for the role this node has now (active or standby), 0 for the other.
 # TYPE l2lb_role gauge
 l2lb_role{role="active"} 1

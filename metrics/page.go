@@ -131,7 +131,16 @@ var pageTemplate = template.Must(template.New("page").Funcs(pageFuncs).Parse(`<!
 <tr><th>Interface</th><td class="mono" data-field="interface">{{.S.Interface}}</td></tr>
 <tr><th>Virtual MAC</th><td class="mono" data-field="virtual_mac">{{.S.VirtualMAC}}</td></tr>
 <tr><th>VIPs</th><td class="mono" data-field="vips">{{join .S.VIPs}}</td></tr>
+<tr><th>Fast path</th><td class="{{yesno .S.Ready}}" data-field="ready">{{if .S.Ready}}running{{else}}not running{{end}}</td></tr>
 </table>
+{{- if .S.Problems}}
+<h2>Problems</h2>
+<ul data-field="problems">
+{{- range .S.Problems}}
+<li class="no">{{.}}</li>
+{{- end}}
+</ul>
+{{- end}}
 
 <h2>Members</h2>
 <table>
@@ -144,7 +153,7 @@ var pageTemplate = template.Must(template.New("page").Funcs(pageFuncs).Parse(`<!
 <td class="n" data-field="member.{{.Addr}}.weight">{{.Weight}}</td>
 <td class="{{yesno .Local}}" data-field="member.{{.Addr}}.local">{{yesno .Local}}</td>
 <td class="{{yesno .Ready}}" data-field="member.{{.Addr}}.ready">{{yesno .Ready}}</td>
-<td class="{{yesno .Healthy}}" data-field="member.{{.Addr}}.healthy">{{yesno .Healthy}}</td>
+<td class="{{yesno .Healthy}}" data-field="member.{{.Addr}}.healthy">{{yesno .Healthy}}{{if .Leaving}} (leaving){{end}}</td>
 <td data-field="member.{{.Addr}}.ports">{{ports .}}</td>
 <td class="n" data-field="member.{{.Addr}}.flows">{{.Flows}}</td>
 <td class="n" data-field="member.{{.Addr}}.templates">{{.Templates}}</td>

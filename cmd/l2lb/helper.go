@@ -29,8 +29,10 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		args = strings.Fields(args[0])
 	}
 	fs := newFlagSet("helper", stderr)
-	var bf balancerFlags
-	bf.register(fs)
+	var bf balancer.Flags
+	bf.Register(fs)
+	var ops opsFlags
+	ops.register(fs)
 	timeout := fs.Int("t", 15, "seconds: bound on every wait for CGP's commands; drives periodic work")
 	dry := fs.Bool("m", false, "perform no host change and no forwarding; write every action as a '* ' line for CGP's log")
 	trace := fs.String("trace", "", "append every line received and sent, timestamped, to this file (and the balancer's log)")
@@ -68,7 +70,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}
 	host, _ := os.Hostname()
-	cfg, err := bf.config(control.ModeHelper, host, log)
+	cfg, err := bf.Config(control.ModeHelper, host, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "l2lb helper:", err)
 		return 2
@@ -78,14 +80,14 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var b *balancer.Balancer
 	var ctl balancer.Control
 	if *dry {
-		ctl = cgphelper.NewDryRun(bf.iface, bf.vipFile, cfg.VirtualMAC, info)
+		ctl = cgphelper.NewDryRun(bf.Interface, bf.VIPFile, cfg.VirtualMAC, info)
 	} else {
 		// A bad VIP file or a missing interface must not stop the helper: CGP gets ERROR for
 		// ACTIVE, and `l2lb reload` or the interface's return repairs it.
 		cfg.StartAnyway = true
 		if !*noSync {
 			// The sync channel replaces ipvsadm's sync daemon (--syncid -s).
-			if cfg.Sync, err = bf.syncConfig(); err != nil {
+			if cfg.Sync, err = bf.SyncConfig(); err != nil {
 				fmt.Fprintln(stderr, "l2lb helper:", err)
 				return 2
 			}
@@ -96,8 +98,8 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		ctl = b
 	}
-	h := cgphelper.New(ctl, cgphelper.SystemHost{}, cgphelper.Options{Interface: bf.iface, VIPFile: bf.vipFile,
-		SelfWeight: uint32(bf.selfWeight), GossipPort: uint16(*gossipPort)}, info, log)
+	h := cgphelper.New(ctl, cgphelper.SystemHost{}, cgphelper.Options{Interface: bf.Interface, VIPFile: bf.VIPFile,
+		SelfWeight: uint32(bf.SelfWeight), GossipPort: uint16(*gossipPort)}, info, log)
 	sess = helperproto.NewSession(helperproto.Config{In: stdin, Out: stdout, Handler: h,
 		Timeout: time.Duration(*timeout) * time.Second, Trace: traceW, MaxIntf: helperproto.IntfVersion})
 	plane := h.Plane(sess)
@@ -106,7 +108,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		defer stop()
 		err = plane.Run(ctx)
 	} else {
-		err = serve(b, plane, bf.ops, func(msg string, a ...any) { sess.Info("%s", attrLine(msg, a)) })
+		err = serve(b, plane, ops, func(msg string, a ...any) { sess.Info("%s", attrLine(msg, a)) })
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "l2lb helper:", err) // after the session: CGP reads stderr at exit

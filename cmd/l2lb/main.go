@@ -9,8 +9,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strings"
+
+	"github.com/l2lb/l2lb/control"
 )
 
 const usage = `l2lb — userspace layer-2 direct-server-return load balancer
@@ -48,16 +51,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cmdHelper(rest, os.Stdin, stdout, stderr)
 	case "run":
 		return cmdRun(rest, stdout, stderr)
-	case "status":
-		return cmdStatus(rest, stdout, stderr)
-	case "conns":
-		return cmdConns(rest, stdout, stderr)
-	case "weight":
-		return cmdWeight(rest, stdout, stderr)
-	case "drain":
-		return cmdDrain(rest, stdout, stderr)
-	case "reload":
-		return cmdReload(rest, stdout, stderr)
+	case "status", "conns", "weight", "drain", "reload":
+		return control.RunVerb(cmd, rest, stdout, stderr)
 	case "vip":
 		return cmdVIP(rest, stdout, stderr)
 	case "doctor":
@@ -84,12 +79,9 @@ var synopses = map[string][2]string{
 	"vip":    {"up|down|list [-f FILE] [-n]", "Put the VIPs of FILE on lo as /32s, remove them, or list them (replaces ifup-lo/ifdown-lo)."},
 	"doctor": {"[-i IF] [-f FILE] [--peer-range LO-HI] [--fix]", "Check the host settings a balancer node needs and print exactly what to change."},
 	"demo":   {"[--conns N] [-p N] [-r N] [--keep]", "Build a namespace testbed, run the balancer on it and send real traffic through the VIP (root)."},
-	"status": {"[--json] [--control PATH]", "Show the running balancer's status, like ipvsadm -Ln --stats."},
-	"conns":  {"[--vip V] [--member M] [--control PATH]", "Show the running balancer's connection table, like ipvsadm -Lnc."},
-	"weight": {"[--control PATH] MEMBER WEIGHT", "Set a member's weight; 0 quiesces it (no new flows, existing ones continue)."},
-	"drain":  {"[--wait] [--timeout D] [--control PATH] MEMBER", "Quiesce a member; with --wait, return once its flows and persistence templates have ended."},
-	"reload": {"[--control PATH]", "Re-read the VIP file of the running balancer (the same as SIGHUP)."},
 }
+
+func init() { maps.Copy(synopses, control.Synopses) }
 
 // newFlagSet returns a flag set whose -h output starts with the command's usage line and
 // description and lists every flag with its default.

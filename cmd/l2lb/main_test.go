@@ -35,13 +35,6 @@ func TestUsage(t *testing.T) {
 	}
 }
 
-func TestDefaultVMAC(t *testing.T) {
-	m := defaultVMAC(0x1234)
-	if m.String() != "02:6c:32:62:12:34" || m[0]&0x02 == 0 || m[0]&0x01 != 0 {
-		t.Fatalf("vmac %v must be locally administered unicast", m)
-	}
-}
-
 // TestHelpOfEverySubcommand: every subcommand answers -h with its usage line, its description and
 // every flag with a description (defaults are shown by the flag package).
 func TestHelpOfEverySubcommand(t *testing.T) {
