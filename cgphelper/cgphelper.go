@@ -45,8 +45,10 @@ type Options struct {
 	// SelfWeight is -r: this server's weight while it is the active balancer.
 	SelfWeight uint32
 	// GossipPort is the memberlist port used to learn the other members' source-port ranges
-	// (seed step 7); 0 turns membership off.
+	// (seed step 7); 0 turns membership off. GossipKey, if set, encrypts that gossip (16, 24 or
+	// 32 bytes, AES).
 	GossipPort uint16
+	GossipKey  []byte
 	// Join joins the membership (default: election.Join over memberlist); tests inject a fake.
 	Join func(election.ClusterConfig) (Membership, error)
 }
@@ -146,7 +148,7 @@ func (h *Helper) startMembershipLocked() {
 	}
 	cl, err := h.opt.Join(election.ClusterConfig{Name: self.String(), Bind: netip.AddrPortFrom(self, h.opt.GossipPort),
 		Meta: election.NodeMeta{Name: self.String(), Addr: self, MAC: mac, PortLo: lo, PortHi: hi, Weight: 100, Healthy: true},
-		Log:  h.log.With("part", "membership")})
+		Log:  h.log.With("part", "membership"), SecretKey: h.opt.GossipKey})
 	if err != nil {
 		h.info("membership unavailable: %v", err)
 		return

@@ -3,13 +3,11 @@
 // handshake, QUIT, ERROR answers, "* " information lines, and the
 // load-balancer vocabulary (ACTIVE, STANDBY, STATUS).
 //
-// The contract is the project's cgp-helper-protocol.md (kept with the shared
-// design notes, outside the repository). Part 1 of it, the framing, is
-// CGP's documented behaviour for every helper. Part 2, the load-balancer words,
-// is l2lb's own definition because CGP's documentation of them is not
-// available; all of Part 2 lives in the Vocabulary table so that it can be
-// matched to a live CGP from a recorded exchange (Config.Trace) by editing that
-// table alone.
+// The contract is docs/cgp-helper-protocol.md. Its framing is CGP's documented
+// behaviour for every helper. The load-balancer words are l2lb's own definition
+// because CGP's documentation of them is not available; all of them live in the
+// Vocabulary table so that they can be matched to a live CGP from a recorded
+// exchange (Config.Trace) by editing that table alone.
 //
 // This package writes nothing to os.Stderr: CGP reads a helper's standard error
 // only after the helper exits, so a helper that writes to it while running can

@@ -39,6 +39,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	logLevel := fs.String("log-level", "info", "level of the balancer's log in the --trace file: debug, info, warn, error")
 	noSync := fs.Bool("no-sync", false, "do not replicate the connection table between group members")
 	gossipPort := fs.Int("gossip-port", 7946, "memberlist port (TCP and UDP) used to learn the members' source-port ranges (seed step 7); 0 = off")
+	gossipKey := fs.String("gossip-key-file", "", "file holding a 16, 24 or 32-byte key that encrypts the membership gossip (unencrypted without it)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -98,8 +99,15 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		ctl = b
 	}
-	h := cgphelper.New(ctl, cgphelper.SystemHost{}, cgphelper.Options{Interface: bf.Interface, VIPFile: bf.VIPFile,
-		SelfWeight: uint32(bf.SelfWeight), GossipPort: uint16(*gossipPort)}, info, log)
+	opt := cgphelper.Options{Interface: bf.Interface, VIPFile: bf.VIPFile, SelfWeight: uint32(bf.SelfWeight),
+		GossipPort: uint16(*gossipPort)}
+	if *gossipKey != "" {
+		if opt.GossipKey, err = balancer.ReadKey(*gossipKey); err != nil {
+			fmt.Fprintln(stderr, "l2lb helper:", err)
+			return 1
+		}
+	}
+	h := cgphelper.New(ctl, cgphelper.SystemHost{}, opt, info, log)
 	sess = helperproto.NewSession(helperproto.Config{In: stdin, Out: stdout, Handler: h,
 		Timeout: time.Duration(*timeout) * time.Second, Trace: traceW, MaxIntf: helperproto.IntfVersion})
 	plane := h.Plane(sess)
