@@ -142,7 +142,7 @@ func New(cfg Config) (*Balancer, error) {
 	}
 	// The interface's MAC, the source of forwarded frames, is set when the fast path opens.
 	if err := b.eng.Configure(dataplane.Config{VirtualMAC: cfg.VirtualMAC, VIPs: b.vips,
-		Scheduler: cfg.Scheduler, Persistence: cfg.Persistence, NoDest: cfg.NoDest}); err != nil {
+		Scheduler: cfg.Scheduler, NoDest: cfg.NoDest}); err != nil {
 		return nil, fmt.Errorf("balancer: %w", err)
 	}
 	b.node = node.New(node.Config{Engine: b.eng, Workers: cfg.Workers, Log: cfg.Log,

@@ -137,7 +137,6 @@ func overlapping(ms []dataplane.Member) map[int]bool {
 	return bad
 }
 
-
 func memberList(ms []dataplane.Member) string {
 	parts := make([]string, 0, len(ms))
 	for _, m := range ms {

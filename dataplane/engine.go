@@ -90,8 +90,6 @@ type Config struct {
 	Members []Member
 	// Scheduler picks frontends for new flows.
 	Scheduler scheduler.Kind
-	// Persistence is the IPVS -p persistence time; it is fixed when the engine is created.
-	Persistence time.Duration
 	// NoDest is the removed-member policy.
 	NoDest NoDestPolicy
 }

@@ -24,7 +24,6 @@ func newTestEngine(t testing.TB, opts ...engineOpt) *Engine {
 	for _, o := range opts {
 		o(&cfg, &ct)
 	}
-	cfg.Persistence = ct.Persistence
 	e := New(ct)
 	if err := e.SetMAC(f2Addr, f2MAC); err != nil {
 		t.Fatal(err)

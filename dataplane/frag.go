@@ -83,14 +83,3 @@ func (t *fragTable) expire(now int64) {
 		s.mu.Unlock()
 	}
 }
-
-func (t *fragTable) len() int {
-	n := 0
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		n += len(s.m)
-		s.mu.Unlock()
-	}
-	return n
-}

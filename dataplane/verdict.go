@@ -123,15 +123,6 @@ func (r Reason) String() string {
 	return "unknown"
 }
 
-// Reasons returns every drop reason, for exporters that list all of them.
-func Reasons() []Reason {
-	rs := make([]Reason, 0, numReasons-1)
-	for r := ReasonNone + 1; r < numReasons; r++ {
-		rs = append(rs, r)
-	}
-	return rs
-}
-
 // Result is the outcome of processing one frame.
 type Result struct {
 	Verdict Verdict
