@@ -192,6 +192,13 @@ func (b *Balancer) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); b.housekeeping(ctx) }()
 	defer b.closeSync()
 	wait := reopenMin
+	backOff := func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, reopenMax)
+	}
 	for ctx.Err() == nil {
 		socks, err := b.open()
 		if err != nil {
@@ -202,22 +209,26 @@ func (b *Balancer) Run(ctx context.Context) error {
 			if changed {
 				b.log.Error("cannot open the fast path; retrying", "interface", b.cfg.Interface, "err", err)
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, reopenMax)
+			backOff()
 			continue
 		}
-		wait = reopenMin
+		started := time.Now()
 		b.setRunning(true)
 		err = b.node.Run(ctx, socks)
 		b.setRunning(false)
-		if err != nil && ctx.Err() == nil {
-			b.mu.Lock()
-			b.openErr = err
-			b.mu.Unlock()
-			b.log.Error("fast path stopped; reopening its sockets", "interface", b.cfg.Interface, "err", err)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		b.mu.Lock()
+		b.openErr = err
+		b.mu.Unlock()
+		b.log.Error("fast path stopped; reopening its sockets", "interface", b.cfg.Interface, "err", err)
+		if time.Since(started) < reopenMax {
+			// Sockets that fail soon after opening would fail again at once: back off as
+			// for a failed open, and only a life longer than the longest wait resets it.
+			backOff()
+		} else {
+			wait = reopenMin
 		}
 	}
 	b.node.SetActive(false)

@@ -216,8 +216,18 @@ func TestFastPathRestart(t *testing.T) {
 	first.fail <- errors.New("afpacket: receive: network is down")
 	waitFor(t, "the fast path to stop", func() bool { return !b.Status().Ready })
 	st := b.Status()
-	if st.Role != control.RoleStandby || !strings.Contains(strings.Join(st.Problems, ";"), "no such device") {
-		t.Errorf("while the sockets cannot open: role %s problems %q; want standby and the open error", st.Role, st.Problems)
+	if st.Role != control.RoleStandby || !strings.Contains(strings.Join(st.Problems, ";"), "network is down") {
+		t.Errorf("after the sockets failed: role %s problems %q; want standby and the receive error", st.Role, st.Problems)
+	}
+	// The sockets failed right after opening: the next attempt waits (back-off), then fails.
+	waitFor(t, "the failed reopen", func() bool {
+		return strings.Contains(strings.Join(b.Status().Problems, ";"), "no such device")
+	})
+	o.mu.Lock()
+	opens := o.opens
+	o.mu.Unlock()
+	if opens != 2 {
+		t.Errorf("%d opens by the time the reopen failed, want 2 (no reopen loop)", opens)
 	}
 	if err := b.SetRole(RoleActive); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("SetRole(active) while the fast path is down: %v, want ErrNotRunning", err)

@@ -12,8 +12,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrNoInterface is returned by Open when an interface it needs does not exist.
-var ErrNoInterface = errors.New("node: interface not found")
+// Errors of Open.
+var (
+	// ErrNoInterface is returned when an interface Open needs does not exist.
+	ErrNoInterface = errors.New("node: interface not found")
+	// ErrInterfaceDown is returned when the interface is administratively down.
+	ErrInterfaceDown = errors.New("node: interface is down")
+)
 
 // OpenConfig says which real sockets Open creates.
 type OpenConfig struct {
@@ -47,6 +52,12 @@ func Open(c OpenConfig) (Sockets, error) {
 	}
 	if len(ifi.HardwareAddr) != 6 {
 		return Sockets{}, fmt.Errorf("%w: %s has no Ethernet address", ErrNoInterface, c.Interface)
+	}
+	if ifi.Flags&net.FlagUp == 0 {
+		// A packet socket bound to a device that is down opens, but carries ENETDOWN at once
+		// (packet_do_bind in net/packet/af_packet.c): refuse it here, so that the caller backs
+		// off instead of reopening in a loop.
+		return Sockets{}, fmt.Errorf("%w: %s", ErrInterfaceDown, c.Interface)
 	}
 	lo, err := loopback()
 	if err != nil {
