@@ -94,6 +94,33 @@ type cluster struct {
 // active.
 func startCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
 	t.Helper()
+	c := newCluster(t, bed, extra...)
+	// f1 first, until it holds the role: nodes started together may elect
+	// among themselves before f1's membership reaches them, and without
+	// --preempt f1 would then stay a standby.
+	f1 := c.nodes[0]
+	f1.start()
+	f1.waitReady(10 * time.Second)
+	if _, _, ok := c.waitRoleActive(time.Time{}, 5*time.Second, ""); !ok {
+		t.Fatalf("f1 did not take the active role within 5 s of starting alone\nlog:\n%s", f1.logText(50))
+	}
+	for _, n := range c.nodes[1:] {
+		n.start()
+	}
+	for _, n := range c.nodes[1:] {
+		n.waitReady(10 * time.Second)
+	}
+	if got := c.waitSingleActive(10*time.Second, time.Second); got != "f1" {
+		t.Fatalf("after start the active node is %q, want f1 (highest priority)", got)
+	}
+	return c
+}
+
+// newCluster prepares a node on every frontend (the VIP file, each node's flags with extra at
+// the end, its stats file and its control socket at <stats file>.sock) and stops them all when
+// the test ends; it starts none.
+func newCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	vipFile := filepath.Join(dir, "vipaddrs")
 	if err := os.WriteFile(vipFile, []byte("# failover e2e VIPs (seed step 4 format)\n"+bed.VIPs[0].String()+"\n"), 0o644); err != nil {
@@ -122,24 +149,6 @@ func startCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
 			}
 		}
 	})
-	// f1 first, until it holds the role: nodes started together may elect
-	// among themselves before f1's membership reaches them, and without
-	// --preempt f1 would then stay a standby.
-	f1 := c.nodes[0]
-	f1.start()
-	f1.waitReady(10 * time.Second)
-	if _, _, ok := c.waitRoleActive(time.Time{}, 5*time.Second, ""); !ok {
-		t.Fatalf("f1 did not take the active role within 5 s of starting alone\nlog:\n%s", f1.logText(50))
-	}
-	for _, n := range c.nodes[1:] {
-		n.start()
-	}
-	for _, n := range c.nodes[1:] {
-		n.waitReady(10 * time.Second)
-	}
-	if got := c.waitSingleActive(10*time.Second, time.Second); got != "f1" {
-		t.Fatalf("after start the active node is %q, want f1 (highest priority)", got)
-	}
 	return c
 }
 
@@ -429,5 +438,52 @@ func (c *cluster) waitSynced(want int, limit time.Duration) {
 			c.t.Fatalf("flow tables not synced within %v: flows %v, want >= %d each", limit, got, want)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// ctlPath is the node's control socket.
+func (n *node) ctlPath() string { return n.statsPath + ".sock" }
+
+// cli runs an l2lb client command (status, weight, ...) against the node's control socket and
+// returns its standard output; it fails the test unless the command exits 0. The socket is a
+// path in the file system, so the client needs no namespace.
+func (n *node) cli(args ...string) string {
+	n.t.Helper()
+	args = append([]string{args[0], "--control", n.ctlPath()}, args[1:]...)
+	var o, e strings.Builder
+	cmd := exec.Command(suite.Bin, args...)
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err != nil {
+		n.t.Fatalf("%s: l2lb %s: %v: %s\nlog:\n%s", n.host.Name, strings.Join(args, " "), err, e.String(), n.logText(50))
+	}
+	return o.String()
+}
+
+// status runs `l2lb status --json` against the node.
+func (n *node) status() control.Status {
+	n.t.Helper()
+	var st control.Status
+	out := n.cli("status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		n.t.Fatalf("%s: parsing l2lb status --json: %v\n%s", n.host.Name, err, out)
+	}
+	return st
+}
+
+// waitStatus polls the node's `l2lb status --json` every 100 ms until ok accepts it and returns
+// it; after limit it fails the test with why, ok's explanation of the last status.
+func (n *node) waitStatus(limit time.Duration, ok func(control.Status) (bool, string)) control.Status {
+	n.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		st := n.status()
+		good, why := ok(st)
+		if good {
+			return st
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%s: not within %v: %s\nmembers: %+v\nproblems: %q", n.host.Name, limit, why, st.Members, st.Problems)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -123,6 +123,15 @@ func (b *balancer) writeVIPs(t *testing.T, lines ...string) {
 // when the test ends.
 func startBalancer(t *testing.T, extra ...string) *balancer {
 	t.Helper()
+	b := launchBalancer(t, extra...)
+	b.waitUsable(t)
+	return b
+}
+
+// launchBalancer starts l2lb as startBalancer does and returns at once, without waiting for
+// anything; it stops it with SIGTERM when the test ends.
+func launchBalancer(t *testing.T, extra ...string) *balancer {
+	t.Helper()
 	dir := t.TempDir()
 	b := &balancer{dir: dir, vipFile: filepath.Join(dir, "vipaddrs"), ctl: filepath.Join(dir, "ctl.sock")}
 	b.writeVIPs(t, "# e2e/ops VIPs (seed step 4 format)", vip().String())
@@ -139,6 +148,13 @@ func startBalancer(t *testing.T, extra ...string) *balancer {
 	args = append(args, extra...)
 	b.Balancer = e2e.StartBalancer(t, f1(), suite.Bin, args)
 	t.Cleanup(func() { stopBalancer(t, b) })
+	return b
+}
+
+// waitUsable waits until the balancer is ready, knows every member's MAC and answers ARP for the
+// VIP.
+func (b *balancer) waitUsable(t *testing.T) {
+	t.Helper()
 	b.WaitReady(t)
 	// Every member must be usable (a learned MAC, or local) before traffic
 	// is counted, or the first frames would be dropped for want of a MAC.
@@ -161,7 +177,6 @@ func startBalancer(t *testing.T, extra ...string) *balancer {
 		time.Sleep(100 * time.Millisecond)
 	}
 	b.ResolveVIP(t, suite.Bed.Clients[0], vip(), deadline)
-	return b
 }
 
 // stopBalancer sends SIGTERM and expects a clean exit.

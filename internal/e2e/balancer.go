@@ -2,12 +2,17 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -203,4 +208,171 @@ func WaitReady(path string, limit time.Duration, exited <-chan struct{}) error {
 		return fmt.Errorf("l2lb not ready within %v: %w", limit, err)
 	}
 	return nil
+}
+
+// Metrics scrapes http://<addr>/metrics (a balancer's --metrics listener, loopback-only by
+// default) from inside h's namespace and returns every sample keyed by its series as the text
+// exposition format writes it: `name{label="value",...}`, or `name` without labels.
+func Metrics(h *testbed.Host, addr string) (map[string]float64, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			var c net.Conn
+			err := h.Do(func() error {
+				var d net.Dialer
+				var err error
+				c, err = d.DialContext(ctx, network, a)
+				return err
+			})
+			return c, err
+		}}}
+	resp, err := client.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET http://%s/metrics in %s: %s", addr, h.NS, resp.Status)
+	}
+	out := map[string]float64{}
+	for i, line := range strings.Split(string(body), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		// Label values may contain blanks: the series ends at the last '}' if there is one.
+		series, rest, ok := line, "", false
+		if j := strings.LastIndexByte(line, '}'); j >= 0 {
+			series, rest, ok = line[:j+1], line[j+1:], true
+		} else {
+			series, rest, ok = strings.Cut(line, " ")
+		}
+		f := strings.Fields(rest)
+		if !ok || len(f) == 0 {
+			return nil, fmt.Errorf("metrics line %d: no value: %q", i+1, line)
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			return nil, fmt.Errorf("metrics line %d: %v", i+1, err)
+		}
+		out[series] = v
+	}
+	return out, nil
+}
+
+// WeightWhenServed sets a member's weight the moment the control socket at path accepts
+// connections, then once more with the command line: it sends the request with control.Client
+// (no process to start, so it arrives within a millisecond of the socket being served), retrying
+// every millisecond only while the socket does not exist yet or refuses connections (ENOENT,
+// ECONNREFUSED), then runs `bin weight --control path member weight`, which must exit 0. Any other
+// failure is returned, with the command's standard error. It gives up after limit, or as soon as
+// running reports false (the balancer exited). It returns how long after the call the first
+// request was answered and the command's standard output.
+func WeightWhenServed(bin, path string, member netip.Addr, weight uint32, limit time.Duration, running func() bool) (first time.Duration, stdout string, err error) {
+	start := time.Now()
+	deadline := start.Add(limit)
+	notServed := func(err error) bool {
+		return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
+	}
+	client := control.Dial(path)
+	client.Timeout = 5 * time.Second
+	for {
+		if !running() {
+			return 0, "", errors.New("l2lb exited before its control socket accepted a connection")
+		}
+		if time.Now().After(deadline) {
+			return 0, "", fmt.Errorf("the control socket %s accepted no connection within %v", path, limit)
+		}
+		err := client.SetWeight(member, weight)
+		if notServed(err) {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		first = time.Since(start)
+		if err != nil {
+			return first, "", fmt.Errorf("weight %v %d, the first request on the control socket (%v after the call): %w",
+				member, weight, first.Round(time.Millisecond), err)
+		}
+		break
+	}
+	cmd := exec.Command(bin, "weight", "--control", path, member.String(), strconv.FormatUint(uint64(weight), 10))
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err != nil {
+		return first, o.String(), fmt.Errorf("l2lb weight %v %d: %v: %s", member, weight, err, strings.TrimSpace(e.String()))
+	}
+	return first, o.String(), nil
+}
+
+// PortsColumn returns the Ports column of each member row of the `l2lb status` text view, keyed
+// by member address. The view is aligned by text/tabwriter, so a column starts at the offset of
+// its heading in every row.
+func PortsColumn(text string) (map[string]string, error) {
+	col := -1
+	out := map[string]string{}
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, "Member") {
+			col = strings.Index(l, "Ports")
+			continue
+		}
+		f := strings.Fields(l)
+		if col < 0 || len(f) < 2 || f[0] != "->" {
+			continue
+		}
+		if len(l) <= col {
+			return nil, fmt.Errorf("member row shorter than the Ports column: %q", l)
+		}
+		out[f[1]] = strings.Fields(l[col:])[0]
+	}
+	if col < 0 {
+		return nil, fmt.Errorf("no member heading with Ports in l2lb status:\n%s", text)
+	}
+	return out, nil
+}
+
+// PortOverlapShown checks a balancer's status in which a's and b's source-port ranges overlap
+// and keep's range is lo-hi: `l2lb status --json` (st) shows a and b with port_conflict and no
+// range, keep with its range, and a problem naming the overlap with both addresses; `l2lb
+// status` (text) says "overlap" in the Ports column of a and b and lo-hi in keep's. It returns
+// what does not hold (nothing when all does).
+func PortOverlapShown(st control.Status, text string, a, b, keep netip.Addr, lo, hi uint16) []string {
+	var bad []string
+	fail := func(format string, args ...any) { bad = append(bad, fmt.Sprintf(format, args...)) }
+	cols, err := PortsColumn(text)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	for _, addr := range []netip.Addr{a, b} {
+		m, found := st.FindMember(addr)
+		switch {
+		case !found:
+			fail("status lists no member %v", addr)
+		case !m.PortConflict || m.PortLo != 0 || m.PortHi != 0:
+			fail("member %v: port_conflict=%v, ports %d-%d; want port_conflict=true and no range", addr, m.PortConflict, m.PortLo, m.PortHi)
+		}
+		if got := cols[addr.String()]; got != "overlap" {
+			fail("l2lb status shows %q in the Ports column of %v, want \"overlap\"", got, addr)
+		}
+	}
+	m, found := st.FindMember(keep)
+	switch {
+	case !found:
+		fail("status lists no member %v", keep)
+	case m.PortConflict || m.PortLo != lo || m.PortHi != hi:
+		fail("member %v: port_conflict=%v, ports %d-%d; want its own range %d-%d", keep, m.PortConflict, m.PortLo, m.PortHi, lo, hi)
+	}
+	if got, want := cols[keep.String()], fmt.Sprintf("%d-%d", lo, hi); got != want {
+		fail("l2lb status shows %q in the Ports column of %v, want %q", got, keep, want)
+	}
+	named := false
+	for _, p := range st.Problems {
+		named = named || (strings.Contains(p, "overlap") && strings.Contains(p, a.String()) && strings.Contains(p, b.String()))
+	}
+	if !named {
+		fail("no problem names the overlap of %v and %v: %q", a, b, st.Problems)
+	}
+	return bad
 }
