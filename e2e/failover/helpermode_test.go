@@ -19,7 +19,7 @@ import (
 // Bounds of the helper-mode hand-over.
 const (
 	// helperAnswerLimit bounds any wait for a helper's answer: ACTIVE
-	// answers within a second (cgp-helper-protocol.md), STANDBY and STATUS
+	// answers within a second (docs/cgp-helper-protocol.md), STANDBY and STATUS
 	// at once.
 	helperAnswerLimit = 3 * time.Second
 	// helperNewConnGap bounds the longest time new connections see no

@@ -69,7 +69,7 @@ func (b *lockedBuffer) String() string {
 }
 
 // Helper is one `l2lb helper` child driven over its pipes as CommuniGate Pro drives it
-// (cgp-helper-protocol.md): "<seq> <command>" lines in, "<seq> <answer>" and "* <info>"
+// (docs/cgp-helper-protocol.md): "<seq> <command>" lines in, "<seq> <answer>" and "* <info>"
 // lines out.
 type Helper struct {
 	t     *testing.T
