@@ -77,8 +77,9 @@ func (b *Balancer) applyMembersLocked() error {
 			ms = append(ms, old)
 		}
 	}
-	b.dropOverlapsLocked(ms)
+	// Sorted first, so the overlaps are named in the same order on every node.
 	slices.SortFunc(ms, func(a, c dataplane.Member) int { return a.Addr.Compare(c.Addr) })
+	b.dropOverlapsLocked(ms)
 	if slices.Equal(ms, b.applied) {
 		return nil
 	}

@@ -140,7 +140,7 @@ func DetectionBound(n int, probeInterval time.Duration) time.Duration {
 // failure detector for the 2 s failover the issue asks for.
 func memberlistConfig(cfg ClusterConfig, pi time.Duration, logger *log.Logger) *memberlist.Config {
 	c := memberlist.DefaultLANConfig()
-	c.Name = cfg.Name
+	c.Name = wireName(cfg.Name)
 	c.BindAddr = cfg.Bind.Addr().String()
 	c.BindPort = int(cfg.Bind.Port())
 	c.AdvertiseAddr = ""
@@ -374,34 +374,49 @@ func (c *Cluster) signal() {
 	}
 }
 
+// namePrefix is put in front of a node's name in memberlist, and taken off what memberlist
+// reports. memberlist v0.7.0 looks a destination up by its bare IP address as a node name
+// (rawSendMsgPacket, net.go) and reads the record it found after dropping its lock, racing with
+// aliveNode rewriting it (hashicorp/memberlist#113, seen by -race in the e2e suites). l2lb names
+// nodes by their address by default, which is exactly that case; a prefix makes the lookup miss,
+// so memberlist never reads a record outside its lock. Nothing else depends on the wire name.
+const namePrefix = "l2lb/"
+
+// wireName is name as memberlist carries it; nodeName undoes it (a name without the prefix, from
+// an older l2lb, is taken as it is).
+func wireName(name string) string { return namePrefix + name }
+
+func nodeName(wire string) string { return strings.TrimPrefix(wire, namePrefix) }
+
 // setMember records n (called from memberlist's event callbacks, which hold
 // memberlist's node lock: it must not call back into memberlist).
 func (c *Cluster) setMember(n *memberlist.Node, alive bool) {
-	if n.Name == c.cfg.Name {
+	name := nodeName(n.Name)
+	if name == c.cfg.Name {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.addrs[n.Name] = n.Address()
-	m, ok := c.members[n.Name]
+	c.addrs[name] = n.Address()
+	m, ok := c.members[name]
 	if alive || !ok {
 		meta, err := DecodeMeta(n.Meta)
 		if err != nil {
 			// Keep the node visible but never a candidate; log once
 			// per node until its metadata becomes readable.
-			if !c.badMeta[n.Name] {
-				c.log.Warn("member announces unreadable metadata", "node", c.cfg.Name, "member", n.Name, "err", err)
+			if !c.badMeta[name] {
+				c.log.Warn("member announces unreadable metadata", "node", c.cfg.Name, "member", name, "err", err)
 			}
-			c.badMeta[n.Name] = true
+			c.badMeta[name] = true
 			meta = NodeMeta{}
 		} else {
-			delete(c.badMeta, n.Name)
+			delete(c.badMeta, name)
 		}
-		meta.Name = n.Name
+		meta.Name = name
 		m.NodeMeta = meta
 	}
 	m.Alive = alive
-	c.members[n.Name] = m
+	c.members[name] = m
 	c.signal()
 }
 
@@ -442,6 +457,6 @@ func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.c.setMember(n, true) }
 // NotifyConflict logs two nodes claiming the same name: memberlist keeps the
 // first, and the second is not a member until it is renamed.
 func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
-	d.c.log.Warn("name conflict: two nodes claim one name", "node", d.c.cfg.Name, "name", existing.Name,
+	d.c.log.Warn("name conflict: two nodes claim one name", "node", d.c.cfg.Name, "name", nodeName(existing.Name),
 		"addr", existing.Address(), "other", other.Address())
 }

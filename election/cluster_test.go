@@ -293,3 +293,27 @@ func drain(ch <-chan struct{}) {
 		}
 	}
 }
+
+// TestWireNameIsNotAnAddress: memberlist carries the node's name with namePrefix, so a name that
+// is a bare IP address (l2lb's default) never matches memberlist's lookup by address, which reads
+// a node record outside memberlist's lock (see namePrefix); the view shows the name unchanged.
+func TestWireNameIsNotAnAddress(t *testing.T) {
+	a, err := Join(ClusterConfig{Name: "127.0.0.1", Bind: netip.MustParseAddrPort("127.0.0.1:0"), Meta: clusterMeta(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown()
+	if got := a.ml.LocalNode().Name; got != "l2lb/127.0.0.1" {
+		t.Fatalf("memberlist name %q, want the prefixed l2lb/127.0.0.1", got)
+	}
+	b, err := Join(ClusterConfig{Name: "127.0.0.2", Bind: netip.MustParseAddrPort("127.0.0.1:0"), Meta: clusterMeta(1),
+		Peers: []string{a.LocalAddr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown()
+	waitFor(t, "a to see b", 5*time.Second, func() bool { _, ok := aliveSet(a)["127.0.0.2"]; return ok })
+	if m := aliveSet(a)["127.0.0.2"]; m.Name != "127.0.0.2" {
+		t.Errorf("a sees b as %q", m.Name)
+	}
+}

@@ -77,22 +77,21 @@ func ParseMembers(specs, ranges []string, selfWeight uint32, local map[netip.Add
 
 // Plane makes its balancer active with a fixed member list.
 type Plane struct {
-	b       balancer.Control
-	members []balancer.Member
+	b balancer.Control
 }
 
-// New returns the static control plane of b with members.
-func New(b balancer.Control, members []balancer.Member) *Plane {
-	return &Plane{b: b, members: members}
-}
-
-// Run sets the members and the active role, then waits for ctx to end. The role is set even when
-// it cannot take effect yet (the fast path still opening): the balancer takes it as soon as it
-// can, so only a bad member list is an error here.
-func (p *Plane) Run(ctx context.Context) error {
-	if err := p.b.SetMembers(p.members); err != nil {
-		return err
+// New gives b its members at once, so that the balancer can be operated (`l2lb weight`) before
+// Run, and returns the static control plane of b.
+func New(b balancer.Control, members []balancer.Member) (*Plane, error) {
+	if err := b.SetMembers(members); err != nil {
+		return nil, err
 	}
+	return &Plane{b: b}, nil
+}
+
+// Run takes the active role, then waits for ctx to end. The role is set even when it cannot take
+// effect yet (the fast path still opening): the balancer takes it as soon as it can.
+func (p *Plane) Run(ctx context.Context) error {
 	p.b.SetRole(balancer.RoleActive)
 	<-ctx.Done()
 	p.b.SetRole(balancer.RoleStandby)

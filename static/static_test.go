@@ -60,9 +60,16 @@ func TestPlaneDrivesTheBalancer(t *testing.T) {
 	f := balancer.NewFake(control.Status{})
 	ms := []balancer.Member{{Addr: netip.MustParseAddr("192.0.2.11"), Weight: 100, Local: true},
 		{Addr: netip.MustParseAddr("192.0.2.12"), Weight: 100}}
+	p, err := New(f, ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Members(); len(got) != 2 || f.Role() != balancer.RoleStandby {
+		t.Fatalf("before Run: members %+v role %v, want the members set and still standby", got, f.Role())
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- New(f, ms).Run(ctx) }()
+	go func() { done <- p.Run(ctx) }()
 	deadline := time.Now().Add(2 * time.Second)
 	for f.Role() != balancer.RoleActive {
 		if time.Now().After(deadline) {
@@ -77,7 +84,7 @@ func TestPlaneDrivesTheBalancer(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if roles := f.Roles(); len(roles) != 2 || roles[1] != balancer.RoleStandby {
+	if roles := f.Roles(); len(roles) != 2 || roles[0] != balancer.RoleActive || roles[1] != balancer.RoleStandby {
 		t.Errorf("roles %v, want active then standby", roles)
 	}
 }

@@ -106,7 +106,11 @@ func run(o runOptions, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		return serve(b, static.New(b, ms), o.ops, log.Warn)
+		plane, err := static.New(b, ms)
+		if err != nil {
+			return err
+		}
+		return serve(b, plane, o.ops, log.Warn)
 	}
 	if cfg.Sync, err = o.bal.SyncConfig(); err != nil {
 		return err
