@@ -98,4 +98,3 @@ func TestParsePortRange(t *testing.T) {
 		t.Fatalf("host ip_local_port_range: %d %d %v", lo, hi, err)
 	}
 }
-

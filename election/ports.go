@@ -40,4 +40,3 @@ func ParsePortRange(s string) (lo, hi uint16, err error) {
 	}
 	return uint16(a), uint16(b), nil
 }
-

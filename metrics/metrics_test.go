@@ -27,7 +27,7 @@ func sampleStatus() control.Status {
 		Since:       time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC),
 		Transitions: 4, Interface: "eth0", VirtualMAC: "02:00:5e:00:01:01", Ready: true,
 		Problems: []string{"connection sync unavailable: no IPv4 address on eth0"},
-		VIPs: []string{"192.0.2.10", "192.0.2.48/29"},
+		VIPs:     []string{"192.0.2.10", "192.0.2.48/29"},
 		Members: []control.Member{
 			{Addr: "192.0.2.11", MAC: "02:00:00:00:00:0b", Weight: 100, Local: true, Ready: true, Healthy: true,
 				PortLo: 50000, PortHi: 54000, Flows: 6, Templates: 2, Packets: 345, Bytes: 23456},
