@@ -24,33 +24,47 @@ const (
 	dwell = 800 * time.Millisecond
 )
 
-// TestHelperFailover plays CGP for three frontends: INTF and STANDBY to all,
-// ACTIVE to f1, a membership change on f1, the active role moved to f2, and
-// QUIT to all. A client watches ARP for the VIP the whole time and makes real
-// connections.
-func TestHelperFailover(t *testing.T) {
+// serveBed builds a bed of three frontends serving names on tcpPort of the VIP and two clients,
+// and returns it with the client addresses to connect from: every client's main and extra
+// addresses and extra more on c2 (persistence sticks an address to one frontend, so spreading
+// shows only over many of them).
+func serveBed(t *testing.T, extra int) (*testbed.Bed, []source) {
+	t.Helper()
 	bed := newBed(t, testbed.Options{Frontends: 3, Clients: 2})
-	vip := bed.VIPs[0]
-	raddr := netip.AddrPortFrom(vip, tcpPort)
-	f1, f2, f3 := bed.Frontends[0], bed.Frontends[1], bed.Frontends[2]
-	c1, c2 := bed.Clients[0], bed.Clients[1]
 	for _, f := range bed.Frontends {
-		if _, err := f.ServeName(vip, []uint16{tcpPort}, nil); err != nil {
+		if _, err := f.ServeName(bed.VIPs[0], []uint16{tcpPort}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// With -p 15 a client address sticks to one frontend (IPVS
-	// persistence), so balancing shows only across many client addresses:
-	// c2 gets 30 more. c1 carries the ARP probe's tag addresses.
-	srcs := []source{{c1, c1.Addr}, {c2, c2.Addr}}
+	var srcs []source
+	for _, c := range bed.Clients {
+		srcs = append(srcs, source{c, c.Addr})
+	}
 	for _, c := range bed.Clients {
 		for _, x := range c.Extra {
 			srcs = append(srcs, source{c, x})
 		}
 	}
-	for _, a := range addAddrs(t, c2, 150, 30) {
+	c2 := bed.Clients[1]
+	for _, a := range addAddrs(t, c2, 150, extra) {
 		srcs = append(srcs, source{c2, a})
 	}
+	return bed, srcs
+}
+
+// TestHelperFailover plays CGP for three frontends: INTF and STANDBY to all,
+// ACTIVE to f1, a membership change on f1, the active role moved to f2, and
+// QUIT to all. A client watches ARP for the VIP the whole time and makes real
+// connections.
+func TestHelperFailover(t *testing.T) {
+	// With -p 15 a client address sticks to one frontend (IPVS
+	// persistence), so balancing shows only across many client addresses:
+	// c2 gets 30 more. c1 carries the ARP probe's tag addresses.
+	bed, srcs := serveBed(t, 30)
+	vip := bed.VIPs[0]
+	raddr := netip.AddrPortFrom(vip, tcpPort)
+	f1, f2, f3 := bed.Frontends[0], bed.Frontends[1], bed.Frontends[2]
+	c1 := bed.Clients[0]
 	tags := addAddrs(t, c1, 120, 8)
 
 	waitDAD(t, bed.Frontends...)

@@ -2,20 +2,15 @@ package cgp
 
 import (
 	"bytes"
-	"context"
 	"errors"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/l2lb/l2lb/control"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -67,64 +62,8 @@ func l2lbCLI(t *testing.T, bin string, args ...string) (stdout, stderr string, c
 	return o.String(), e.String(), 0
 }
 
-// scrapeMetrics fetches /metrics from the helper on h, dialling from a thread inside h's
-// namespace (as e2e/ops does), and returns every sample keyed by its series as written in the
-// exposition format: `name{label="value",...}` or `name`.
+// scrapeMetrics fetches /metrics from the helper on h (from inside h's namespace) and returns
+// every sample keyed by its series (e2e.Metrics).
 func scrapeMetrics(h *testbed.Host) (map[string]float64, error) {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := h.Do(func() error {
-				var d net.Dialer
-				var err error
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-		DisableKeepAlives: true,
-	}
-	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + helperMetricsAddr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /metrics in %s: %s: %s", h.NS, resp.Status, body)
-	}
-	return parseExposition(body)
-}
-
-// parseExposition parses Prometheus' text exposition format (one sample a line: series, value
-// and an optional timestamp; # lines are comments).
-func parseExposition(body []byte) (map[string]float64, error) {
-	out := map[string]float64{}
-	for i, line := range strings.Split(string(body), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		// Label values may contain blanks, so the series ends at the last '}' if there is one.
-		series, rest := line, ""
-		if j := strings.LastIndexByte(line, '}'); j >= 0 {
-			series, rest = line[:j+1], strings.TrimSpace(line[j+1:])
-		} else if f := strings.Fields(line); len(f) >= 2 {
-			series, rest = f[0], strings.Join(f[1:], " ")
-		}
-		f := strings.Fields(rest)
-		if len(f) < 1 {
-			return nil, fmt.Errorf("line %d: no value: %q", i+1, line)
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: %v", i+1, err)
-		}
-		out[series] = v
-	}
-	return out, nil
+	return e2e.Metrics(h, helperMetricsAddr)
 }

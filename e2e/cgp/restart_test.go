@@ -31,27 +31,13 @@ const forwardedSeries = `l2lb_verdicts_total{verdict="forwarded"}`
 // its helper dropped the engine, fell back to standby and never reopened the sockets, while the
 // control socket and the metrics kept reading the dead engine).
 func TestHelperStatusAcrossFastPathRestart(t *testing.T) {
-	bed := newBed(t, testbed.Options{Frontends: 3, Clients: 2})
+	// Persistence sticks a client address to one frontend, so the flows reach f2 and f3 (and
+	// are forwarded, not delivered locally) only over many client addresses.
+	bed, srcs := serveBed(t, 12)
 	vip := bed.VIPs[0]
 	raddr := netip.AddrPortFrom(vip, tcpPort)
 	f1, f2, f3 := bed.Frontends[0], bed.Frontends[1], bed.Frontends[2]
-	c1, c2 := bed.Clients[0], bed.Clients[1]
-	for _, f := range bed.Frontends {
-		if _, err := f.ServeName(vip, []uint16{tcpPort}, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Persistence sticks a client address to one frontend, so the flows reach f2 and f3 (and
-	// are forwarded, not delivered locally) only over many client addresses.
-	srcs := []source{{c1, c1.Addr}, {c2, c2.Addr}}
-	for _, c := range bed.Clients {
-		for _, x := range c.Extra {
-			srcs = append(srcs, source{c, x})
-		}
-	}
-	for _, a := range addAddrs(t, c2, 150, 12) {
-		srcs = append(srcs, source{c2, a})
-	}
+	c1 := bed.Clients[0]
 	vipFile := writeVIPFile(t, bed.VIPs)
 	var hps []*e2e.Helper
 	for _, f := range bed.Frontends {

@@ -25,7 +25,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -289,41 +288,11 @@ func (b *balancer) metrics(t *testing.T) map[string]float64 {
 	if err != nil {
 		t.Fatalf("scraping the metrics in %s: %v", f1().NS, err)
 	}
-	out, err := parseExposition(body)
+	out, err := e2e.ParseMetrics(body)
 	if err != nil {
 		t.Fatalf("parsing the metrics: %v", err)
 	}
 	return out
-}
-
-// parseExposition parses Prometheus' text exposition format (one sample a
-// line: series, value and an optional timestamp; # lines are comments).
-func parseExposition(body []byte) (map[string]float64, error) {
-	out := map[string]float64{}
-	for i, line := range strings.Split(string(body), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		// Label values may contain blanks, so the series ends at the last '}'
-		// if there is one.
-		series, rest := line, ""
-		if j := strings.LastIndexByte(line, '}'); j >= 0 {
-			series, rest = line[:j+1], strings.TrimSpace(line[j+1:])
-		} else if f := strings.Fields(line); len(f) >= 2 {
-			series, rest = f[0], strings.Join(f[1:], " ")
-		}
-		f := strings.Fields(rest)
-		if len(f) < 1 {
-			return nil, fmt.Errorf("line %d: no value: %q", i+1, line)
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: %v", i+1, err)
-		}
-		out[series] = v
-	}
-	return out, nil
 }
 
 // series names a sample with one label, as the exposition format writes it.

@@ -12,12 +12,16 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/internal/testbed"
@@ -237,28 +241,39 @@ func Metrics(h *testbed.Host, addr string) (map[string]float64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET http://%s/metrics in %s: %s", addr, h.NS, resp.Status)
 	}
+	return ParseMetrics(body)
+}
+
+// ParseMetrics parses Prometheus' text exposition format (with prometheus/common's parser) into
+// every sample keyed by its series as the format writes it: `name{label="value",...}` with the
+// labels in name order, or `name` without labels.
+func ParseMetrics(body []byte) (map[string]float64, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("parsing the metrics: %w", err)
+	}
 	out := map[string]float64{}
-	for i, line := range strings.Split(string(body), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			key := name
+			if ls := m.GetLabel(); len(ls) > 0 {
+				parts := make([]string, 0, len(ls))
+				for _, l := range ls {
+					parts = append(parts, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+				}
+				sort.Strings(parts)
+				key += "{" + strings.Join(parts, ",") + "}"
+			}
+			switch {
+			case m.Counter != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.Untyped != nil:
+				out[key] = m.GetUntyped().GetValue()
+			}
 		}
-		// Label values may contain blanks: the series ends at the last '}' if there is one.
-		series, rest, ok := line, "", false
-		if j := strings.LastIndexByte(line, '}'); j >= 0 {
-			series, rest, ok = line[:j+1], line[j+1:], true
-		} else {
-			series, rest, ok = strings.Cut(line, " ")
-		}
-		f := strings.Fields(rest)
-		if !ok || len(f) == 0 {
-			return nil, fmt.Errorf("metrics line %d: no value: %q", i+1, line)
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("metrics line %d: %v", i+1, err)
-		}
-		out[series] = v
 	}
 	return out, nil
 }
