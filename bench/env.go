@@ -269,7 +269,7 @@ func (e *env) startL2LB(ctx context.Context, h *testbed.Host, statsFile string, 
 	}
 	b, err := e.spawn(cmd, "l2lb "+h.Name, nil)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBalancer, err)
+		return nil, fmt.Errorf("%w: %w", ErrBalancer, err)
 	}
 	b.statsFile = statsFile
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)

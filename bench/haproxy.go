@@ -113,7 +113,7 @@ func (e *env) viaHAProxy(ctx context.Context, splice []string) (res haproxyResul
 	// Registered with the env too, so close stops it if we never get to.
 	p, err := e.spawn(e.lb.Command(name, args...), "haproxy", nil)
 	if err != nil {
-		return res, fmt.Errorf("%w: %v", ErrHAProxy, err)
+		return res, fmt.Errorf("%w: %w", ErrHAProxy, err)
 	}
 	res.pid = p.pid
 	defer p.stop()
@@ -191,17 +191,17 @@ func (e *env) waitAccepting(ctx context.Context, p *balancer, addr netip.AddrPor
 func haproxySessions(sock string) (map[string]uint64, error) {
 	c, err := net.DialTimeout("unix", sock, 2*time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("%w: stats socket: %v", ErrHAProxy, err)
+		return nil, fmt.Errorf("%w: stats socket: %w", ErrHAProxy, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	// Without "prompt" the socket answers one command and closes.
 	if _, err := io.WriteString(c, "show stat\n"); err != nil {
-		return nil, fmt.Errorf("%w: stats socket: %v", ErrHAProxy, err)
+		return nil, fmt.Errorf("%w: stats socket: %w", ErrHAProxy, err)
 	}
 	raw, err := io.ReadAll(c)
 	if err != nil {
-		return nil, fmt.Errorf("%w: stats socket: %v", ErrHAProxy, err)
+		return nil, fmt.Errorf("%w: stats socket: %w", ErrHAProxy, err)
 	}
 	return parseHAProxyStat(string(raw))
 }

@@ -52,7 +52,7 @@ type iperfResult struct {
 func (e *env) viaIperf3(ctx context.Context, workers int) (res iperfResult, err error) {
 	out, err := exec.Command("iperf3", "--version").Output()
 	if err != nil {
-		return res, fmt.Errorf("%w: iperf3 --version: %v", ErrIperf, err)
+		return res, fmt.Errorf("%w: iperf3 --version: %w", ErrIperf, err)
 	}
 	res.version, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
 	stop, err := e.startIperfServers(ctx)
@@ -141,14 +141,14 @@ func (e *env) startIperfServers(ctx context.Context) (stop func(), err error) {
 		c := h.Command("iperf3", "-s", "-p", strconv.Itoa(iperfPort))
 		if err := c.Start(); err != nil {
 			stop()
-			return nil, fmt.Errorf("%w: server on %s: %v", ErrIperf, h.Name, err)
+			return nil, fmt.Errorf("%w: server on %s: %w", ErrIperf, h.Name, err)
 		}
 		cmds = append(cmds, c)
 	}
 	for _, h := range e.backends {
 		if err := waitListening(ctx, h, iperfPort, 5*time.Second); err != nil {
 			stop()
-			return nil, fmt.Errorf("%w: server on %s: %v", ErrIperf, h.Name, err)
+			return nil, fmt.Errorf("%w: server on %s: %w", ErrIperf, h.Name, err)
 		}
 	}
 	return stop, nil
@@ -219,7 +219,7 @@ func (e *env) iperf3(ctx context.Context, dst netip.Addr, download bool) (float6
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrIperf, err)
+		return 0, fmt.Errorf("%w: %w", ErrIperf, err)
 	}
 	// iperf3's own timeouts bound a stalled test; this bounds everything
 	// else, and Ctrl-C.
@@ -238,7 +238,7 @@ func (e *env) iperf3(ctx context.Context, dst netip.Addr, download bool) (float6
 	case werr != nil:
 		return 0, fmt.Errorf("%w: to %v: %v: %s", ErrIperf, dst, werr, strings.TrimSpace(stderr.String()))
 	case jerr != nil:
-		return 0, fmt.Errorf("%w: to %v: reading its JSON: %v", ErrIperf, dst, jerr)
+		return 0, fmt.Errorf("%w: to %v: reading its JSON: %w", ErrIperf, dst, jerr)
 	case !(rep.End.SumReceived.BitsPerSecond > 0):
 		return 0, fmt.Errorf("%w: to %v: no bytes received", ErrIperf, dst)
 	}

@@ -145,7 +145,7 @@ func (e *env) transfer(ctx context.Context, raddr netip.AddrPort, upload bool) (
 			k, err := c.Read(buf)
 			n += int64(k)
 			if err != nil {
-				return 0, fmt.Errorf("%w: download from %v after %d bytes: %v", ErrTransfer, raddr, n, err)
+				return 0, fmt.Errorf("%w: download from %v after %d bytes: %w", ErrTransfer, raddr, n, err)
 			}
 		}
 		return float64(n) * 8 / time.Since(start).Seconds(), nil
@@ -156,7 +156,7 @@ func (e *env) transfer(ctx context.Context, raddr netip.AddrPort, upload bool) (
 	c.SetWriteDeadline(stopAt.Add(5 * time.Second))
 	for time.Now().Before(stopAt) {
 		if _, err := c.Write(buf); err != nil {
-			return 0, fmt.Errorf("%w: upload to %v: %v", ErrTransfer, raddr, err)
+			return 0, fmt.Errorf("%w: upload to %v: %w", ErrTransfer, raddr, err)
 		}
 	}
 	if err := tc.CloseWrite(); err != nil {
@@ -167,7 +167,7 @@ func (e *env) transfer(ctx context.Context, raddr netip.AddrPort, upload bool) (
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var out [8]byte
 	if _, err := io.ReadFull(c, out[:]); err != nil {
-		return 0, fmt.Errorf("%w: upload to %v: reading the count: %v", ErrTransfer, raddr, err)
+		return 0, fmt.Errorf("%w: upload to %v: reading the count: %w", ErrTransfer, raddr, err)
 	}
 	return float64(binary.BigEndian.Uint64(out[:])) * 8 / time.Since(start).Seconds(), nil
 }

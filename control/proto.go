@@ -67,7 +67,7 @@ func decodeRequest(b []byte) (command, error) {
 	dec.DisallowUnknownFields()
 	var r request
 	if err := dec.Decode(&r); err != nil {
-		return command{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		return command{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return command{}, fmt.Errorf("%w: data after the request object", ErrBadRequest)
@@ -115,7 +115,7 @@ func optionalAddr(field, s string) (netip.Addr, error) {
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("%w: %s: %v", ErrBadRequest, field, err)
+		return netip.Addr{}, fmt.Errorf("%w: %s: %w", ErrBadRequest, field, err)
 	}
 	// Members and VIPs are compared as plain addresses; an IPv4-mapped IPv6 form or a zone would
 	// never match and would make a filter silently empty.

@@ -175,7 +175,7 @@ func (h *Host) serveConn(c net.Conn) error {
 	case "UPLOAD":
 		sum := sha256.New()
 		if _, err := io.CopyN(sum, br, n); err != nil {
-			return fmt.Errorf("%w: upload of %d bytes: %v", ErrProtocol, n, err)
+			return fmt.Errorf("%w: upload of %d bytes: %w", ErrProtocol, n, err)
 		}
 		if _, err := io.WriteString(dc, hex.EncodeToString(sum.Sum(nil))+"\n"); err != nil {
 			return err
@@ -191,7 +191,7 @@ func readRequest(br *bufio.Reader) (cmd string, n int64, err error) {
 	for {
 		b, err := br.ReadByte()
 		if err != nil {
-			return "", 0, fmt.Errorf("%w: reading request: %v", ErrProtocol, err)
+			return "", 0, fmt.Errorf("%w: reading request: %w", ErrProtocol, err)
 		}
 		if b == '\n' {
 			break

@@ -264,7 +264,7 @@ func New(opts Options) (_ *Bed, err error) {
 		return nil, ErrNotRoot
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		return nil, fmt.Errorf("%w: ip (iproute2): %v", ErrMissingTool, err)
+		return nil, fmt.Errorf("%w: ip (iproute2): %w", ErrMissingTool, err)
 	}
 	if err := Sweep(); err != nil {
 		logf(opts.Logf, "testbed: sweeping leftovers: %v", err)
