@@ -240,7 +240,9 @@ func bigFrames(t *testing.T, ring RingConfig, whole bool) {
 	}()
 	big := 0
 	receiveUntil(t, rx, 10*time.Second, func(f *Frame) bool {
-		if len(f.Data) < 34 || f.Data[23] != 6 { // IPv4, protocol TCP
+		// IPv4 (an ARP frame's bytes 16-17 and 23 can look like an IPv4 total length of 2048 and
+		// protocol TCP: its PTYPE, and a byte of the sender's random MAC), protocol TCP.
+		if len(f.Data) < 34 || binary.BigEndian.Uint16(f.Data[12:14]) != 0x0800 || f.Data[23] != 6 {
 			return false
 		}
 		wire := int(binary.BigEndian.Uint16(f.Data[16:])) + ethHdrLen // IPv4 total length
