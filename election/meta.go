@@ -52,6 +52,9 @@ const (
 	flagDraining
 )
 
+// tagIPv6VIPs starts the IPv6 VIP field of NodeMeta.Active in the encoded metadata.
+const tagIPv6VIPs = 6
+
 // ErrMetaTooLarge reports metadata that does not fit in MetaMaxSize bytes.
 var ErrMetaTooLarge = errors.New("election: node metadata larger than 512 bytes")
 
@@ -66,8 +69,9 @@ var ErrMetaTruncated = errors.New("election: truncated node metadata")
 // VIPs).
 var ErrMetaInvalid = errors.New("election: invalid node metadata")
 
-// ErrNotIPv4 reports an IPv6 VIP in NodeMeta.Active; l2lb balances IPv4 only.
-var ErrNotIPv4 = errors.New("election: VIP is not an IPv4 address")
+// ErrNotIPv4 reports a VIP in NodeMeta.Active that is neither IPv4 nor native IPv6 (an
+// IPv4-mapped IPv6 address, or the zero Addr).
+var ErrNotIPv4 = errors.New("election: VIP is not an IPv4 or IPv6 address")
 
 // NodeMeta is what each node announces about itself to the group.
 type NodeMeta struct {
@@ -112,10 +116,11 @@ func EncodeMeta(m NodeMeta) ([]byte, error) {
 	if len(m.MAC) > maxMACLen {
 		return nil, fmt.Errorf("%w: MAC of %d bytes", ErrMetaInvalid, len(m.MAC))
 	}
-	runs, err := vipRuns(m.Active)
+	v4, v6, err := splitVIPs(m.Active)
 	if err != nil {
 		return nil, err
 	}
+	runs := vipRuns(v4)
 	var flags byte
 	if m.Healthy {
 		flags |= flagHealthy
@@ -148,6 +153,18 @@ func EncodeMeta(m NodeMeta) ([]byte, error) {
 		b = binary.BigEndian.AppendUint32(b, r.start)
 		b = binary.AppendUvarint(b, uint64(r.count-1))
 	}
+	// IPv6 VIPs follow as a tagged field: its tag, a count and the 16-byte addresses. They come
+	// after every field of the first revision, which a decoder ignores trailing bytes after, so a
+	// node that knows only IPv4 VIPs still reads this metadata (without the IPv6 ones) during a
+	// rolling upgrade; a later field gets a tag of its own.
+	if len(v6) > 0 {
+		b = append(b, tagIPv6VIPs)
+		b = binary.AppendUvarint(b, uint64(len(v6)))
+		for _, v := range v6 {
+			a := v.As16()
+			b = append(b, a[:]...)
+		}
+	}
 	if len(b) > MetaMaxSize {
 		return nil, ErrMetaTooLarge
 	}
@@ -160,17 +177,30 @@ type run struct {
 	count uint64
 }
 
-// vipRuns sorts and deduplicates vips and merges them into runs.
-func vipRuns(vips []netip.Addr) ([]run, error) {
+// splitVIPs checks vips and returns the IPv4 ones (unmapped) and the IPv6 ones, sorted and
+// without duplicates.
+func splitVIPs(vips []netip.Addr) (v4, v6 []netip.Addr, err error) {
 	if len(vips) > MaxActiveVIPs {
-		return nil, fmt.Errorf("%w: %d active VIPs", ErrMetaInvalid, len(vips))
+		return nil, nil, fmt.Errorf("%w: %d active VIPs", ErrMetaInvalid, len(vips))
 	}
+	for _, v := range vips {
+		switch v = v.Unmap(); {
+		case v.Is4():
+			v4 = append(v4, v)
+		case v.Is6() && v.Zone() == "":
+			v6 = append(v6, v)
+		default:
+			return nil, nil, fmt.Errorf("%w: %s", ErrNotIPv4, v)
+		}
+	}
+	slices.SortFunc(v6, netip.Addr.Compare)
+	return v4, slices.Compact(v6), nil
+}
+
+// vipRuns sorts and deduplicates IPv4 vips and merges them into runs.
+func vipRuns(vips []netip.Addr) []run {
 	us := make([]uint32, 0, len(vips))
 	for _, v := range vips {
-		v = v.Unmap()
-		if !v.Is4() {
-			return nil, fmt.Errorf("%w: %s", ErrNotIPv4, v)
-		}
 		a := v.As4()
 		us = append(us, binary.BigEndian.Uint32(a[:]))
 	}
@@ -184,7 +214,7 @@ func vipRuns(vips []netip.Addr) ([]run, error) {
 		}
 		runs = append(runs, run{start: u, count: 1})
 	}
-	return runs, nil
+	return runs
 }
 
 // DecodeMeta decodes metadata written by EncodeMeta. Name is left empty.
@@ -251,6 +281,27 @@ func DecodeMeta(b []byte) (NodeMeta, error) {
 		}
 		runs = append(runs, run{start: start, count: cnt + 1})
 	}
+	var v6 []netip.Addr
+	if d.err == nil && len(d.b) > 0 && d.b[0] == tagIPv6VIPs {
+		// The IPv6 VIPs (EncodeMeta); 16 bytes each bounds a sane count. Bytes with another tag
+		// are a later revision's fields: ignored.
+		d.byte()
+		n6 := d.uvarint()
+		if n6 > uint64(len(d.b))/16 || total+n6 > MaxActiveVIPs {
+			d.fail(fmt.Errorf("%w: %d IPv6 VIPs", ErrMetaInvalid, n6))
+		}
+		for i := uint64(0); i < n6 && d.err == nil; i++ {
+			ab := d.bytes(16)
+			if d.err != nil {
+				break
+			}
+			a := netip.AddrFrom16([16]byte(ab))
+			if a.Is4In6() {
+				d.fail(fmt.Errorf("%w: IPv4-mapped VIP %s", ErrMetaInvalid, a))
+			}
+			v6 = append(v6, a)
+		}
+	}
 	if d.err != nil {
 		return NodeMeta{}, d.err
 	}
@@ -266,10 +317,16 @@ func DecodeMeta(b []byte) (NodeMeta, error) {
 				vips = append(vips, netip.AddrFrom4(a))
 			}
 		}
-		// A sender's runs may overlap or be out of order; the canonical
-		// form is sorted and unique, as EncodeMeta produces.
-		slices.SortFunc(vips, netip.Addr.Compare)
-		m.Active = slices.Compact(vips)
+		m.Active = vips
+	}
+	if len(v6) > 0 {
+		m.Active = append(m.Active, v6...)
+	}
+	if len(m.Active) > 0 {
+		// A sender's runs may overlap or be out of order; the canonical form is sorted and
+		// unique, as EncodeMeta produces.
+		slices.SortFunc(m.Active, netip.Addr.Compare)
+		m.Active = slices.Compact(m.Active)
 	}
 	return m, nil
 }

@@ -1,10 +1,12 @@
 package election
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -90,9 +92,9 @@ func TestMetaErrors(t *testing.T) {
 		t.Errorf("reversed ports: %v", err)
 	}
 	m = sampleMeta()
-	m.Active = append(m.Active, netip.MustParseAddr("2001:db8::1"))
+	m.Active = append(m.Active, netip.MustParseAddr("::ffff:192.0.2.1"), netip.Addr{})
 	if _, err := EncodeMeta(m); !errors.Is(err, ErrNotIPv4) {
-		t.Errorf("IPv6 VIP: %v", err)
+		t.Errorf("zero VIP: %v", err)
 	}
 	// Scattered VIPs cost 5 bytes each: 200 of them exceed 512 bytes.
 	m = sampleMeta()
@@ -152,4 +154,36 @@ func FuzzDecodeMeta(f *testing.F) {
 			t.Fatalf("round trip changed meta:\n%+v\n%+v", m, m2)
 		}
 	})
+}
+
+// TestMetaIPv6VIPs: IPv6 VIPs travel in a tagged field after the first revision's fields, so
+// metadata with them round-trips, and a decoder of the first revision, which ignores trailing
+// bytes, still reads the rest.
+func TestMetaIPv6VIPs(t *testing.T) {
+	m := sampleMeta()
+	v6 := []netip.Addr{netip.MustParseAddr("2001:db8::201"), netip.MustParseAddr("2001:db8::200")}
+	m.Active = append(m.Active, v6...)
+	b, err := EncodeMeta(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeMeta(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(slices.Clone(sampleMeta().Active), v6[1], v6[0])
+	slices.SortFunc(want, netip.Addr.Compare)
+	want = slices.Compact(want) // sampleMeta lists one VIP twice
+	if !slices.Equal(got.Active, want) {
+		t.Fatalf("Active %v, want %v", got.Active, want)
+	}
+	v4only, _ := EncodeMeta(sampleMeta())
+	if !bytes.HasPrefix(b, v4only) || b[len(v4only)] != tagIPv6VIPs {
+		t.Fatal("the IPv6 VIPs are not a tagged field after the IPv4-only encoding")
+	}
+	for i := len(v4only) + 1; i < len(b); i++ {
+		if _, err := DecodeMeta(b[:i]); err == nil {
+			t.Fatalf("IPv6 field cut at %d bytes decoded without error", i)
+		}
+	}
 }
