@@ -1,8 +1,9 @@
 // Package hostcfg holds the privileged host plumbing of l2lb behind narrow
-// interfaces: VIPs as /32 aliases on the loopback device (the seed's
-// ifvip-utils, ifup-lo and ifdown-lo scripts, setup steps 2 and 5), sysctls
-// under /proc/sys/net, and a doctor that checks and fixes the settings the
-// seed's setup steps 3 and 7 and the design notes require.
+// interfaces: VIPs as host addresses on the loopback device (/32 for IPv4, as
+// the seed's ifvip-utils, ifup-lo and ifdown-lo scripts do, setup steps 2 and
+// 5; /128 without duplicate address detection for IPv6), sysctls under
+// /proc/sys/net, and a doctor that checks and fixes the settings the seed's
+// setup steps 3 and 7, the design notes and IPv6 VIPs require.
 //
 // Everything here acts on the network namespace of the calling OS thread (or of
 // the netlink handle given to NetlinkAddrsAt); callers that target another
@@ -16,14 +17,23 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // LoopbackIface is the device that carries the VIPs: every frontend holds each
-// VIP as a /32 alias on lo so the local stack accepts VIP traffic without
-// answering ARP for it (seed, setup step 2).
+// VIP as a host address on lo (/32, /128) so the local stack accepts VIP
+// traffic without answering ARP or neighbour solicitations for it (seed, setup
+// step 2; see Doctor for what IPv6 relies on).
 const LoopbackIface = "lo"
 
-// ErrNotIPv4 reports a VIP that is not an IPv4 address; l2lb balances IPv4 only.
+// ErrBadVIP reports a VIP that is neither an IPv4 nor an IPv6 address, or an
+// IPv6 address with a zone (a VIP is never scoped to a link).
+var ErrBadVIP = errors.New("not a usable VIP address")
+
+// ErrNotIPv4 reported an IPv6 VIP while l2lb balanced IPv4 only.
+//
+// Deprecated: IPv6 VIPs are accepted now; an unusable VIP is reported with
+// ErrBadVIP.
 var ErrNotIPv4 = errors.New("not an IPv4 address")
 
 // AddrManager lists, adds and removes interface addresses. It is an interface
@@ -31,7 +41,10 @@ var ErrNotIPv4 = errors.New("not an IPv4 address")
 type AddrManager interface {
 	// List returns every address configured on ifname, IPv4 and IPv6.
 	List(ifname string) ([]netip.Prefix, error)
-	// Add configures p on ifname.
+	// Add configures p on ifname. The real manager adds IPv6 addresses with
+	// IFA_F_NODAD (`ip address add ... nodad`), so they are usable at once:
+	// hostcfg only ever adds VIPs, which must not wait for, or fail,
+	// duplicate address detection.
 	Add(ifname string, p netip.Prefix) error
 	// Del removes p from ifname.
 	Del(ifname string, p netip.Prefix) error
@@ -89,7 +102,7 @@ func (n nlAddrs) Add(ifname string, p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("link %s: %w", ifname, err)
 	}
-	if err := n.h.AddrAdd(link, &netlink.Addr{IPNet: prefixToIPNet(p)}); err != nil {
+	if err := n.h.AddrAdd(link, &netlink.Addr{IPNet: prefixToIPNet(p), Flags: addFlags(p)}); err != nil {
 		return fmt.Errorf("add %s to %s: %w", p, ifname, err)
 	}
 	return nil
@@ -104,6 +117,14 @@ func (n nlAddrs) Del(ifname string, p netip.Prefix) error {
 		return fmt.Errorf("delete %s from %s: %w", p, ifname, err)
 	}
 	return nil
+}
+
+// addFlags returns the address flags Add sets: IFA_F_NODAD for IPv6.
+func addFlags(p netip.Prefix) int {
+	if p.Addr().Is6() && !p.Addr().Is4In6() {
+		return unix.IFA_F_NODAD
+	}
+	return 0
 }
 
 func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
@@ -138,8 +159,9 @@ type Change struct {
 // String renders a change as "add 192.0.2.200".
 func (c Change) String() string { return c.Action + " " + c.Addr.String() }
 
-// hostPrefix returns a as the /32 alias the seed's scripts configure.
-func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
+// hostPrefix returns a as the host address configured on lo: /32 for IPv4
+// (the seed's alias), /128 for IPv6.
+func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
 // checkVIPs validates every VIP before anything is touched and returns them
 // unmapped and without repeats, in input order.
@@ -148,8 +170,8 @@ func checkVIPs(vips []netip.Addr) ([]netip.Addr, error) {
 	seen := make(map[netip.Addr]bool, len(vips))
 	for _, v := range vips {
 		u := v.Unmap()
-		if !u.Is4() {
-			return nil, fmt.Errorf("VIP %v: %w", v, ErrNotIPv4)
+		if !u.IsValid() || u.Zone() != "" {
+			return nil, fmt.Errorf("VIP %v: %w", v, ErrBadVIP)
 		}
 		if !seen[u] {
 			seen[u] = true
@@ -159,9 +181,9 @@ func checkVIPs(vips []netip.Addr) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// loHosts returns the IPv4 /32 addresses on lo. Like the seed's ifvip-utils,
-// only /32 aliases count: an address present with another prefix length is not
-// a VIP alias and is neither reused nor removed.
+// loHosts returns the host addresses on lo: IPv4 /32 and IPv6 /128. Like the
+// seed's ifvip-utils, only those count: an address present with another
+// prefix length is not a VIP alias and is neither reused nor removed.
 func loHosts(m AddrManager) (map[netip.Addr]bool, error) {
 	list, err := m.List(LoopbackIface)
 	if err != nil {
@@ -169,14 +191,15 @@ func loHosts(m AddrManager) (map[netip.Addr]bool, error) {
 	}
 	have := make(map[netip.Addr]bool, len(list))
 	for _, p := range list {
-		if p.Addr().Unmap().Is4() && p.Bits() == 32 {
-			have[p.Addr().Unmap()] = true
+		if a := p.Addr().Unmap(); p.Bits() == a.BitLen() {
+			have[a] = true
 		}
 	}
 	return have, nil
 }
 
-// VIPsUp adds every VIP missing from lo as a /32 alias and keeps those present,
+// VIPsUp adds every VIP missing from lo as a host address (IPv4 /32, IPv6 /128
+// without duplicate address detection) and keeps those present,
 // so running it twice changes nothing the second time. The changes are
 // returned in input order (repeats dropped). On an error the changes made so
 // far are returned with it.
@@ -203,9 +226,9 @@ func VIPsUp(m AddrManager, vips []netip.Addr) ([]Change, error) {
 	return changes, nil
 }
 
-// VIPsDown removes those VIPs that are on lo as /32 aliases and leaves every
-// other address of lo alone (127.0.0.1, unlisted aliases, other prefix
-// lengths). On an error the changes made so far are returned with it.
+// VIPsDown removes those VIPs that are on lo as host addresses (/32, /128) and
+// leaves every other address of lo alone (127.0.0.1, ::1, unlisted aliases,
+// other prefix lengths). On an error the changes made so far are returned with it.
 func VIPsDown(m AddrManager, vips []netip.Addr) ([]Change, error) {
 	vips, err := checkVIPs(vips)
 	if err != nil {
@@ -229,8 +252,8 @@ func VIPsDown(m AddrManager, vips []netip.Addr) ([]Change, error) {
 	return changes, nil
 }
 
-// VIPsList splits the VIPs into those present on lo as /32 aliases and those
-// missing, each in input order without repeats.
+// VIPsList splits the VIPs into those present on lo as host addresses (/32,
+// /128) and those missing, each in input order without repeats.
 func VIPsList(m AddrManager, vips []netip.Addr) (present, missing []netip.Addr, err error) {
 	vips, err = checkVIPs(vips)
 	if err != nil {
@@ -257,8 +280,8 @@ type dryAddrs struct {
 }
 
 // DryRun wraps m so that List still reads the real state while Add and Del
-// only report the action ("would add 192.0.2.200/32 to lo") through log and
-// succeed. It backs the helper's -m option (seed, setup step 8), where the
+// only report the action ("would add 192.0.2.200/32 to lo", "would add
+// 2001:db8::200/128 to lo (nodad)") through log and succeed. It backs the helper's -m option (seed, setup step 8), where the
 // commands are handed to CGP for its log instead of being run. A nil log
 // discards the messages.
 func DryRun(m AddrManager, log func(string)) AddrManager {
@@ -271,7 +294,11 @@ func DryRun(m AddrManager, log func(string)) AddrManager {
 func (d dryAddrs) List(ifname string) ([]netip.Prefix, error) { return d.m.List(ifname) }
 
 func (d dryAddrs) Add(ifname string, p netip.Prefix) error {
-	d.log(fmt.Sprintf("would add %s to %s", p, ifname))
+	msg := fmt.Sprintf("would add %s to %s", p, ifname)
+	if addFlags(p)&unix.IFA_F_NODAD != 0 {
+		msg += " (nodad)"
+	}
+	d.log(msg)
 	return nil
 }
 

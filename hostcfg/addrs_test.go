@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func ips(ss ...string) []netip.Addr {
@@ -65,20 +67,53 @@ func TestVIPsUp(t *testing.T) {
 	}
 }
 
+func TestVIPsUpIPv6(t *testing.T) {
+	// 2001:db8::201 is on lo as a /64: only /128s count, as /32s for IPv4.
+	f := newFakeAddrs("127.0.0.1/8", "::1/128", "2001:db8::200/128", "2001:db8::201/64", "192.0.2.200/32")
+	vips := ips("192.0.2.200", "2001:db8::200", "2001:db8::201", "192.0.2.201", "2001:db8::202", "2001:db8::200")
+	got, err := VIPsUp(f, vips)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := changes("keep", "192.0.2.200", "keep", "2001:db8::200", "add", "2001:db8::201", "add", "192.0.2.201", "add", "2001:db8::202")
+	if !slices.Equal(got, want) {
+		t.Fatalf("changes = %v, want %v", got, want)
+	}
+	if !slices.Equal(f.calls, []string{"list lo", "add lo 2001:db8::201/128", "add lo 192.0.2.201/32", "add lo 2001:db8::202/128"}) {
+		t.Fatalf("calls = %v", f.calls)
+	}
+	f.calls = nil
+	if got, err := VIPsUp(f, vips); err != nil || len(f.calls) != 1 || got[2].Action != "keep" {
+		t.Fatalf("second VIPsUp = %v, %v, calls %v; want only keeps", got, err, f.calls)
+	}
+	present, missing, err := VIPsList(f, ips("2001:db8::203", "2001:db8::201", "192.0.2.200"))
+	if err != nil || !slices.Equal(present, ips("2001:db8::201", "192.0.2.200")) || !slices.Equal(missing, ips("2001:db8::203")) {
+		t.Fatalf("VIPsList = %v, %v, %v", present, missing, err)
+	}
+	got, err = VIPsDown(f, ips("2001:db8::200", "2001:db8::203", "192.0.2.201"))
+	if err != nil || !slices.Equal(got, changes("del", "2001:db8::200", "absent", "2001:db8::203", "del", "192.0.2.201")) {
+		t.Fatalf("VIPsDown = %v, %v", got, err)
+	}
+	wantLo := prefixes("127.0.0.1/8", "::1/128", "2001:db8::201/64", "192.0.2.200/32", "2001:db8::201/128", "2001:db8::202/128")
+	if !slices.Equal(f.ifs["lo"], wantLo) {
+		t.Fatalf("lo = %v, want %v", f.ifs["lo"], wantLo)
+	}
+}
+
 func TestVIPsUpErrors(t *testing.T) {
-	t.Run("IPv6 VIP rejected before any change", func(t *testing.T) {
+	t.Run("zoned IPv6 VIP rejected before any change", func(t *testing.T) {
 		f := newFakeAddrs()
-		_, err := VIPsUp(f, ips("192.0.2.1", "2001:db8::1"))
-		if !errors.Is(err, ErrNotIPv4) {
-			t.Fatalf("err = %v, want ErrNotIPv4", err)
+		_, err := VIPsUp(f, ips("192.0.2.1", "2001:db8::1", "fe80::1%eth0"))
+		if !errors.Is(err, ErrBadVIP) {
+			t.Fatalf("err = %v, want ErrBadVIP", err)
 		}
 		if len(f.calls) != 0 {
 			t.Fatalf("calls %v made despite invalid input", f.calls)
 		}
 	})
 	t.Run("invalid zero address", func(t *testing.T) {
-		if _, err := VIPsDown(newFakeAddrs(), []netip.Addr{{}}); !errors.Is(err, ErrNotIPv4) {
-			t.Fatalf("err = %v, want ErrNotIPv4", err)
+		if _, err := VIPsDown(newFakeAddrs(), []netip.Addr{{}}); !errors.Is(err, ErrBadVIP) {
+			t.Fatalf("err = %v, want ErrBadVIP", err)
 		}
 	})
 	t.Run("list failure", func(t *testing.T) {
@@ -139,8 +174,8 @@ func TestVIPsList(t *testing.T) {
 	if !slices.Equal(missing, ips("192.0.2.201", "192.0.2.202")) {
 		t.Fatalf("missing = %v", missing)
 	}
-	if _, _, err := VIPsList(f, ips("2001:db8::1")); !errors.Is(err, ErrNotIPv4) {
-		t.Fatalf("err = %v, want ErrNotIPv4", err)
+	if _, _, err := VIPsList(f, []netip.Addr{{}}); !errors.Is(err, ErrBadVIP) {
+		t.Fatalf("err = %v, want ErrBadVIP", err)
 	}
 	f.listErr = errors.New("x")
 	if _, _, err := VIPsList(f, ips("192.0.2.1")); !errors.Is(err, f.listErr) {
@@ -167,7 +202,11 @@ func TestDryRun(t *testing.T) {
 	if want := changes("del", "192.0.2.200", "absent", "192.0.2.202"); !slices.Equal(got, want) {
 		t.Fatalf("dry-run changes = %v, want %v", got, want)
 	}
-	wantLog := []string{"would add 192.0.2.201/32 to lo", "would delete 192.0.2.200/32 from lo"}
+	got, err = VIPsUp(d, ips("2001:db8::200"))
+	if err != nil || !slices.Equal(got, changes("add", "2001:db8::200")) {
+		t.Fatalf("dry-run IPv6 changes = %v, %v", got, err)
+	}
+	wantLog := []string{"would add 192.0.2.201/32 to lo", "would delete 192.0.2.200/32 from lo", "would add 2001:db8::200/128 to lo (nodad)"}
 	if !slices.Equal(logged, wantLog) {
 		t.Fatalf("log = %q, want %q", logged, wantLog)
 	}
@@ -182,6 +221,16 @@ func TestDryRun(t *testing.T) {
 	// A nil log is allowed.
 	if err := DryRun(f, nil).Add("lo", netip.MustParsePrefix("192.0.2.9/32")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestAddFlags(t *testing.T) {
+	for p, want := range map[string]int{
+		"192.0.2.200/32": 0, "2001:db8::200/128": unix.IFA_F_NODAD, "::ffff:192.0.2.1/128": 0,
+	} {
+		if got := addFlags(netip.MustParsePrefix(p)); got != want {
+			t.Errorf("addFlags(%s) = %#x, want %#x", p, got, want)
+		}
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrManualFix reports failed findings that Apply cannot fix by itself.
@@ -24,6 +26,10 @@ const (
 	CheckRPFilter    = "rp_filter"
 	CheckVIPOnLo     = "vip_on_lo"
 	CheckPortRange   = "port_range"
+	// CheckDisableIPv6 and CheckProxyNDP are made only when the VIPs
+	// include IPv6 ones.
+	CheckDisableIPv6 = "disable_ipv6"
+	CheckProxyNDP    = "proxy_ndp"
 )
 
 // portRangeKey is the sysctl that bounds the source ports of outgoing
@@ -122,20 +128,68 @@ type DoctorInput struct {
 //     (1) drops the frames the balancer re-injects on lo (design notes); the
 //     kernel applies the maximum of conf/all and conf/DEV, so all matters for
 //     every device;
-//   - every VIP present as a /32 alias on lo (seed, setup steps 2 and 5);
+//   - with IPv6 VIPs only: disable_ipv6 = 0 on lo and Iface, and proxy_ndp = 0
+//     on all and Iface (see below);
+//   - every VIP present on lo, IPv4 as /32 (seed, setup steps 2 and 5), IPv6 as
+//     /128 (the fix adds it with nodad, as VIPsUp does);
 //   - ip_local_port_range overlapping none of OtherPortRanges, and not left at
 //     the kernel default when other ranges are given (seed, setup step 7).
+//
+// What IPv6 VIPs rely on, measured by this package's namespace tests
+// (TestFrontendIgnoresNSForLoVIP and the tests next to it) on Linux 6.18:
+//
+//   - No frontend answers neighbour solicitations for a VIP it holds on lo,
+//     the IPv6 counterpart of arp_ignore=1, and no sysctl is needed for it:
+//     ndisc_recv_ns looks the target up among the addresses of the receiving
+//     device only (ipv6_get_ifaddr with strict=1), so a /128 on lo is not
+//     answered on Iface, whether the solicitation is sent to the
+//     solicited-node group, to all nodes or unicast to the frontend's MAC. The
+//     kernel answers for an address it does not hold on Iface only as a proxy:
+//     forwarding = 1 on Iface, proxy_ndp = 1 on all or Iface, and a proxy
+//     entry for the VIP (`ip -6 neigh add proxy VIP dev IFACE`); proxy_ndp or
+//     forwarding alone, or an entry without forwarding, answered nothing.
+//     Doctor requires proxy_ndp = 0 on all and Iface: the one setting under
+//     l2lb's control that rules proxying out, whatever entries other software
+//     adds and whether the host forwards. (Read in the source, not measured:
+//     an anycast address of Iface would be answered too, but the kernel
+//     derives none from a /128 on lo.)
+//   - The counterpart of arp_announce=2 needs no setting either: a frontend
+//     resolving a client's MAC for a reply sent from the VIP solicits with its
+//     link-local source (ndisc_solicit takes the packet's source only if it
+//     is an address of the outgoing device), never with the VIP.
+//   - lo does no duplicate address detection (addrconf_dad_begin skips
+//     loopback devices): an address added there is usable at once whatever
+//     accept_dad says, so accept_dad is not checked; VIPsUp adds IFA_F_NODAD
+//     all the same.
+//   - disable_ipv6 = 1 on lo removes its IPv6 addresses and refuses new ones,
+//     so no IPv6 VIP can be held; on Iface it stops IPv6 traffic for them.
+//   - IPv6 has no rp_filter, so nothing drops re-injected IPv6 frames.
 //
 // Doctor only reads; Apply performs the fixes.
 func Doctor(sys Sysctl, addrs AddrManager, in DoctorInput) []Finding {
 	var out []Finding
 	devs := []string{"all", in.Iface}
-	out = append(out, sysctlChecks(sys, CheckARPIgnore, devs, atLeast(1), "1")...)
-	out = append(out, sysctlChecks(sys, CheckARPAnnounce, devs, oneOf(2), "2")...)
-	out = append(out, sysctlChecks(sys, CheckRPFilter, []string{"all", LoopbackIface, in.Iface}, oneOf(0, 2), "2")...)
+	out = append(out, sysctlChecks(sys, KeyFor, CheckARPIgnore, devs, atLeast(1), "1")...)
+	out = append(out, sysctlChecks(sys, KeyFor, CheckARPAnnounce, devs, oneOf(2), "2")...)
+	out = append(out, sysctlChecks(sys, KeyFor, CheckRPFilter, []string{"all", LoopbackIface, in.Iface}, oneOf(0, 2), "2")...)
+	if hasIPv6(in.VIPs) {
+		// Before vip_on_lo: Apply must enable IPv6 on lo before it adds
+		// the VIPs there.
+		out = append(out, sysctlChecks(sys, KeyFor6, CheckDisableIPv6, []string{LoopbackIface, in.Iface}, oneOf(0), "0")...)
+		out = append(out, sysctlChecks(sys, KeyFor6, CheckProxyNDP, devs, oneOf(0), "0")...)
+	}
 	out = append(out, vipChecks(addrs, in.VIPs)...)
 	out = append(out, portRangeCheck(sys, in.OtherPortRanges))
 	return out
+}
+
+func hasIPv6(vips []netip.Addr) bool {
+	for _, v := range vips {
+		if v.Is6() && !v.Is4In6() {
+			return true
+		}
+	}
+	return false
 }
 
 // valueRule is an acceptable-value test with its description for Want.
@@ -162,9 +216,10 @@ func oneOf(vals ...int) valueRule {
 	}
 }
 
-// sysctlChecks checks net.ipv4.conf.DEV.name for each distinct device and
-// offers to set fixTo where the value is not acceptable.
-func sysctlChecks(sys Sysctl, check string, devs []string, rule valueRule, fixTo string) []Finding {
+// sysctlChecks checks keyFor(DEV, check) (net.ipv4.conf.DEV.check or
+// net.ipv6.conf.DEV.check) for each distinct device and offers to set fixTo
+// where the value is not acceptable.
+func sysctlChecks(sys Sysctl, keyFor func(dev, name string) string, check string, devs []string, rule valueRule, fixTo string) []Finding {
 	var out []Finding
 	seen := map[string]bool{}
 	for _, dev := range devs {
@@ -180,7 +235,7 @@ func sysctlChecks(sys Sysctl, check string, devs []string, rule valueRule, fixTo
 			})
 			continue
 		}
-		key := KeyFor(dev, check)
+		key := keyFor(dev, check)
 		f := Finding{Check: check, Want: key + rule.want}
 		raw, err := sys.Get(key)
 		if err != nil {
@@ -207,11 +262,11 @@ func vipChecks(addrs AddrManager, vips []netip.Addr) []Finding {
 	}
 	vips, err := checkVIPs(vips)
 	if err != nil {
-		return []Finding{{Check: CheckVIPOnLo, Have: err.Error(), Want: "IPv4 VIPs"}}
+		return []Finding{{Check: CheckVIPOnLo, Have: err.Error(), Want: "IPv4 or IPv6 VIPs"}}
 	}
 	have, err := loHosts(addrs)
 	if err != nil {
-		return []Finding{{Check: CheckVIPOnLo, Have: "unreadable: " + err.Error(), Want: "every VIP as /32 on lo"}}
+		return []Finding{{Check: CheckVIPOnLo, Have: "unreadable: " + err.Error(), Want: "every VIP on lo, IPv4 as /32, IPv6 as /128"}}
 	}
 	out := make([]Finding, 0, len(vips))
 	for _, v := range vips {
@@ -223,6 +278,9 @@ func vipChecks(addrs AddrManager, vips []netip.Addr) []Finding {
 		} else {
 			f.Have = p.String() + " missing from " + LoopbackIface
 			f.Fix = fmt.Sprintf("ip address add %s dev %s", p, LoopbackIface)
+			if addFlags(p)&unix.IFA_F_NODAD != 0 {
+				f.Fix += " nodad"
+			}
 			f.apply = func() error { return addrs.Add(LoopbackIface, p) }
 		}
 		out = append(out, f)

@@ -2,6 +2,7 @@ package hostcfg
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -232,9 +233,156 @@ func TestDoctorVIPs(t *testing.T) {
 		t.Fatalf("Apply = %v, want ErrManualFix", err)
 	}
 
-	fs = Doctor(sys, newFakeAddrs(), DoctorInput{Iface: "eth0", VIPs: ips("2001:db8::1")})
-	if bad := failed(fs); len(bad) != 1 || bad[0].Check != CheckVIPOnLo {
-		t.Fatalf("IPv6 VIP: failures = %v", bad)
+	fs = Doctor(sys, newFakeAddrs(), DoctorInput{Iface: "eth0", VIPs: []netip.Addr{{}}})
+	if bad := failed(fs); len(bad) != 1 || bad[0].Check != CheckVIPOnLo || bad[0].Fix != "" {
+		t.Fatalf("invalid VIP: failures = %v", bad)
+	}
+}
+
+// goodHost6 is goodHost with the IPv6 settings an IPv6 VIP needs.
+func goodHost6() *fakeSysctl {
+	sys := goodHost()
+	for k, v := range map[string]string{
+		"net.ipv6.conf.all.proxy_ndp":     "0",
+		"net.ipv6.conf.eth0.proxy_ndp":    "0",
+		"net.ipv6.conf.lo.proxy_ndp":      "1", // not looked at: solicitations arrive on eth0
+		"net.ipv6.conf.lo.disable_ipv6":   "0",
+		"net.ipv6.conf.eth0.disable_ipv6": "0",
+		"net.ipv6.conf.all.disable_ipv6":  "1", // not looked at: the per-device values apply
+		"net.ipv6.conf.all.forwarding":    "1", // allowed: without proxy_ndp, forwarding answers nothing
+		"net.ipv6.conf.lo.accept_dad":     "1", // allowed: lo does no DAD
+	} {
+		sys.vals[k] = v
+	}
+	return sys
+}
+
+func TestDoctorIPv6(t *testing.T) {
+	addrs := newFakeAddrs("127.0.0.1/8", "::1/128", "192.0.2.200/32", "2001:db8::200/128")
+	in := DoctorInput{Iface: "eth0", VIPs: ips("192.0.2.200", "2001:db8::200")}
+	fs := Doctor(goodHost6(), addrs, in)
+	if bad := failed(fs); len(bad) != 0 {
+		t.Fatalf("unexpected failures: %v", bad)
+	}
+	var checks []string
+	for _, f := range fs {
+		checks = append(checks, f.Check)
+	}
+	want := []string{"arp_ignore", "arp_ignore", "arp_announce", "arp_announce", "rp_filter", "rp_filter", "rp_filter",
+		"disable_ipv6", "disable_ipv6", "proxy_ndp", "proxy_ndp", "vip_on_lo", "vip_on_lo", "port_range"}
+	if !slices.Equal(checks, want) {
+		t.Fatalf("checks = %v, want %v", checks, want)
+	}
+	if f := byKey(t, fs, CheckVIPOnLo, "2001:db8::200/128"); !f.OK || f.Have != "2001:db8::200/128 on lo" {
+		t.Fatalf("IPv6 VIP finding %+v", f)
+	}
+	// Without an IPv6 VIP the IPv6 settings are not looked at (TestDoctorAllGood
+	// checks the list), so a host with IPv6 disabled passes.
+	sys := goodHost()
+	sys.vals["net.ipv6.conf.lo.disable_ipv6"] = "1"
+	if bad := failed(Doctor(sys, addrs, DoctorInput{Iface: "eth0", VIPs: ips("192.0.2.200")})); len(bad) != 0 {
+		t.Fatalf("IPv4-only VIPs: failures %v", bad)
+	}
+	// No IPv6 at all (ipv6.disable=1): unreadable, fixed by hand.
+	fs = Doctor(goodHost(), addrs, in)
+	bad := failed(fs)
+	if len(bad) != 4 {
+		t.Fatalf("without /proc/sys/net/ipv6: failures %v, want 4", bad)
+	}
+	for _, f := range bad {
+		if f.Fix != "" || !strings.HasPrefix(f.Have, "unreadable: ") {
+			t.Errorf("finding %+v", f)
+		}
+	}
+	if err := Apply(fs); !errors.Is(err, ErrManualFix) {
+		t.Fatalf("Apply = %v, want ErrManualFix", err)
+	}
+}
+
+func TestDoctorIPv6Rules(t *testing.T) {
+	tests := []struct {
+		key, val string
+		ok       bool
+		fix      string
+	}{
+		{"net.ipv6.conf.all.proxy_ndp", "1", false, "sysctl -w net.ipv6.conf.all.proxy_ndp=0"},
+		{"net.ipv6.conf.eth0.proxy_ndp", "1", false, "sysctl -w net.ipv6.conf.eth0.proxy_ndp=0"},
+		{"net.ipv6.conf.eth0.proxy_ndp", "junk", false, "sysctl -w net.ipv6.conf.eth0.proxy_ndp=0"},
+		{"net.ipv6.conf.lo.disable_ipv6", "1", false, "sysctl -w net.ipv6.conf.lo.disable_ipv6=0"},
+		{"net.ipv6.conf.eth0.disable_ipv6", "1", false, "sysctl -w net.ipv6.conf.eth0.disable_ipv6=0"},
+		{"net.ipv6.conf.eth0.disable_ipv6", "0", true, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.key+"="+tc.val, func(t *testing.T) {
+			sys := goodHost6()
+			sys.vals[tc.key] = tc.val
+			addrs := newFakeAddrs("2001:db8::200/128")
+			in := DoctorInput{Iface: "eth0", VIPs: ips("2001:db8::200")}
+			fs := Doctor(sys, addrs, in)
+			check := tc.key[strings.LastIndexByte(tc.key, '.')+1:]
+			f := byKey(t, fs, check, tc.key)
+			if f.OK != tc.ok || f.Fix != tc.fix || f.Have != tc.key+"="+tc.val {
+				t.Fatalf("finding %+v: want OK=%v Fix=%q", f, tc.ok, tc.fix)
+			}
+			if n := len(failed(fs)); n != map[bool]int{true: 0, false: 1}[tc.ok] {
+				t.Fatalf("%d failures, want exactly this one: %v", n, failed(fs))
+			}
+			if tc.ok {
+				return
+			}
+			if err := Apply(fs); err != nil {
+				t.Fatal(err)
+			}
+			if want := tc.fix[len("sysctl -w "):]; !slices.Equal(sys.sets, []string{want}) {
+				t.Fatalf("Apply set %v, want [%s]", sys.sets, want)
+			}
+			if bad := failed(Doctor(sys, addrs, in)); len(bad) != 0 {
+				t.Fatalf("still failing after Apply: %v", bad)
+			}
+		})
+	}
+	t.Run("Iface lo checks disable_ipv6 once", func(t *testing.T) {
+		fs := Doctor(goodHost6(), newFakeAddrs(), DoctorInput{Iface: "lo", VIPs: ips("2001:db8::200")})
+		n := 0
+		for _, f := range fs {
+			if f.Check == CheckDisableIPv6 {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%d disable_ipv6 findings for Iface lo, want 1", n)
+		}
+	})
+	t.Run("VLAN device uses slash form", func(t *testing.T) {
+		sys := goodHost6()
+		sys.vals["net.ipv4.conf.eth0/100.arp_ignore"] = "1"
+		sys.vals["net.ipv4.conf.eth0/100.arp_announce"] = "2"
+		sys.vals["net.ipv4.conf.eth0/100.rp_filter"] = "2"
+		sys.vals["net.ipv6.conf.eth0/100.disable_ipv6"] = "0"
+		sys.vals["net.ipv6.conf.eth0/100.proxy_ndp"] = "1"
+		fs := Doctor(sys, newFakeAddrs("2001:db8::200/128"), DoctorInput{Iface: "eth0.100", VIPs: ips("2001:db8::200")})
+		if bad := failed(fs); len(bad) != 1 || bad[0].Fix != "sysctl -w net.ipv6.conf.eth0/100.proxy_ndp=0" {
+			t.Fatalf("failures = %v", bad)
+		}
+	})
+}
+
+func TestDoctorIPv6VIPMissing(t *testing.T) {
+	addrs := newFakeAddrs("127.0.0.1/8", "::1/128", "2001:db8::201/64")
+	fs := Doctor(goodHost6(), addrs, DoctorInput{Iface: "eth0", VIPs: ips("2001:db8::201")})
+	bad := failed(fs)
+	if len(bad) != 1 {
+		t.Fatalf("failures = %v, want one for 2001:db8::201", bad)
+	}
+	if f := bad[0]; f.Check != CheckVIPOnLo || f.Have != "2001:db8::201/128 missing from lo" || f.Want != "2001:db8::201/128 on lo" ||
+		f.Fix != "ip address add 2001:db8::201/128 dev lo nodad" {
+		t.Fatalf("finding %+v", f)
+	}
+	if err := Apply(fs); err != nil {
+		t.Fatal(err)
+	}
+	if got := addrs.calls[len(addrs.calls)-1]; got != "add lo 2001:db8::201/128" {
+		t.Fatalf("last call %q", got)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -24,6 +25,13 @@ import (
 // goroutine exits while locked), so no thread of the test process other than
 // the ones inNS uses ever leaves the original namespace.
 func newTestNetns(t *testing.T) netns.NsHandle {
+	t.Helper()
+	ns, _ := newNamedTestNetns(t)
+	return ns
+}
+
+// newNamedTestNetns is newTestNetns that also returns the name, for `ip -n`.
+func newNamedTestNetns(t *testing.T) (netns.NsHandle, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		e2e.Prereq(t, "needs root to create a network namespace")
@@ -52,7 +60,7 @@ func newTestNetns(t *testing.T) netns.NsHandle {
 	if r.err != nil {
 		e2e.Prereq(t, "cannot create network namespace: %v", r.err)
 	}
-	return r.ns
+	return r.ns, name
 }
 
 // inNS runs fn on a fresh OS thread that has joined ns, after checking that it
@@ -95,6 +103,7 @@ var watchedKeys = []string{
 	"net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce", "net.ipv4.conf.all.rp_filter",
 	"net.ipv4.conf.lo.arp_ignore", "net.ipv4.conf.lo.arp_announce", "net.ipv4.conf.lo.rp_filter",
 	portRangeKey,
+	"net.ipv6.conf.all.proxy_ndp", "net.ipv6.conf.lo.disable_ipv6", "net.ipv6.conf.lo.proxy_ndp",
 }
 
 func readHost(t *testing.T) hostState {
@@ -119,7 +128,7 @@ func readHost(t *testing.T) hostState {
 // against the real kernel inside a fresh network namespace, and that the
 // host namespace is untouched.
 func TestInNetns(t *testing.T) {
-	ns := newTestNetns(t)
+	ns, nsName := newNamedTestNetns(t)
 	host := readHost(t)
 	t.Cleanup(func() {
 		after := readHost(t)
@@ -226,6 +235,51 @@ func TestInNetns(t *testing.T) {
 		}
 	})
 
+	t.Run("ipv6 addresses", func(t *testing.T) {
+		vips := ips("2001:db8::200", "192.0.2.220", "2001:db8::201")
+		got, err := VIPsUp(m, vips)
+		if err != nil || !slices.Equal(got, changes("add", "2001:db8::200", "add", "192.0.2.220", "add", "2001:db8::201")) {
+			t.Fatalf("VIPsUp = %v, %v", got, err)
+		}
+		got, err = VIPsUp(m, vips)
+		if err != nil || !slices.Equal(got, changes("keep", "2001:db8::200", "keep", "192.0.2.220", "keep", "2001:db8::201")) {
+			t.Fatalf("second VIPsUp = %v, %v", got, err)
+		}
+		// Added with IFA_F_NODAD, not tentative, as `ip address add ... nodad`.
+		out, err := exec.Command("ip", "-n", nsName, "-6", "addr", "show", "dev", "lo").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip addr: %v: %s", err, out)
+		}
+		for _, v := range []string{"2001:db8::200/128", "2001:db8::201/128"} {
+			i := strings.Index(string(out), "inet6 "+v)
+			if i < 0 {
+				t.Fatalf("%s not on lo: %s", v, out)
+			}
+			line, _, _ := strings.Cut(string(out[i:]), "\n")
+			if !strings.Contains(line, "nodad") || strings.Contains(line, "tentative") {
+				t.Errorf("lo: %q, want nodad and not tentative", line)
+			}
+		}
+		var logged []string
+		got, err = VIPsUp(DryRun(m, func(s string) { logged = append(logged, s) }), ips("2001:db8::200", "2001:db8::202"))
+		if err != nil || !slices.Equal(got, changes("keep", "2001:db8::200", "add", "2001:db8::202")) ||
+			!slices.Equal(logged, []string{"would add 2001:db8::202/128 to lo (nodad)"}) {
+			t.Fatalf("dry VIPsUp = %v, %v, log %q", got, err, logged)
+		}
+		present, missing, err := VIPsList(m, ips("2001:db8::201", "2001:db8::202"))
+		if err != nil || !slices.Equal(present, ips("2001:db8::201")) || !slices.Equal(missing, ips("2001:db8::202")) {
+			t.Fatalf("VIPsList = %v, %v, %v", present, missing, err)
+		}
+		got, err = VIPsDown(m, append(vips, netip.MustParseAddr("2001:db8::202")))
+		if err != nil || !slices.Equal(got, changes("del", "2001:db8::200", "del", "192.0.2.220", "del", "2001:db8::201", "absent", "2001:db8::202")) {
+			t.Fatalf("VIPsDown = %v, %v", got, err)
+		}
+		list, err := m.List("lo")
+		if err != nil || !hasPrefix(list, "::1/128") || hasPrefix(list, "2001:db8::200/128") {
+			t.Fatalf("lo after VIPsDown = %v, %v; want ::1 kept, VIPs gone", list, err)
+		}
+	})
+
 	t.Run("sysctl", func(t *testing.T) {
 		sys := ProcSysctl()
 		// A new namespace has only its own devices under conf: proof that the
@@ -294,12 +348,16 @@ func TestInNetns(t *testing.T) {
 	})
 
 	t.Run("doctor", func(t *testing.T) {
-		in := DoctorInput{Iface: "lo", VIPs: ips("192.0.2.210", "192.0.2.211"), OtherPortRanges: []PortRange{{55000, 59000}}}
+		in := DoctorInput{Iface: "lo", VIPs: ips("192.0.2.210", "192.0.2.211", "2001:db8::210"), OtherPortRanges: []PortRange{{55000, 59000}}}
 		var before, after []Finding
 		var applyErr error
 		err := inNS(ns, func() error {
 			// Strict rp_filter on lo, as on hosts that ship with it, must be found and fixed.
 			if err := ProcSysctl().Set("net.ipv4.conf.lo.rp_filter", "1"); err != nil {
+				return err
+			}
+			// And proxy NDP, which would let the kernel answer for a VIP.
+			if err := ProcSysctl().Set("net.ipv6.conf.all.proxy_ndp", "1"); err != nil {
 				return err
 			}
 			before = Doctor(ProcSysctl(), NetlinkAddrs(), in)
@@ -314,7 +372,10 @@ func TestInNetns(t *testing.T) {
 		if rp.OK || rp.Fix != "sysctl -w net.ipv4.conf.lo.rp_filter=2" {
 			t.Fatalf("rp_filter finding %+v", rp)
 		}
-		if n := len(failed(before)); n < 3 { // rp_filter lo plus both missing VIPs at least
+		if f := byKey(t, before, CheckProxyNDP, "net.ipv6.conf.all.proxy_ndp"); f.OK || f.Fix != "sysctl -w net.ipv6.conf.all.proxy_ndp=0" {
+			t.Fatalf("proxy_ndp finding %+v", f)
+		}
+		if n := len(failed(before)); n < 5 { // rp_filter lo, proxy_ndp, the three missing VIPs at least
 			t.Fatalf("only %d failures before Apply: %v", n, before)
 		}
 		if applyErr != nil {

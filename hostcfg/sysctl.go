@@ -65,6 +65,12 @@ func KeyFor(dev, name string) string {
 	return "net.ipv4.conf." + strings.ReplaceAll(dev, ".", "/") + "." + name
 }
 
+// KeyFor6 returns the sysctl key of a per-interface IPv6 setting,
+// net.ipv6.conf.DEV.NAME, written like KeyFor.
+func KeyFor6(dev, name string) string {
+	return "net.ipv6.conf." + strings.ReplaceAll(dev, ".", "/") + "." + name
+}
+
 func (s procSysctl) Get(key string) (string, error) {
 	path, err := keyPath(s.root, key)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -12,7 +13,8 @@ import (
 	"github.com/l2lb/l2lb/vipset"
 )
 
-// cmdVIP replaces the seed's ifvip-utils, ifup-lo and ifdown-lo scripts.
+// cmdVIP replaces the seed's ifvip-utils, ifup-lo and ifdown-lo scripts: IPv4
+// VIPs go on lo as /32, IPv6 VIPs as /128 with nodad (hostcfg.VIPsUp).
 func cmdVIP(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "list") {
 		fs := newFlagSet("vip", stderr)
@@ -43,6 +45,7 @@ func cmdVIP(args []string, stdout, stderr io.Writer) int {
 	if *dry {
 		m = hostcfg.DryRun(m, func(s string) { fmt.Fprintln(stdout, s) })
 	}
+	w := addrWidth(vips.Addrs())
 	switch action {
 	case "list":
 		present, missing, err := hostcfg.VIPsList(m, vips.Addrs())
@@ -51,10 +54,10 @@ func cmdVIP(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		for _, a := range present {
-			fmt.Fprintf(stdout, "%-18s on lo\n", a)
+			fmt.Fprintf(stdout, "%-*s on lo\n", w, a)
 		}
 		for _, a := range missing {
-			fmt.Fprintf(stdout, "%-18s MISSING from lo\n", a)
+			fmt.Fprintf(stdout, "%-*s MISSING from lo\n", w, a)
 		}
 		if len(missing) > 0 {
 			return 1
@@ -67,7 +70,7 @@ func cmdVIP(args []string, stdout, stderr io.Writer) int {
 		}
 		changes, err := f(m, vips.Addrs())
 		for _, c := range changes {
-			fmt.Fprintf(stdout, "%-18s %s\n", c.Addr, c.Action)
+			fmt.Fprintf(stdout, "%-*s %s\n", w, c.Addr, c.Action)
 		}
 		if err != nil {
 			fmt.Fprintln(stderr, "l2lb vip", action+":", err)
@@ -77,7 +80,18 @@ func cmdVIP(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// cmdDoctor checks the seed's steps 3 and 7 and the design notes' sysctls.
+// addrWidth is the column width for addresses: 18 as for IPv4 always, wider
+// when an IPv6 VIP needs it.
+func addrWidth(addrs []netip.Addr) int {
+	w := 18
+	for _, a := range addrs {
+		w = max(w, len(a.String())+1)
+	}
+	return w
+}
+
+// cmdDoctor checks the seed's steps 3 and 7, the design notes' sysctls and,
+// when the file lists IPv6 VIPs, what they need (hostcfg.Doctor).
 func cmdDoctor(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("doctor", stderr)
 	iface := fs.String("i", "eth0", "interface that receives VIP traffic")
