@@ -19,8 +19,12 @@ import "sync/atomic"
 // bytes and the slot array has a power-of-two length, so a slot never
 // straddles a 64-byte line, a hit usually touches one line, and Touch
 // updates the slot in place through a pointer.
-type flowTab struct {
-	slots []slot
+//
+// flowTab is generic over the packed key K (flowKey), so every key type the
+// table holds shares this code; a slot's size follows from K's, and
+// TestSlotSizes pins it.
+type flowTab[K comparable] struct {
+	slots []slot[K]
 	n     int // used slots
 	// pfBase and pfMask are slots' address and len-1, published for
 	// Table.Prefetch, which reads them without the shard lock (see
@@ -30,15 +34,16 @@ type flowTab struct {
 	pfMask atomic.Uint32
 }
 
-// slot is one flow: 32 bytes, so two fill a cache line exactly.
-type slot struct {
-	a, b   uint64 // packed Key
+// slot is one flow: the packed key, then 12 bytes of state, rounded up to
+// the key's 8-byte alignment. With flowKey that is 16+12 -> 32 bytes, so two
+// fill a cache line exactly (TestSlotSizes).
+type slot[K comparable] struct {
+	key    K      // packed Key
 	exp    uint32 // expiry tick
 	member uint16
 	state  State
 	flags  uint8  // flagUsed, flagTemplate
 	hash   uint32 // high half of the key's hash: home slot without rehashing
-	_      uint32
 }
 
 const (
@@ -53,8 +58,8 @@ const (
 // (1 + 1/(1-α)^2)/2 (Knuth 6.4), is 8.5 there and grows fast beyond it.
 func overLoad(n, size int) bool { return n*4 > size*3 }
 
-// find returns the index of key (a, b) with hash h, or -1.
-func (t *flowTab) find(a, b uint64, h uint32) int {
+// find returns the index of key k with hash h, or -1.
+func (t *flowTab[K]) find(k K, h uint32) int {
 	if len(t.slots) == 0 {
 		return -1
 	}
@@ -64,25 +69,25 @@ func (t *flowTab) find(a, b uint64, h uint32) int {
 		if s.flags&flagUsed == 0 {
 			return -1
 		}
-		if s.a == a && s.b == b {
+		if s.key == k {
 			return int(i)
 		}
 	}
 }
 
 // add inserts a key known to be absent and returns its slot.
-func (t *flowTab) add(a, b uint64, h uint32) *slot {
+func (t *flowTab[K]) add(k K, h uint32) *slot[K] {
 	if len(t.slots) == 0 || overLoad(t.n+1, len(t.slots)) {
 		t.resize(max(minSlots, 2*len(t.slots)))
 	}
 	s := t.place(h)
-	s.a, s.b, s.hash, s.flags = a, b, h, flagUsed
+	s.key, s.hash, s.flags = k, h, flagUsed
 	t.n++
 	return s
 }
 
 // place returns the first empty slot on h's probe sequence.
-func (t *flowTab) place(h uint32) *slot {
+func (t *flowTab[K]) place(h uint32) *slot[K] {
 	m := uint32(len(t.slots) - 1)
 	for i := h & m; ; i = (i + 1) & m {
 		if t.slots[i].flags&flagUsed == 0 {
@@ -91,9 +96,9 @@ func (t *flowTab) place(h uint32) *slot {
 	}
 }
 
-func (t *flowTab) resize(size int) {
+func (t *flowTab[K]) resize(size int) {
 	old := t.slots
-	t.slots = make([]slot, size)
+	t.slots = make([]slot[K], size)
 	t.publish()
 	for i := range old {
 		if old[i].flags&flagUsed != 0 {
@@ -106,7 +111,7 @@ func (t *flowTab) resize(size int) {
 // every key stays reachable from its home slot without tombstones. A key
 // from later in the cluster may land in slot i, so a caller sweeping the
 // array must look at slot i again.
-func (t *flowTab) removeAt(idx int) {
+func (t *flowTab[K]) removeAt(idx int) {
 	m := uint32(len(t.slots) - 1)
 	i := uint32(idx)
 	j := i
@@ -124,13 +129,13 @@ func (t *flowTab) removeAt(idx int) {
 			i = j
 		}
 	}
-	t.slots[i] = slot{}
+	t.slots[i] = slot[K]{}
 	t.n--
 }
 
 // shrink halves the table while it is under 1/8 full, so memory comes back
 // after a flood of flows expires.
-func (t *flowTab) shrink() {
+func (t *flowTab[K]) shrink() {
 	size := len(t.slots)
 	for size > minSlots && t.n*8 < size {
 		size /= 2

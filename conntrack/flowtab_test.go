@@ -3,23 +3,33 @@ package conntrack
 import (
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 )
 
 // TestFlowTabModel drives flowTab against a Go map through growth, deletion
 // with backward shifts, sweeps and shrinking, with a tiny hash range so
 // clusters are long and wrap around the array.
 func TestFlowTabModel(t *testing.T) {
+	t.Run("flowKey", func(t *testing.T) {
+		testFlowTabModel(t, func(a, b uint64) flowKey { return flowKey{a, b} })
+	})
+}
+
+// testFlowTabModel is TestFlowTabModel for the slots of key type K; key
+// maps two numbers one-to-one onto keys.
+func testFlowTabModel[K comparable](t *testing.T, key func(a, b uint64) K) {
 	r := rand.New(rand.NewPCG(5, 6))
-	var ft flowTab
+	var ft flowTab[K]
 	model := map[[2]uint64]uint32{}
+	keyOf := map[K][2]uint64{}
 	check := func() {
 		t.Helper()
 		if ft.n != len(model) {
 			t.Fatalf("n = %d, model %d", ft.n, len(model))
 		}
 		for k, h := range model {
-			i := ft.find(k[0], k[1], h)
-			if i < 0 || ft.slots[i].a != k[0] || ft.slots[i].b != k[1] {
+			i := ft.find(key(k[0], k[1]), h)
+			if i < 0 || ft.slots[i].key != key(k[0], k[1]) {
 				t.Fatalf("key %v lost", k)
 			}
 		}
@@ -32,17 +42,18 @@ func TestFlowTabModel(t *testing.T) {
 			if _, ok := model[k]; ok {
 				continue
 			}
-			if ft.find(k[0], k[1], h) >= 0 {
+			if ft.find(key(k[0], k[1]), h) >= 0 {
 				t.Fatal("absent key found")
 			}
-			ft.add(k[0], k[1], h)
+			ft.add(key(k[0], k[1]), h)
 			model[k] = h
+			keyOf[key(k[0], k[1])] = k
 		}
 		check()
 		// Point deletes.
 		for k, h := range model {
 			if r.IntN(3) == 0 {
-				ft.removeAt(ft.find(k[0], k[1], h))
+				ft.removeAt(ft.find(key(k[0], k[1]), h))
 				delete(model, k)
 			}
 		}
@@ -50,8 +61,8 @@ func TestFlowTabModel(t *testing.T) {
 		// A sweep as Expire does it: remove in place, revisit the slot.
 		for i := 0; i < len(ft.slots); {
 			s := &ft.slots[i]
-			if s.flags&flagUsed != 0 && s.a%5 != 0 {
-				delete(model, [2]uint64{s.a, s.b})
+			if k := keyOf[s.key]; s.flags&flagUsed != 0 && k[0]%5 != 0 {
+				delete(model, k)
 				ft.removeAt(i)
 				continue
 			}
@@ -64,5 +75,21 @@ func TestFlowTabModel(t *testing.T) {
 			t.Fatalf("shrink kept %d slots for %d keys", len(ft.slots), len(model))
 		}
 		check()
+	}
+}
+
+// TestSlotSizes pins the slot size, which sets the bytes per flow, and
+// checks that slot arrays start on a cache line, so that with a size that
+// divides 64 no slot straddles two lines.
+func TestSlotSizes(t *testing.T) {
+	if sz := unsafe.Sizeof(slot[flowKey]{}); sz != 32 {
+		t.Errorf("IPv4 slot is %d bytes, want 32", sz)
+	}
+	for size := minSlots; size <= 1<<16; size *= 2 {
+		var ft flowTab[flowKey]
+		ft.resize(size)
+		if a := uintptr(unsafe.Pointer(&ft.slots[0])); a%64 != 0 {
+			t.Errorf("%d IPv4 slots start at %#x, not on a cache line", size, a)
+		}
 	}
 }

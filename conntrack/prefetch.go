@@ -35,25 +35,26 @@ const PrefetchBatch = 8
 // Use it on a batch: Prefetch the keys of up to PrefetchBatch frames, then
 // Touch each. One Prefetch right before its own Touch gains nothing.
 func (t *Table) Prefetch(k Key) {
-	if a := t.homeAddr(k); a != 0 {
+	if a := (v4{t}).homeAddr(k.pack()); a != 0 {
 		prefetch(a)
 	}
 }
 
-// homeAddr is the address of k's home slot in its shard's current array, or
+// homeAddr is the address of f's home slot in its shard's current array, or
 // 0 when the shard never held a flow. It reads only the published atomics.
-func (t *Table) homeAddr(k Key) uintptr {
-	s, h := t.flowShard(k.pack())
+func (t fam[K, T]) homeAddr(f K) uintptr {
+	s, h := flowShard(t.Table, f)
+	ft := &t.of(s).flows
 	// The two loads are not atomic together: between them a resize may
 	// publish a new array, pairing a new base with an old mask or the other
 	// way round. The address may then lie outside any slot array, which a
 	// prefetch tolerates (it neither faults nor is observable), and the
 	// Touch that follows takes the lock and reads the current array.
-	base := s.flows.pfBase.Load()
+	base := ft.pfBase.Load()
 	if base == 0 {
 		return 0
 	}
-	return base + uintptr(h&s.flows.pfMask.Load())*unsafe.Sizeof(slot{})
+	return base + uintptr(h&ft.pfMask.Load())*unsafe.Sizeof(slot[K]{})
 }
 
 // publish records slots' address and mask for Prefetch; resize calls it
@@ -61,7 +62,7 @@ func (t *Table) homeAddr(k Key) uintptr {
 // (not a pointer) so it does not keep a replaced array alive: the Go heap
 // does not move objects, and a prefetch of freed or reused memory is
 // harmless.
-func (t *flowTab) publish() {
+func (t *flowTab[K]) publish() {
 	if len(t.slots) == 0 {
 		t.pfBase.Store(0)
 		t.pfMask.Store(0)

@@ -7,28 +7,35 @@ import (
 )
 
 // checkPublished checks that every shard's published base and mask describe
-// its current slot array, and that every flow's home slot, as Prefetch
+// its current slot arrays, and that every flow's home slot, as Prefetch
 // computes it, is where find starts probing for it.
 func checkPublished(t *testing.T, tb *Table) {
 	t.Helper()
-	for i := range tb.shards {
-		s := &tb.shards[i]
+	checkPublishedFam(t, v4{tb})
+}
+
+func checkPublishedFam[K packedKey[K, T], T comparable](t *testing.T, f fam[K, T]) {
+	t.Helper()
+	for i := range f.shards {
+		s := &f.shards[i]
+		ft := &f.of(s).flows
 		s.mu.Lock()
-		base, mask := s.flows.pfBase.Load(), s.flows.pfMask.Load()
-		if len(s.flows.slots) == 0 {
+		base, mask := ft.pfBase.Load(), ft.pfMask.Load()
+		if len(ft.slots) == 0 {
 			if base != 0 {
 				t.Fatalf("shard %d: empty array published as %#x", i, base)
 			}
-		} else if base != uintptr(unsafe.Pointer(&s.flows.slots[0])) || int(mask) != len(s.flows.slots)-1 {
-			t.Fatalf("shard %d: published %#x/%d, array at %p len %d", i, base, mask, &s.flows.slots[0], len(s.flows.slots))
+		} else if base != uintptr(unsafe.Pointer(&ft.slots[0])) || int(mask) != len(ft.slots)-1 {
+			t.Fatalf("shard %d: published %#x/%d, array at %p len %d", i, base, mask, &ft.slots[0], len(ft.slots))
 		}
 		s.mu.Unlock()
 	}
-	// Range holds the lock of k's shard while it calls fn.
-	tb.Range(func(k Key, _ Entry) bool {
-		s, h := tb.flowShard(k.pack())
-		want := uintptr(unsafe.Pointer(&s.flows.slots[h&uint32(len(s.flows.slots)-1)]))
-		if got := tb.homeAddr(k); got != want {
+	// rangeFlows holds the lock of k's shard while it calls fn.
+	f.rangeFlows(func(k K, _ Entry) bool {
+		s, h := flowShard(f.Table, k)
+		ft := &f.of(s).flows
+		want := uintptr(unsafe.Pointer(&ft.slots[h&uint32(len(ft.slots)-1)]))
+		if got := f.homeAddr(k); got != want {
 			t.Fatalf("home of %+v: Prefetch %#x, find %#x", k, got, want)
 		}
 		return true
@@ -53,7 +60,7 @@ func TestPrefetchTracksResizes(t *testing.T) {
 	tb.Expire(t0 + 3600*sec)
 	checkPublished(t, tb)
 	for i := range tb.shards {
-		if n := len(tb.shards[i].flows.slots); n != minSlots {
+		if n := len(tb.shards[i].v4.flows.slots); n != minSlots {
 			t.Fatalf("shard %d kept %d slots", i, n)
 		}
 	}

@@ -40,10 +40,15 @@ func validState(proto uint8, st State) bool {
 // Import returns ErrBadMember for a member above MaxMember and ErrBadState
 // for a state that does not fit k.Proto (a TCP state for a UDP flow, say).
 func (t *Table) Import(k Key, member uint32, state State, expires int64, now int64) error {
+	return v4{t}.importFlow(k.pack(), member, state, validState(k.Proto, state), expires, now)
+}
+
+// importFlow is Import; stateOK says whether state fits the flow's protocol.
+func (t fam[K, T]) importFlow(f K, member uint32, state State, stateOK bool, expires int64, now int64) error {
 	if member > MaxMember {
 		return ErrBadMember
 	}
-	if !validState(k.Proto, state) {
+	if !stateOK {
 		return ErrBadState
 	}
 	if lim := now + t.timeout[state]; expires > lim {
@@ -53,16 +58,16 @@ func (t *Table) Import(k Key, member uint32, state State, expires int64, now int
 		return nil
 	}
 	exp := expiryTick(expires, 0)
-	f := k.pack()
 	// The periodic refresh of a live flow is the common case: update it in
 	// place first, which needs no capacity, so a full table still accepts
 	// refreshes of the flows it holds.
-	s, h := t.flowShard(f)
+	s, h := flowShard(t.Table, f)
+	ft := &t.of(s).flows
 	s.mu.Lock()
 	s.advance(now)
-	if i := s.flows.find(f.a, f.b, h); i >= 0 && !expired(s.flows.slots[i].exp, now) {
-		v := &s.flows.slots[i]
-		t.updateSlot(v, member, state, exp)
+	if i := ft.find(f, h); i >= 0 && !expired(ft.slots[i].exp, now) {
+		v := &ft.slots[i]
+		updateSlot(t.Table, v, member, state, exp)
 		held := v.flags&flagTemplate != 0
 		s.mu.Unlock()
 		if held {
@@ -77,7 +82,7 @@ func (t *Table) Import(k Key, member uint32, state State, expires int64, now int
 }
 
 // updateSlot applies an import to live flow v under its shard's lock.
-func (t *Table) updateSlot(v *slot, member uint32, state State, exp uint32) {
+func updateSlot[K comparable](t *Table, v *slot[K], member uint32, state State, exp uint32) {
 	if uint32(v.member) != member {
 		t.active[v.member].Add(-1)
 		t.active[member].Add(1)
@@ -90,14 +95,15 @@ func (t *Table) updateSlot(v *slot, member uint32, state State, exp uint32) {
 // pointTemplate points existing template tk at member and restarts its
 // persistence period at now, as acquireTemplate does, without taking a
 // reference. A template removed meanwhile is not recreated: no flow holds it.
-func (t *Table) pointTemplate(tk uint64, member uint32, now int64) {
-	s := t.tmplShard(tk)
+func (t fam[K, T]) pointTemplate(tk T, member uint32, now int64) {
+	s := tmplShard(t.Table, tk)
+	sf := t.of(s)
 	s.mu.Lock()
 	s.advance(now)
-	if v, ok := s.tmpls[tk]; ok {
+	if v, ok := sf.tmpls[tk]; ok {
 		v.member = uint16(member)
 		v.exp = laterTick(v.exp, expiryTick(now, t.persist))
-		s.tmpls[tk] = v
+		sf.tmpls[tk] = v
 	}
 	s.mu.Unlock()
 }
@@ -116,6 +122,10 @@ func (t *Table) pointTemplate(tk uint64, member uint32, now int64) {
 // off, ErrBadMember for a member above MaxMember, and ErrFull when
 // MaxEntries templates exist already.
 func (t *Table) ImportTemplate(client, vip uint32, member uint32, expires int64, now int64) error {
+	return v4{t}.importTemplate(tmplKey4(client, vip), member, expires, now)
+}
+
+func (t fam[K, T]) importTemplate(tk T, member uint32, expires int64, now int64) error {
 	if t.persist == 0 {
 		return ErrNoPersistence
 	}
@@ -129,12 +139,12 @@ func (t *Table) ImportTemplate(client, vip uint32, member uint32, expires int64,
 		return nil
 	}
 	exp := expiryTick(expires, 0)
-	tk := uint64(client)<<32 | uint64(vip)
-	s := t.tmplShard(tk)
+	s := tmplShard(t.Table, tk)
+	sf := t.of(s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.advance(now)
-	v, ok := t.templateForUpdate(s, tk, exp)
+	v, ok := t.templateForUpdate(sf, tk, exp)
 	if !ok {
 		return ErrFull
 	}
@@ -142,7 +152,7 @@ func (t *Table) ImportTemplate(client, vip uint32, member uint32, expires int64,
 	// later of the two is the new one: it is replaced, not resurrected.
 	v.member = uint16(member)
 	v.exp = laterTick(v.exp, exp)
-	s.tmpls[tk] = v
+	sf.tmpls[tk] = v
 	return nil
 }
 
@@ -173,6 +183,10 @@ func (t *Table) latest() int64 {
 // Persistence after the latest time the table has seen, so a receiver keeps
 // it even before it learns of the flows.
 func (t *Table) RangeTemplates(fn func(client, vip uint32, e Entry) bool) {
+	v4{t}.rangeTemplates(func(tk uint64, e Entry) bool { return fn(uint32(tk>>32), uint32(tk), e) })
+}
+
+func (t fam[K, T]) rangeTemplates(fn func(tk T, e Entry) bool) {
 	if t.persist == 0 {
 		return // no template is ever created
 	}
@@ -180,8 +194,9 @@ func (t *Table) RangeTemplates(fn func(client, vip uint32, e Entry) bool) {
 	held := expiryTick(ref, t.persist)
 	for i := range t.shards {
 		s := &t.shards[i]
+		sf := t.of(s)
 		s.mu.Lock()
-		for tk, v := range s.tmpls {
+		for tk, v := range sf.tmpls {
 			exp := v.exp
 			if v.flows > 0 {
 				exp = laterTick(exp, held)
@@ -189,7 +204,7 @@ func (t *Table) RangeTemplates(fn func(client, vip uint32, e Entry) bool) {
 				continue
 			}
 			e := Entry{Member: uint32(v.member), Expires: tickTime(exp, ref)}
-			if !fn(uint32(tk>>32), uint32(tk), e) {
+			if !fn(tk, e) {
 				s.mu.Unlock()
 				return
 			}

@@ -557,7 +557,7 @@ func TestImportRecordRace(t *testing.T) {
 	}
 	for i, k := range []Key{k1, k3} {
 		member := uint32(5 + i)
-		if err := tb.record(k.pack(), member, StateClosing, expiryTick(now, sec), now, true); err != nil {
+		if err := (v4{tb}).record(k.pack(), member, StateClosing, expiryTick(now, sec), now, true); err != nil {
 			t.Fatalf("record(%+v, update) = %v", k, err)
 		}
 		if e, _ := entry(t, tb, k); e.Member != member || e.State != StateClosing {

@@ -128,9 +128,18 @@ type Config struct {
 	shards int
 }
 
-// flowKey is Key packed into two words, so the map hashes and compares 16
+// flowKey is Key packed into two words, so the table hashes and compares 16
 // bytes with no padding holes.
 type flowKey struct{ a, b uint64 }
+
+// packedKey is a flow key as the shards store it (flowKey), T the key of its
+// persistence templates. The table's code is generic over the pair (see
+// fam).
+type packedKey[K, T comparable] interface {
+	comparable
+	// tmplKey is the key of the flow's persistence template: client and VIP.
+	tmplKey() T
+}
 
 // tmplVal is the value of a persistence template.
 type tmplVal struct {
@@ -151,9 +160,15 @@ type shardState struct {
 	mu sync.Mutex
 	// now is the latest time seen under mu; operations without a "now"
 	// argument (Delete, SetMember, Range) use it.
-	now   int64
-	flows flowTab
-	tmpls map[uint64]tmplVal
+	now int64
+	v4  shardFam[flowKey, uint64]
+}
+
+// shardFam is one shard's flows and templates of one key type.
+type shardFam[K comparable, T comparable] struct {
+	flows flowTab[K]
+	// tmpls is made by the first template stored.
+	tmpls map[T]tmplVal
 }
 
 // Table is a sharded connection table safe for concurrent use.
@@ -172,6 +187,13 @@ type Table struct {
 	onInsert atomic.Pointer[func(k Key, member uint32, state State)]
 	active   [MaxMember + 1]atomic.Int64
 }
+
+// fam is the table's code for flows keyed by K with templates keyed by T;
+// the exported methods are thin wrappers that pack their keys and call it.
+type fam[K packedKey[K, T], T comparable] struct{ *Table }
+
+// v4 is the code for IPv4 flows.
+type v4 = fam[flowKey, uint64]
 
 // New returns an empty table configured by cfg.
 func New(cfg Config) *Table {
@@ -195,9 +217,6 @@ func New(cfg Config) *Table {
 	}
 	for s, d := range cfg.Timeouts.withDefaults().byState() {
 		t.timeout[s] = int64(d)
-	}
-	for i := range t.shards {
-		t.shards[i].tmpls = make(map[uint64]tmplVal)
 	}
 	return t
 }
@@ -223,14 +242,23 @@ func (f flowKey) unpack() Key {
 // ports and protocols (IPVS -p without a netmask or port).
 func (f flowKey) tmplKey() uint64 { return f.a }
 
+// tmplKey4 is the template key of an IPv4 client and VIP.
+func tmplKey4(client, vip uint32) uint64 { return uint64(client)<<32 | uint64(vip) }
+
+// of returns s's flows and templates of t's key type. The type assertion
+// compares two type words: no call, unlike a method of K.
+func (t fam[K, T]) of(s *shard) *shardFam[K, T] {
+	return any(&s.v4).(*shardFam[K, T])
+}
+
 // flowShard returns f's shard and the hash bits its slot index comes from
 // (the high half, independent of the low bits that chose the shard).
-func (t *Table) flowShard(f flowKey) (*shard, uint32) {
+func flowShard[K comparable](t *Table, f K) (*shard, uint32) {
 	h := maphash.Comparable(t.seed, f)
 	return &t.shards[h&t.mask], uint32(h >> 32)
 }
 
-func (t *Table) tmplShard(tk uint64) *shard {
+func tmplShard[T comparable](t *Table, tk T) *shard {
 	return &t.shards[maphash.Comparable(t.seed, tk)&t.mask]
 }
 
@@ -259,11 +287,11 @@ func tickTime(exp uint32, ref int64) int64 {
 	return (base + int64(int32(exp-uint32(base)))) << tickShift
 }
 
-// flowEnd is when a flow removed at now ended: its expiry if that already
-// passed, otherwise now.
-func flowEnd(v *slot, now int64) int64 {
-	if expired(v.exp, now) {
-		return tickTime(v.exp, now)
+// flowEnd is when a flow with expiry tick exp, removed at now, ended: its
+// expiry if that already passed, otherwise now.
+func flowEnd(exp uint32, now int64) int64 {
+	if expired(exp, now) {
+		return tickTime(exp, now)
 	}
 	return now
 }
@@ -279,16 +307,20 @@ func (s *shard) advance(now int64) {
 // flow whose expiry passed but that Expire has not yet removed is a miss.
 // Touch does not allocate.
 func (t *Table) Touch(k Key, tcpFlags uint8, now int64) (member uint32, ok bool) {
-	f := k.pack()
-	s, h := t.flowShard(f)
+	return v4{t}.touch(k.pack(), tcpFlags, now)
+}
+
+func (t fam[K, T]) touch(f K, tcpFlags uint8, now int64) (member uint32, ok bool) {
+	s, h := flowShard(t.Table, f)
+	ft := &t.of(s).flows
 	s.mu.Lock()
 	s.advance(now)
-	i := s.flows.find(f.a, f.b, h)
+	i := ft.find(f, h)
 	if i < 0 {
 		s.mu.Unlock()
 		return 0, false
 	}
-	v := &s.flows.slots[i]
+	v := &ft.slots[i]
 	if expired(v.exp, now) {
 		s.mu.Unlock()
 		return 0, false
@@ -314,7 +346,7 @@ func (t *Table) Insert(k Key, member uint32, tcpFlags uint8, now int64) error {
 		return ErrBadMember
 	}
 	state := firstState(k.Proto, tcpFlags)
-	if err := t.record(k.pack(), member, state, expiryTick(now, t.timeout[state]), now, false); err != nil {
+	if err := (v4{t}).record(k.pack(), member, state, expiryTick(now, t.timeout[state]), now, false); err != nil {
 		return err
 	}
 	if fn := t.onInsert.Load(); fn != nil {
@@ -345,7 +377,7 @@ func (t *Table) SetOnInsert(fn func(k Key, member uint32, state State)) {
 // reference with persistence on, for Insert and Import. A flow that expired
 // but was not yet removed is replaced. When f is live already, record
 // returns ErrExists, or with update set updates f as Import does.
-func (t *Table) record(f flowKey, member uint32, state State, exp uint32, now int64, update bool) error {
+func (t fam[K, T]) record(f K, member uint32, state State, exp uint32, now int64, update bool) error {
 	if t.nflows.Add(1) > t.max {
 		t.nflows.Add(-1)
 		return ErrFull
@@ -357,19 +389,20 @@ func (t *Table) record(f flowKey, member uint32, state State, exp uint32, now in
 	if t.persist > 0 && t.acquireTemplate(tk, member, now) {
 		flags |= flagTemplate
 	}
-	s, h := t.flowShard(f)
+	s, h := flowShard(t.Table, f)
+	ft := &t.of(s).flows
 	s.mu.Lock()
 	s.advance(now)
-	var old slot
+	var old slot[K]
 	exists := false
-	var v *slot
-	if i := s.flows.find(f.a, f.b, h); i >= 0 {
-		v = &s.flows.slots[i]
+	var v *slot[K]
+	if i := ft.find(f, h); i >= 0 {
+		v = &ft.slots[i]
 		if !expired(v.exp, now) {
 			err := ErrExists
 			if update {
 				err = nil
-				t.updateSlot(v, member, state, exp)
+				updateSlot(t.Table, v, member, state, exp)
 				if v.flags&flagTemplate == 0 && flags&flagTemplate != 0 {
 					// The flow has no reference yet: it keeps ours.
 					v.flags |= flagTemplate
@@ -386,7 +419,7 @@ func (t *Table) record(f flowKey, member uint32, state State, exp uint32, now in
 		old, exists = *v, true
 		t.active[old.member].Add(-1)
 	} else {
-		v = s.flows.add(f.a, f.b, h)
+		v = ft.add(f, h)
 	}
 	v.member, v.state, v.flags = uint16(member), state, flags
 	v.exp = exp
@@ -401,15 +434,18 @@ func (t *Table) record(f flowKey, member uint32, state State, exp uint32, now in
 	return nil
 }
 
-// templateForUpdate returns template tk of shard s (locked by the caller) to be changed and
+// templateForUpdate returns template tk of sf (whose shard the caller locked) to be changed and
 // stored back, creating it with expiry exp when absent. It reports false when no room is left
 // for a new template.
-func (t *Table) templateForUpdate(s *shard, tk uint64, exp uint32) (tmplVal, bool) {
-	v, ok := s.tmpls[tk]
+func (t fam[K, T]) templateForUpdate(sf *shardFam[K, T], tk T, exp uint32) (tmplVal, bool) {
+	v, ok := sf.tmpls[tk]
 	if !ok {
 		if t.ntmpls.Add(1) > t.max {
 			t.ntmpls.Add(-1)
 			return v, false
+		}
+		if sf.tmpls == nil {
+			sf.tmpls = make(map[T]tmplVal)
 		}
 		v.exp = exp
 	}
@@ -419,13 +455,14 @@ func (t *Table) templateForUpdate(s *shard, tk uint64, exp uint32) (tmplVal, boo
 // acquireTemplate takes a flow's reference on template tk, creating it or
 // pointing it at member, and restarts its persistence period at now. It
 // reports false when the template could not be created for lack of room.
-func (t *Table) acquireTemplate(tk uint64, member uint32, now int64) bool {
-	s := t.tmplShard(tk)
+func (t fam[K, T]) acquireTemplate(tk T, member uint32, now int64) bool {
+	s := tmplShard(t.Table, tk)
+	sf := t.of(s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.advance(now)
 	exp := expiryTick(now, t.persist)
-	v, ok := t.templateForUpdate(s, tk, exp)
+	v, ok := t.templateForUpdate(sf, tk, exp)
 	if !ok {
 		return false
 	}
@@ -435,20 +472,21 @@ func (t *Table) acquireTemplate(tk uint64, member uint32, now int64) bool {
 	v.member = uint16(member)
 	v.flows++
 	v.exp = laterTick(v.exp, exp)
-	s.tmpls[tk] = v
+	sf.tmpls[tk] = v
 	return true
 }
 
 // releaseTemplate drops a flow's reference on template tk; the flow ended at
 // end, which starts the template's last persistence period.
-func (t *Table) releaseTemplate(tk uint64, end int64) {
-	s := t.tmplShard(tk)
+func (t fam[K, T]) releaseTemplate(tk T, end int64) {
+	s := tmplShard(t.Table, tk)
+	sf := t.of(s)
 	s.mu.Lock()
-	v, ok := s.tmpls[tk]
+	v, ok := sf.tmpls[tk]
 	if ok && v.flows > 0 {
 		v.flows--
 		v.exp = laterTick(v.exp, expiryTick(end, t.persist))
-		s.tmpls[tk] = v
+		sf.tmpls[tk] = v
 	}
 	s.mu.Unlock()
 }
@@ -457,11 +495,15 @@ func (t *Table) releaseTemplate(tk uint64, end int64) {
 // holds, if the template is live: some flow of the pair lives, or the
 // persistence period after the last activity has not passed.
 func (t *Table) Template(client, vip uint32, now int64) (member uint32, ok bool) {
-	tk := uint64(client)<<32 | uint64(vip)
-	s := t.tmplShard(tk)
+	return v4{t}.template(tmplKey4(client, vip), now)
+}
+
+func (t fam[K, T]) template(tk T, now int64) (member uint32, ok bool) {
+	s := tmplShard(t.Table, tk)
+	sf := t.of(s)
 	s.mu.Lock()
 	s.advance(now)
-	v, ok := s.tmpls[tk]
+	v, ok := sf.tmpls[tk]
 	s.mu.Unlock()
 	if !ok || (v.flows == 0 && expired(v.exp, now)) {
 		return 0, false
@@ -472,18 +514,22 @@ func (t *Table) Template(client, vip uint32, now int64) (member uint32, ok bool)
 // SetMember re-points flow k at member, for rescheduling a flow whose member
 // went away. It reports whether k was tracked and member is valid.
 func (t *Table) SetMember(k Key, member uint32) bool {
+	return v4{t}.setMember(k.pack(), member)
+}
+
+func (t fam[K, T]) setMember(f K, member uint32) bool {
 	if member > MaxMember {
 		return false
 	}
-	f := k.pack()
-	s, h := t.flowShard(f)
+	s, h := flowShard(t.Table, f)
+	ft := &t.of(s).flows
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i := s.flows.find(f.a, f.b, h)
+	i := ft.find(f, h)
 	if i < 0 {
 		return false
 	}
-	v := &s.flows.slots[i]
+	v := &ft.slots[i]
 	if uint32(v.member) != member {
 		t.active[v.member].Add(-1)
 		t.active[member].Add(1)
@@ -496,18 +542,22 @@ func (t *Table) SetMember(k Key, member uint32) bool {
 // any, starts its last persistence period at the latest time the flow's
 // shard has seen.
 func (t *Table) Delete(k Key) bool {
-	f := k.pack()
-	s, h := t.flowShard(f)
+	return v4{t}.delete(k.pack())
+}
+
+func (t fam[K, T]) delete(f K) bool {
+	s, h := flowShard(t.Table, f)
+	ft := &t.of(s).flows
 	s.mu.Lock()
-	i := s.flows.find(f.a, f.b, h)
+	i := ft.find(f, h)
 	if i < 0 {
 		s.mu.Unlock()
 		return false
 	}
-	v := s.flows.slots[i]
-	s.flows.removeAt(i)
+	v := ft.slots[i]
+	ft.removeAt(i)
 	t.active[v.member].Add(-1)
-	end := flowEnd(&v, s.now)
+	end := flowEnd(v.exp, s.now)
 	s.mu.Unlock()
 	t.nflows.Add(-1)
 	if v.flags&flagTemplate != 0 {
@@ -518,8 +568,8 @@ func (t *Table) Delete(k Key) bool {
 
 // release is a template reference dropped while a shard was locked, applied
 // after the lock is released so no two shard locks are ever held at once.
-type release struct {
-	tk  uint64
+type release[T comparable] struct {
+	tk  T
 	end int64
 }
 
@@ -528,34 +578,18 @@ type release struct {
 // at a time, so the fast path waits at most for one shard's sweep. It returns
 // how many flows and templates it removed.
 func (t *Table) Expire(now int64) (flows, templates int) {
-	var rel []release
+	var rel []release[uint64]
 	for i := range t.shards {
 		s := &t.shards[i]
-		n := 0
 		s.mu.Lock()
 		s.advance(now)
-		for i := 0; i < len(s.flows.slots); {
-			v := &s.flows.slots[i]
-			if v.flags&flagUsed == 0 || !expired(v.exp, now) {
-				i++
-				continue
-			}
-			t.active[v.member].Add(-1)
-			n++
-			if v.flags&flagTemplate != 0 {
-				rel = append(rel, release{v.a, tickTime(v.exp, now)})
-			}
-			s.flows.removeAt(i) // slot i may now hold another flow: look again
-		}
-		s.flows.shrink()
+		var n int
+		n, rel = v4{t}.sweep(&s.v4, now, rel[:0])
 		s.mu.Unlock()
 		// Free capacity shard by shard so Insert can use it at once.
 		t.nflows.Add(-int64(n))
 		flows += n
-		for _, r := range rel {
-			t.releaseTemplate(r.tk, r.end)
-		}
-		rel = rel[:0]
+		v4{t}.releaseAll(rel)
 	}
 	if t.persist == 0 {
 		return flows, 0
@@ -563,24 +597,62 @@ func (t *Table) Expire(now int64) (flows, templates int) {
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		for tk, v := range s.tmpls {
-			if !expired(v.exp, now) {
-				continue
-			}
-			if v.flows > 0 {
-				// Held by flows: keep the expiry within serial-number
-				// range of now (RFC 1982) for when the last flow ends.
-				v.exp = expiryTick(now, t.persist)
-				s.tmpls[tk] = v
-				continue
-			}
-			delete(s.tmpls, tk)
-			templates++
-		}
+		templates += v4{t}.expireTemplates(&s.v4, now)
 		s.mu.Unlock()
 	}
 	t.ntmpls.Add(-int64(templates))
 	return flows, templates
+}
+
+// sweep removes sf's flows whose expiry passed at now, under its shard's
+// lock, and returns how many it removed and, appended to rel, the template
+// references they held.
+func (t fam[K, T]) sweep(sf *shardFam[K, T], now int64, rel []release[T]) (int, []release[T]) {
+	ft := &sf.flows
+	n := 0
+	for i := 0; i < len(ft.slots); {
+		v := &ft.slots[i]
+		if v.flags&flagUsed == 0 || !expired(v.exp, now) {
+			i++
+			continue
+		}
+		t.active[v.member].Add(-1)
+		n++
+		if v.flags&flagTemplate != 0 {
+			rel = append(rel, release[T]{v.key.tmplKey(), tickTime(v.exp, now)})
+		}
+		ft.removeAt(i) // slot i may now hold another flow: look again
+	}
+	ft.shrink()
+	return n, rel
+}
+
+func (t fam[K, T]) releaseAll(rel []release[T]) {
+	for _, r := range rel {
+		t.releaseTemplate(r.tk, r.end)
+	}
+}
+
+// expireTemplates removes sf's templates that no flow holds and whose
+// persistence period passed at now, under its shard's lock, and returns how
+// many it removed.
+func (t fam[K, T]) expireTemplates(sf *shardFam[K, T], now int64) int {
+	n := 0
+	for tk, v := range sf.tmpls {
+		if !expired(v.exp, now) {
+			continue
+		}
+		if v.flows > 0 {
+			// Held by flows: keep the expiry within serial-number
+			// range of now (RFC 1982) for when the last flow ends.
+			v.exp = expiryTick(now, t.persist)
+			sf.tmpls[tk] = v
+			continue
+		}
+		delete(sf.tmpls, tk)
+		n++
+	}
+	return n
 }
 
 // Len returns how many flows and persistence templates the table holds,
@@ -610,16 +682,21 @@ func (t *Table) Active(member uint32) int64 {
 // not yet removed are included, with Expires at or before the time they
 // expired; a sync sender should skip them (Import ignores them anyway).
 func (t *Table) Range(fn func(k Key, e Entry) bool) {
+	v4{t}.rangeFlows(func(f flowKey, e Entry) bool { return fn(f.unpack(), e) })
+}
+
+func (t fam[K, T]) rangeFlows(fn func(f K, e Entry) bool) {
 	for i := range t.shards {
 		s := &t.shards[i]
+		ft := &t.of(s).flows
 		s.mu.Lock()
-		for i := range s.flows.slots {
-			v := &s.flows.slots[i]
+		for i := range ft.slots {
+			v := &ft.slots[i]
 			if v.flags&flagUsed == 0 {
 				continue
 			}
 			e := Entry{Member: uint32(v.member), State: v.state, Expires: tickTime(v.exp, s.now)}
-			if !fn(flowKey{v.a, v.b}.unpack(), e) {
+			if !fn(v.key, e) {
 				s.mu.Unlock()
 				return
 			}

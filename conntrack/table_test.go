@@ -69,48 +69,7 @@ func checkMembers(t testing.TB, tb *Table, nMembers int) {
 	t.Helper()
 	flows, tmpls := tb.Len()
 	perMember := map[uint16]int64{}
-	held := map[uint64]uint32{}
-	n := 0
-	nt := 0
-	for i := range tb.shards {
-		s := &tb.shards[i]
-		s.mu.Lock()
-		used := 0
-		for i := range s.flows.slots {
-			v := &s.flows.slots[i]
-			if v.flags&flagUsed == 0 {
-				continue
-			}
-			used++
-			n++
-			perMember[v.member]++
-			if v.flags&flagTemplate != 0 {
-				held[flowKey{v.a, v.b}.tmplKey()]++
-			}
-			if s.flows.find(v.a, v.b, v.hash) != i {
-				t.Fatalf("flow %x/%x at slot %d unreachable from its home", v.a, v.b, i)
-			}
-		}
-		if used != s.flows.n {
-			t.Fatalf("shard %d counts %d flows, holds %d", i, s.flows.n, used)
-		}
-		s.mu.Unlock()
-	}
-	for i := range tb.shards {
-		s := &tb.shards[i]
-		s.mu.Lock()
-		for tk, v := range s.tmpls {
-			nt++
-			if held[tk] != v.flows {
-				t.Fatalf("template %x counts %d flows, %d hold it", tk, v.flows, held[tk])
-			}
-			delete(held, tk)
-		}
-		s.mu.Unlock()
-	}
-	if len(held) != 0 {
-		t.Fatalf("flows hold %d templates that do not exist", len(held))
-	}
+	n, nt := checkFam(t, v4{tb}, perMember)
 	if n != flows || nt != tmpls {
 		t.Fatalf("Len = %d, %d; maps hold %d, %d", flows, tmpls, n, nt)
 	}
@@ -125,6 +84,56 @@ func checkMembers(t testing.TB, tb *Table, nMembers int) {
 	if sum != int64(flows) {
 		t.Fatalf("sum of Active = %d, Len = %d", sum, flows)
 	}
+}
+
+// checkFam checks the flows and templates of one key type: every flow is
+// reachable from its home slot, each shard counts its flows right, and each
+// template counts the flows that hold it. It adds the flows of each member
+// to perMember and returns how many flows and templates it saw.
+func checkFam[K packedKey[K, T], T comparable](t testing.TB, f fam[K, T], perMember map[uint16]int64) (flows, tmpls int) {
+	t.Helper()
+	held := map[T]uint32{}
+	for i := range f.shards {
+		s := &f.shards[i]
+		ft := &f.of(s).flows
+		s.mu.Lock()
+		used := 0
+		for i := range ft.slots {
+			v := &ft.slots[i]
+			if v.flags&flagUsed == 0 {
+				continue
+			}
+			used++
+			flows++
+			perMember[v.member]++
+			if v.flags&flagTemplate != 0 {
+				held[v.key.tmplKey()]++
+			}
+			if ft.find(v.key, v.hash) != i {
+				t.Fatalf("flow %+v at slot %d unreachable from its home", v.key, i)
+			}
+		}
+		if used != ft.n {
+			t.Fatalf("shard %d counts %d flows, holds %d", i, ft.n, used)
+		}
+		s.mu.Unlock()
+	}
+	for i := range f.shards {
+		s := &f.shards[i]
+		s.mu.Lock()
+		for tk, v := range f.of(s).tmpls {
+			tmpls++
+			if held[tk] != v.flows {
+				t.Fatalf("template %+v counts %d flows, %d hold it", tk, v.flows, held[tk])
+			}
+			delete(held, tk)
+		}
+		s.mu.Unlock()
+	}
+	if len(held) != 0 {
+		t.Fatalf("flows hold %d templates that do not exist", len(held))
+	}
+	return flows, tmpls
 }
 
 func TestTCPLifecycleFIN(t *testing.T) {
@@ -846,8 +855,8 @@ func TestHashSeededPerTable(t *testing.T) {
 	const n = 64
 	for i := range n {
 		k := Key{Src: 0x0a000000 | uint32(i), Dst: 0xc00002c8, SPort: uint16(1024 + i), DPort: 25, Proto: ProtoTCP}
-		_, ha := a.flowShard(k.pack())
-		_, hb := b.flowShard(k.pack())
+		_, ha := flowShard(a, k.pack())
+		_, hb := flowShard(b, k.pack())
 		if ha == hb {
 			same++
 		}
