@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -77,15 +78,54 @@ type ARPReply struct {
 	Target netip.Addr
 }
 
+// NDPAdvert is one neighbour advertisement seen on the wire (RFC 4861
+// section 4.4), the IPv6 counterpart of an ARP reply.
+type NDPAdvert struct {
+	// IP is the target address: the address being answered for.
+	IP netip.Addr
+	// MAC is the target link-layer address option: the answer. It is nil
+	// when the option is missing, which an answer to a unicast
+	// solicitation may do (RFC 4861 section 7.2.4).
+	MAC net.HardwareAddr
+	// EthSrc is the Ethernet source address of the frame carrying it.
+	EthSrc net.HardwareAddr
+	// Dst is the IPv6 destination: who asked, or a multicast group for an
+	// unsolicited advertisement.
+	Dst netip.Addr
+	// Router, Solicited and Override are the R, S and O flags.
+	Router, Solicited, Override bool
+}
+
+// TooBig is one ICMP "fragmentation needed and DF set" (type 3 code 4, RFC
+// 1191) or ICMPv6 Packet Too Big (RFC 8201, RFC 4443 section 3.2) seen on the
+// wire.
+type TooBig struct {
+	// From is the message's source (the router), To its destination: the
+	// source of the packet that was too big (a VIP for a DSR reply).
+	From, To netip.Addr
+	// EthSrc and EthDst are the Ethernet addresses of the frame carrying it.
+	EthSrc, EthDst net.HardwareAddr
+	// MTU is the next-hop MTU the router reports.
+	MTU uint32
+	// QuotedSrc and QuotedDst are the source and destination of the quoted
+	// packet, with ports for TCP and UDP (0 otherwise or when cut short).
+	QuotedSrc, QuotedDst netip.AddrPort
+}
+
 // CaptureStats is the result of a capture.
 type CaptureStats struct {
-	// Flows maps each TCP flow seen to its counters.
+	// Flows maps each TCP flow seen, IPv4 and IPv6, to its counters.
 	Flows map[Flow]*FlowStats
 	// Handshakes maps each connection attempt the host started (its SYN
 	// was seen, or a SYN+ACK for it) to its counters.
 	Handshakes map[Handshake]*HandshakeStats
 	// ARPReplies lists every ARP reply seen, in order.
 	ARPReplies []ARPReply
+	// NDPAdverts lists every neighbour advertisement seen, in order.
+	NDPAdverts []NDPAdvert
+	// TooBigs lists every ICMP fragmentation-needed and ICMPv6 Packet Too
+	// Big message seen, in order, whoever sent or received it.
+	TooBigs []TooBig
 	// Frames is the number of frames read.
 	Frames int
 	// Dropped is the number of frames the kernel dropped because the
@@ -105,6 +145,17 @@ func (s CaptureStats) ARPRepliesFor(ip netip.Addr) []ARPReply {
 	return out
 }
 
+// NDPAdvertsFor returns the neighbour advertisements that answered for ip.
+func (s CaptureStats) NDPAdvertsFor(ip netip.Addr) []NDPAdvert {
+	var out []NDPAdvert
+	for _, a := range s.NDPAdverts {
+		if a.IP == ip {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // RSTs returns the total number of RST segments seen, in both directions.
 func (s CaptureStats) RSTs() int {
 	n := 0
@@ -114,7 +165,8 @@ func (s CaptureStats) RSTs() int {
 	return n
 }
 
-// Capture records TCP segments and ARP replies seen on one interface.
+// Capture records TCP segments (IPv4 and IPv6), ARP replies, neighbour
+// advertisements and ICMP too-big messages seen on one interface.
 type Capture struct {
 	h     *Host
 	conn  *packet.Conn
@@ -183,15 +235,22 @@ func (h *Host) Capture(ifname string) (*Capture, error) {
 	return c, nil
 }
 
+// decoders are the reusable layers of one capture's reader.
+type decoders struct {
+	eth   layers.Ethernet
+	ip    layers.IPv4
+	ip6   layers.IPv6
+	tcp   layers.TCP
+	arp   layers.ARP
+	icmp  layers.ICMPv4
+	icmp6 layers.ICMPv6
+	na    layers.ICMPv6NeighborAdvertisement
+}
+
 func (c *Capture) run() {
 	defer close(c.done)
 	buf := make([]byte, 1<<16+64) // GSO frames on veth can reach 64 KiB
-	var (
-		eth layers.Ethernet
-		ip  layers.IPv4
-		tcp layers.TCP
-		arp layers.ARP
-	)
+	var d decoders
 	for {
 		n, _, err := c.conn.ReadFrom(buf)
 		if err != nil {
@@ -204,19 +263,21 @@ func (c *Capture) run() {
 		}
 		c.mu.Lock()
 		c.stats.Frames++
-		c.record(buf[:n], &eth, &ip, &tcp, &arp)
+		c.record(buf[:n], &d)
 		c.mu.Unlock()
 	}
 }
 
 // record decodes one frame; c.mu is held.
-func (c *Capture) record(frame []byte, eth *layers.Ethernet, ip *layers.IPv4, tcp *layers.TCP, arp *layers.ARP) {
+func (c *Capture) record(frame []byte, d *decoders) {
 	df := gopacket.NilDecodeFeedback
+	eth := &d.eth
 	if eth.DecodeFromBytes(frame, df) != nil {
 		return
 	}
 	switch eth.EthernetType {
 	case layers.EthernetTypeARP:
+		arp := &d.arp
 		if arp.DecodeFromBytes(eth.Payload, df) != nil || arp.Operation != layers.ARPReply {
 			return
 		}
@@ -232,52 +293,128 @@ func (c *Capture) record(frame []byte, eth *layers.Ethernet, ip *layers.IPv4, tc
 			Target: tip,
 		})
 	case layers.EthernetTypeIPv4:
-		if ip.DecodeFromBytes(eth.Payload, df) != nil || ip.Protocol != layers.IPProtocolTCP || ip.FragOffset != 0 {
-			return
-		}
-		if tcp.DecodeFromBytes(ip.Payload, df) != nil {
+		ip := &d.ip
+		if ip.DecodeFromBytes(eth.Payload, df) != nil || ip.FragOffset != 0 {
 			return
 		}
 		src, _ := netip.AddrFromSlice(ip.SrcIP.To4())
 		dst, _ := netip.AddrFromSlice(ip.DstIP.To4())
-		sap := netip.AddrPortFrom(src, uint16(tcp.SrcPort))
-		dap := netip.AddrPortFrom(dst, uint16(tcp.DstPort))
-		var (
-			fl   Flow
-			sent bool
-		)
-		switch {
-		case c.local[src] && !c.local[dst]:
-			fl, sent = Flow{Local: sap, Remote: dap}, true
-		case c.local[dst] && !c.local[src]:
-			fl = Flow{Local: dap, Remote: sap}
-		default:
-			return // not ours, or host-internal
-		}
-		fs := c.stats.Flows[fl]
-		if fs == nil {
-			fs = &FlowStats{}
-			c.stats.Flows[fl] = fs
-		}
-		switch {
-		case tcp.SYN && !tcp.ACK && sent:
-			fs.SYNsSent++
-			c.handshake(Handshake{fl, tcp.Seq}).SYNs++
-		case tcp.SYN && tcp.ACK && !sent:
-			mac := append(net.HardwareAddr(nil), eth.SrcMAC...)
-			fs.SYNACKs++
-			fs.SYNACKMACs = append(fs.SYNACKMACs, mac)
-			// The SYN+ACK acknowledges ISN+1 (RFC 793 section 3.4).
-			hs := c.handshake(Handshake{fl, tcp.Ack - 1})
-			hs.SYNACKs++
-			hs.SYNACKMACs = append(hs.SYNACKMACs, mac)
-		}
-		if tcp.RST {
-			if sent {
-				fs.RSTsSent++
-			} else {
-				fs.RSTsReceived++
+		switch ip.Protocol {
+		case layers.IPProtocolTCP:
+			if d.tcp.DecodeFromBytes(ip.Payload, df) == nil {
+				c.recordTCP(eth, src, dst, &d.tcp)
 			}
+		case layers.IPProtocolICMPv4:
+			icmp := &d.icmp
+			if icmp.DecodeFromBytes(ip.Payload, df) != nil ||
+				icmp.TypeCode != layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeFragmentationNeeded) {
+				return
+			}
+			// RFC 1191 section 4: the next-hop MTU is the low 16 bits of
+			// the second word, which gopacket calls Seq.
+			tb := TooBig{From: src, To: dst, MTU: uint32(icmp.Seq)}
+			tb.QuotedSrc, tb.QuotedDst = quoted(icmp.Payload, false)
+			c.recordTooBig(eth, tb)
+		}
+	case layers.EthernetTypeIPv6:
+		ip6 := &d.ip6
+		if ip6.DecodeFromBytes(eth.Payload, df) != nil {
+			return
+		}
+		src, _ := netip.AddrFromSlice(ip6.SrcIP)
+		dst, _ := netip.AddrFromSlice(ip6.DstIP)
+		switch ip6.NextHeader {
+		case layers.IPProtocolTCP:
+			if d.tcp.DecodeFromBytes(ip6.Payload, df) == nil {
+				c.recordTCP(eth, src, dst, &d.tcp)
+			}
+		case layers.IPProtocolICMPv6:
+			if a, ok := decodeNDPAdvert(eth, ip6, &d.icmp6, &d.na); ok {
+				c.stats.NDPAdverts = append(c.stats.NDPAdverts, a)
+				return
+			}
+			icmp := &d.icmp6
+			if icmp.DecodeFromBytes(ip6.Payload, df) != nil || icmp.TypeCode.Type() != layers.ICMPv6TypePacketTooBig ||
+				len(icmp.Payload) < 4 {
+				return
+			}
+			tb := TooBig{From: src, To: dst, MTU: binary.BigEndian.Uint32(icmp.Payload[:4])}
+			tb.QuotedSrc, tb.QuotedDst = quoted(icmp.Payload[4:], true)
+			c.recordTooBig(eth, tb)
+		}
+	}
+}
+
+func (c *Capture) recordTooBig(eth *layers.Ethernet, tb TooBig) {
+	tb.EthSrc = append(net.HardwareAddr(nil), eth.SrcMAC...)
+	tb.EthDst = append(net.HardwareAddr(nil), eth.DstMAC...)
+	c.stats.TooBigs = append(c.stats.TooBigs, tb)
+}
+
+// quoted returns the source and destination of the packet quoted in an ICMP
+// error, with the TCP or UDP ports when the quote includes them.
+func quoted(q []byte, v6 bool) (src, dst netip.AddrPort) {
+	var (
+		sa, da netip.Addr
+		proto  byte
+		l4     []byte
+	)
+	switch {
+	case v6 && len(q) >= 40:
+		sa, da = netip.AddrFrom16([16]byte(q[8:24])), netip.AddrFrom16([16]byte(q[24:40]))
+		proto, l4 = q[6], q[40:]
+	case !v6 && len(q) >= 20 && int(q[0]&0x0f)*4 >= 20 && len(q) >= int(q[0]&0x0f)*4:
+		sa, da = netip.AddrFrom4([4]byte(q[12:16])), netip.AddrFrom4([4]byte(q[16:20]))
+		proto, l4 = q[9], q[int(q[0]&0x0f)*4:]
+	default:
+		return
+	}
+	var sp, dp uint16
+	if (proto == byte(layers.IPProtocolTCP) || proto == byte(layers.IPProtocolUDP)) && len(l4) >= 4 {
+		sp, dp = binary.BigEndian.Uint16(l4[0:2]), binary.BigEndian.Uint16(l4[2:4])
+	}
+	return netip.AddrPortFrom(sa, sp), netip.AddrPortFrom(da, dp)
+}
+
+// recordTCP counts one TCP segment between src and dst; c.mu is held.
+func (c *Capture) recordTCP(eth *layers.Ethernet, src, dst netip.Addr, tcp *layers.TCP) {
+	sap := netip.AddrPortFrom(src, uint16(tcp.SrcPort))
+	dap := netip.AddrPortFrom(dst, uint16(tcp.DstPort))
+	var (
+		fl   Flow
+		sent bool
+	)
+	switch {
+	case c.local[src] && !c.local[dst]:
+		fl, sent = Flow{Local: sap, Remote: dap}, true
+	case c.local[dst] && !c.local[src]:
+		fl = Flow{Local: dap, Remote: sap}
+	default:
+		return // not ours, or host-internal
+	}
+	fs := c.stats.Flows[fl]
+	if fs == nil {
+		fs = &FlowStats{}
+		c.stats.Flows[fl] = fs
+	}
+	switch {
+	case tcp.SYN && !tcp.ACK && sent:
+		fs.SYNsSent++
+		c.handshake(Handshake{fl, tcp.Seq}).SYNs++
+	case tcp.SYN && tcp.ACK && !sent:
+		mac := append(net.HardwareAddr(nil), eth.SrcMAC...)
+		fs.SYNACKs++
+		fs.SYNACKMACs = append(fs.SYNACKMACs, mac)
+		// The SYN+ACK acknowledges ISN+1 (RFC 793 section 3.4).
+		hs := c.handshake(Handshake{fl, tcp.Ack - 1})
+		hs.SYNACKs++
+		hs.SYNACKMACs = append(hs.SYNACKMACs, mac)
+	}
+	if tcp.RST {
+		if sent {
+			fs.RSTsSent++
+		} else {
+			fs.RSTsReceived++
 		}
 	}
 }

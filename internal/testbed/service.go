@@ -50,8 +50,10 @@ func Stream(n int64) io.Reader {
 	return io.LimitReader(rand.NewChaCha8(seed), n)
 }
 
-// ServeName starts name servers on addr (a VIP or the host's own address)
-// for every TCP and UDP port given, inside the host's namespace. stop closes
+// ServeName starts name servers on addr (a VIP or the host's own address, of
+// either family: call it once per address, e.g. for bed.VIPs[0] and
+// bed.VIPs6[0]) for every TCP and UDP port given, inside the host's
+// namespace. stop closes
 // the listeners and any open connection and waits for the handlers; it is
 // idempotent, and Close calls it too.
 func (h *Host) ServeName(addr netip.Addr, tcpPorts, udpPorts []uint16) (stop func(), err error) {
@@ -389,10 +391,16 @@ func (h *Host) Upload(laddr netip.Addr, raddr netip.AddrPort, n int64) (netip.Ad
 }
 
 // UDPAsk sends one datagram of size random bytes from laddr (a fresh
-// ephemeral port each call) to raddr and returns the name in the answer,
-// after checking the answer's SHA-256 of the payload.
+// ephemeral port each call; any local address if invalid) to raddr, of
+// either family, and returns the name in the answer, after checking the
+// answer's SHA-256 of the payload. Datagrams larger than the path MTU are
+// fragmented by the sender, in IPv6 as in IPv4.
 func (h *Host) UDPAsk(laddr netip.Addr, raddr netip.AddrPort, size int) (string, error) {
-	if size < 0 || size > 65507 { // largest UDP payload in IPv4 (RFC 791, RFC 768)
+	limit := 65507 // largest UDP payload in IPv4 (RFC 791, RFC 768)
+	if network("udp", raddr.Addr()) == "udp6" {
+		limit = 65527 // in IPv6 without jumbograms: 65535 minus the UDP header (RFC 8200)
+	}
+	if size < 0 || size > limit {
 		return "", fmt.Errorf("%w: UDP payload size %d", ErrBadOptions, size)
 	}
 	var c *net.UDPConn
@@ -402,7 +410,7 @@ func (h *Host) UDPAsk(laddr netip.Addr, raddr netip.AddrPort, size int) (string,
 			la = net.UDPAddrFromAddrPort(netip.AddrPortFrom(laddr, 0))
 		}
 		var err error
-		c, err = net.DialUDP("udp4", la, net.UDPAddrFromAddrPort(raddr))
+		c, err = net.DialUDP(network("udp", raddr.Addr()), la, net.UDPAddrFromAddrPort(raddr))
 		return err
 	})
 	if err != nil {

@@ -12,9 +12,21 @@ import (
 	"github.com/mdlayher/packet"
 )
 
+// network returns base+"6" ("tcp6", "udp6") for an IPv6 address and base+"4"
+// otherwise, the invalid address (the wildcard) included, so that a socket
+// bound to an unspecified address stays IPv4 as it always was here.
+func network(base string, a netip.Addr) string {
+	if a.Is6() && !a.Is4In6() {
+		return base + "6"
+	}
+	return base + "4"
+}
+
 // DialTCP connects from laddr to raddr with a socket created inside the
-// host's namespace. An invalid laddr address lets the kernel choose; a zero
-// port picks an ephemeral port from the namespace's ip_local_port_range.
+// host's namespace; raddr's family (IPv4 or IPv6) selects the socket's. An
+// invalid laddr address lets the kernel choose; a zero port picks an
+// ephemeral port from the namespace's ip_local_port_range (shared by IPv4
+// and IPv6).
 func (h *Host) DialTCP(laddr, raddr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
 	err := h.Do(func() error {
@@ -23,7 +35,7 @@ func (h *Host) DialTCP(laddr, raddr netip.AddrPort, timeout time.Duration) (net.
 			d.LocalAddr = net.TCPAddrFromAddrPort(laddr)
 		}
 		var err error
-		c, err = d.Dial("tcp4", raddr.String())
+		c, err = d.Dial(network("tcp", raddr.Addr()), raddr.String())
 		return err
 	})
 	if err != nil {
@@ -40,12 +52,15 @@ func (h *Host) dial(laddr netip.Addr, raddr netip.AddrPort) (net.Conn, error) {
 	return h.DialTCP(la, raddr, h.bed.opts.Timeout)
 }
 
-// ListenTCP listens on addr inside the host's namespace.
+// ListenTCP listens on addr inside the host's namespace: an IPv6 address
+// gives an IPv6 socket; an invalid address listens on every IPv4 address
+// (0.0.0.0), netip.IPv6Unspecified() on every IPv6 address (an IPv6-only
+// socket).
 func (h *Host) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
 	var ln *net.TCPListener
 	err := h.Do(func() error {
 		var err error
-		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(addr))
+		ln, err = net.ListenTCP(network("tcp", addr.Addr()), net.TCPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
@@ -54,12 +69,13 @@ func (h *Host) ListenTCP(addr netip.AddrPort) (*net.TCPListener, error) {
 	return ln, nil
 }
 
-// ListenUDP binds a UDP socket to addr inside the host's namespace.
+// ListenUDP binds a UDP socket to addr inside the host's namespace; the
+// family follows addr as for ListenTCP.
 func (h *Host) ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
 	var uc *net.UDPConn
 	err := h.Do(func() error {
 		var err error
-		uc, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		uc, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {

@@ -3,6 +3,20 @@
 // holding a Linux bridge (the "switch"), client namespaces and frontend
 // namespaces, each attached to the bridge by a veth pair.
 //
+// Every host has an IPv4 and an IPv6 address: 192.0.2.X/24 (RFC 5737) and
+// 2001:db8::X/64 (RFC 3849, the same digits: f1 is 192.0.2.11 and
+// 2001:db8::11). IPv6 addresses are added with nodad and the interfaces do no
+// duplicate address detection, so every address, link-local ones included, is
+// usable as soon as New returns. Every frontend holds the IPv4 VIPs as /32 and
+// the IPv6 VIPs as /128 on lo.
+//
+// With Options.Router the clients sit behind a router namespace instead of on
+// the switch: the router's eth0 is a switch port, its bridge br1 joins the
+// clients (198.51.100.X/24 and 2001:db8:1::X/64), and the MTU of br1 can be
+// lowered so that the router sends ICMP "fragmentation needed" and ICMPv6
+// Packet Too Big towards the frontends, as a router between clients and a
+// balancer does.
+//
 // Nothing on the host changes: every interface, address and sysctl lives in a
 // namespace named l2lb-<pid>-<4 hex>-<role>, and Close (or, after a crash, the
 // next New via Sweep) removes them. The package deliberately does not import
@@ -18,6 +32,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,10 +65,11 @@ var (
 )
 
 // Limits on the topology. Clients take 192.0.2.1-9 (extra addresses
-// 192.0.2.101-109) and frontends start at 192.0.2.11, so more than nine
-// clients would collide with frontends. Frontends get disjoint
-// ip_local_port_range slices of 50000-64999; fifteen keeps each slice at
-// least 1000 ports wide.
+// 192.0.2.101-109; 2001:db8::1-9 and 2001:db8::101-109) and frontends start
+// at 192.0.2.11 (2001:db8::11), so more than nine clients would collide with
+// frontends (behind a router the clients use the client subnets, with the
+// same numbers). Frontends get disjoint ip_local_port_range slices of
+// 50000-64999; fifteen keeps each slice at least 1000 ports wide.
 const (
 	// MaxClients is the largest Options.Clients.
 	MaxClients = 9
@@ -76,12 +93,33 @@ const (
 // fragmentation and TSO behave as on an ordinary LAN.
 const MTU = 1500
 
-// Subnet is the only subnet used; it is TEST-NET-1 (RFC 5737), reserved for
-// documentation, so nothing here can collide with a real network.
+// Subnet is the IPv4 subnet of the switch; it is TEST-NET-1 (RFC 5737),
+// reserved for documentation, so nothing here can collide with a real network.
 var Subnet = netip.MustParsePrefix("192.0.2.0/24")
+
+// Subnet6 is the IPv6 subnet of the switch, inside the documentation prefix
+// 2001:db8::/32 (RFC 3849).
+var Subnet6 = netip.MustParsePrefix("2001:db8::/64")
+
+// ClientSubnet and ClientSubnet6 are the subnets of the clients behind the
+// router (Options.Router); TEST-NET-2 (RFC 5737) and again RFC 3849. Without a
+// router they are not used.
+var (
+	ClientSubnet  = netip.MustParsePrefix("198.51.100.0/24")
+	ClientSubnet6 = netip.MustParsePrefix("2001:db8:1::/64")
+)
+
+// RouterHostPart is the last number of the router's addresses on both of its
+// sides: 192.0.2.254 and 2001:db8::254 towards the switch, 198.51.100.254 and
+// 2001:db8:1::254 (the clients' gateways) towards the clients.
+const RouterHostPart = 254
 
 // DefaultVIP is the virtual IP used when Options.VIPs is empty.
 var DefaultVIP = netip.MustParseAddr("192.0.2.200")
+
+// DefaultVIP6 is the IPv6 VIP of the default bed: the IPv6 VIPs default to
+// 2001:db8::X for every 192.0.2.X of Options.VIPs.
+var DefaultVIP6 = netip.MustParseAddr("2001:db8::200")
 
 // NamePrefix starts the name of every namespace this package creates.
 const NamePrefix = "l2lb-"
@@ -95,13 +133,32 @@ type Options struct {
 	// VIPs are put as /32 on every frontend's lo; default [192.0.2.200].
 	// Each must be inside Subnet and not collide with a host address.
 	VIPs []netip.Addr
+	// VIPs6 are put as /128 (nodad) on every frontend's lo next to VIPs;
+	// default 2001:db8::X for each 192.0.2.X of VIPs ([2001:db8::200] for
+	// the default VIP). Each must be inside Subnet6, not be a host address
+	// nor the subnet-router anycast address 2001:db8::.
+	VIPs6 []netip.Addr
+	// Router, when set, puts the clients behind a router namespace (see the
+	// package documentation); nil puts them on the switch.
+	Router *RouterOptions
 	// Logf, if set, receives progress messages.
 	Logf func(string, ...any)
 	// Timeout bounds dialing and each read or write of the client helpers
 	// (an idle timeout, so long transfers are fine); default 5 s.
 	Timeout time.Duration
-	// ARPTimeout bounds ARPResolve; default 1 s.
+	// ARPTimeout bounds ARPResolve and NDPResolve; default 1 s.
 	ARPTimeout time.Duration
+}
+
+// RouterOptions configures the router between the clients and the switch.
+type RouterOptions struct {
+	// MTU is the MTU of the router's interface towards the clients (its
+	// bridge br1), 1280 (the IPv6 minimum, RFC 8200) to 1500; default MTU.
+	// The clients' own interfaces keep MTU 1500, so they announce full-size
+	// TCP MSS and the frontends' full-size packets meet the smaller MTU at
+	// the router, which answers them with ICMP "fragmentation needed" and
+	// ICMPv6 Packet Too Big to their source (for DSR replies: the VIP).
+	MTU int
 }
 
 // Bed is a running testbed. All fields are read-only after New.
@@ -114,8 +171,17 @@ type Bed struct {
 	Frontends []*Host
 	// Switch is the namespace holding bridge br0; it has no address.
 	Switch *Host
-	// VIPs are the virtual IPs configured on every frontend's lo.
+	// VIPs are the IPv4 virtual IPs configured on every frontend's lo.
 	VIPs []netip.Addr
+	// VIPs6 are the IPv6 virtual IPs configured on every frontend's lo.
+	VIPs6 []netip.Addr
+	// Router is the router between clients and switch (role "rt"), nil
+	// without Options.Router. Its Addr and Addr6 are on its eth0, a switch
+	// port.
+	Router *Host
+	// ClientGateway and ClientGateway6 are the router's addresses on its
+	// client side (the clients' default gateways); invalid without a router.
+	ClientGateway, ClientGateway6 netip.Addr
 
 	opts Options
 
@@ -127,17 +193,25 @@ type Bed struct {
 
 // Host is one namespace of the bed.
 type Host struct {
-	// Name is the role: sw, c1, c2, f1, ...
+	// Name is the role: sw, rt, c1, c2, f1, ...
 	Name string
 	// NS is the network namespace name (see `ip netns list`).
 	NS string
-	// Addr is the host's address on eth0 (invalid for the switch).
+	// Addr is the host's IPv4 address on eth0 (invalid for the switch).
 	Addr netip.Addr
-	// Extra are further addresses on eth0 (clients get 192.0.2.101, ...).
+	// Extra are further IPv4 addresses on eth0 (clients get 192.0.2.101, ...).
 	Extra []netip.Addr
+	// Addr6 is the host's IPv6 address on eth0, 2001:db8::X for 192.0.2.X
+	// (invalid for the switch). The interface has its link-local address
+	// too.
+	Addr6 netip.Addr
+	// Extra6 are further IPv6 addresses on eth0 (clients get 2001:db8::101,
+	// ...).
+	Extra6 []netip.Addr
 	// MAC is the hardware address of Ifname.
 	MAC net.HardwareAddr
-	// Ifname is eth0 for clients and frontends, br0 for the switch.
+	// Ifname is eth0 for clients, frontends and the router, br0 for the
+	// switch.
 	Ifname string
 	// Ifindex is the index of Ifname inside NS.
 	Ifindex int
@@ -205,16 +279,33 @@ func (o *Options) normalize() error {
 	if o.Timeout < 0 || o.ARPTimeout < 0 {
 		return fmt.Errorf("%w: negative timeout", ErrBadOptions)
 	}
+	if o.Router != nil {
+		r := *o.Router // a copy: the caller's options stay as given
+		if r.MTU == 0 {
+			r.MTU = MTU
+		}
+		if r.MTU < 1280 || r.MTU > MTU {
+			return fmt.Errorf("%w: Router.MTU=%d, want 1280..%d", ErrBadOptions, r.MTU, MTU)
+		}
+		o.Router = &r
+	}
 	if len(o.VIPs) == 0 {
 		o.VIPs = []netip.Addr{DefaultVIP}
 	}
 	used := map[netip.Addr]string{}
 	for i := 1; i <= o.Clients; i++ {
-		used[clientAddr(i)] = fmt.Sprintf("c%d", i)
-		used[clientExtra(i)] = fmt.Sprintf("c%d", i)
+		a := o.clientAddrs(i)
+		for _, x := range []netip.Addr{a.addr, a.extra, a.addr6, a.extra6} {
+			used[x] = fmt.Sprintf("c%d", i)
+		}
 	}
 	for i := 1; i <= o.Frontends; i++ {
 		used[frontendAddr(i)] = fmt.Sprintf("f%d", i)
+		used[mirror6(Subnet6, frontendAddr(i))] = fmt.Sprintf("f%d", i)
+	}
+	if o.Router != nil {
+		used[routerAddr()] = "rt"
+		used[mirror6(Subnet6, routerAddr())] = "rt"
 	}
 	seen := map[netip.Addr]bool{}
 	for _, v := range o.VIPs {
@@ -233,12 +324,65 @@ func (o *Options) normalize() error {
 		}
 		seen[v] = true
 	}
+	if len(o.VIPs6) == 0 {
+		for _, v := range o.VIPs {
+			o.VIPs6 = append(o.VIPs6, mirror6(Subnet6, v))
+		}
+	} else {
+		o.VIPs6 = slices.Clone(o.VIPs6)
+	}
+	for _, v := range o.VIPs6 {
+		if !v.Is6() || v.Is4In6() || v.Zone() != "" || !Subnet6.Contains(v) {
+			return fmt.Errorf("%w: IPv6 VIP %v is not an IPv6 address in %v", ErrBadOptions, v, Subnet6)
+		}
+		if v == Subnet6.Addr() {
+			return fmt.Errorf("%w: IPv6 VIP %v is the subnet-router anycast address", ErrBadOptions, v)
+		}
+		if who, ok := used[v]; ok {
+			return fmt.Errorf("%w: IPv6 VIP %v is %s's address", ErrBadOptions, v, who)
+		}
+		if seen[v] {
+			return fmt.Errorf("%w: IPv6 VIP %v listed twice", ErrBadOptions, v)
+		}
+		seen[v] = true
+	}
 	return nil
 }
 
-func clientAddr(i int) netip.Addr   { return netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}) }
-func clientExtra(i int) netip.Addr  { return netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i)}) }
-func frontendAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}) }
+// hostAddrs are the addresses of one client.
+type hostAddrs struct{ addr, extra, addr6, extra6 netip.Addr }
+
+// clientAddrs returns client i's addresses: on the switch's subnets, or on
+// the client subnets behind a router.
+func (o *Options) clientAddrs(i int) hostAddrs {
+	p4, p6 := Subnet, Subnet6
+	if o.Router != nil {
+		p4, p6 = ClientSubnet, ClientSubnet6
+	}
+	a := hostAddrs{addr: hostAddr(p4, i), extra: hostAddr(p4, 100+i)}
+	a.addr6, a.extra6 = mirror6(p6, a.addr), mirror6(p6, a.extra)
+	return a
+}
+
+// hostAddr returns address number x of an IPv4 /24.
+func hostAddr(p netip.Prefix, x int) netip.Addr {
+	b := p.Addr().As4()
+	b[3] = byte(x)
+	return netip.AddrFrom4(b)
+}
+
+func frontendAddr(i int) netip.Addr { return hostAddr(Subnet, 10+i) }
+func routerAddr() netip.Addr        { return hostAddr(Subnet, RouterHostPart) }
+
+// mirror6 returns the IPv6 address of p whose last group spells the last
+// number of a in decimal digits: 192.0.2.11 -> 2001:db8::11, so that the two
+// addresses of a host read alike.
+func mirror6(p netip.Prefix, a netip.Addr) netip.Addr {
+	x, _ := strconv.ParseUint(strconv.Itoa(int(a.As4()[3])), 16, 16)
+	b := p.Addr().As16()
+	b[14], b[15] = byte(x>>8), byte(x)
+	return netip.AddrFrom16(b)
+}
 
 // frontendPorts returns frontend i's (1-based) local port range. For up to
 // three frontends it is the layout of the seed's step 7 (f1 50000-54000, f2
@@ -276,6 +420,7 @@ func New(opts Options) (_ *Bed, err error) {
 	b := &Bed{
 		Prefix: fmt.Sprintf("%s%d-%s", NamePrefix, os.Getpid(), hex.EncodeToString(rnd[:])),
 		VIPs:   append([]netip.Addr(nil), opts.VIPs...),
+		VIPs6:  append([]netip.Addr(nil), opts.VIPs6...),
 		opts:   opts,
 	}
 	defer func() {
@@ -289,14 +434,38 @@ func New(opts Options) (_ *Bed, err error) {
 	if err := b.buildSwitch(); err != nil {
 		return nil, err
 	}
-	for i := 1; i <= opts.Clients; i++ {
-		h := b.newHost(fmt.Sprintf("c%d", i), clientAddr(i))
-		h.Extra = []netip.Addr{clientExtra(i)}
-		b.Clients = append(b.Clients, h)
-		if err := b.buildHost(h); err != nil {
+	// Clients attach to the switch, or to the router's client bridge.
+	clientNS, clientBridge := b.Switch.NS, "br0"
+	if opts.Router != nil {
+		if err := b.buildRouter(); err != nil {
 			return nil, err
 		}
+		if err := hook(b.Router.Name); err != nil {
+			return nil, err
+		}
+		clientNS, clientBridge = b.Router.NS, "br1"
+	}
+	for i := 1; i <= opts.Clients; i++ {
+		a := opts.clientAddrs(i)
+		h := b.newHost(fmt.Sprintf("c%d", i), a.addr)
+		h.Addr6 = a.addr6
+		h.Extra = []netip.Addr{a.extra}
+		h.Extra6 = []netip.Addr{a.extra6}
+		b.Clients = append(b.Clients, h)
+		if err := b.buildHost(h, clientNS, clientBridge); err != nil {
+			return nil, err
+		}
+		if opts.Router != nil {
+			if err := b.routeClient(h); err != nil {
+				return nil, err
+			}
+		}
 		if err := hook(h.Name); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Router != nil {
+		if err := b.setRouterMTU(); err != nil {
 			return nil, err
 		}
 	}
@@ -304,7 +473,7 @@ func New(opts Options) (_ *Bed, err error) {
 		h := b.newHost(fmt.Sprintf("f%d", i), frontendAddr(i))
 		h.PortRange = frontendPorts(i, opts.Frontends)
 		b.Frontends = append(b.Frontends, h)
-		if err := b.buildHost(h); err != nil {
+		if err := b.buildHost(h, b.Switch.NS, "br0"); err != nil {
 			return nil, err
 		}
 		if err := b.configureFrontend(h); err != nil {
@@ -319,13 +488,23 @@ func New(opts Options) (_ *Bed, err error) {
 			return nil, err
 		}
 	}
-	b.logf("testbed: %s up (%d clients, %d frontends, VIPs %v) in %v",
-		b.Prefix, opts.Clients, opts.Frontends, b.VIPs, time.Since(start).Round(time.Millisecond))
+	via := ""
+	if b.Router != nil {
+		via = fmt.Sprintf(" behind a router (MTU %d)", opts.Router.MTU)
+	}
+	b.logf("testbed: %s up (%d clients%s, %d frontends, VIPs %v %v) in %v",
+		b.Prefix, opts.Clients, via, opts.Frontends, b.VIPs, b.VIPs6, time.Since(start).Round(time.Millisecond))
 	return b, nil
 }
 
+// newHost returns a host with IPv4 address addr; its IPv6 address defaults to
+// the mirror of addr on Subnet6.
 func (b *Bed) newHost(role string, addr netip.Addr) *Host {
-	return &Host{Name: role, NS: b.Prefix + "-" + role, Addr: addr, Ifname: "eth0", bed: b}
+	h := &Host{Name: role, NS: b.Prefix + "-" + role, Addr: addr, Ifname: "eth0", bed: b}
+	if addr.IsValid() {
+		h.Addr6 = mirror6(Subnet6, addr)
+	}
+	return h
 }
 
 // track records a namespace before it is created so that Close removes it
@@ -350,11 +529,8 @@ func (b *Bed) buildSwitch() error {
 	if err := runIP("netns", "add", sw.NS); err != nil {
 		return err
 	}
-	// STP off and forward delay 0 make ports forward as soon as they are up
-	// (with STP disabled the kernel skips the listening/learning states,
-	// IEEE 802.1D section 8.4); ageing_time stays at its default.
-	if err := runIP("-n", sw.NS, "link", "add", "br0", "mtu", fmt.Sprint(MTU), "type", "bridge",
-		"stp_state", "0", "forward_delay", "0"); err != nil {
+	// A plain switch: see bridgeArgs.
+	if err := runIP(append([]string{"-n", sw.NS, "link", "add", "br0", "mtu", fmt.Sprint(MTU)}, bridgeArgs...)...); err != nil {
 		return err
 	}
 	if err := runIP("-n", sw.NS, "link", "set", "lo", "up"); err != nil {
@@ -380,25 +556,54 @@ func (b *Bed) buildSwitch() error {
 	return nil
 }
 
-func (b *Bed) buildHost(h *Host) error {
+// bridgeArgs make a bridge a plain switch: with STP off and forward delay 0
+// ports forward as soon as they are up (with STP disabled the kernel skips the
+// listening/learning states, IEEE 802.1D section 8.4); without multicast
+// snooping every multicast frame, neighbour solicitations to solicited-node
+// groups included, is flooded to every port, so a balancer that has joined no
+// group still sees them. ageing_time stays at its default.
+var bridgeArgs = []string{"type", "bridge", "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0"}
+
+// buildHost creates h's namespace and its eth0, a veth whose other end, named
+// after the role, is a port of bridge in namespace attachNS.
+func (b *Bed) buildHost(h *Host, attachNS, bridge string) error {
 	if err := b.track(h.NS); err != nil {
 		return err
 	}
-	sw := b.Switch.NS
 	mtu := fmt.Sprint(MTU)
 	steps := [][]string{
 		{"netns", "add", h.NS},
-		// The switch-side end is named after the role, the host side eth0.
-		{"-n", sw, "link", "add", h.Name, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu, "netns", h.NS},
-		{"-n", sw, "link", "set", h.Name, "master", "br0"},
-		{"-n", sw, "link", "set", h.Name, "up"},
+		// The bridge-side end is named after the role, the host side eth0.
+		{"-n", attachNS, "link", "add", h.Name, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu, "netns", h.NS},
+		{"-n", attachNS, "link", "set", h.Name, "master", bridge},
+		{"-n", attachNS, "link", "set", h.Name, "up"},
 		{"-n", h.NS, "link", "set", "lo", "up"},
-		{"-n", h.NS, "addr", "add", netip.PrefixFrom(h.Addr, Subnet.Bits()).String(), "dev", "eth0"},
 	}
-	for _, a := range h.Extra {
-		steps = append(steps, []string{"-n", h.NS, "addr", "add", netip.PrefixFrom(a, Subnet.Bits()).String(), "dev", "eth0"})
+	for _, s := range steps {
+		if err := runIP(s...); err != nil {
+			return err
+		}
 	}
-	steps = append(steps, []string{"-n", h.NS, "link", "set", "eth0", "up"})
+	// No duplicate address detection on eth0, so its link-local address is
+	// usable at once too: the kernel solicits neighbours from it when a
+	// reply leaves from a VIP on lo (hostcfg's namespace tests measured
+	// that), and a tentative one would delay the first reply by a second.
+	if err := h.SetSysctl("net.ipv6.conf.eth0.accept_dad", "0"); err != nil {
+		return err
+	}
+	return b.addAddrs(h, "eth0")
+}
+
+// addAddrs puts h's addresses on dev and brings it up.
+func (b *Bed) addAddrs(h *Host, dev string) error {
+	var steps [][]string
+	for _, a := range append([]netip.Addr{h.Addr}, h.Extra...) {
+		steps = append(steps, []string{"-n", h.NS, "addr", "add", netip.PrefixFrom(a, Subnet.Bits()).String(), "dev", dev})
+	}
+	for _, a := range append([]netip.Addr{h.Addr6}, h.Extra6...) {
+		steps = append(steps, []string{"-n", h.NS, "addr", "add", netip.PrefixFrom(a, Subnet6.Bits()).String(), "dev", dev, "nodad"})
+	}
+	steps = append(steps, []string{"-n", h.NS, "link", "set", dev, "up"})
 	for _, s := range steps {
 		if err := runIP(s...); err != nil {
 			return err
@@ -407,9 +612,80 @@ func (b *Bed) buildHost(h *Host) error {
 	return nil
 }
 
+// buildRouter creates the router: eth0 on the switch, bridge br1 for the
+// clients, forwarding on for both families.
+func (b *Bed) buildRouter() error {
+	r := b.newHost("rt", routerAddr())
+	b.Router = r
+	if err := b.buildHost(r, b.Switch.NS, "br0"); err != nil {
+		return err
+	}
+	gw := &Host{NS: r.NS, Addr: hostAddr(ClientSubnet, RouterHostPart), Addr6: mirror6(ClientSubnet6, hostAddr(ClientSubnet, RouterHostPart))}
+	b.ClientGateway, b.ClientGateway6 = gw.Addr, gw.Addr6
+	if err := runIP(append([]string{"-n", r.NS, "link", "add", "br1", "mtu", fmt.Sprint(MTU)}, bridgeArgs...)...); err != nil {
+		return err
+	}
+	if err := r.SetSysctl("net.ipv6.conf.br1.accept_dad", "0"); err != nil {
+		return err
+	}
+	if err := b.addAddrs(gw, "br1"); err != nil {
+		return err
+	}
+	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
+		if err := r.SetSysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// routeClient points the client's default routes at the router.
+func (b *Bed) routeClient(h *Host) error {
+	if err := runIP("-n", h.NS, "route", "add", "default", "via", b.ClientGateway.String()); err != nil {
+		return err
+	}
+	return runIP("-n", h.NS, "-6", "route", "add", "default", "via", b.ClientGateway6.String())
+}
+
+// setRouterMTU sets br1's MTU once its ports exist: an MTU given when the
+// bridge is created is replaced by the smallest port MTU as ports join, one
+// set afterwards stays (net/bridge/br_if.c, br_mtu_auto_adjust).
+func (b *Bed) setRouterMTU() error {
+	mtu := b.opts.Router.MTU
+	if err := runIP("-n", b.Router.NS, "link", "set", "br1", "mtu", fmt.Sprint(mtu)); err != nil {
+		return err
+	}
+	return b.Router.Do(func() error {
+		ifi, err := net.InterfaceByName("br1")
+		if err != nil {
+			return err
+		}
+		if ifi.MTU != mtu {
+			return fmt.Errorf("testbed: %s: br1 MTU is %d, want %d", b.Router.NS, ifi.MTU, mtu)
+		}
+		return nil
+	})
+}
+
 func (b *Bed) configureFrontend(h *Host) error {
 	for _, v := range b.VIPs {
 		if err := runIP("-n", h.NS, "addr", "add", netip.PrefixFrom(v, 32).String(), "dev", "lo"); err != nil {
+			return err
+		}
+	}
+	// IPv6 VIPs as `l2lb vip up` puts them there. A frontend does not answer
+	// neighbour solicitations for them with the default sysctls
+	// (proxy_ndp=0), the counterpart of arp_ignore=1 below; see hostcfg.Doctor.
+	for _, v := range b.VIPs6 {
+		if err := runIP("-n", h.NS, "addr", "add", netip.PrefixFrom(v, 128).String(), "dev", "lo", "nodad"); err != nil {
+			return err
+		}
+	}
+	if b.Router != nil {
+		if err := runIP("-n", h.NS, "route", "add", ClientSubnet.String(), "via", b.Router.Addr.String()); err != nil {
+			return err
+		}
+		if err := runIP("-n", h.NS, "-6", "route", "add", ClientSubnet6.String(), "via", b.Router.Addr6.String()); err != nil {
 			return err
 		}
 	}
@@ -453,11 +729,15 @@ func (h *Host) readLink() error {
 	})
 }
 
-// Hosts returns the switch, the clients and the frontends, in that order.
+// Hosts returns the switch, the router (if any), the clients and the
+// frontends, in that order.
 func (b *Bed) Hosts() []*Host {
 	var hs []*Host
 	if b.Switch != nil {
 		hs = append(hs, b.Switch)
+	}
+	if b.Router != nil {
+		hs = append(hs, b.Router)
 	}
 	hs = append(hs, b.Clients...)
 	return append(hs, b.Frontends...)
@@ -564,8 +844,9 @@ func (h *Host) RunIP(args ...string) ([]byte, error) {
 	return out, nil
 }
 
-// FlushNeigh empties the host's neighbour (ARP) cache on its interface, so
-// that the next packet to a VIP triggers a fresh ARP request.
+// FlushNeigh empties the host's neighbour cache on its interface, IPv4 (ARP)
+// and IPv6 (NDP) entries alike, so that the next packet to a VIP triggers a
+// fresh ARP request or neighbour solicitation. Permanent entries stay.
 func (h *Host) FlushNeigh() error {
 	_, err := h.RunIP("neigh", "flush", "dev", h.Ifname)
 	return err
