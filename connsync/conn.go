@@ -299,43 +299,124 @@ func (c *Conn) LocalAddr() netip.AddrPort {
 // Sender returns the address this node's messages carry as their sender.
 func (c *Conn) Sender() netip.Addr { return c.local }
 
-// Send sends recs as update messages of at most MaxRecords records each,
-// to the group or to every peer. An invalid record fails its whole batch
-// with ErrRecord; the other batches are still sent. It returns the errors
-// joined, ErrClosed after Close.
+// Send sends recs as update messages, to the group or to every peer. The
+// records version 1 carries (client, VIP and member IPv4) go in version 1
+// messages of at most MaxRecordsV1 records, the others in version 2
+// messages of at most MaxRecordsV2; no message mixes them, so a node that
+// speaks only version 1 still gets every IPv4 record. The version 1
+// messages go first; within each version the records keep their order.
+// Invalid records are left out and the rest is sent: Send then returns
+// ErrRecord (wrapped, naming the first invalid record). It returns the
+// errors joined, ErrClosed after Close. Sending allocates nothing unless
+// something fails.
 func (c *Conn) Send(recs []Record) error {
 	var errs []error
-	for len(recs) > 0 {
-		n := min(len(recs), MaxRecords)
-		if err := c.send(MsgUpdate, recs[:n]); err != nil {
-			if errors.Is(err, ErrClosed) {
-				return err
-			}
+	bad, first := 0, -1
+	for _, v := range [...]int{Version1, Version2} {
+		b, f, err := c.sendVersion(v, recs)
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
-		recs = recs[n:]
+		if bad += b; f >= 0 && (first < 0 || f < first) {
+			first = f
+		}
+	}
+	if bad > 0 {
+		errs = append(errs, fmt.Errorf("%w: %d of %d records not sent, the first at index %d", ErrRecord, bad, len(recs), first))
 	}
 	return errors.Join(errs...)
 }
 
+// sendVersion sends the records of recs that have version v's addresses
+// (v1Shaped or not), in as few messages as they fit, encoding them straight
+// into the send buffer. It returns how many of those records are invalid
+// and the index of the first, -1 for none.
+func (c *Conn) sendVersion(v int, recs []Record) (bad, first int, err error) {
+	maxRecs, recLen := MaxRecordsV1, RecordLenV1
+	if v == Version2 {
+		maxRecs, recLen = MaxRecordsV2, RecordLenV2
+	}
+	first = -1
+	var errs []error
+	for i := 0; i < len(recs); {
+		if c.closed.Load() {
+			return bad, first, ErrClosed
+		}
+		c.sendMu.Lock()
+		b := c.sendBuf[:HeaderLen]
+		n := 0
+		for ; i < len(recs) && n < maxRecs; i++ {
+			r := &recs[i]
+			if v1Shaped(r) != (v == Version1) {
+				continue
+			}
+			var ok bool
+			if v == Version1 {
+				ok = putRecordV1(b[len(b):len(b)+recLen], r)
+			} else {
+				ok = putRecordV2(b[len(b):len(b)+recLen], r)
+			}
+			if !ok {
+				if bad++; first < 0 {
+					first = i
+				}
+				continue
+			}
+			b = b[:len(b)+recLen]
+			n++
+		}
+		if n == 0 {
+			c.sendMu.Unlock()
+			break
+		}
+		putHeader(b, v, c.header(MsgUpdate), n, c.sendMAC != nil)
+		if c.sendMAC != nil {
+			b = c.sendMAC.appendMAC(b)
+		}
+		err := c.transmitLocked(b, n)
+		c.sendMu.Unlock()
+		if errors.Is(err, ErrClosed) {
+			return bad, first, err
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return bad, first, errors.Join(errs...)
+}
+
 // RequestDump asks the active balancer for a bulk dump; a standby calls it
 // when it starts or rejoins.
-func (c *Conn) RequestDump() error { return c.send(MsgDumpRequest, nil) }
+func (c *Conn) RequestDump() error { return c.sendEmpty(MsgDumpRequest) }
 
 // SendDumpEnd marks the end of a bulk dump.
-func (c *Conn) SendDumpEnd() error { return c.send(MsgDumpEnd, nil) }
+func (c *Conn) SendDumpEnd() error { return c.sendEmpty(MsgDumpEnd) }
 
-func (c *Conn) send(t MsgType, recs []Record) error {
+// sendEmpty sends a message of type t without records (version 1).
+func (c *Conn) sendEmpty(t MsgType) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
-	h := Header{Type: t, SyncID: c.syncID, Sender: c.local, Seq: c.seq.Add(1)}
-	b, err := encode(c.sendBuf[:0], h, recs, c.sendMAC)
+	b, err := encode(c.sendBuf[:0], c.header(t), nil, c.sendMAC)
 	if err != nil {
 		return err
 	}
+	return c.transmitLocked(b, 0)
+}
+
+// header returns the header of this node's next message of type t.
+func (c *Conn) header(t MsgType) Header {
+	return Header{Type: t, SyncID: c.syncID, Sender: c.local, Seq: c.seq.Add(1)}
+}
+
+// transmitLocked sends message b, which carries n records, to every
+// destination; sendMu is held.
+func (c *Conn) transmitLocked(b []byte, n int) error {
 	var errs []error
 	for _, d := range c.dests {
 		if _, err := c.uc.WriteToUDPAddrPort(b, d); err != nil {
@@ -347,7 +428,7 @@ func (c *Conn) send(t MsgType, recs []Record) error {
 			continue
 		}
 		c.sentMsgs.Add(1)
-		c.sentRecs.Add(uint64(len(recs)))
+		c.sentRecs.Add(uint64(n))
 	}
 	if err := errors.Join(errs...); err != nil {
 		// At most one log line a second: a dead peer must not flood.

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
@@ -157,6 +156,18 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 	}
 }
 
+// flowID is what identifies a record in a table: its kind and flow key.
+type flowID struct {
+	kind         RecordKind
+	src, dst     netip.Addr
+	sport, dport uint16
+	proto        uint8
+}
+
+func idOf(r Record) flowID {
+	return flowID{r.Kind, r.Src, r.Dst, r.SPort, r.DPort, r.Proto}
+}
+
 func sameRecords(a, b []Record) bool {
 	if len(a) != len(b) {
 		return false
@@ -182,7 +193,9 @@ func TestNamespaces(t *testing.T) {
 		if a.c.Sender() != f1.Addr {
 			t.Fatalf("Local defaulted to %v, want the interface address %v", a.c.Sender(), f1.Addr)
 		}
-		recs := append(everyKind(), manyRecords(2*MaxRecords)...) // three datagrams
+		// Three version 1 datagrams, then two version 2 ones.
+		recs := append(everyKind(), manyRecords(2*MaxRecordsV1)...)
+		recs = append(recs, append(everyKind6(), manyRecords6(MaxRecordsV2)...)...)
 		if err := a.c.Send(recs); err != nil {
 			t.Fatal(err)
 		}
@@ -196,14 +209,14 @@ func TestNamespaces(t *testing.T) {
 					t.Errorf("message from %v header %+v", m.from, m.h)
 				}
 			}
-			if st := n.c.Stats(); st.ReceivedMessages != 3 || st.ReceivedRecords != uint64(len(recs)) || st.Rejected() != 0 {
+			if st := n.c.Stats(); st.ReceivedMessages != 5 || st.ReceivedRecords != uint64(len(recs)) || st.Rejected() != 0 {
 				t.Errorf("receiver stats %+v", st)
 			}
 		}
 		// IP_MULTICAST_LOOP is off: the sender never reads its own.
-		waitFor(t, "send counters", time.Second, func() bool { return a.c.Stats().SentMessages == 3 })
+		waitFor(t, "send counters", time.Second, func() bool { return a.c.Stats().SentMessages == 5 })
 		time.Sleep(50 * time.Millisecond)
-		if st := a.c.Stats(); st.SentMessages != 3 || st.SentRecords != uint64(len(recs)) || st.ReceivedMessages != 0 || st.Own != 0 {
+		if st := a.c.Stats(); st.SentMessages != 5 || st.SentRecords != uint64(len(recs)) || st.ReceivedMessages != 0 || st.Own != 0 {
 			t.Errorf("sender stats %+v", st)
 		}
 
@@ -252,14 +265,26 @@ func TestNamespaces(t *testing.T) {
 		}
 		raw([]byte("GET / HTTP/1.0\r\n\r\n"))                                                   // magic
 		raw([]byte("L2"))                                                                       // short
-		raw(append([]byte("L2SY\x02"), valid[5:]...))                                           // version
+		raw(append([]byte("L2SY\x03"), valid[5:]...))                                           // version
 		raw(valid[:len(valid)-3])                                                               // truncated: count
 		raw(append(append([]byte(nil), valid...), make([]byte, 3000)...))                       // oversized: count
 		raw(craft(t, h, evil, key, func(b []byte) []byte { b[HeaderLen] = 9; return b }, true)) // record (the key leaked)
 		forged := append([]byte(nil), valid...)
 		forged[16] ^= 0xff // sequence changed, MAC not recomputed
 		raw(forged)
-		want := Stats{RejectedMagic: 1, RejectedShort: 1, RejectedVersion: 1, RejectedCount: 2, RejectedRecord: 1, RejectedSyncID: 1, RejectedAuth: 3}
+		// Version 2: relabelled as version 1 (count), and a record whose
+		// address flags claim a version 1 record (the key leaked).
+		evil6 := manyRecords6(5)
+		for i := range evil6 {
+			evil6[i].Member = c1.Addr
+		}
+		valid6, err := Encode(nil, h, evil6, key)
+		if err != nil || valid6[4] != Version2 {
+			t.Fatalf("version 2 message: %v", err)
+		}
+		raw(append([]byte("L2SY\x01"), valid6[5:]...))
+		raw(craft(t, h, evil6, key, func(b []byte) []byte { b[HeaderLen+3] = v2Flags; return b }, true))
+		want := Stats{RejectedMagic: 1, RejectedShort: 1, RejectedVersion: 1, RejectedCount: 3, RejectedRecord: 2, RejectedSyncID: 1, RejectedAuth: 3}
 		check := func(st Stats) bool {
 			return st.RejectedMagic == want.RejectedMagic && st.RejectedShort == want.RejectedShort &&
 				st.RejectedVersion == want.RejectedVersion && st.RejectedCount == want.RejectedCount &&
@@ -274,7 +299,7 @@ func TestNamespaces(t *testing.T) {
 		}
 		// Then a genuine update: it arrives, and it is the only thing
 		// that ever reached the callback.
-		genuine := everyKind()
+		genuine := append(everyKind(), everyKind6()...)
 		if err := a.c.Send(genuine); err != nil {
 			t.Fatal(err)
 		}
@@ -283,8 +308,8 @@ func TestNamespaces(t *testing.T) {
 		if got := b.records(); !sameRecords(got, genuine) {
 			t.Errorf("standby received %d records, want only the %d genuine ones", len(got), len(genuine))
 		}
-		if st := b.c.Stats(); st.ReceivedMessages != 1 {
-			t.Errorf("standby accepted %d messages, want 1", st.ReceivedMessages)
+		if st := b.c.Stats(); st.ReceivedMessages != 2 {
+			t.Errorf("standby accepted %d messages, want 2", st.ReceivedMessages)
 		}
 		if got := a.records(); len(got) != 0 {
 			t.Errorf("active accepted %d injected records", len(got))
@@ -341,9 +366,13 @@ func TestNamespaces(t *testing.T) {
 		for i := range flows {
 			flows[i].TTL = ttl
 		}
-		tmpl := everyKind()[7]
-		tmpl.TTL = ttl
-		live := append(flows, tmpl)
+		flows6 := manyRecords6(100)
+		for i := range flows6 {
+			flows6[i].TTL = ttl
+		}
+		tmpl, tmpl6 := everyKind()[7], everyKind6()[11]
+		tmpl.TTL, tmpl6.TTL = ttl, ttl
+		live := append(append(flows, flows6...), tmpl, tmpl6)
 		rangeFn := func(fn func(Record) bool) {
 			for _, r := range live {
 				if !fn(r) {
@@ -375,17 +404,17 @@ func TestNamespaces(t *testing.T) {
 
 		// Refresh: every live entry arrives at least twice (two cycles)
 		// within about two intervals, each carrying its remaining TTL.
-		seen := func() map[conntrack.Key]int {
-			m := map[conntrack.Key]int{}
+		seen := func() map[flowID]int {
+			m := map[flowID]int{}
 			for _, r := range b.records() {
-				m[r.Key]++
+				m[idOf(r)]++
 			}
 			return m
 		}
 		waitFor(t, "two refresh cycles", 10*refresh, func() bool {
 			m := seen()
 			for _, r := range live {
-				if m[r.Key] < 2 {
+				if m[idOf(r)] < 2 {
 					return false
 				}
 			}
@@ -426,14 +455,15 @@ func TestNamespaces(t *testing.T) {
 			t.Errorf("replicator stats %+v", st)
 		}
 
-		// Notify: an entry rangeFn does not know reaches the standby long
-		// before any refresh could carry it.
-		fresh := everyKind()[4]
-		fresh.TTL = ttl
+		// Notify: entries rangeFn does not know, IPv4 and IPv6, reach the
+		// standby long before any refresh could carry them.
+		fresh, fresh6 := everyKind()[4], everyKind6()[4]
+		fresh.TTL, fresh6.TTL = ttl, ttl
 		sent := time.Now()
 		rep.Notify(fresh)
-		waitFor(t, "the notified entry", refresh/2, func() bool { return seen()[fresh.Key] > 0 })
-		t.Logf("notified entry arrived after %v", time.Since(sent))
+		rep.Notify(fresh6)
+		waitFor(t, "the notified entries", refresh/2, func() bool { return seen()[idOf(fresh)] > 0 && seen()[idOf(fresh6)] > 0 })
+		t.Logf("notified entries arrived after %v", time.Since(sent))
 
 		// Dump: the standby asks, the active answers with everything and
 		// a dump end.
@@ -452,15 +482,15 @@ func TestNamespaces(t *testing.T) {
 			}
 			return false
 		})
-		got := map[conntrack.Key]bool{}
+		got := map[flowID]bool{}
 		for _, m := range b.messages()[before:dumpEnd] {
 			for _, r := range m.recs {
-				got[r.Key] = true
+				got[idOf(r)] = true
 			}
 		}
 		for _, r := range live {
-			if !got[r.Key] {
-				t.Fatalf("dump did not carry %+v", r.Key)
+			if !got[idOf(r)] {
+				t.Fatalf("dump did not carry %+v", idOf(r))
 			}
 		}
 		if st := rep.Stats(); st.Dumps != 1 || st.Dumped != uint64(len(live)) {
@@ -480,8 +510,8 @@ func TestNamespaces(t *testing.T) {
 				defer wg.Done()
 				rec := flows[0]
 				for i := range per {
-					rec.Key.SPort = uint16(i)
-					rec.Key.Src = uint32(g + 1)
+					rec.SPort = uint16(i)
+					rec.Src = netip.AddrFrom4([4]byte{10, 0, 0, byte(g + 1)})
 					rep.Notify(rec)
 				}
 			}()
@@ -489,8 +519,8 @@ func TestNamespaces(t *testing.T) {
 		wg.Wait()
 		el := time.Since(floodStart)
 		st := rep.Stats()
-		if st.Notified+st.Dropped != workers*per+1 { // +1: fresh
-			t.Errorf("notified %d + dropped %d != %d", st.Notified, st.Dropped, workers*per+1)
+		if st.Notified+st.Dropped != workers*per+2 { // +2: fresh, fresh6
+			t.Errorf("notified %d + dropped %d != %d", st.Notified, st.Dropped, workers*per+2)
 		}
 		t.Logf("flood of %d Notify calls took %v; %d dropped, standby stats %+v", workers*per, el, st.Dropped, b.c.Stats())
 		if el > 10*time.Second {
@@ -498,7 +528,7 @@ func TestNamespaces(t *testing.T) {
 		}
 		flooded := func() (n uint64) {
 			for _, r := range b.records() {
-				if r.Key.Src >= 1 && r.Key.Src <= workers {
+				if a := r.Src.As16(); r.Src.Is4() && a[12] == 10 && a[13] == 0 && a[14] == 0 && a[15] >= 1 && a[15] <= workers {
 					n++
 				}
 			}
@@ -506,7 +536,7 @@ func TestNamespaces(t *testing.T) {
 		}
 		waitFor(t, "flooded records at the standby", 5*time.Second, func() bool { return flooded() > 0 })
 		time.Sleep(100 * time.Millisecond)
-		if got, queued := flooded(), st.Notified-1; got > queued {
+		if got, queued := flooded(), st.Notified-2; got > queued {
 			t.Errorf("standby received %d flooded records, only %d were queued", got, queued)
 		}
 	})

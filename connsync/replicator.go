@@ -13,26 +13,27 @@ const (
 	// DefaultRefresh is the refresh interval when NewReplicator is given
 	// zero: every live entry is re-sent this often, so a standby misses an
 	// entry for at most about this long after a lost datagram, while 1 M
-	// flows cost about 40 Mbit/s (1 M / 56 records = 17.9 k messages of
-	// 1400 bytes every 5 s).
+	// IPv4 flows cost about 40 Mbit/s (1 M / 56 records = 17.9 k messages
+	// of 1400 bytes every 5 s) and 1 M IPv6 flows about 100 Mbit/s (1 M /
+	// 22 records = 45.5 k messages of 1372 bytes).
 	DefaultRefresh = 5 * time.Second
-	// QueueLen bounds the Notify queue: about 146 full messages, one
-	// FlushDelay's worth of new flows at 800 k new flows a second. Beyond
-	// that Notify drops, and the next refresh heals.
+	// QueueLen bounds the Notify queue: about 146 full version 1 messages
+	// (372 version 2), one FlushDelay's worth of new flows at 800 k new
+	// flows a second. Beyond that Notify drops, and the next refresh heals.
 	QueueLen = 8192
 	// FlushDelay is how long a partly filled batch of new entries waits
 	// for more before it is sent: new flows reach the standby within
 	// ~10 ms, and at a few thousand new flows per second batches still
-	// fill (56 records per message instead of one).
+	// fill (56 IPv4 or 22 IPv6 records per message instead of one).
 	FlushDelay = 10 * time.Millisecond
 	// refreshSpan is the share of the refresh interval a refresh cycle is
 	// spread over; the rest is slack so a slow cycle ends before the next
 	// one starts.
 	refreshSpanNum, refreshSpanDen = 3, 4
 	// dumpBurst messages are sent back to back during a bulk dump, then
-	// the dump pauses for dumpPause: about 1.8 M records a second, while a
-	// burst (about 45 KiB) fits a receiver's default socket buffer even if
-	// it could not enlarge it.
+	// the dump pauses for dumpPause: about 1.8 M IPv4 records a second
+	// (0.7 M IPv6), while a burst (about 45 KiB) fits a receiver's default
+	// socket buffer even if it could not enlarge it.
 	dumpBurst = 32
 	dumpPause = time.Millisecond
 )
@@ -75,12 +76,26 @@ type Replicator struct {
 	notified, dropped, invalid, refreshed, cycles, dumps, dumped atomic.Uint64
 
 	// Owned by Run.
-	snap      []byte // the refresh cycle's records, wire-encoded
+	snap      snapshot // the refresh cycle's records
 	snapTime  time.Time
-	snapSent  int  // records of snap sent so far
+	snapSent  int  // messages of snap sent so far
 	cycleDone bool // the current cycle has been sent and counted
-	dumpSnap  []byte
+	dumpSnap  snapshot
 	batch     [MaxRecords]Record
+}
+
+// snapshot holds a cycle's or a dump's records in wire encoding, in one
+// buffer per version: 24 bytes an IPv4 record, 60 another, where a Record
+// takes 104.
+type snapshot struct {
+	v1, v2 []byte
+}
+
+// messages returns how many messages the snapshot makes: m1 of version 1,
+// then m2 of version 2.
+func (s *snapshot) messages() (m1, m2 int) {
+	n1, n2 := len(s.v1)/RecordLenV1, len(s.v2)/RecordLenV2
+	return (n1 + MaxRecordsV1 - 1) / MaxRecordsV1, (n2 + MaxRecordsV2 - 1) / MaxRecordsV2
 }
 
 // NewReplicator returns a Replicator that sends through c. rangeFn must
@@ -192,8 +207,9 @@ func (r *Replicator) Run(ctx context.Context) error {
 	}
 }
 
-// flushQueue sends every queued record, MaxRecords at a time. The lock is
-// held only to copy a batch out, never while sending.
+// flushQueue sends every queued record, MaxRecords at a time (Conn.Send
+// splits each batch by version). The lock is held only to copy a batch
+// out, never while sending.
 func (r *Replicator) flushQueue() error {
 	for {
 		n := r.take(r.batch[:])
@@ -202,7 +218,7 @@ func (r *Replicator) flushQueue() error {
 		}
 		k := 0
 		for _, rec := range r.batch[:n] {
-			if r.fix(&rec) {
+			if r.fix(&rec) != 0 {
 				r.batch[k] = rec
 				k++
 			}
@@ -227,18 +243,19 @@ func (r *Replicator) take(dst []Record) int {
 	return n
 }
 
-// fix clamps an over-long TTL and reports whether rec can be sent; invalid
-// records are counted. Expired records (TTL <= 0) are skipped silently.
-func (r *Replicator) fix(rec *Record) bool {
+// fix clamps an over-long TTL and returns the wire version that carries
+// rec, or 0 when it is not to be sent: invalid records are counted, expired
+// ones (TTL <= 0) skipped silently.
+func (r *Replicator) fix(rec *Record) int {
 	if rec.TTL <= 0 {
-		return false
+		return 0
 	}
 	rec.TTL = min(rec.TTL, MaxTTL)
-	if !validRecord(rec) {
+	v := recordVersion(rec)
+	if v == 0 {
 		r.invalid.Add(1)
-		return false
 	}
-	return true
+	return v
 }
 
 // sendBatch sends recs; only a closed connection is an error for Run.
@@ -252,51 +269,53 @@ func (r *Replicator) sendBatch(recs []Record) error {
 	return nil
 }
 
-// snapshot walks rangeFn and appends every sendable record to buf in wire
-// encoding (24 bytes a record, less than half of a Record), so a refresh
-// cycle over 1 M flows holds 24 MB rather than the table's locks.
-func (r *Replicator) snapshot(buf []byte) []byte {
-	buf = buf[:0]
+// takeSnapshot walks rangeFn and stores every sendable record in s in wire
+// encoding, so that a refresh cycle over 1 M flows holds 24 MB (IPv4) to
+// 60 MB (IPv6) rather than the table's locks.
+func (r *Replicator) takeSnapshot(s *snapshot) {
+	s.v1, s.v2 = s.v1[:0], s.v2[:0]
 	r.rangeFn(func(rec Record) bool {
-		if r.fix(&rec) {
-			buf = grow(buf, RecordLen)
-			putRecord(buf[len(buf)-RecordLen:], &rec)
+		// fix checks rec, so the puts succeed.
+		switch r.fix(&rec) {
+		case Version1:
+			s.v1 = grow(s.v1, RecordLenV1)
+			putRecordV1(s.v1[len(s.v1)-RecordLenV1:], &rec)
+		case Version2:
+			s.v2 = grow(s.v2, RecordLenV2)
+			putRecordV2(s.v2[len(s.v2)-RecordLenV2:], &rec)
 		}
 		return true
 	})
-	return buf
 }
 
 // startCycle begins a refresh cycle: what the previous one has not sent
 // yet is abandoned (this one covers it), and a new snapshot is taken.
 func (r *Replicator) startCycle() {
-	r.snap = r.snapshot(r.snap)
+	r.takeSnapshot(&r.snap)
 	r.snapTime = time.Now()
 	r.snapSent = 0
 	r.cycleDone = false
 }
 
-// sendDue sends the records of the cycle that are due by now, so that the
+// sendDue sends the messages of the cycle that are due by now, so that the
 // whole snapshot goes out evenly over refreshSpan of the interval.
 func (r *Replicator) sendDue() error {
-	total := len(r.snap) / RecordLen
 	if r.cycleDone {
 		return nil
 	}
+	m1, m2 := r.snap.messages()
+	total := m1 + m2
 	span := r.refresh * refreshSpanNum / refreshSpanDen
 	elapsed := time.Since(r.snapTime)
 	due := total
 	if elapsed < span {
-		due = int(int64(total) * int64(elapsed) / int64(span))
-		// Round up to whole messages: the last one of a tick may be full.
-		due = min(total, (due+MaxRecords-1)/MaxRecords*MaxRecords)
+		// Rounded up: the message of a tick is sent whole.
+		due = int((int64(total)*int64(elapsed) + int64(span) - 1) / int64(span))
 	}
-	for r.snapSent < due {
-		n := min(due-r.snapSent, MaxRecords)
-		k := r.decodeSnap(r.snap, r.snapSent, n, elapsed)
-		r.snapSent += n
+	for ; r.snapSent < due; r.snapSent++ {
+		k, err := r.sendSnap(&r.snap, r.snapSent, elapsed)
 		r.refreshed.Add(uint64(k))
-		if err := r.sendBatch(r.batch[:k]); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -307,20 +326,27 @@ func (r *Replicator) sendDue() error {
 	return nil
 }
 
-// decodeSnap fills r.batch with n records of snap starting at record i,
-// aged by elapsed (they were snapshot that long ago); records that expired
-// meanwhile are left out. It returns how many were kept.
-func (r *Replicator) decodeSnap(snap []byte, i, n int, elapsed time.Duration) int {
+// sendSnap sends message j of snapshot s (the version 1 messages first),
+// its records aged by elapsed (they were taken that long ago); records that
+// expired meanwhile are left out. It returns how many were sent.
+func (r *Replicator) sendSnap(s *snapshot, j int, elapsed time.Duration) (int, error) {
+	m1, _ := s.messages()
+	buf, recLen, maxRecs, get := s.v1, RecordLenV1, MaxRecordsV1, getRecordV1
+	if j >= m1 {
+		j -= m1
+		buf, recLen, maxRecs, get = s.v2, RecordLenV2, MaxRecordsV2, getRecordV2
+	}
+	i, n := j*maxRecs, min(maxRecs, len(buf)/recLen-j*maxRecs)
 	k := 0
-	for j := i; j < i+n; j++ {
+	for ; n > 0; i, n = i+1, n-1 {
 		rec := &r.batch[k]
-		getRecord(snap[j*RecordLen:(j+1)*RecordLen], rec)
+		get(buf[i*recLen:(i+1)*recLen], rec)
 		rec.TTL -= elapsed
 		if rec.TTL > 0 {
 			k++
 		}
 	}
-	return k
+	return k, r.sendBatch(r.batch[:k])
 }
 
 // sendDump sends every live entry at once, in bursts, then MsgDumpEnd.
@@ -328,14 +354,13 @@ func (r *Replicator) decodeSnap(snap []byte, i, n int, elapsed time.Duration) in
 // Notify may drop during a dump; the dump itself carries those entries if
 // they were live when it started, and the refresh carries the rest.
 func (r *Replicator) sendDump(ctx context.Context) error {
-	r.dumpSnap = r.snapshot(r.dumpSnap)
+	r.takeSnapshot(&r.dumpSnap)
 	start := time.Now()
-	total := len(r.dumpSnap) / RecordLen
+	m1, m2 := r.dumpSnap.messages()
 	burst := 0
-	for i := 0; i < total; i += MaxRecords {
-		n := min(total-i, MaxRecords)
-		k := r.decodeSnap(r.dumpSnap, i, n, time.Since(start))
-		if err := r.sendBatch(r.batch[:k]); err != nil {
+	for j := range m1 + m2 {
+		k, err := r.sendSnap(&r.dumpSnap, j, time.Since(start))
+		if err != nil {
 			return err
 		}
 		r.dumped.Add(uint64(k))

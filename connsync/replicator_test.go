@@ -3,6 +3,7 @@ package connsync
 import (
 	"errors"
 	"net/netip"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -24,7 +25,7 @@ func TestNotifyFullQueueDropsWithoutBlocking(t *testing.T) {
 				defer wg.Done()
 				for i := range (QueueLen + extra) / 4 {
 					rec := rec
-					rec.Key.SPort = uint16(g*10000 + i)
+					rec.SPort = uint16(g*10000 + i)
 					r.Notify(rec)
 				}
 			}()
@@ -52,7 +53,7 @@ func TestNotifyQueueIsFIFOAcrossWrap(t *testing.T) {
 	push := func(n int) {
 		for range n {
 			rec := base
-			rec.Key.SPort = uint16(next)
+			rec.SPort = uint16(next)
 			next++
 			r.Notify(rec)
 		}
@@ -65,8 +66,8 @@ func TestNotifyQueueIsFIFOAcrossWrap(t *testing.T) {
 				t.Fatalf("queue empty with %d records still expected", n)
 			}
 			for _, rec := range batch[:k] {
-				if int(rec.Key.SPort) != want {
-					t.Fatalf("dequeued SPort %d, want %d", rec.Key.SPort, want)
+				if int(rec.SPort) != want {
+					t.Fatalf("dequeued SPort %d, want %d", rec.SPort, want)
 				}
 				want++
 			}
@@ -86,15 +87,16 @@ func TestFixClampsAndCounts(t *testing.T) {
 	r := NewReplicator(nil, nil, 0)
 	ok := everyKind()[0]
 	ok.TTL = 100 * MaxTTL
-	if !r.fix(&ok) || ok.TTL != MaxTTL {
+	if r.fix(&ok) != Version1 || ok.TTL != MaxTTL {
 		t.Fatalf("over-long TTL: kept=%v TTL %v, want clamped to MaxTTL", ok.TTL == MaxTTL, ok.TTL)
 	}
 	expired := everyKind()[0]
 	expired.TTL = 0
 	bad := everyKind()[0]
-	bad.Member = netip.MustParseAddr("2001:db8::1")
-	if r.fix(&expired) || r.fix(&bad) {
-		t.Fatal("expired or invalid record accepted")
+	bad.Member = netip.MustParseAddr("fe80::1") // link-local
+	ok6 := everyKind6()[0]
+	if r.fix(&expired) != 0 || r.fix(&bad) != 0 || r.fix(&ok6) != Version2 {
+		t.Fatal("expired or invalid record accepted, or an IPv6 one refused")
 	}
 	if st := r.Stats(); st.Invalid != 1 {
 		t.Fatalf("Invalid %d, want 1 (expired records are not invalid)", st.Invalid)
@@ -120,5 +122,97 @@ func TestListenConfigErrors(t *testing.T) {
 		if c != nil {
 			c.Close()
 		}
+	}
+}
+
+// sizesByVersion sums up messages as version -> record counts, in order.
+func sizesByVersion(msgs []decoded) map[int][]int {
+	m := map[int][]int{}
+	for _, d := range msgs {
+		m[d.version] = append(m[d.version], len(d.recs))
+	}
+	return m
+}
+
+// TestSnapshotsCarryBothVersions: a dump and a refresh cycle send every
+// live record, IPv6 ones included, in messages of one version each, the
+// refresh paced in whole messages.
+func TestSnapshotsCarryBothVersions(t *testing.T) {
+	c, rx := loopConn(t, nil)
+	live := interleave(manyRecords(130), manyRecords6(50))
+	tmpl4, tmpl6 := everyKind()[7], everyKind6()[11]
+	tmpl4.TTL, tmpl6.TTL = time.Hour, time.Hour
+	live = append(live, tmpl4, tmpl6)
+	invalid := live[0]
+	invalid.Src = addr("fe80::1") // family mismatch with the VIP
+	rangeFn := func(fn func(Record) bool) {
+		for _, rec := range append(live, invalid) {
+			if !fn(rec) {
+				return
+			}
+		}
+	}
+	r := NewReplicator(c, rangeFn, time.Second)
+	want := map[flowID]Record{}
+	for _, rec := range live {
+		want[idOf(rec)] = rec
+	}
+	check := func(what string, msgs []decoded, wantMsgs map[int][]int) {
+		t.Helper()
+		if got := sizesByVersion(msgs); !reflect.DeepEqual(got, wantMsgs) {
+			t.Errorf("%s: message sizes by version %v, want %v", what, got, wantMsgs)
+		}
+		seen := map[flowID]bool{}
+		for _, d := range msgs {
+			for _, rec := range d.recs {
+				w, ok := want[idOf(rec)]
+				if !ok || rec.Member != w.Member || rec.TTL > w.TTL || rec.TTL < w.TTL-time.Minute {
+					t.Fatalf("%s: unexpected record %+v", what, rec)
+				}
+				seen[idOf(rec)] = true
+			}
+		}
+		if len(seen) != len(live) {
+			t.Errorf("%s: %d of %d live records", what, len(seen), len(live))
+		}
+	}
+	// 131 IPv4 records (56+56+19) and 51 IPv6 ones (22+22+7).
+	full := map[int][]int{Version1: {56, 56, 19}, Version2: {22, 22, 7}}
+
+	if err := r.sendDump(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	msgs := datagrams(t, rx)
+	if len(msgs) == 0 {
+		t.Fatal("dump sent nothing")
+	}
+	end, err := func() (Header, error) { h, _, err := Decode(msgs[len(msgs)-1], nil, 0, nil); return h, err }()
+	if err != nil || end.Type != MsgDumpEnd {
+		t.Fatalf("dump does not end with a dump end: %+v %v", end, err)
+	}
+	check("dump", decodeAll(t, msgs[:len(msgs)-1], nil), full)
+	if st := r.Stats(); st.Dumps != 1 || st.Dumped != uint64(len(live)) || st.Invalid != 1 {
+		t.Errorf("dump stats %+v", st)
+	}
+
+	// A refresh cycle half way through its span has sent half of its six
+	// messages, version 1 first; at the end of the span all of them.
+	r.startCycle()
+	span := r.refresh * refreshSpanNum / refreshSpanDen
+	r.snapTime = time.Now().Add(-span / 2)
+	if err := r.sendDue(); err != nil {
+		t.Fatal(err)
+	}
+	first := decodeAll(t, datagrams(t, rx), nil)
+	if got := sizesByVersion(first); len(first) < 3 || len(first) > 4 || !reflect.DeepEqual(got[Version1], []int{56, 56, 19}) {
+		t.Errorf("half a span: messages by version %v, want the three version 1 ones (and perhaps one more)", got)
+	}
+	r.snapTime = time.Now().Add(-span)
+	if err := r.sendDue(); err != nil {
+		t.Fatal(err)
+	}
+	check("refresh", append(first, decodeAll(t, datagrams(t, rx), nil)...), full)
+	if st := r.Stats(); st.Cycles != 1 || st.Refreshed != uint64(len(live)) {
+		t.Errorf("refresh stats %+v", st)
 	}
 }

@@ -20,10 +20,7 @@ var (
 	testSender = netip.MustParseAddr("192.0.2.11")
 )
 
-func ip4(s string) uint32 {
-	a := netip.MustParseAddr(s).As4()
-	return binary.BigEndian.Uint32(a[:])
-}
+func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // everyKind returns one record per flow state (with the protocol conntrack
 // gives that state) and a template.
@@ -32,7 +29,11 @@ func everyKind() []Record {
 	flow := func(s conntrack.State, proto uint8, sport, dport uint16) Record {
 		return Record{
 			Kind:   RecordFlow,
-			Key:    conntrack.Key{Src: ip4("198.51.100.7"), Dst: ip4("192.0.2.200"), SPort: sport, DPort: dport, Proto: proto},
+			Src:    addr("198.51.100.7"),
+			Dst:    addr("192.0.2.200"),
+			SPort:  sport,
+			DPort:  dport,
+			Proto:  proto,
 			Member: member,
 			State:  s,
 			TTL:    time.Duration(int(s)+1) * 1500 * time.Millisecond,
@@ -48,7 +49,8 @@ func everyKind() []Record {
 		flow(conntrack.StateOther, 47, 0, 0), // GRE
 		{
 			Kind:   RecordTemplate,
-			Key:    conntrack.Key{Src: ip4("198.51.100.7"), Dst: ip4("192.0.2.200")},
+			Src:    addr("198.51.100.7"),
+			Dst:    addr("192.0.2.200"),
 			Member: netip.MustParseAddr("192.0.2.13"),
 			TTL:    MaxTTL,
 		},
@@ -61,13 +63,102 @@ func manyRecords(n int) []Record {
 	for i := range recs {
 		recs[i] = Record{
 			Kind:   RecordFlow,
-			Key:    conntrack.Key{Src: ip4("198.51.100.1") + uint32(i/60000), Dst: ip4("192.0.2.200"), SPort: uint16(1024 + i%60000), DPort: 80, Proto: conntrack.ProtoTCP},
+			Src:    netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i/60000)}),
+			Dst:    addr("192.0.2.200"),
+			SPort:  uint16(1024 + i%60000),
+			DPort:  80,
+			Proto:  conntrack.ProtoTCP,
 			Member: netip.AddrFrom4([4]byte{192, 0, 2, byte(11 + i%3)}),
 			State:  conntrack.StateEstablished,
 			TTL:    900 * time.Second,
 		}
 	}
 	return recs
+}
+
+// everyKind6 returns the records that need version 2: an IPv6 flow with an
+// IPv6 member per flow state (ICMPv6 for StateICMP), IPv4 flows with IPv6
+// members, IPv6 flows with IPv4 members (global and unique-local), and
+// templates of each family mix.
+func everyKind6() []Record {
+	client, vip, member := addr("2001:db8:c::7"), addr("2001:db8:f::200"), addr("2001:db8::12")
+	flow := func(s conntrack.State, proto uint8, sport, dport uint16) Record {
+		return Record{Kind: RecordFlow, Src: client, Dst: vip, SPort: sport, DPort: dport, Proto: proto,
+			Member: member, State: s, TTL: time.Duration(int(s)+1) * 1500 * time.Millisecond}
+	}
+	return []Record{
+		flow(conntrack.StateSynRecv, conntrack.ProtoTCP, 40000, 80),
+		flow(conntrack.StateEstablished, conntrack.ProtoTCP, 40001, 443),
+		flow(conntrack.StateClosing, conntrack.ProtoTCP, 40002, 25),
+		flow(conntrack.StateClose, conntrack.ProtoTCP, 65535, 110),
+		flow(conntrack.StateUDP, conntrack.ProtoUDP, 5353, 53),
+		flow(conntrack.StateICMP, protoICMPv6, 0, 0),
+		flow(conntrack.StateOther, 47, 0, 0),                  // GRE
+		flow(conntrack.StateOther, conntrack.ProtoICMP, 0, 0), // ICMPv4 is no ICMP of IPv6
+		{Kind: RecordFlow, Src: addr("198.51.100.7"), Dst: addr("192.0.2.200"), SPort: 40003, DPort: 5060, Proto: conntrack.ProtoUDP,
+			Member: addr("2001:db8::13"), State: conntrack.StateUDP, TTL: time.Minute},
+		{Kind: RecordFlow, Src: addr("198.51.100.7"), Dst: addr("192.0.2.200"), Proto: conntrack.ProtoICMP,
+			Member: addr("2001:db8::13"), State: conntrack.StateICMP, TTL: time.Second},
+		{Kind: RecordFlow, Src: addr("fd00:1::7"), Dst: addr("fd00:2::200"), SPort: 40004, DPort: 143, Proto: conntrack.ProtoTCP,
+			Member: addr("192.0.2.12"), State: conntrack.StateEstablished, TTL: time.Hour},
+		{Kind: RecordTemplate, Src: client, Dst: vip, Member: member, TTL: MaxTTL},
+		{Kind: RecordTemplate, Src: addr("198.51.100.7"), Dst: addr("192.0.2.200"), Member: addr("2001:db8::13"), TTL: 15 * time.Second},
+		{Kind: RecordTemplate, Src: client, Dst: vip, Member: addr("192.0.2.13"), TTL: time.Millisecond},
+	}
+}
+
+// manyRecords6 returns n distinct valid IPv6 flow records; every third has
+// an IPv4 member.
+func manyRecords6(n int) []Record {
+	recs := make([]Record, n)
+	for i := range recs {
+		m := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(11 + i%3)})
+		if i%3 == 2 {
+			m = netip.AddrFrom4([4]byte{192, 0, 2, 13})
+		}
+		recs[i] = Record{
+			Kind:   RecordFlow,
+			Src:    netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0x0c, 14: byte(i / 60000 >> 8), 15: byte(1 + i/60000)}),
+			Dst:    addr("2001:db8:f::200"),
+			SPort:  uint16(1024 + i%60000),
+			DPort:  80,
+			Proto:  conntrack.ProtoTCP,
+			Member: m,
+			State:  conntrack.StateEstablished,
+			TTL:    900 * time.Second,
+		}
+	}
+	return recs
+}
+
+// interleave returns the records of a and b alternately, then the rest.
+func interleave(a, b []Record) []Record {
+	var out []Record
+	for i := 0; i < len(a) || i < len(b); i++ {
+		if i < len(a) {
+			out = append(out, a[i])
+		}
+		if i < len(b) {
+			out = append(out, b[i])
+		}
+	}
+	return out
+}
+
+func TestRecordVersion(t *testing.T) {
+	for _, r := range append(everyKind(), manyRecords(3)...) {
+		if v := recordVersion(&r); v != Version1 {
+			t.Errorf("%+v: version %d, want 1", r, v)
+		}
+	}
+	for _, r := range append(everyKind6(), manyRecords6(3)...) {
+		if v := recordVersion(&r); v != Version2 {
+			t.Errorf("%+v: version %d, want 2", r, v)
+		}
+	}
+	if v := recordVersion(&Record{}); v != 0 {
+		t.Errorf("zero record: version %d, want 0", v)
+	}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -78,6 +169,8 @@ func TestRoundTrip(t *testing.T) {
 		}{
 			{MsgUpdate, everyKind()},
 			{MsgUpdate, manyRecords(MaxRecords)},
+			{MsgUpdate, everyKind6()},
+			{MsgUpdate, manyRecords6(MaxRecordsV2)},
 			{MsgUpdate, nil},
 			{MsgDumpRequest, nil},
 			{MsgDumpEnd, nil},
@@ -87,7 +180,14 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Encode %v (key %v): %v", tc.typ, key != nil, err)
 			}
-			if want := EncodedLen(len(tc.recs), key != nil); len(b) != want {
+			v := Version1
+			if len(tc.recs) > 0 {
+				v = recordVersion(&tc.recs[0])
+			}
+			if b[4] != byte(v) {
+				t.Fatalf("%v: version %d, want %d", tc.typ, b[4], v)
+			}
+			if want := EncodedLen(v, len(tc.recs), key != nil); len(b) != want {
 				t.Fatalf("%v: encoded %d bytes, want %d", tc.typ, len(b), want)
 			}
 			if len(b) > MaxMessage {
@@ -122,14 +222,25 @@ func TestEncodeAppends(t *testing.T) {
 }
 
 func TestMaxRecordsFitsMTU(t *testing.T) {
-	if EncodedLen(MaxRecords, true) > MaxMessage {
-		t.Fatalf("a full authenticated batch is %d bytes", EncodedLen(MaxRecords, true))
+	if MaxRecordsV1 != 56 || MaxRecordsV2 != 22 || MaxRecords != MaxRecordsV1 {
+		t.Fatalf("MaxRecordsV1 %d, MaxRecordsV2 %d, MaxRecords %d", MaxRecordsV1, MaxRecordsV2, MaxRecords)
 	}
-	if EncodedLen(MaxRecords+1, true) <= MaxMessage {
-		t.Fatalf("MaxRecords %d is not the largest that fits", MaxRecords)
+	for _, tc := range []struct {
+		v, max int
+		recs   func(int) []Record
+	}{{Version1, MaxRecordsV1, manyRecords}, {Version2, MaxRecordsV2, manyRecords6}} {
+		if EncodedLen(tc.v, tc.max, true) > MaxMessage {
+			t.Fatalf("a full authenticated version %d batch is %d bytes", tc.v, EncodedLen(tc.v, tc.max, true))
+		}
+		if EncodedLen(tc.v, tc.max+1, true) <= MaxMessage {
+			t.Fatalf("MaxRecords of version %d, %d, is not the largest that fits", tc.v, tc.max)
+		}
+		if _, err := Encode(nil, Header{Type: MsgUpdate, Sender: testSender}, tc.recs(tc.max+1), nil); !errors.Is(err, ErrCount) {
+			t.Fatalf("Encode of %d version %d records: %v, want ErrCount", tc.max+1, tc.v, err)
+		}
 	}
-	if _, err := Encode(nil, Header{Type: MsgUpdate, Sender: testSender}, manyRecords(MaxRecords+1), nil); !errors.Is(err, ErrCount) {
-		t.Fatalf("Encode of MaxRecords+1: %v, want ErrCount", err)
+	if EncodedLen(0, 1, false) != 0 || EncodedLen(3, 1, false) != 0 {
+		t.Fatal("EncodedLen of an unknown version is not 0")
 	}
 }
 
@@ -150,7 +261,18 @@ func TestEncodeRejects(t *testing.T) {
 		{"zero record", Header{Type: MsgUpdate, Sender: testSender}, []Record{{}}, ErrRecord},
 		{"negative TTL", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.TTL = -1 }), ErrRecord},
 		{"TTL too long", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.TTL = MaxTTL + time.Millisecond }), ErrRecord},
-		{"IPv6 member", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.Member = netip.MustParseAddr("2001:db8::1") }), ErrRecord},
+		{"IPv4-mapped member", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.Member = addr("::ffff:192.0.2.12") }), ErrRecord},
+		{"IPv4-mapped client", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.Src = addr("::ffff:198.51.100.7") }), ErrRecord},
+		{"IPv4-mapped client and VIP", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) {
+			r.Src, r.Dst = addr("::ffff:198.51.100.7"), addr("::ffff:192.0.2.200")
+		}), ErrRecord},
+		{"IPv4 client, IPv6 VIP", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.Dst = addr("2001:db8::200") }), ErrRecord},
+		{"IPv6 client, IPv4 VIP", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.Src = addr("2001:db8::7") }), ErrRecord},
+		{"no client", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.Src = netip.Addr{} }), ErrRecord},
+		{"no member", Header{Type: MsgUpdate, Sender: testSender}, mod(func(r *Record) { r.Member = netip.Addr{} }), ErrRecord},
+		{"mixed versions", Header{Type: MsgUpdate, Sender: testSender}, []Record{good, everyKind6()[0]}, ErrRecord},
+		{"mixed versions, IPv6 first", Header{Type: MsgUpdate, Sender: testSender}, []Record{everyKind6()[0], good}, ErrRecord},
+		{"too many IPv6 records", Header{Type: MsgUpdate, Sender: testSender}, manyRecords6(MaxRecordsV2 + 1), ErrCount},
 	} {
 		dst := make([]byte, 2, 100)
 		b, err := Encode(dst, tc.h, tc.recs, nil)
@@ -185,7 +307,7 @@ func TestDecodeErrors(t *testing.T) {
 	recs := everyKind()[:3]
 	same := func(b []byte) []byte { return b }
 	setRec := func(i, off int, v byte) func([]byte) []byte {
-		return func(b []byte) []byte { b[HeaderLen+i*RecordLen+off] = v; return b }
+		return func(b []byte) []byte { b[HeaderLen+i*RecordLenV1+off] = v; return b }
 	}
 	for _, tc := range []struct {
 		name   string
@@ -202,7 +324,10 @@ func TestDecodeErrors(t *testing.T) {
 		{"magic", nil, nil, 7, func(b []byte) []byte { b[0] = 'X'; return b }, false, ErrMagic},
 		{"IPVS-like garbage", nil, nil, 7, func(b []byte) []byte { return []byte{0, 7, 0, 40, 0, 0, 0, 0} }, false, ErrMagic},
 		{"version 0", nil, nil, 7, func(b []byte) []byte { b[4] = 0; return b }, false, ErrVersion},
-		{"version 2 short", nil, nil, 7, func(b []byte) []byte { b[4] = 2; return b[:6] }, false, ErrVersion},
+		{"version 3", nil, nil, 7, func(b []byte) []byte { b[4] = 3; return b }, false, ErrVersion},
+		{"version 255 short", nil, nil, 7, func(b []byte) []byte { b[4] = 255; return b[:6] }, false, ErrVersion},
+		{"version 2 short", nil, nil, 7, func(b []byte) []byte { b[4] = 2; return b[:6] }, false, ErrShort},
+		{"version 2 with version 1 records", nil, nil, 7, func(b []byte) []byte { b[4] = 2; return b }, false, ErrCount},
 		{"unknown flag", nil, nil, 7, func(b []byte) []byte { b[5] |= 0x80; return b }, false, ErrHeader},
 		{"reserved byte", nil, nil, 7, func(b []byte) []byte { b[7] = 1; return b }, false, ErrHeader},
 		{"type 0", testKey, testKey, 7, func(b []byte) []byte { b[6] = 0; return b }, true, ErrHeader},
@@ -213,7 +338,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"truncated record", nil, nil, 7, func(b []byte) []byte { return b[:len(b)-1] }, false, ErrCount},
 		{"count above MaxRecords", nil, nil, 7, func(b []byte) []byte {
 			binary.BigEndian.PutUint16(b[10:], MaxRecords+1)
-			return append(b, make([]byte, (MaxRecords+1-3)*RecordLen)...)
+			return append(b, make([]byte, (MaxRecords+1-3)*RecordLenV1)...)
 		}, false, ErrCount},
 		{"dump end with records", testKey, testKey, 7, func(b []byte) []byte { b[6] = byte(MsgDumpEnd); return b }, true, ErrCount},
 		{"other SyncID", nil, nil, 8, same, false, ErrSyncID},
@@ -241,7 +366,7 @@ func TestDecodeErrors(t *testing.T) {
 			return b
 		}, false, ErrRecord},
 		{"broadcast member", nil, nil, 0, func(b []byte) []byte {
-			copy(b[HeaderLen+2*RecordLen+16:], []byte{255, 255, 255, 255})
+			copy(b[HeaderLen+2*RecordLenV1+16:], []byte{255, 255, 255, 255})
 			return b
 		}, false, ErrRecord},
 		{"loopback member", nil, nil, 0, func(b []byte) []byte {
@@ -270,9 +395,9 @@ func TestTemplateFieldsMustBeZero(t *testing.T) {
 	h := Header{Type: MsgUpdate, Sender: testSender}
 	for name, f := range map[string]func(*Record){
 		"state": func(r *Record) { r.State = conntrack.StateEstablished },
-		"proto": func(r *Record) { r.Key.Proto = conntrack.ProtoTCP },
-		"sport": func(r *Record) { r.Key.SPort = 1 },
-		"dport": func(r *Record) { r.Key.DPort = 1 },
+		"proto": func(r *Record) { r.Proto = conntrack.ProtoTCP },
+		"sport": func(r *Record) { r.SPort = 1 },
+		"dport": func(r *Record) { r.DPort = 1 },
 	} {
 		r := tmpl
 		f(&r)
@@ -408,69 +533,83 @@ func TestFlippedBitFailsAuthentication(t *testing.T) {
 	}
 }
 
-// Encoding and decoding allocate nothing: without a key through Encode and
-// Decode, with one through the reused HMAC state a Conn keeps (Encode and
-// Decode set one up per call).
+// Encoding and decoding allocate nothing, in either version: without a key
+// through Encode and Decode, with one through the reused HMAC state a Conn
+// keeps (Encode and Decode set one up per call).
 func TestDecodeAllocs(t *testing.T) {
-	recs := manyRecords(MaxRecords)
 	h := Header{Type: MsgUpdate, SyncID: 1, Sender: testSender}
 	buf := make([]byte, 0, MaxMessage)
 	out := make([]Record, 0, MaxRecords)
-	for _, key := range [][]byte{nil, testKey} {
-		mac := newMAC(key)
-		var b []byte
+	for _, recs := range [][]Record{manyRecords(MaxRecordsV1), manyRecords6(MaxRecordsV2)} {
+		v := recordVersion(&recs[0])
+		for _, key := range [][]byte{nil, testKey} {
+			mac := newMAC(key)
+			var b []byte
+			if n := testing.AllocsPerRun(100, func() {
+				var err error
+				if b, err = encode(buf[:0], h, recs, mac); err != nil {
+					t.Fatal(err)
+				}
+			}); n != 0 {
+				t.Errorf("version %d: encode (key %v) allocates %v times", v, key != nil, n)
+			}
+			if n := testing.AllocsPerRun(100, func() {
+				if _, _, err := decode(b, mac, 1, out); err != nil {
+					t.Fatal(err)
+				}
+			}); n != 0 {
+				t.Errorf("version %d: decode (key %v) allocates %v times", v, key != nil, n)
+			}
+		}
 		if n := testing.AllocsPerRun(100, func() {
-			var err error
-			if b, err = encode(buf[:0], h, recs, mac); err != nil {
+			b, err := Encode(buf[:0], h, recs, nil)
+			if err == nil {
+				_, _, err = Decode(b, nil, 1, out)
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
 		}); n != 0 {
-			t.Errorf("encode (key %v) allocates %v times", key != nil, n)
+			t.Errorf("version %d: Encode+Decode without a key allocate %v times", v, n)
 		}
-		if n := testing.AllocsPerRun(100, func() {
-			if _, _, err := decode(b, mac, 1, out); err != nil {
-				t.Fatal(err)
-			}
-		}); n != 0 {
-			t.Errorf("decode (key %v) allocates %v times", key != nil, n)
-		}
-	}
-	if n := testing.AllocsPerRun(100, func() {
-		b, err := Encode(buf[:0], h, recs, nil)
-		if err == nil {
-			_, _, err = Decode(b, nil, 1, out)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}); n != 0 {
-		t.Errorf("Encode+Decode without a key allocate %v times", n)
 	}
 }
 
-func FuzzDecode(f *testing.F) {
+// fuzzSeeds are valid messages of both versions, with and without key.
+func fuzzSeeds() [][]byte {
+	var seeds [][]byte
 	for _, key := range [][]byte{nil, testKey} {
-		for _, recs := range [][]Record{nil, everyKind(), manyRecords(MaxRecords)} {
+		for _, recs := range [][]Record{nil, everyKind(), manyRecords(MaxRecordsV1), everyKind6(), manyRecords6(MaxRecordsV2), everyKind6()[8:9]} {
 			b, err := Encode(nil, Header{Type: MsgUpdate, SyncID: 5, Sender: testSender, Seq: 3}, recs, key)
 			if err != nil {
-				f.Fatal(err)
+				panic(err)
 			}
-			f.Add(b)
+			seeds = append(seeds, b)
 		}
 		for _, typ := range []MsgType{MsgDumpRequest, MsgDumpEnd} {
 			b, err := Encode(nil, Header{Type: typ, Sender: testSender}, nil, key)
 			if err != nil {
-				f.Fatal(err)
+				panic(err)
 			}
-			f.Add(b)
+			seeds = append(seeds, b)
 		}
 	}
+	return seeds
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, b := range fuzzSeeds() {
+		f.Add(b)
+	}
 	f.Add([]byte("L2SY"))
+	f.Add([]byte("L2SY\x02"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		out := make([]Record, 0, MaxRecords)
 		// Without a key, whatever decodes re-encodes to the same bytes:
-		// Decode accepts nothing that Encode cannot produce.
+		// Decode accepts nothing that Encode cannot produce, in either
+		// version (so it never accepts a version 2 message that version 1
+		// could carry, nor one that mixes the versions' records).
 		if h, recs, err := Decode(b, nil, 0, out); err == nil {
 			again, err := Encode(nil, h, recs, nil)
 			if err != nil {
@@ -492,22 +631,30 @@ func FuzzDecode(f *testing.F) {
 
 // benchCases are the encodings the benchmarks measure: no key; a key with
 // the HMAC state reused, as a Conn does; a key through Encode and Decode,
-// which set up a state per call.
+// which set up a state per call; each for a full version 1 message and
+// (v2-) a full version 2 one.
 var benchCases = []struct {
 	name   string
 	key    []byte
 	perMsg bool
-}{{"nokey", nil, false}, {"hmac", testKey, false}, {"hmac-new", testKey, true}}
+	recs   func() []Record
+}{
+	{"nokey", nil, false, v1Full}, {"hmac", testKey, false, v1Full}, {"hmac-new", testKey, true, v1Full},
+	{"v2-nokey", nil, false, v2Full}, {"v2-hmac", testKey, false, v2Full}, {"v2-hmac-new", testKey, true, v2Full},
+}
+
+func v1Full() []Record { return manyRecords(MaxRecordsV1) }
+func v2Full() []Record { return manyRecords6(MaxRecordsV2) }
 
 func BenchmarkEncode(b *testing.B) {
 	for _, bc := range benchCases {
 		b.Run(bc.name, func(b *testing.B) {
-			recs := manyRecords(MaxRecords)
+			recs := bc.recs()
 			h := Header{Type: MsgUpdate, SyncID: 1, Sender: testSender}
 			buf := make([]byte, 0, MaxMessage)
 			mac := newMAC(bc.key)
 			b.ReportAllocs()
-			b.SetBytes(int64(EncodedLen(MaxRecords, bc.key != nil)))
+			b.SetBytes(int64(EncodedLen(recordVersion(&recs[0]), len(recs), bc.key != nil)))
 			for b.Loop() {
 				var err error
 				if bc.perMsg {
@@ -526,7 +673,7 @@ func BenchmarkEncode(b *testing.B) {
 func BenchmarkDecode(b *testing.B) {
 	for _, bc := range benchCases {
 		b.Run(bc.name, func(b *testing.B) {
-			msg, err := Encode(nil, Header{Type: MsgUpdate, SyncID: 1, Sender: testSender}, manyRecords(MaxRecords), bc.key)
+			msg, err := Encode(nil, Header{Type: MsgUpdate, SyncID: 1, Sender: testSender}, bc.recs(), bc.key)
 			if err != nil {
 				b.Fatal(err)
 			}
