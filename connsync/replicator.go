@@ -81,7 +81,13 @@ type Replicator struct {
 	snapSent  int  // messages of snap sent so far
 	cycleDone bool // the current cycle has been sent and counted
 	dumpSnap  snapshot
-	batch     [MaxRecords]Record
+	batch     [MaxRecords]Record // a message's records, decoded from a snapshot
+	// The Notify queue's records on their way out, one message of each
+	// version being filled, so that a flush sends full messages and at
+	// most one partly filled message of each version.
+	stage1 [MaxRecordsV1]Record
+	stage2 [MaxRecordsV2]Record
+	n1, n2 int
 }
 
 // snapshot holds a cycle's or a dump's records in wire encoding, in one
@@ -207,26 +213,44 @@ func (r *Replicator) Run(ctx context.Context) error {
 	}
 }
 
-// flushQueue sends every queued record, MaxRecords at a time (Conn.Send
-// splits each batch by version). The lock is held only to copy a batch
+// flushQueue sends every queued record, sorting them into the version 1
+// and version 2 messages being filled and sending each one when it is
+// full, then what is left of both. The lock is held only to copy a batch
 // out, never while sending.
 func (r *Replicator) flushQueue() error {
 	for {
 		n := r.take(r.batch[:])
 		if n == 0 {
-			return nil
+			break
 		}
-		k := 0
-		for _, rec := range r.batch[:n] {
-			if r.fix(&rec) != 0 {
-				r.batch[k] = rec
-				k++
+		for i := range r.batch[:n] {
+			rec := &r.batch[i]
+			switch r.fix(rec) {
+			case Version1:
+				r.stage1[r.n1] = *rec
+				if r.n1++; r.n1 == MaxRecordsV1 {
+					r.n1 = 0
+					if err := r.sendBatch(r.stage1[:]); err != nil {
+						return err
+					}
+				}
+			case Version2:
+				r.stage2[r.n2] = *rec
+				if r.n2++; r.n2 == MaxRecordsV2 {
+					r.n2 = 0
+					if err := r.sendBatch(r.stage2[:]); err != nil {
+						return err
+					}
+				}
 			}
 		}
-		if err := r.sendBatch(r.batch[:k]); err != nil {
-			return err
-		}
 	}
+	n1, n2 := r.n1, r.n2
+	r.n1, r.n2 = 0, 0
+	if err := r.sendBatch(r.stage1[:n1]); err != nil {
+		return err
+	}
+	return r.sendBatch(r.stage2[:n2])
 }
 
 // take moves up to len(dst) of the oldest queued records to dst and
@@ -258,7 +282,8 @@ func (r *Replicator) fix(rec *Record) int {
 	return v
 }
 
-// sendBatch sends recs; only a closed connection is an error for Run.
+// sendBatch sends recs, one message when they are all of one version and
+// fit; only a closed connection is an error for Run.
 func (r *Replicator) sendBatch(recs []Record) error {
 	if len(recs) == 0 {
 		return nil

@@ -134,6 +134,50 @@ func sizesByVersion(msgs []decoded) map[int][]int {
 	return m
 }
 
+// TestFlushFillsMessagesOfEachVersion: the Notify queue's records, mixed,
+// go out in full messages of each version and at most one partly filled
+// message of each, never mixed, each version in the order notified.
+func TestFlushFillsMessagesOfEachVersion(t *testing.T) {
+	c, rx := loopConn(t, testKey)
+	r := NewReplicator(c, func(func(Record) bool) {}, 0)
+	v4, v6 := manyRecords(100), manyRecords6(50)
+	for _, rec := range interleave(v4, v6) {
+		r.Notify(rec)
+	}
+	expired := v4[0]
+	expired.TTL = 0
+	r.Notify(expired) // skipped, not counted invalid
+	if err := r.flushQueue(); err != nil {
+		t.Fatal(err)
+	}
+	got := decodeAll(t, datagrams(t, rx), testKey)
+	sizes := sizesByVersion(got)
+	if want := map[int][]int{Version1: {56, 44}, Version2: {22, 22, 6}}; !reflect.DeepEqual(sizes, want) {
+		t.Errorf("message sizes by version %v, want %v", sizes, want)
+	}
+	var got4, got6 []Record
+	for _, d := range got {
+		if d.version == Version1 {
+			got4 = append(got4, d.recs...)
+		} else {
+			got6 = append(got6, d.recs...)
+		}
+	}
+	if !reflect.DeepEqual(got4, v4) || !reflect.DeepEqual(got6, v6) {
+		t.Errorf("records differ or are out of order: %d IPv4, %d IPv6", len(got4), len(got6))
+	}
+	if st := r.Stats(); st.Invalid != 0 || st.Notified != 151 {
+		t.Errorf("stats %+v", st)
+	}
+	// Drained: another flush sends nothing.
+	if err := r.flushQueue(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(datagrams(t, rx)); n != 0 {
+		t.Errorf("empty flush sent %d datagrams", n)
+	}
+}
+
 // TestSnapshotsCarryBothVersions: a dump and a refresh cycle send every
 // live record, IPv6 ones included, in messages of one version each, the
 // refresh paced in whole messages.
