@@ -3,7 +3,8 @@
 // (internal/testbed), each both balancer-capable and a frontend, with long-lived
 // TCP connections streaming both ways through the VIP and persistent clients
 // opening new connections all along, through a planned hand-over, a crash, a
-// restart, a partition and injected sync messages.
+// restart, a partition and injected sync messages; and issue 12's failover with IPv6 VIPs
+// (ipv6_test.go: the same, dual stack, over the IPv6 VIP).
 package failover
 
 import (
@@ -94,7 +95,13 @@ type cluster struct {
 // active.
 func startCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
 	t.Helper()
-	c := newCluster(t, bed, extra...)
+	return startClusterVIPs(t, bed, bed.VIPs[:1], extra...)
+}
+
+// startClusterVIPs is startCluster with the VIP file listing vips (of either family).
+func startClusterVIPs(t *testing.T, bed *testbed.Bed, vips []netip.Addr, extra ...string) *cluster {
+	t.Helper()
+	c := newClusterVIPs(t, bed, vips, extra...)
 	// f1 first, until it holds the role: nodes started together may elect
 	// among themselves before f1's membership reaches them, and without
 	// --preempt f1 would then stay a standby.
@@ -121,9 +128,19 @@ func startCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
 // the test ends; it starts none.
 func newCluster(t *testing.T, bed *testbed.Bed, extra ...string) *cluster {
 	t.Helper()
+	return newClusterVIPs(t, bed, bed.VIPs[:1], extra...)
+}
+
+// newClusterVIPs is newCluster with the VIP file listing vips, one a line.
+func newClusterVIPs(t *testing.T, bed *testbed.Bed, vips []netip.Addr, extra ...string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
 	vipFile := filepath.Join(dir, "vipaddrs")
-	if err := os.WriteFile(vipFile, []byte("# failover e2e VIPs (seed step 4 format)\n"+bed.VIPs[0].String()+"\n"), 0o644); err != nil {
+	text := "# failover e2e VIPs (seed step 4 format)\n"
+	for _, v := range vips {
+		text += v.String() + "\n"
+	}
+	if err := os.WriteFile(vipFile, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var peers []string

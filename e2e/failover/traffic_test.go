@@ -73,15 +73,23 @@ type echoServers struct {
 
 func startEcho(t *testing.T, bed *testbed.Bed) *echoServers {
 	t.Helper()
+	return startEchoOn(t, bed, bed.VIPs[0])
+}
+
+// startEchoOn is startEcho listening on each of vips (of either family) on every frontend.
+func startEchoOn(t *testing.T, bed *testbed.Bed, vips ...netip.Addr) *echoServers {
+	t.Helper()
 	e := &echoServers{served: map[netip.AddrPort]string{}, conns: map[net.Conn]bool{}}
-	for _, f := range bed.Frontends {
-		ln, err := f.ListenTCP(netip.AddrPortFrom(bed.VIPs[0], echoPort))
-		if err != nil {
-			t.Fatal(err)
+	for _, v := range vips {
+		for _, f := range bed.Frontends {
+			ln, err := f.ListenTCP(netip.AddrPortFrom(v, echoPort))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.lns = append(e.lns, ln)
+			e.wg.Add(1)
+			go e.accept(f.Name, ln)
 		}
-		e.lns = append(e.lns, ln)
-		e.wg.Add(1)
-		go e.accept(f.Name, ln)
 	}
 	t.Cleanup(e.close)
 	return e
@@ -232,10 +240,16 @@ type streams struct {
 // srcs and starts them streaming; each must reach a frontend.
 func startStreams(t *testing.T, bed *testbed.Bed, echo *echoServers, srcs []source, n int) *streams {
 	t.Helper()
+	return startStreamsTo(t, netip.AddrPortFrom(bed.VIPs[0], echoPort), echo, srcs, n, 0)
+}
+
+// startStreamsTo is startStreams to raddr (a VIP of either family and the echo port), numbering
+// the streams from firstID (their ids seed their byte patterns and name them in reports).
+func startStreamsTo(t *testing.T, raddr netip.AddrPort, echo *echoServers, srcs []source, n, firstID int) *streams {
+	t.Helper()
 	ss := &streams{t: t}
-	raddr := netip.AddrPortFrom(bed.VIPs[0], echoPort)
-	for i := 0; i < n; i++ {
-		src := srcs[i%len(srcs)]
+	for i := firstID; i < firstID+n; i++ {
+		src := srcs[(i-firstID)%len(srcs)]
 		c, err := src.h.DialTCP(netip.AddrPortFrom(src.addr, 0), raddr, 3*time.Second)
 		if err != nil {
 			t.Fatalf("stream %d from %v: %v", i, src, err)
@@ -261,7 +275,7 @@ func startStreams(t *testing.T, bed *testbed.Bed, echo *echoServers, srcs []sour
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	t.Logf("%d streams per frontend: %v", n, ss.perFrontend(func(*stream) bool { return true }))
+	t.Logf("%d streams to %v per frontend: %v", n, raddr, ss.perFrontend(func(*stream) bool { return true }))
 	return ss
 }
 
@@ -356,8 +370,12 @@ type prober struct {
 const probeTimeout = 1500 * time.Millisecond
 
 func startProber(t *testing.T, bed *testbed.Bed, srcs []source) *prober {
+	return startProberTo(t, netip.AddrPortFrom(bed.VIPs[0], namePort), srcs)
+}
+
+// startProberTo is startProber to raddr (a VIP of either family and the name port).
+func startProberTo(t *testing.T, raddr netip.AddrPort, srcs []source) *prober {
 	p := &prober{stop: make(chan struct{})}
-	raddr := netip.AddrPortFrom(bed.VIPs[0], namePort)
 	for _, src := range srcs {
 		p.wg.Add(1)
 		go func() {
