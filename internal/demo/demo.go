@@ -1,7 +1,8 @@
 // Package demo is the scenario of `l2lb demo`: it builds a throw-away namespace testbed (a switch,
-// two clients, three frontends with the VIP on lo), runs `l2lb run` on frontend 1 as the active
-// balancer, sends real TCP and UDP through the VIP and reports where it went. Everything it
-// creates is removed at the end, also on Ctrl-C; nothing on the host changes.
+// two clients, three frontends with an IPv4 and an IPv6 VIP on lo), runs `l2lb run` on frontend 1
+// as the active balancer for both VIPs, sends real TCP and UDP through each VIP, over IPv4 and over
+// IPv6, and reports where it went. Everything it creates is removed at the end, also on Ctrl-C;
+// nothing on the host changes.
 package demo
 
 import (
@@ -30,7 +31,7 @@ import (
 type Options struct {
 	// Binary is the l2lb executable run as the balancer.
 	Binary string
-	// Conns is the number of TCP connections opened through the VIP.
+	// Conns is the number of TCP connections opened through each VIP (IPv4 and IPv6).
 	Conns int
 	// Persistence and SelfWeight are passed to l2lb run as -p and -r.
 	Persistence, SelfWeight int
@@ -64,19 +65,21 @@ func Run(o Options, stdout, stderr io.Writer) error {
 		}
 	}()
 
-	vip := bed.VIPs[0]
+	vip, vip6 := bed.VIPs[0], bed.VIPs6[0]
 	dir, err := os.MkdirTemp("", "l2lb-demo-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
 	vipFile := filepath.Join(dir, "vipaddrs")
-	if err := os.WriteFile(vipFile, []byte("# demo VIPs\n"+vip.String()+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(vipFile, []byte("# demo VIPs\n"+vip.String()+"\n"+vip6.String()+"\n"), 0o644); err != nil {
 		return err
 	}
 	for _, f := range bed.Frontends {
-		if _, err := f.ServeName(vip, []uint16{25}, []uint16{5060}); err != nil {
-			return err
+		for _, v := range []netip.Addr{vip, vip6} {
+			if _, err := f.ServeName(v, []uint16{25}, []uint16{5060}); err != nil {
+				return err
+			}
 		}
 	}
 	f1 := bed.Frontends[0]
@@ -100,47 +103,51 @@ func Run(o Options, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	counts := map[string]int{}
-	var failures int
-	type source struct {
-		h    *testbed.Host
-		addr netip.Addr
-	}
-	var srcs []source
+	// The same traffic through each VIP, from every address of the clients of its family; the
+	// clients find the IPv4 VIP's MAC by ARP and the IPv6 VIP's by neighbour discovery.
+	v4, v6 := &family{vip: vip}, &family{vip: vip6}
 	for _, c := range bed.Clients {
-		srcs = append(srcs, source{c, c.Addr})
+		v4.srcs = append(v4.srcs, source{c, c.Addr})
 		for _, x := range c.Extra {
-			srcs = append(srcs, source{c, x})
+			v4.srcs = append(v4.srcs, source{c, x})
+		}
+		v6.srcs = append(v6.srcs, source{c, c.Addr6})
+		for _, x := range c.Extra6 {
+			v6.srcs = append(v6.srcs, source{c, x})
 		}
 	}
-	start := time.Now()
-	for i := 0; i < o.Conns; i++ {
-		s := srcs[i%len(srcs)]
-		name, err := s.h.AskName(s.addr, netip.AddrPortFrom(vip, 25))
-		if err != nil {
-			failures++
-			continue
+	var failures int
+	families := []*family{v4, v6}
+	for _, fam := range families {
+		fam.tcp, fam.udp = map[string]int{}, map[string]int{}
+		start := time.Now()
+		for i := 0; i < o.Conns; i++ {
+			s := fam.srcs[i%len(fam.srcs)]
+			name, err := s.h.AskName(s.addr, netip.AddrPortFrom(fam.vip, 25))
+			if err != nil {
+				failures++
+				continue
+			}
+			fam.tcp[name]++
 		}
-		counts[name]++
-	}
-	elapsed := time.Since(start)
-	udp := map[string]int{}
-	for i := 0; i < 60; i++ {
-		s := srcs[i%len(srcs)]
-		name, err := s.h.UDPAsk(s.addr, netip.AddrPortFrom(vip, 5060), 3000)
-		if err != nil {
-			failures++
-			continue
+		fam.elapsed = time.Since(start)
+		for i := 0; i < 60; i++ {
+			s := fam.srcs[i%len(fam.srcs)]
+			name, err := s.h.UDPAsk(s.addr, netip.AddrPortFrom(fam.vip, 5060), 3000)
+			if err != nil {
+				failures++
+				continue
+			}
+			fam.udp[strings.Fields(name)[0]]++
 		}
-		udp[strings.Fields(name)[0]]++
+		c1 := bed.Clients[0]
+		_, fam.dlErr = c1.Download(netip.Addr{}, netip.AddrPortFrom(fam.vip, 25), 20<<20)
+		_, fam.ulErr = c1.Upload(netip.Addr{}, netip.AddrPortFrom(fam.vip, 25), 20<<20)
 	}
-	c1 := bed.Clients[0]
-	dlErr := func() error { _, err := c1.Download(netip.Addr{}, netip.AddrPortFrom(vip, 25), 20<<20); return err }()
-	ulErr := func() error { _, err := c1.Upload(netip.Addr{}, netip.AddrPortFrom(vip, 25), 20<<20); return err }()
 
-	fmt.Fprintf(stdout, "\nl2lb demo: VIP %s balanced by %s (%s), members %d, -p %d, -r %d\n\n", vip, f1.Name, f1.Addr,
-		len(bed.Frontends), o.Persistence, o.SelfWeight)
-	fmt.Fprintf(stdout, "%-10s %-14s %8s %8s\n", "frontend", "address", "tcp", "udp")
+	fmt.Fprintf(stdout, "\nl2lb demo: VIPs %s and %s balanced by %s (%s, %s), members %d, -p %d, -r %d\n\n", vip, vip6, f1.Name,
+		f1.Addr, f1.Addr6, len(bed.Frontends), o.Persistence, o.SelfWeight)
+	fmt.Fprintf(stdout, "%-10s %-14s %-16s %6s %6s %6s %6s\n", "frontend", "address", "address6", "tcp", "udp", "tcp6", "udp6")
 	var names []string
 	for _, f := range bed.Frontends {
 		names = append(names, f.Name)
@@ -148,25 +155,54 @@ func Run(o Options, stdout, stderr io.Writer) error {
 	sort.Strings(names)
 	for _, n := range names {
 		h := bed.Host(n)
-		fmt.Fprintf(stdout, "%-10s %-14s %8d %8d\n", n, h.Addr, counts[n], udp[n])
+		fmt.Fprintf(stdout, "%-10s %-14s %-16s %6d %6d %6d %6d\n", n, h.Addr, h.Addr6, v4.tcp[n], v4.udp[n], v6.tcp[n], v6.udp[n])
 	}
-	fmt.Fprintf(stdout, "\n%d TCP connections in %v (%.0f/s), %d failures\n", o.Conns, elapsed.Round(time.Millisecond),
-		float64(o.Conns)/elapsed.Seconds(), failures)
-	fmt.Fprintf(stdout, "20 MB download through the VIP: %s; 20 MB upload: %s\n", okOr(dlErr), okOr(ulErr))
+	fmt.Fprintf(stdout, "\n%d TCP connections over IPv4 in %v (%.0f/s), %d over IPv6 in %v (%.0f/s); 60 UDP datagrams of 3000 bytes (fragmented) each; %d failures\n",
+		o.Conns, v4.elapsed.Round(time.Millisecond), float64(o.Conns)/v4.elapsed.Seconds(),
+		o.Conns, v6.elapsed.Round(time.Millisecond), float64(o.Conns)/v6.elapsed.Seconds(), failures)
+	for _, fam := range families {
+		fmt.Fprintf(stdout, "20 MB download through %s: %s; 20 MB upload: %s\n", netip.AddrPortFrom(fam.vip, 25), okOr(fam.dlErr), okOr(fam.ulErr))
+	}
 	if st, err := client.Status(); err == nil {
-		fmt.Fprintf(stdout, "balancer: forwarded %d, local %d, arp replies %d, flows in the table %d, drops %v\n",
-			st.Verdicts["forwarded"], st.Verdicts["local"], st.ARP.Replies, st.Table.Flows, st.Drops)
+		flows := fmt.Sprint(st.Table.Flows)
+		c4, err4 := client.Conns(vip, netip.Addr{})
+		c6, err6 := client.Conns(vip6, netip.Addr{})
+		if err4 == nil && err6 == nil {
+			flows = fmt.Sprintf("%d (IPv4 %d, IPv6 %d)", st.Table.Flows, len(c4), len(c6))
+		}
+		fmt.Fprintf(stdout, "balancer: forwarded %d, local %d, arp replies %d, ndp replies %d, flows in the table %s, drops %v\n",
+			st.Verdicts["forwarded"], st.Verdicts["local"], st.ARP.Replies, st.ARP.NDPReplies, flows, st.Drops)
 	}
 	if o.Keep {
-		logf("testbed kept; try:  l2lb status --control %s   l2lb conns --control %s", ctl, ctl)
+		logf("testbed kept; try:  l2lb status --control %s   l2lb conns --vip %s --control %s", ctl, vip6, ctl)
 		logf("  metrics and status page: ip netns exec %s curl -s http://127.0.0.1:9781/metrics", f1.NS)
 		logf("Ctrl-C removes the testbed")
 		select {}
 	}
-	if failures > 0 || dlErr != nil || ulErr != nil {
+	for _, fam := range families {
+		if fam.dlErr != nil || fam.ulErr != nil {
+			failures++
+		}
+	}
+	if failures > 0 {
 		return fmt.Errorf("%d requests failed", failures)
 	}
 	return nil
+}
+
+// source is a client address connections are made from.
+type source struct {
+	h    *testbed.Host
+	addr netip.Addr
+}
+
+// family is what the demo sent through one VIP, from where, and where it went.
+type family struct {
+	vip          netip.Addr
+	srcs         []source       // the client addresses of the VIP's family
+	tcp, udp     map[string]int // answers per frontend
+	elapsed      time.Duration  // for the TCP connections
+	dlErr, ulErr error          // the 20 MB download and upload
 }
 
 // waitMembers waits until the balancer reports ready with n members, every one ready (its MAC
