@@ -16,13 +16,13 @@ import "sync/atomic"
 // 270-365 ns/op versus 64-71 ns/op for this table in the same
 // microbenchmark; BenchmarkTouch1M went from ~400 ns/op to ~240 ns/op, and
 // 10 M inserts from 25 s to 5 s at 54 bytes/flow (map: 45). A slot is 32
-// bytes and the slot array has a power-of-two length, so a slot never
-// straddles a 64-byte line, a hit usually touches one line, and Touch
-// updates the slot in place through a pointer.
+// bytes (64 for IPv6) and the slot array has a power-of-two length, so a
+// slot never straddles a 64-byte line, a hit usually touches one line, and
+// Touch updates the slot in place through a pointer.
 //
-// flowTab is generic over the packed key K (flowKey), so every key type the
-// table holds shares this code; a slot's size follows from K's, and
-// TestSlotSizes pins it.
+// flowTab is generic over the packed key K, so the IPv4 and the IPv6 table
+// are one piece of code: flowKey (16 bytes) makes a 32-byte slot, flowKey6
+// (48 bytes, padded) a 64-byte one; TestSlotSizes pins both.
 type flowTab[K comparable] struct {
 	slots []slot[K]
 	n     int // used slots
@@ -36,9 +36,10 @@ type flowTab[K comparable] struct {
 
 // slot is one flow: the packed key, then 12 bytes of state, rounded up to
 // the key's 8-byte alignment. With flowKey that is 16+12 -> 32 bytes, so two
-// fill a cache line exactly (TestSlotSizes).
+// fill a cache line exactly; with flowKey6 48+12 -> 64 bytes, one line
+// (TestSlotSizes).
 type slot[K comparable] struct {
-	key    K      // packed Key
+	key    K      // packed Key or Key6
 	exp    uint32 // expiry tick
 	member uint16
 	state  State

@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 	"unsafe"
@@ -12,6 +13,15 @@ import (
 func TestFlowTabModel(t *testing.T) {
 	t.Run("flowKey", func(t *testing.T) {
 		testFlowTabModel(t, func(a, b uint64) flowKey { return flowKey{a, b} })
+	})
+	t.Run("flowKey6", func(t *testing.T) {
+		testFlowTabModel(t, func(a, b uint64) flowKey6 {
+			var k flowKey6
+			binary.BigEndian.PutUint64(k.tk.client[8:], a)
+			binary.BigEndian.PutUint64(k.tk.vip[:8], a^b)
+			k.ports = b
+			return k
+		})
 	})
 }
 
@@ -85,11 +95,19 @@ func TestSlotSizes(t *testing.T) {
 	if sz := unsafe.Sizeof(slot[flowKey]{}); sz != 32 {
 		t.Errorf("IPv4 slot is %d bytes, want 32", sz)
 	}
+	if sz := unsafe.Sizeof(slot[flowKey6]{}); sz != 64 {
+		t.Errorf("IPv6 slot is %d bytes, want 64", sz)
+	}
 	for size := minSlots; size <= 1<<16; size *= 2 {
 		var ft flowTab[flowKey]
 		ft.resize(size)
 		if a := uintptr(unsafe.Pointer(&ft.slots[0])); a%64 != 0 {
 			t.Errorf("%d IPv4 slots start at %#x, not on a cache line", size, a)
+		}
+		var ft6 flowTab[flowKey6]
+		ft6.resize(size)
+		if a := uintptr(unsafe.Pointer(&ft6.slots[0])); a%64 != 0 {
+			t.Errorf("%d IPv6 slots start at %#x, not on a cache line", size, a)
 		}
 	}
 }

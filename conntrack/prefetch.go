@@ -40,6 +40,13 @@ func (t *Table) Prefetch(k Key) {
 	}
 }
 
+// Prefetch6 is Prefetch for an IPv6 flow; its slot is one whole cache line.
+func (t *Table) Prefetch6(k Key6) {
+	if a := (v6{t}).homeAddr(k.pack()); a != 0 {
+		prefetch(a)
+	}
+}
+
 // homeAddr is the address of f's home slot in its shard's current array, or
 // 0 when the shard never held a flow. It reads only the published atomics.
 func (t fam[K, T]) homeAddr(f K) uintptr {

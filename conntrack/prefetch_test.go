@@ -12,6 +12,7 @@ import (
 func checkPublished(t *testing.T, tb *Table) {
 	t.Helper()
 	checkPublishedFam(t, v4{tb})
+	checkPublishedFam(t, v6{tb})
 }
 
 func checkPublishedFam[K packedKey[K, T], T comparable](t *testing.T, f fam[K, T]) {
@@ -111,6 +112,63 @@ func TestPrefetchConcurrent(t *testing.T) {
 		k := tcpKey(uint32(j % 2000))
 		tb.Prefetch(k)
 		tb.Touch(k, FlagACK, t0)
+	}
+	close(stop)
+	wg.Wait()
+}
+
+// TestPrefetch6TracksResizes is TestPrefetchTracksResizes for IPv6 flows,
+// in a table whose IPv4 arrays grow too.
+func TestPrefetch6TracksResizes(t *testing.T) {
+	tb := New(Config{shards: 4, MaxEntries: 1 << 16})
+	tb.Prefetch6(tcpKey6(1)) // no IPv6 array yet: nothing to prefetch
+	for i := uint32(0); i < 20000; i++ {
+		k := Key6{Src: ip6(i), Dst: vip6, SPort: uint16(i), DPort: 443, Proto: ProtoTCP}
+		mustInsert6(t, tb, k, i%2, FlagSYN, t0)
+		if i%4 == 0 {
+			mustInsert(t, tb, tcpKey(i), i%2, FlagSYN, t0)
+		}
+		if i&(i-1) == 0 {
+			checkPublished(t, tb)
+		}
+	}
+	checkPublished(t, tb)
+	tb.Expire(t0 + 3600*sec)
+	checkPublished(t, tb)
+	for i := range tb.shards {
+		if n := len(tb.shards[i].v6.flows.slots); n != minSlots {
+			t.Fatalf("shard %d kept %d IPv6 slots", i, n)
+		}
+	}
+}
+
+// TestPrefetch6Concurrent is TestPrefetchConcurrent for IPv6 flows.
+func TestPrefetch6Concurrent(t *testing.T) {
+	tb := New(Config{shards: 2, MaxEntries: 1 << 16})
+	key := func(i uint32) Key6 { return Key6{Src: ip6(i), Dst: vip6, SPort: uint16(i), Proto: ProtoTCP} }
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		now := t0
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for i := uint32(0); i < 2000; i++ {
+				_ = tb.Insert6(key(i), 1, FlagSYN, now)
+			}
+			now += 3600 * sec
+			tb.Expire(now)
+		}
+	}()
+	for j := 0; j < 200000; j++ {
+		k := key(uint32(j % 2000))
+		tb.Prefetch6(k)
+		tb.Touch6(k, FlagACK, t0)
 	}
 	close(stop)
 	wg.Wait()

@@ -20,6 +20,9 @@ func validState(proto uint8, st State) bool {
 	}
 }
 
+// validState6 is validState for an IPv6 flow.
+func validState6(proto uint8, st State) bool { return validState(proto6(proto), st) }
+
 // Import records or updates flow k as learnt from a connection-sync channel:
 // forwarded to member, in state, expiring at the absolute time expires (the
 // caller's clock, as "now"). The expiry is first clamped to now plus state's

@@ -6,10 +6,15 @@ import (
 )
 
 // Protocol numbers from the IANA "Assigned Internet Protocol Numbers" registry
-// (RFC 790 / RFC 5237), as carried in the IPv4 header's Protocol field.
+// (RFC 790 / RFC 5237), as carried in the IPv4 header's Protocol field and
+// the IPv6 Next Header field (Key.Proto, Key6.Proto).
 const (
-	// ProtoICMP is ICMP (RFC 792).
+	// ProtoICMP is ICMP (RFC 792), the ICMP of IPv4 flows.
 	ProtoICMP = 1
+	// ProtoICMPv6 is ICMPv6 (RFC 4443), the ICMP of IPv6 flows: a Key6 with
+	// it is an ICMP flow (StateICMP), and a Key6 with ProtoICMP is a flow
+	// of some other protocol (StateOther), as a Key with ProtoICMPv6 is.
+	ProtoICMPv6 = 58
 	// ProtoTCP is TCP (RFC 9293).
 	ProtoTCP = 6
 	// ProtoUDP is UDP (RFC 768).
@@ -50,7 +55,7 @@ const (
 	StateClose
 	// StateUDP is any UDP flow.
 	StateUDP
-	// StateICMP is any ICMP flow.
+	// StateICMP is any ICMP flow: ICMP for IPv4, ICMPv6 for IPv6.
 	StateICMP
 	// StateOther is a flow of any other IP protocol.
 	StateOther
@@ -167,6 +172,23 @@ func firstState(proto uint8, tcpFlags uint8) State {
 		return StateOther
 	}
 }
+
+// proto6 maps an IPv6 flow's protocol onto the IPv4 number firstState and
+// validState treat alike: ICMPv6 is IPv6's ICMP, and ICMP's number means in
+// IPv6 what ICMPv6's means in IPv4, some other protocol. It swaps the two
+// and leaves the rest alone.
+func proto6(p uint8) uint8 {
+	switch p {
+	case ProtoICMPv6:
+		return ProtoICMP
+	case ProtoICMP:
+		return ProtoICMPv6
+	}
+	return p
+}
+
+// firstState6 is firstState for an IPv6 flow.
+func firstState6(proto uint8, tcpFlags uint8) State { return firstState(proto6(proto), tcpFlags) }
 
 // nextState advances a flow in state s on a client frame with tcpFlags. Only
 // TCP states move; RST beats FIN beats SYN beats ACK, as a frame may carry

@@ -63,13 +63,16 @@ func checkInvariants(t testing.TB, tb *Table) {
 	checkMembers(t, tb, MaxMember+1)
 }
 
-// checkMembers checks the flow, template and Active accounting, looking at
-// the Active counters of members below nMembers only (all must be there).
+// checkMembers checks the flow, template and Active accounting of both
+// families, looking at the Active counters of members below nMembers only
+// (all must be there).
 func checkMembers(t testing.TB, tb *Table, nMembers int) {
 	t.Helper()
 	flows, tmpls := tb.Len()
 	perMember := map[uint16]int64{}
 	n, nt := checkFam(t, v4{tb}, perMember)
+	n6, nt6 := checkFam(t, v6{tb}, perMember)
+	n, nt = n+n6, nt+nt6
 	if n != flows || nt != tmpls {
 		t.Fatalf("Len = %d, %d; maps hold %d, %d", flows, tmpls, n, nt)
 	}
@@ -843,6 +846,8 @@ func fuzzImport(t *testing.T, tb *Table, k Key, member uint32, st State, expires
 func TestShardCacheLinePadding(t *testing.T) {
 	if sz := unsafe.Sizeof(shard{}); sz%64 != 0 {
 		t.Errorf("shard is %d bytes, not a multiple of 64", sz)
+	} else if st := unsafe.Sizeof(shardState{}); sz-st >= 64 {
+		t.Errorf("shard is %d bytes for %d bytes of state: a whole line of pad", sz, st)
 	}
 }
 
