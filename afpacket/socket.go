@@ -151,9 +151,10 @@ const maxBatch = 64
 // parallelism); Send and SendBatch may be called concurrently with Receive
 // and with each other.
 type Socket struct {
-	rc   *pollConn
-	vnet bool
-	recv bool
+	rc      *pollConn
+	vnet    bool
+	recv    bool
+	ifindex int
 
 	closed atomic.Bool
 
@@ -209,7 +210,7 @@ func Open(cfg Config) (*Socket, error) {
 		_ = unix.Close(fd)
 		return nil, fmt.Errorf("afpacket: eventfd: %w", err)
 	}
-	s := &Socket{rc: rc, vnet: cfg.VnetHdr, recv: cfg.Protocol != 0}
+	s := &Socket{rc: rc, vnet: cfg.VnetHdr, recv: cfg.Protocol != 0, ifindex: cfg.Ifindex}
 	s.waitFn = s.slotReady
 	s.writeFn = s.writeOne
 	s.writeMFn = s.writeMany
@@ -405,4 +406,26 @@ func (s *Socket) mapErr(err error) error {
 		return ErrClosed
 	}
 	return fmt.Errorf("afpacket: %w", err)
+}
+
+// JoinMulticast adds the Ethernet multicast address mac to the interface's filter for as long as
+// the socket is open (PACKET_ADD_MEMBERSHIP with PACKET_MR_MULTICAST, packet(7)), so that the NIC
+// delivers frames sent to it (an IPv6 solicited-node group, say) without the host joining the
+// group. Joining an address twice is harmless.
+func (s *Socket) JoinMulticast(mac net.HardwareAddr) error {
+	if len(mac) != 6 || mac[0]&1 == 0 {
+		return fmt.Errorf("%w: %v is not an Ethernet multicast address", ErrInvalidConfig, mac)
+	}
+	mreq := unix.PacketMreq{Ifindex: int32(s.ifindex), Type: unix.PACKET_MR_MULTICAST, Alen: 6}
+	copy(mreq.Address[:], mac)
+	var serr error
+	if err := s.rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptPacketMreq(int(fd), unix.SOL_PACKET, unix.PACKET_ADD_MEMBERSHIP, &mreq)
+	}); err != nil {
+		return s.mapErr(err)
+	}
+	if serr != nil {
+		return fmt.Errorf("afpacket: add multicast membership %v: %w", mac, serr)
+	}
+	return nil
 }

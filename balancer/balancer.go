@@ -147,7 +147,20 @@ func New(cfg Config) (*Balancer, error) {
 	}
 	b.node = node.New(node.Config{Engine: b.eng, Workers: cfg.Workers, Log: cfg.Log,
 		OnConflict: func(vip netip.Addr, _ net.HardwareAddr) { b.emit(Event{Kind: EventConflict, From: vip}) }})
+	b.node.SetMulticast(solicitedNodeMACs(b.vips))
 	return b, nil
+}
+
+// solicitedNodeMACs returns the Ethernet groups neighbour solicitations for the IPv6 VIPs of v
+// are sent to, which the interface must deliver to the fast path.
+func solicitedNodeMACs(v *vipset.Set) []net.HardwareAddr {
+	var out []net.HardwareAddr
+	for _, a := range v.Addrs() {
+		if a.Is6() {
+			out = append(out, dataplane.SolicitedNodeMAC(a))
+		}
+	}
+	return out
 }
 
 // ReadVIPs parses a VIP file (seed format) as the balancer does: a file that lists none is an
@@ -386,6 +399,7 @@ func (b *Balancer) Reload() error {
 		return err
 	}
 	b.vips, b.vipErr = vips, nil
+	b.node.SetMulticast(solicitedNodeMACs(vips))
 	b.applyRoleLocked()
 	b.node.Announce()
 	b.log.Info("reloaded", "vips", vips.String(), "was", old.String())

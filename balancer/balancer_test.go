@@ -49,10 +49,11 @@ func (s *fakeSocket) ReceiveBlocks(func(*afpacket.Frame), func()) (int, error) {
 		return 0, err
 	}
 }
-func (s *fakeSocket) SetPrefetch(func([]byte))          {}
-func (s *fakeSocket) Send([]byte) error                 { return nil }
-func (s *fakeSocket) SendBatch(f [][]byte) (int, error) { return len(f), nil }
-func (s *fakeSocket) Close() error                      { s.once.Do(func() { close(s.closed) }); return nil }
+func (s *fakeSocket) SetPrefetch(func([]byte))             {}
+func (s *fakeSocket) JoinMulticast(net.HardwareAddr) error { return nil }
+func (s *fakeSocket) Send([]byte) error                    { return nil }
+func (s *fakeSocket) SendBatch(f [][]byte) (int, error)    { return len(f), nil }
+func (s *fakeSocket) Close() error                         { s.once.Do(func() { close(s.closed) }); return nil }
 func (s *fakeSocket) isClosed() bool {
 	select {
 	case <-s.closed:

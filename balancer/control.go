@@ -64,8 +64,9 @@ func (r Role) String() string {
 
 // Member is one frontend as a control plane names it.
 type Member struct {
-	// Addr is the frontend's real IPv4 address; it also names the member for consistent hashing,
-	// so every balancer of a group agrees on where a flow goes.
+	// Addr is the frontend's real address, IPv4 or IPv6: its MAC is resolved on it (ARP or NDP),
+	// and frames for VIPs of both families go to that MAC. It also names the member for
+	// consistent hashing, so every balancer of a group agrees on where a flow goes.
 	Addr netip.Addr
 	// Weight is its relative weight; 0 quiesces it (no new flows, existing ones continue). An
 	// operator's `l2lb weight` overrides it.
@@ -107,7 +108,7 @@ var (
 	ErrNotRunning = errors.New("fast path not running")
 	// ErrNoInterface means the interface that receives VIP traffic does not exist.
 	ErrNoInterface = errors.New("interface missing")
-	// ErrBadMember means a member list the balancer cannot apply (not IPv4, listed twice, too
-	// many members).
+	// ErrBadMember means a member list the balancer cannot apply (not an IP address, listed
+	// twice, too many members).
 	ErrBadMember = errors.New("bad member list")
 )

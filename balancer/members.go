@@ -13,8 +13,8 @@ import (
 func (b *Balancer) SetMembers(ms []Member) error {
 	seen := make(map[netip.Addr]bool, len(ms))
 	for _, m := range ms {
-		if !m.Addr.Is4() {
-			return fmt.Errorf("%w: %v is not an IPv4 address", ErrBadMember, m.Addr)
+		if !m.Addr.IsValid() || m.Addr.Is4In6() || m.Addr.Zone() != "" {
+			return fmt.Errorf("%w: %v is not an IPv4 or IPv6 address", ErrBadMember, m.Addr)
 		}
 		if seen[m.Addr] {
 			return fmt.Errorf("%w: %v listed twice", ErrBadMember, m.Addr)

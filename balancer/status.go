@@ -61,14 +61,18 @@ func (b *Balancer) Status() control.Status {
 
 	st := b.node.Stats()
 	out.Verdicts, out.Drops = st.Verdicts, st.Drops
-	out.ARP = control.ARP{Replies: st.Verdicts[dataplane.VerdictARPReply.String()], Announced: st.ARPAnnounced,
-		Conflicts: st.ARPConflicts}
+	out.ARP = control.ARP{Replies: st.Verdicts[dataplane.VerdictARPReply.String()],
+		NDPReplies: st.Verdicts[dataplane.VerdictNDPReply.String()], Announced: st.ARPAnnounced, Conflicts: st.ARPConflicts}
 	cfg := b.eng.Config()
 	for _, v := range cfg.VIPs.Addrs() {
 		out.VIPs = append(out.VIPs, v.String())
 	}
 	tmpls := map[uint32]int64{}
 	b.eng.Table().RangeTemplates(func(_, _ uint32, e conntrack.Entry) bool {
+		tmpls[e.Member]++
+		return true
+	})
+	b.eng.Table().RangeTemplates6(func(_, _ [16]byte, e conntrack.Entry) bool {
 		tmpls[e.Member]++
 		return true
 	})
@@ -97,7 +101,7 @@ func (b *Balancer) Status() control.Status {
 	return out
 }
 
-// Conns implements control.Provider: the connection table, like ipvsadm -Lnc.
+// Conns implements control.Provider: the connection table of both families, like ipvsadm -Lnc.
 func (b *Balancer) Conns(vip, member netip.Addr) []control.Conn {
 	eng := b.eng
 	now := eng.Tick()
@@ -114,20 +118,24 @@ func (b *Balancer) Conns(vip, member netip.Addr) []control.Conn {
 		wantMember = id
 	}
 	var out []control.Conn
-	eng.Table().Range(func(k conntrack.Key, e conntrack.Entry) bool {
-		if e.Expires <= now || (member.IsValid() && e.Member != wantMember) ||
-			(vip.IsValid() && addrOf(k.Dst) != vip) {
+	add := func(src, dst netip.Addr, sport, dport uint16, proto uint8, e conntrack.Entry) bool {
+		if e.Expires <= now || (member.IsValid() && e.Member != wantMember) || (vip.IsValid() && dst != vip) {
 			return true
 		}
 		ms := fmt.Sprintf("#%d", e.Member)
 		if m, ok := names[e.Member]; ok {
 			ms = m.String()
 		}
-		out = append(out, control.Conn{Proto: protoName(k.Proto),
-			Client: netip.AddrPortFrom(addrOf(k.Src), k.SPort).String(),
-			VIP:    netip.AddrPortFrom(addrOf(k.Dst), k.DPort).String(),
-			Member: ms, State: e.State.String(), ExpiresIn: time.Duration(e.Expires - now)})
+		out = append(out, control.Conn{Proto: protoName(proto), Client: netip.AddrPortFrom(src, sport).String(),
+			VIP: netip.AddrPortFrom(dst, dport).String(), Member: ms, State: e.State.String(),
+			ExpiresIn: time.Duration(e.Expires - now)})
 		return true
+	}
+	eng.Table().Range(func(k conntrack.Key, e conntrack.Entry) bool {
+		return add(addrOf(k.Src), addrOf(k.Dst), k.SPort, k.DPort, k.Proto, e)
+	})
+	eng.Table().Range6(func(k conntrack.Key6, e conntrack.Entry) bool {
+		return add(netip.AddrFrom16(k.Src), netip.AddrFrom16(k.Dst), k.SPort, k.DPort, k.Proto, e)
 	})
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].VIP != out[j].VIP {
@@ -146,6 +154,8 @@ func protoName(p uint8) string {
 		return "UDP"
 	case conntrack.ProtoICMP:
 		return "ICMP"
+	case 58:
+		return "ICMPv6"
 	}
 	return fmt.Sprintf("%d", p)
 }

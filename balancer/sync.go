@@ -56,6 +56,7 @@ func (b *Balancer) openSyncLocked(now time.Time) {
 	s := &syncer{eng: b.eng, conn: c, b: b, peers: syncPeers(cfg)}
 	s.repl = connsync.NewReplicator(c, s.export, 0)
 	b.eng.Table().SetOnInsert(s.onInsert)
+	b.eng.Table().SetOnInsert6(s.onInsert6)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.wg.Add(2)
@@ -84,6 +85,7 @@ func (b *Balancer) closeSync() {
 		return
 	}
 	b.eng.Table().SetOnInsert(nil)
+	b.eng.Table().SetOnInsert6(nil)
 	s.cancel()
 	s.conn.Close()
 	s.wg.Wait()
@@ -121,7 +123,26 @@ func (s *syncer) onInsert(k conntrack.Key, member uint32, state conntrack.State)
 	}
 }
 
-func (s *syncer) export(fn func(connsync.Record) bool) { s.eng.Export(fn) }
+// onInsert6 is onInsert for IPv6 flows.
+func (s *syncer) onInsert6(k conntrack.Key6, member uint32, state conntrack.State) {
+	if !s.active.Load() {
+		return
+	}
+	if r, ok := s.eng.RecordOf6(k, member, state); ok {
+		s.repl.Notify(r)
+	}
+}
+
+// export is the Replicator's view of the table for its refresh cycles and dumps: the whole table
+// while this node is active, nothing while it is a standby. A standby re-sending its table would
+// hand the other standbys (and the active node, which imports too) its own copy of every flow,
+// with the state it had when that copy arrived: a flow the active node has seen established could
+// bounce back to SYN_RECV on the standbys indefinitely (TestIPv6PlannedHandover found it).
+func (s *syncer) export(fn func(connsync.Record) bool) {
+	if s.active.Load() {
+		s.eng.Export(fn)
+	}
+}
 
 // receive imports what others replicate. A node imports even while active: in a split brain both
 // tables then hold both sides' flows, which is what the surviving owner needs after the heal.

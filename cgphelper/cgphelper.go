@@ -65,7 +65,7 @@ type Membership interface {
 // Host is the privileged plumbing the helper needs, behind a narrow interface so tests can fake
 // it.
 type Host interface {
-	// LocalAddrs returns the IPv4 addresses configured on this host.
+	// LocalAddrs returns the addresses configured on this host.
 	LocalAddrs() map[netip.Addr]bool
 	// Interface returns the real IPv4 address and the MAC of the named interface.
 	Interface(name string) (netip.Addr, net.HardwareAddr, error)
@@ -397,7 +397,7 @@ func (h *Helper) Close() error {
 type SystemHost struct{}
 
 // LocalAddrs implements Host.
-func (SystemHost) LocalAddrs() map[netip.Addr]bool { return hostcfg.LocalIPv4s() }
+func (SystemHost) LocalAddrs() map[netip.Addr]bool { return hostcfg.LocalAddrs() }
 
 // Interface implements Host.
 func (SystemHost) Interface(name string) (netip.Addr, net.HardwareAddr, error) {

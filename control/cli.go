@@ -136,7 +136,7 @@ func verbWeight(args []string, stdout, stderr io.Writer) int {
 	member, err := netip.ParseAddr(fs.Arg(0))
 	w, err2 := strconv.ParseUint(fs.Arg(1), 10, 32)
 	if err != nil || err2 != nil {
-		fmt.Fprintln(stderr, "l2lb weight: want MEMBER (IPv4 address) and WEIGHT (0..4294967295)")
+		fmt.Fprintln(stderr, "l2lb weight: want MEMBER (IP address) and WEIGHT (0..4294967295)")
 		return 2
 	}
 	if err := Dial(*path).SetWeight(member, uint32(w)); err != nil {

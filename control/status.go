@@ -139,13 +139,16 @@ type Sync struct {
 	LastReceived time.Time `json:"last_received,omitzero"`
 }
 
-// ARP counts the balancer's ARP activity.
+// ARP counts the balancer's neighbour resolution for the VIPs: ARP for IPv4, NDP for IPv6.
 type ARP struct {
 	// Replies counts ARP requests for a VIP that were answered.
 	Replies uint64 `json:"replies"`
-	// Announced counts gratuitous ARPs sent when taking the active role.
+	// NDPReplies counts IPv6 neighbour solicitations for a VIP that were answered.
+	NDPReplies uint64 `json:"ndp_replies"`
+	// Announced counts announcements sent (gratuitous ARPs and unsolicited neighbour
+	// advertisements) when taking the active role and to refresh it.
 	Announced uint64 `json:"announced"`
-	// Conflicts counts ARP frames from another host claiming a VIP or our virtual MAC.
+	// Conflicts counts ARP or NDP frames from another host claiming a VIP or our virtual MAC.
 	Conflicts uint64 `json:"conflicts"`
 }
 

@@ -46,7 +46,8 @@ func writeStatus(w io.Writer, s Status, now time.Time) error {
 		p("; last received %s", ago(now, s.Sync.LastReceived))
 	}
 	p("\n")
-	p("ARP: %d replies, %d announced, %d conflicts\n", s.ARP.Replies, s.ARP.Announced, s.ARP.Conflicts)
+	p("ARP/NDP: %d ARP replies, %d NDP replies, %d announced, %d conflicts\n", s.ARP.Replies, s.ARP.NDPReplies,
+		s.ARP.Announced, s.ARP.Conflicts)
 
 	p("\nMember\tMAC\tWeight\tLocal\tReady\tHealthy\tPorts\tFlows\tTemplates\tPackets\tBytes\n")
 	for _, m := range s.Members {

@@ -35,7 +35,7 @@ func TestWriteStatus(t *testing.T) {
 		"VIPs: 192.0.2.10, 192.0.2.48/29\n",
 		"Table: 9 flows, 3 templates, limit 1000 (1.2% full)\n",
 		"Sync: peers 192.0.2.2, 192.0.2.3; sent 100, received 50, rejected 2 (bad-mac 2); last received 3s ago\n",
-		"ARP: 7 replies, 3 announced, 1 conflicts\n",
+		"ARP/NDP: 7 ARP replies, 0 NDP replies, 3 announced, 1 conflicts\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)

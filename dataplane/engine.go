@@ -68,7 +68,9 @@ func (r PortRange) Overlaps(o PortRange) bool {
 
 // Member is one frontend as configured.
 type Member struct {
-	// Addr is the frontend's real IPv4 address; it also names the member for consistent hashing.
+	// Addr is the frontend's real address, IPv4 or IPv6: its MAC is resolved by ARP or by NDP on
+	// it, and it names the member for consistent hashing. Frames for VIPs of either family go to
+	// that MAC (DSR needs only the frontend's MAC and the VIPs on its lo).
 	Addr netip.Addr
 	// Weight is its relative weight; 0 quiesces it (no new flows, existing ones continue).
 	Weight uint32
@@ -96,7 +98,7 @@ type Config struct {
 
 // member is the fast path's view of one frontend, indexed by its stable ID.
 type member struct {
-	addr    uint32
+	addr    netip.Addr
 	mac     [6]byte
 	hasMAC  bool // resolved at least once: flows can be sent to it
 	failed  bool // resolution failed repeatedly: the frontend is presumed down
@@ -119,8 +121,9 @@ type state struct {
 	sched   scheduler.Scheduler
 	ranges  []portRange
 	nodest  NoDestPolicy
-	// vipCounters[i] counts the traffic of the i-th VIP in ascending order.
-	vipCounters []*vipCounter
+	// vipCounters[i] counts the traffic of the i-th IPv4 VIP in ascending order (vipset's
+	// IndexU32), vipCounters6[i] that of the i-th IPv6 VIP (Index16).
+	vipCounters, vipCounters6 []*vipCounter
 }
 
 // Engine decides, one frame at a time, what happens to balancer input. It holds the connection
@@ -129,7 +132,8 @@ type state struct {
 type Engine struct {
 	ct        *conntrack.Table
 	timeouts  conntrack.Timeouts
-	frags     *fragTable
+	frags     *fragTable[fragKey]
+	frags6    *fragTable[fragKey6]
 	vipCtrs   map[netip.Addr]*vipCounter // survive reloads for the VIPs that stay
 	persist   bool
 	state     atomic.Pointer[state]
@@ -152,7 +156,8 @@ func New(ct conntrack.Config) *Engine {
 	e := &Engine{
 		ct:       conntrack.New(ct),
 		timeouts: withDefaults(ct.Timeouts),
-		frags:    newFragTable(),
+		frags:    newFragTable[fragKey](),
+		frags6:   newFragTable[fragKey6](),
 		persist:  ct.Persistence > 0,
 		ids:      make(map[netip.Addr]uint32),
 		macs:     make(map[netip.Addr]net.HardwareAddr),
@@ -313,8 +318,8 @@ func (e *Engine) applyLocked(cfg Config) error {
 	seen := make(map[netip.Addr]bool)
 	newIDs := 0
 	for _, m := range cfg.Members {
-		if !m.Addr.Is4() {
-			return fmt.Errorf("%w: %v is not IPv4", ErrBadMember, m.Addr)
+		if !m.Addr.IsValid() || m.Addr.Is4In6() || m.Addr.Zone() != "" {
+			return fmt.Errorf("%w: %v is not an IPv4 or IPv6 address", ErrBadMember, m.Addr)
 		}
 		if seen[m.Addr] {
 			return fmt.Errorf("%w: %v listed twice", ErrBadMember, m.Addr)
@@ -361,14 +366,17 @@ func (e *Engine) applyLocked(cfg Config) error {
 			c = new(vipCounter)
 			e.vipCtrs[a] = c
 		}
-		st.vipCounters = append(st.vipCounters, c)
+		if a.Is4() {
+			st.vipCounters = append(st.vipCounters, c)
+		} else {
+			st.vipCounters6 = append(st.vipCounters6, c)
+		}
 	}
 	copy(st.vmac[:], cfg.VirtualMAC)
 	copy(st.ourMAC[:], cfg.InterfaceMAC)
 	st.members = make([]member, e.nextID)
 	for addr, id := range e.ids {
-		a4 := addr.As4()
-		st.members[id].addr = binary.BigEndian.Uint32(a4[:])
+		st.members[id].addr = addr
 		if mac, ok := e.macs[addr]; ok {
 			copy(st.members[id].mac[:], mac)
 			st.members[id].hasMAC = true
@@ -443,10 +451,16 @@ type vipCounter struct {
 // VIPStats returns the traffic per VIP.
 func (e *Engine) VIPStats() map[netip.Addr]VIPTraffic {
 	st := e.state.Load()
-	out := make(map[netip.Addr]VIPTraffic, len(st.vipCounters))
-	for i, a := range st.vips.Addrs() {
-		if i < len(st.vipCounters) {
-			c := st.vipCounters[i]
+	out := make(map[netip.Addr]VIPTraffic, len(st.vipCounters)+len(st.vipCounters6))
+	i4, i6 := 0, 0
+	for _, a := range st.vips.Addrs() {
+		var c *vipCounter
+		if a.Is4() && i4 < len(st.vipCounters) {
+			c, i4 = st.vipCounters[i4], i4+1
+		} else if a.Is6() && i6 < len(st.vipCounters6) {
+			c, i6 = st.vipCounters6[i6], i6+1
+		}
+		if c != nil {
 			out[a] = VIPTraffic{Packets: c.packets.Load(), Bytes: c.bytes.Load()}
 		}
 	}
@@ -455,25 +469,33 @@ func (e *Engine) VIPStats() map[netip.Addr]VIPTraffic {
 
 // Process decides what to do with one received frame b and, for VerdictForward and VerdictLocal,
 // rewrites its Ethernet addresses in place (only those: the IP destination stays the VIP, which is
-// what makes direct server return work). scratch is the caller's buffer for an ARP reply. Process
-// is safe for concurrent use by several workers and allocates nothing for IPv4 frames.
+// what makes direct server return work). scratch is the caller's buffer for an ARP or NDP reply
+// (at least 128 bytes). Process is safe for concurrent use by several workers and allocates
+// nothing for IPv4 and IPv6 data frames; ARP and NDP frames, which are rare, may allocate.
 func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	st := e.state.Load()
 	if len(b) < ethHeaderLen {
 		return Result{Verdict: VerdictDrop, Reason: ReasonRunt}
 	}
-	toUs := [6]byte(b[0:6]) == st.vmac
-	if !toUs {
-		if isBroadcast(b[0:6]) && binary.BigEndian.Uint16(b[12:14]) == etherTypeARP {
+	etherType := binary.BigEndian.Uint16(b[12:14])
+	if [6]byte(b[0:6]) != st.vmac {
+		switch {
+		case isBroadcast(b[0:6]) && etherType == etherTypeARP:
 			return e.processARP(st, b, scratch)
+		case isIPv6Multicast(b[0:6]) && etherType == etherTypeIPv6:
+			// Neighbour solicitations go to the target's solicited-node multicast address.
+			return e.processNDPMulticast(st, b, scratch)
 		}
 		return Result{Verdict: VerdictIgnored}
 	}
 	if vlanTagged {
 		return Result{Verdict: VerdictDrop, Reason: ReasonVLAN}
 	}
-	if binary.BigEndian.Uint16(b[12:14]) == etherTypeARP {
+	switch etherType {
+	case etherTypeARP:
 		return e.processARP(st, b, scratch)
+	case etherTypeIPv6:
+		return e.process6(st, b, scratch)
 	}
 	var p Packet
 	if r := ParseIPv4(b, &p); r != ReasonNone {
@@ -486,6 +508,7 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	if !e.active.Load() {
 		return Result{Verdict: VerdictDrop, Reason: ReasonInactive}
 	}
+	ctr := st.vipCounters[vi]
 	now := e.clock.Load()
 	var res Result
 	switch {
@@ -500,9 +523,10 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	case p.Proto == protoICMP:
 		// Echo and other informational ICMP to a VIP are answered by the active node itself,
 		// as IPVS does for traffic that belongs to no virtual service.
-		return e.countVIP(st, vi, len(b), e.deliverLocal(b, res))
+		res.Member = localOwner
 	default:
-		id, r := e.flowOwner(st, &p, now, &res)
+		id, r := flowOwner(e, st, flow4{k: conntrack.Key{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort,
+			Proto: p.Proto}, flags: p.TCPFlags}, now, &res)
 		if r != ReasonNone {
 			return Result{Verdict: VerdictDrop, Reason: r}
 		}
@@ -511,13 +535,20 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 			e.frags.insert(fragKey{src: p.Src, dst: p.Dst, id: p.FragID, proto: p.Proto}, id, now)
 		}
 	}
+	return e.send(st, b, res, ctr)
+}
+
+// send rewrites b for its member (res.Member): re-injection on lo for this node's own share and
+// for frames that belong to no member, the member's MAC otherwise. Only the Ethernet addresses
+// change, whatever the address family. It counts the frame on its VIP's counter.
+func (e *Engine) send(st *state, b []byte, res Result, ctr *vipCounter) Result {
 	if res.Member == localOwner {
 		res.Member = 0
-		return e.countVIP(st, vi, len(b), e.deliverLocal(b, res))
+		return countVIP(ctr, len(b), e.deliverLocal(b, res))
 	}
 	m := &st.members[res.Member]
 	if m.local {
-		return e.countVIP(st, vi, len(b), e.deliverLocal(b, res))
+		return countVIP(ctr, len(b), e.deliverLocal(b, res))
 	}
 	if !m.hasMAC {
 		// A fragment, ICMP error or port-range reply for a frontend whose MAC is not known (yet):
@@ -527,16 +558,13 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	copy(b[0:6], m.mac[:])
 	copy(b[6:12], st.ourMAC[:])
 	res.Verdict = VerdictForward
-	return e.countVIP(st, vi, len(b), res)
+	return countVIP(ctr, len(b), res)
 }
 
 // countVIP adds a forwarded or locally delivered frame to its VIP's counters.
-func (e *Engine) countVIP(st *state, vi, n int, res Result) Result {
-	if vi < len(st.vipCounters) {
-		c := st.vipCounters[vi]
-		c.packets.Add(1)
-		c.bytes.Add(uint64(n))
-	}
+func countVIP(c *vipCounter, n int, res Result) Result {
+	c.packets.Add(1)
+	c.bytes.Add(uint64(n))
 	return res
 }
 
@@ -552,10 +580,10 @@ func (e *Engine) deliverLocal(b []byte, res Result) Result {
 	return res
 }
 
-// flowOwner finds or schedules the member of a TCP, UDP or other-protocol flow.
-func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32, Reason) {
-	k := conntrack.Key{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort, Proto: p.Proto}
-	if id, ok := e.ct.Touch(k, p.TCPFlags, now); ok {
+// flowOwner finds or schedules the member of a TCP, UDP or other-protocol flow, of either address
+// family (F is flow4 or flow6; each gets its own instantiation, so the calls are direct).
+func flowOwner[F flow](e *Engine, st *state, f F, now int64, res *Result) (uint32, Reason) {
+	if id, ok := f.touch(e.ct, now); ok {
 		if int(id) < len(st.members) {
 			if m := &st.members[id]; m.usable() {
 				return id, ReasonNone
@@ -564,20 +592,21 @@ func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32
 			}
 		}
 		if st.nodest == NoDestExpire {
-			e.ct.Delete(k)
+			f.remove(e.ct)
 			return 0, ReasonMemberGone
 		}
-		nid, ok := e.pick(st, p)
+		nid, ok := e.pick(st, f.hash(e.persist))
 		if !ok {
 			return 0, ReasonNoMember
 		}
-		e.ct.SetMember(k, nid)
+		f.setMember(e.ct, nid)
 		return nid, ReasonNone
 	}
 	// Replies to a frontend's own outgoing connections (seed step 7) go to the frontend that owns
-	// the destination port, never through the scheduler.
-	if p.Proto == protoTCP || p.Proto == protoUDP {
-		if id, ok := st.rangeOwner(p.DPort); ok {
+	// the destination port, never through the scheduler. Linux's ip_local_port_range applies to
+	// both address families, so one range per frontend serves both.
+	if proto, dport := f.ports(); proto == protoTCP || proto == protoUDP {
+		if id, ok := st.rangeOwner(dport); ok {
 			if st.members[id].usable() {
 				return id, ReasonNone
 			}
@@ -589,7 +618,7 @@ func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32
 	if e.persist {
 		// IPVS keeps sending a persistent client to its frontend even when that frontend is
 		// quiesced (weight 0), as long as it is present (expire_quiescent_template=0 default).
-		if tid, ok := e.ct.Template(p.Src, p.Dst, now); ok && int(tid) < len(st.members) {
+		if tid, ok := f.template(e.ct, now); ok && int(tid) < len(st.members) {
 			if m := &st.members[tid]; m.usable() {
 				id, found = tid, true
 			} else if m.pending() {
@@ -600,13 +629,13 @@ func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32
 	}
 	if !found {
 		var ok bool
-		id, ok = e.pick(st, p)
+		id, ok = e.pick(st, f.hash(e.persist))
 		if !ok {
 			return 0, ReasonNoMember
 		}
 	}
 	res.NewFlow = true
-	if err := e.ct.Insert(k, id, p.TCPFlags, now); err != nil {
+	if err := f.insert(e.ct, id, now); err != nil {
 		// At the table limit the flow is still forwarded: the consistent-hash scheduler maps it
 		// to the same frontend on every frame. The worker counts TableFull.
 		res.TableFull = true
@@ -614,23 +643,57 @@ func (e *Engine) flowOwner(st *state, p *Packet, now int64, res *Result) (uint32
 	return id, ReasonNone
 }
 
-// pick asks the scheduler for a member. With persistence the hash covers only the client and the
-// VIP, so two balancers with the same members agree on a client's frontend without sharing state.
-func (e *Engine) pick(st *state, p *Packet) (uint32, bool) {
+// pick asks the scheduler for a member for a flow hash.
+func (e *Engine) pick(st *state, h uint64) (uint32, bool) {
 	if st.sched == nil {
 		return 0, false
 	}
+	return st.sched.Pick(h)
+}
+
+// flow is one frame's flow in the connection table of its address family.
+type flow interface {
+	touch(ct *conntrack.Table, now int64) (uint32, bool)
+	remove(ct *conntrack.Table)
+	setMember(ct *conntrack.Table, id uint32)
+	template(ct *conntrack.Table, now int64) (uint32, bool)
+	insert(ct *conntrack.Table, id uint32, now int64) error
+	// hash is the scheduler's hash of the flow. With persistence it covers only the client and
+	// the VIP, so two balancers with the same members agree on a client's frontend without
+	// sharing state.
+	hash(persist bool) uint64
+	ports() (proto uint8, dport uint16)
+}
+
+// flow4 is an IPv4 flow and the TCP flags of its frame.
+type flow4 struct {
+	k     conntrack.Key
+	flags uint8
+}
+
+func (f flow4) touch(ct *conntrack.Table, now int64) (uint32, bool) {
+	return ct.Touch(f.k, f.flags, now)
+}
+func (f flow4) remove(ct *conntrack.Table)               { ct.Delete(f.k) }
+func (f flow4) setMember(ct *conntrack.Table, id uint32) { ct.SetMember(f.k, id) }
+func (f flow4) template(ct *conntrack.Table, now int64) (uint32, bool) {
+	return ct.Template(f.k.Src, f.k.Dst, now)
+}
+func (f flow4) insert(ct *conntrack.Table, id uint32, now int64) error {
+	return ct.Insert(f.k, id, f.flags, now)
+}
+func (f flow4) ports() (uint8, uint16) { return f.k.Proto, f.k.DPort }
+func (f flow4) hash(persist bool) uint64 {
 	var buf [13]byte
-	binary.BigEndian.PutUint32(buf[0:4], p.Src)
-	binary.BigEndian.PutUint32(buf[4:8], p.Dst)
-	n := 8
-	if !e.persist {
-		binary.BigEndian.PutUint16(buf[8:10], p.SPort)
-		binary.BigEndian.PutUint16(buf[10:12], p.DPort)
-		buf[12] = p.Proto
-		n = 13
+	binary.BigEndian.PutUint32(buf[0:4], f.k.Src)
+	binary.BigEndian.PutUint32(buf[4:8], f.k.Dst)
+	if persist {
+		return xxhash.Sum64(buf[:8])
 	}
-	return st.sched.Pick(xxhash.Sum64(buf[:n]))
+	binary.BigEndian.PutUint16(buf[8:10], f.k.SPort)
+	binary.BigEndian.PutUint16(buf[10:12], f.k.DPort)
+	buf[12] = f.k.Proto
+	return xxhash.Sum64(buf[:])
 }
 
 // icmpOwner finds the member an ICMP error belongs to from the datagram it quotes: that datagram
@@ -657,6 +720,7 @@ func isBroadcast(m []byte) bool {
 func (e *Engine) Expire() (flows, templates int) {
 	now := e.Tick()
 	e.frags.expire(now)
+	e.frags6.expire(now)
 	return e.ct.Expire(now)
 }
 

@@ -292,7 +292,8 @@ func TestDropsAndIgnores(t *testing.T) {
 	}{
 		{"runt", good[:10], VerdictDrop, ReasonRunt},
 		{"other mac", mut(func(b []byte) []byte { b[0] = 0x04; return b }), VerdictIgnored, ReasonNone},
-		{"ipv6", mut(func(b []byte) []byte { b[12], b[13] = 0x86, 0xdd; return b }), VerdictDrop, ReasonNotIPv4},
+		{"IPv6 ethertype on an IPv4 packet", mut(func(b []byte) []byte { b[12], b[13] = 0x86, 0xdd; return b }), VerdictDrop, ReasonIPVersion},
+		{"another ethertype", mut(func(b []byte) []byte { b[12], b[13] = 0x88, 0xb5; return b }), VerdictDrop, ReasonNotIP},
 		{"vlan", mut(func(b []byte) []byte { b[12], b[13] = 0x81, 0x00; return b }), VerdictDrop, ReasonVLAN},
 		{"truncated ip", good[:30], VerdictDrop, ReasonIPTruncated},
 		{"version", mut(func(b []byte) []byte { b[14] = 0x65; return b }), VerdictDrop, ReasonIPVersion},

@@ -78,7 +78,7 @@ func ParseIPv4(b []byte, p *Packet) Reason {
 	case etherTypeVLAN, etherTypeQinQ:
 		return ReasonVLAN
 	default:
-		return ReasonNotIPv4
+		return ReasonNotIP
 	}
 	ip := b[ethHeaderLen:]
 	if len(ip) < ipv4MinHdrLen {

@@ -67,7 +67,7 @@ func TestExportImportKeepsFlows(t *testing.T) {
 
 func TestImportRejectsBadMember(t *testing.T) {
 	e := newTestEngine(t)
-	err := e.Import([]connsync.Record{{Key: conntrack.Key{Src: 1, Dst: u32(vip), SPort: 1, DPort: 2, Proto: 6},
+	err := e.Import([]connsync.Record{{Kind: connsync.RecordFlow, Src: client1, Dst: vip, SPort: 1, DPort: 2, Proto: 6,
 		State: conntrack.StateEstablished, TTL: time.Minute}})
 	if err == nil {
 		t.Fatal("record without a member address accepted")
@@ -83,8 +83,8 @@ func TestImportRejectsBadMember(t *testing.T) {
 // member is presumed down and its flows are rescheduled.
 func TestPendingMemberFlowsWait(t *testing.T) {
 	e := newTestEngine(t)
-	k := conntrack.Key{Src: u32(client1), Dst: u32(vip), SPort: 4444, DPort: 25, Proto: 6}
-	if err := e.Import([]connsync.Record{{Key: k, Member: netip.MustParseAddr("192.0.2.14"), State: conntrack.StateEstablished, TTL: time.Minute}}); err != nil {
+	if err := e.Import([]connsync.Record{{Kind: connsync.RecordFlow, Src: client1, Dst: vip, SPort: 4444, DPort: 25, Proto: 6,
+		Member: netip.MustParseAddr("192.0.2.14"), State: conntrack.StateEstablished, TTL: time.Minute}}); err != nil {
 		t.Fatal(err)
 	}
 	cfg := e.Config()

@@ -19,6 +19,9 @@ const (
 	VerdictARPReply
 	// VerdictDrop means the frame was dropped; Result.Reason says why.
 	VerdictDrop
+	// VerdictNDPReply means an IPv6 neighbour solicitation for a VIP was answered; the
+	// advertisement is in Result.Reply.
+	VerdictNDPReply
 	numVerdicts
 )
 
@@ -28,6 +31,7 @@ var verdictNames = [...]string{
 	VerdictLocal:    "local",
 	VerdictARPReply: "arp_reply",
 	VerdictDrop:     "dropped",
+	VerdictNDPReply: "ndp_reply",
 }
 
 // String returns the verdict's metric name.
@@ -49,15 +53,16 @@ const (
 	// ReasonVLAN is an 802.1Q/802.1ad tagged frame: l2lb serves the untagged interface it is
 	// given; run it on the VLAN sub-interface (e.g. eth0.100) to balance tagged traffic.
 	ReasonVLAN
-	// ReasonNotIPv4 is a frame to the balancer's MAC that is neither IPv4 nor ARP (IPv6, ...).
-	ReasonNotIPv4
-	// ReasonIPTruncated is a frame too short for its IPv4 header.
+	// ReasonNotIP is a frame to the balancer's MAC that is neither IPv4, IPv6 nor ARP.
+	ReasonNotIP
+	// ReasonIPTruncated is a frame too short for its IPv4 or IPv6 header.
 	ReasonIPTruncated
 	// ReasonIPVersion is an IPv4 ethertype with another version in the header.
 	ReasonIPVersion
 	// ReasonIPHeaderLen is an IHL below 5 words.
 	ReasonIPHeaderLen
-	// ReasonIPTotalLen is a total length below the header length or beyond the frame.
+	// ReasonIPTotalLen is an IPv4 total length below the header length or beyond the frame, or an
+	// IPv6 payload length of zero (jumbograms are not supported) or beyond the frame.
 	ReasonIPTotalLen
 	// ReasonIPChecksum is an IPv4 header whose checksum is wrong.
 	ReasonIPChecksum
@@ -88,6 +93,11 @@ const (
 	// ReasonCaptureTruncated is a frame the kernel handed over cut short (larger than the ring's
 	// frame room); forwarding it would corrupt it.
 	ReasonCaptureTruncated
+	// ReasonIPv6ExtChain is an IPv6 extension-header chain that is cut short, longer than
+	// maxExtHeaders, has a Hop-by-Hop header that is not first or two Fragment headers.
+	ReasonIPv6ExtChain
+	// ReasonNDPMalformed is a neighbour solicitation or advertisement that could not be parsed.
+	ReasonNDPMalformed
 	numReasons
 )
 
@@ -95,7 +105,7 @@ var reasonNames = [...]string{
 	ReasonNone:             "none",
 	ReasonRunt:             "runt",
 	ReasonVLAN:             "vlan_tagged",
-	ReasonNotIPv4:          "not_ipv4",
+	ReasonNotIP:            "not_ip",
 	ReasonIPTruncated:      "ip_truncated",
 	ReasonIPVersion:        "ip_version",
 	ReasonIPHeaderLen:      "ip_header_len",
@@ -113,6 +123,8 @@ var reasonNames = [...]string{
 	ReasonARPMalformed:     "arp_malformed",
 	ReasonMemberPending:    "member_pending",
 	ReasonCaptureTruncated: "capture_truncated",
+	ReasonIPv6ExtChain:     "ipv6_ext_chain",
+	ReasonNDPMalformed:     "ndp_malformed",
 }
 
 // String returns the reason's metric name.
@@ -129,14 +141,15 @@ type Result struct {
 	Reason  Reason
 	// Member is the frontend the frame went to (VerdictForward, VerdictLocal).
 	Member uint32
-	// Reply is the frame to send for VerdictARPReply (without a virtio header). It points into
-	// the engine's per-worker scratch buffer and is valid until the next call.
+	// Reply is the frame to send for VerdictARPReply and VerdictNDPReply (without a virtio
+	// header). It points into the caller's scratch buffer and is valid until the next call.
 	Reply []byte
 	// NewFlow reports that the frame started a flow (it was scheduled).
 	NewFlow bool
 	// TableFull reports a new flow forwarded without a table entry because the table is at its
 	// configured limit.
 	TableFull bool
-	// Conflict reports an ARP frame from another MAC claiming one of our VIPs while we are active.
+	// Conflict reports an ARP or NDP frame from another host claiming one of our VIPs while we
+	// answer for them (see Conflict).
 	Conflict bool
 }

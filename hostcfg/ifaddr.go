@@ -27,9 +27,9 @@ func InterfaceIPv4(name string) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("%s has no IPv4 address", name)
 }
 
-// LocalIPv4s returns the IPv4 addresses configured on this host's interfaces (the VIPs on lo
-// included): a member address among them is this node itself.
-func LocalIPv4s() map[netip.Addr]bool {
+// LocalAddrs returns the IPv4 and IPv6 addresses configured on this host's interfaces (the VIPs
+// on lo included, link-local ones left out): a member address among them is this node itself.
+func LocalAddrs() map[netip.Addr]bool {
 	out := map[netip.Addr]bool{}
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
@@ -37,7 +37,7 @@ func LocalIPv4s() map[netip.Addr]bool {
 	}
 	for _, a := range addrs {
 		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.Unmap().IsLinkLocalUnicast() {
 				out[ip.Unmap()] = true
 			}
 		}

@@ -67,10 +67,12 @@ var (
 		"Maximum number of connection-table entries; 0 means unlimited.")
 	descARPReplies = desc("arp_replies_total",
 		"ARP requests for a VIP answered with the virtual MAC.")
+	descNDPReplies = desc("ndp_replies_total",
+		"IPv6 neighbour solicitations for a VIP answered with the virtual MAC.")
 	descARPAnnounced = desc("arp_announced_total",
-		"Gratuitous ARPs sent to announce the VIPs.")
+		"Announcements of the VIPs sent: gratuitous ARPs and unsolicited neighbour advertisements.")
 	descARPConflicts = desc("arp_conflicts_total",
-		"ARP frames from another host claiming a VIP or the virtual MAC.")
+		"ARP or NDP frames from another host claiming a VIP or the virtual MAC.")
 	descSyncPeers = desc("sync_peers",
 		"Nodes this one exchanges connection-sync messages with.")
 	descSync = desc("sync_messages_total",
@@ -84,7 +86,7 @@ var (
 var allDescs = []*prometheus.Desc{
 	descInfo, descRole, descReadyNode, descProblems, descLeaving, descRoleSince, descTransitions, descVIPs, descPackets, descBytes,
 	descVIPPackets, descVIPBytes, descWeight, descReady, descHealthy, descMemberFlows,
-	descMemberTemplates, descDrops, descVerdicts, descTable, descTableLimit, descARPReplies,
+	descMemberTemplates, descDrops, descVerdicts, descTable, descTableLimit, descARPReplies, descNDPReplies,
 	descARPAnnounced, descARPConflicts, descSyncPeers, descSync, descSyncRejected, descSyncLast,
 }
 
@@ -163,6 +165,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descTable, float64(s.Table.Templates), "templates")
 	gauge(descTableLimit, float64(s.Table.Limit))
 	counter(descARPReplies, s.ARP.Replies)
+	counter(descNDPReplies, s.ARP.NDPReplies)
 	counter(descARPAnnounced, s.ARP.Announced)
 	counter(descARPConflicts, s.ARP.Conflicts)
 	gauge(descSyncPeers, float64(len(s.Sync.Peers)))

@@ -46,10 +46,10 @@ func sampleStatus() control.Status {
 }
 
 const wantMetrics = `
-# HELP l2lb_arp_announced_total Gratuitous ARPs sent to announce the VIPs.
+# HELP l2lb_arp_announced_total Announcements of the VIPs sent: gratuitous ARPs and unsolicited neighbour advertisements.
 # TYPE l2lb_arp_announced_total counter
 l2lb_arp_announced_total 3
-# HELP l2lb_arp_conflicts_total ARP frames from another host claiming a VIP or the virtual MAC.
+# HELP l2lb_arp_conflicts_total ARP or NDP frames from another host claiming a VIP or the virtual MAC.
 # TYPE l2lb_arp_conflicts_total counter
 l2lb_arp_conflicts_total 1
 # HELP l2lb_arp_replies_total ARP requests for a VIP answered with the virtual MAC.
@@ -93,6 +93,9 @@ l2lb_member_templates{member="192.0.2.12"} 1
 # TYPE l2lb_member_weight gauge
 l2lb_member_weight{member="192.0.2.11"} 100
 l2lb_member_weight{member="192.0.2.12"} 0
+# HELP l2lb_ndp_replies_total IPv6 neighbour solicitations for a VIP answered with the virtual MAC.
+# TYPE l2lb_ndp_replies_total counter
+l2lb_ndp_replies_total 0
 # HELP l2lb_packets_forwarded_total Frames forwarded to a member, by member address.
 # TYPE l2lb_packets_forwarded_total counter
 l2lb_packets_forwarded_total{member="192.0.2.11"} 345

@@ -20,7 +20,7 @@ import (
 var ErrMember = errors.New("static: bad member")
 
 // ParseMembers turns --member `ADDR[=WEIGHT]` flags (each may list several, separated by commas
-// or spaces) and --port-range `ADDR=LO-HI` flags into members. A member address configured on
+// or spaces; ADDR is IPv4 or IPv6, the address the frontend's MAC is resolved on) and --port-range `ADDR=LO-HI` flags into members. A member address configured on
 // this host (local) is this node itself and weighs selfWeight (-r) unless a weight is given. A
 // VIP is refused as a member: a frontend is named by its real address.
 func ParseMembers(specs, ranges []string, selfWeight uint32, local map[netip.Addr]bool, vips *vipset.Set) ([]balancer.Member, error) {
@@ -30,8 +30,8 @@ func ParseMembers(specs, ranges []string, selfWeight uint32, local map[netip.Add
 		for _, one := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
 			addrS, wS, hasW := strings.Cut(one, "=")
 			a, err := netip.ParseAddr(addrS)
-			if err != nil || !a.Is4() {
-				return nil, fmt.Errorf("%w: --member %q: not an IPv4 address", ErrMember, one)
+			if err != nil || a.Is4In6() || a.Zone() != "" {
+				return nil, fmt.Errorf("%w: --member %q: not an IPv4 or IPv6 address", ErrMember, one)
 			}
 			if vips != nil && vips.Contains(a) {
 				return nil, fmt.Errorf("%w: --member %q: that is a VIP; give the frontend's real address", ErrMember, one)

@@ -40,7 +40,8 @@ func TestParseMembers(t *testing.T) {
 		members, ranges []string
 		msg             string
 	}{
-		{[]string{"192.0.2.300"}, nil, "not an IPv4"},
+		{[]string{"192.0.2.300"}, nil, "not an IPv4 or IPv6"},
+		{[]string{"::ffff:192.0.2.12"}, nil, "not an IPv4 or IPv6"},
 		{[]string{"192.0.2.200"}, nil, "that is a VIP"},
 		{[]string{"192.0.2.12", "192.0.2.12"}, nil, "given twice"},
 		{[]string{"192.0.2.12=x"}, nil, "bad weight"},

@@ -14,7 +14,7 @@ import (
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("demo", stderr)
 	o := demo.Options{}
-	fs.IntVar(&o.Conns, "conns", 300, "TCP connections to open through the VIP")
+	fs.IntVar(&o.Conns, "conns", 300, "TCP connections to open through each VIP (IPv4 and IPv6)")
 	fs.IntVar(&o.Persistence, "p", 0, "persistence seconds passed to l2lb run")
 	fs.IntVar(&o.SelfWeight, "r", 100, "weight of frontend 1 (the active balancer) passed to l2lb run")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the testbed and the balancer running until Ctrl-C")

@@ -76,7 +76,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 var synopses = map[string][2]string{
 	"run":    {"[flags]", "Run the active balancer: static members with --member, or a standalone cluster with --peers."},
 	"helper": {"[-p N] [-i IF] [-s N] [-t N] [-f FILE] [-r N] [-m] [--trace FILE]", "CommuniGate Pro's External Load Balancer helper: commands on stdin, answers on stdout."},
-	"vip":    {"up|down|list [-f FILE] [-n]", "Put the VIPs of FILE on lo as /32s, remove them, or list them (replaces ifup-lo/ifdown-lo)."},
+	"vip":    {"up|down|list [-f FILE] [-n]", "Put the VIPs of FILE on lo (IPv4 as /32, IPv6 as /128), remove them, or list them (replaces ifup-lo/ifdown-lo)."},
 	"doctor": {"[-i IF] [-f FILE] [--peer-range LO-HI] [--fix]", "Check the host settings a balancer node needs and print exactly what to change."},
 	"demo":   {"[--conns N] [-p N] [-r N] [--keep]", "Build a namespace testbed, run the balancer on it and send real traffic through the VIP (root)."},
 }

@@ -102,7 +102,7 @@ func run(o runOptions, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		ms, err := static.ParseMembers(o.members, o.portRanges, uint32(o.bal.SelfWeight), hostcfg.LocalIPv4s(), b.VIPs())
+		ms, err := static.ParseMembers(o.members, o.portRanges, uint32(o.bal.SelfWeight), hostcfg.LocalAddrs(), b.VIPs())
 		if err != nil {
 			return err
 		}

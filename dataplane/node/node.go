@@ -8,7 +8,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/l2lb/l2lb/afpacket"
 	"github.com/l2lb/l2lb/dataplane"
-	"github.com/mdlayher/arp"
 	"golang.org/x/sys/unix"
 )
 
@@ -69,6 +67,9 @@ type RxSocket interface {
 	ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, error)
 	// SetPrefetch sets a function run on each frame a few frames before fn sees it.
 	SetPrefetch(fn func(frame []byte))
+	// JoinMulticast makes the NIC deliver frames to the Ethernet multicast address mac while the
+	// socket is open (the solicited-node groups of the IPv6 VIPs).
+	JoinMulticast(mac net.HardwareAddr) error
 }
 
 // TxSocket sends frames. Every buffer starts with a virtio_net_hdr (PACKET_VNET_HDR, design notes).
@@ -82,7 +83,8 @@ type TxSocket interface {
 	Close() error
 }
 
-// Resolver learns the MAC address of a frontend on the interface (an ARP client).
+// Resolver learns the MAC address of a frontend on the interface: by ARP for an IPv4 address, by
+// NDP for an IPv6 one.
 type Resolver interface {
 	// Resolve returns the MAC of ip, or an error within a bounded time.
 	Resolve(ip netip.Addr) (net.HardwareAddr, error)
@@ -143,12 +145,14 @@ type Node struct {
 	announce chan struct{}
 
 	mu          sync.Mutex
-	tx          TxSocket    // where announcements go while Run runs
-	bursts      []time.Time // pending announcement bursts
-	lastRefresh time.Time   // last periodic announcement
-	lastExpire  time.Time   // last Engine.Expire
-	releaseAt   time.Time   // a Release's deadline (zero: none pending)
-	conflictLog time.Time   // last conflict logged
+	workers     []RxSocket         // the sockets of the current life, while Run runs
+	multicast   []net.HardwareAddr // groups the workers' sockets must receive (SetMulticast)
+	tx          TxSocket           // where announcements go while Run runs
+	bursts      []time.Time        // pending announcement bursts
+	lastRefresh time.Time          // last periodic announcement
+	lastExpire  time.Time          // last Engine.Expire
+	releaseAt   time.Time          // a Release's deadline (zero: none pending)
+	conflictLog time.Time          // last conflict logged
 	resolve     map[netip.Addr]*resolveState
 }
 
@@ -205,6 +209,30 @@ func (n *Node) Release(now time.Time, grace time.Duration) {
 	n.eng.SetDraining()
 	n.releaseAt = now.Add(grace)
 	n.bursts = n.bursts[:0]
+}
+
+// SetMulticast sets the Ethernet multicast addresses the interface must deliver to the fast path
+// (the solicited-node groups of the IPv6 VIPs, dataplane.SolicitedNodeMAC), on the current
+// sockets at once and on every later set. Memberships of addresses no longer listed are kept until
+// the sockets close: an extra group costs a few frames, and dropping one a VIP still needs would
+// cost answers.
+func (n *Node) SetMulticast(macs []net.HardwareAddr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.multicast = append(n.multicast[:0:0], macs...)
+	for _, w := range n.workers {
+		n.joinLocked(w)
+	}
+}
+
+// joinLocked joins w to every multicast group asked for.
+func (n *Node) joinLocked(w RxSocket) {
+	for _, mac := range n.multicast {
+		if err := w.JoinMulticast(mac); err != nil {
+			n.log.Warn("cannot receive a multicast group; IPv6 neighbour solicitations for a VIP may go unanswered",
+				"mac", mac.String(), "err", err)
+		}
+	}
 }
 
 // Announce schedules the gratuitous ARP bursts again (after a VIP change, say), if active.
@@ -273,14 +301,23 @@ func (n *Node) Tick(now time.Time) {
 	}
 }
 
-// sendAnnouncements sends one gratuitous ARP burst frame of each kind for every VIP and reports
+// sendAnnouncements sends one burst of announcements for every VIP — a gratuitous ARP request and
+// reply for each IPv4 VIP, an unsolicited neighbour advertisement for each IPv6 one — and reports
 // whether every frame went out (a link that is down refuses them with ENOBUFS).
 func (n *Node) sendAnnouncements(tx TxSocket) bool {
 	cfg := n.eng.Config()
 	if cfg.VIPs == nil || cfg.VIPs.Len() == 0 {
 		return true
 	}
-	frames := dataplane.Announcements(cfg.VirtualMAC, cfg.VIPs.Addrs())
+	var v4, v6 []netip.Addr
+	for _, a := range cfg.VIPs.Addrs() {
+		if a.Is4() {
+			v4 = append(v4, a)
+		} else {
+			v6 = append(v6, a)
+		}
+	}
+	frames := append(dataplane.Announcements(cfg.VirtualMAC, v4), dataplane.Announcements6(cfg.VirtualMAC, v6)...)
 	sent := 0
 	for _, f := range frames {
 		buf := make([]byte, afpacket.VnetHdrLen+len(f))
@@ -371,7 +408,10 @@ func (n *Node) Run(ctx context.Context, s Sockets) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n.mu.Lock()
-	n.tx = s.Workers[0]
+	n.tx, n.workers = s.Workers[0], s.Workers
+	for _, w := range s.Workers {
+		n.joinLocked(w)
+	}
 	if n.eng.Active() && n.releaseAt.IsZero() {
 		// New sockets after a failure (the link went down, say): the switch may have forgotten
 		// where the virtual MAC lives.
@@ -380,7 +420,7 @@ func (n *Node) Run(ctx context.Context, s Sockets) error {
 	n.mu.Unlock()
 	defer func() {
 		n.mu.Lock()
-		n.tx = nil
+		n.tx, n.workers = nil, nil
 		n.mu.Unlock()
 	}()
 	var wg sync.WaitGroup
@@ -439,8 +479,8 @@ func (n *Node) Run(ctx context.Context, s Sockets) error {
 	}
 }
 
-// logConflict reports an ARP frame b from another host claiming one of our VIPs, at most once per
-// conflictLogGap.
+// logConflict reports an ARP or NDP frame b from another host claiming one of our VIPs, at most
+// once per conflictLogGap.
 func (n *Node) logConflict(b []byte) {
 	n.mu.Lock()
 	if time.Since(n.conflictLog) < conflictLogGap {
@@ -449,20 +489,19 @@ func (n *Node) logConflict(b []byte) {
 	}
 	n.conflictLog = time.Now()
 	n.mu.Unlock()
-	var p arp.Packet
-	if len(b) < 14 || p.UnmarshalBinary(b[14:]) != nil {
+	vip, mac, splitBrain, ok := dataplane.Conflict(b, n.eng.Config().VirtualMAC)
+	if !ok {
 		return
 	}
-	vmac := n.eng.Config().VirtualMAC
-	if bytes.Equal(p.SenderHardwareAddr, vmac) {
+	if splitBrain {
 		n.log.Warn("another balancer announces our VIP with our virtual MAC: two active nodes (split brain)",
-			"vip", p.SenderIP, "from", net.HardwareAddr(b[6:12]).String())
+			"vip", vip, "from", net.HardwareAddr(b[6:12]).String())
 	} else {
-		n.log.Warn("another host claims one of our VIPs (arp_ignore missing on a frontend?)",
-			"vip", p.SenderIP, "mac", p.SenderHardwareAddr.String())
+		n.log.Warn("another host claims one of our VIPs (arp_ignore missing, or proxy NDP, on a frontend?)",
+			"vip", vip, "mac", mac.String())
 	}
 	if n.cfg.OnConflict != nil {
-		n.cfg.OnConflict(p.SenderIP, p.SenderHardwareAddr)
+		n.cfg.OnConflict(vip, mac)
 	}
 }
 

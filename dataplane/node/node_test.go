@@ -311,6 +311,7 @@ type fakeRx struct {
 	blocks   int // ReceiveBlocks calls that handed frames over
 	prefetch func([]byte)
 	fetched  int
+	joined   []string // JoinMulticast's groups
 }
 
 func newFakeRx() *fakeRx {
@@ -379,6 +380,14 @@ func (r *fakeRx) ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, erro
 	r.cond.Broadcast()
 	r.rmu.Unlock()
 	return len(q), nil
+}
+
+// JoinMulticast records the groups joined.
+func (r *fakeRx) JoinMulticast(mac net.HardwareAddr) error {
+	r.rmu.Lock()
+	defer r.rmu.Unlock()
+	r.joined = append(r.joined, mac.String())
+	return nil
 }
 
 func (r *fakeRx) SetPrefetch(fn func([]byte)) {
@@ -1473,8 +1482,9 @@ func (s *nopRx) SendBatch(f [][]byte) (int, error) {
 	s.batched.Add(int64(len(f)))
 	return len(f), nil
 }
-func (s *nopRx) Close() error             { return nil }
-func (s *nopRx) SetPrefetch(func([]byte)) {}
+func (s *nopRx) Close() error                         { return nil }
+func (s *nopRx) SetPrefetch(func([]byte))             {}
+func (s *nopRx) JoinMulticast(net.HardwareAddr) error { return nil }
 func (s *nopRx) ReceiveBlocks(func(*afpacket.Frame), func()) (int, error) {
 	return 0, afpacket.ErrClosed
 }

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/l2lb/l2lb/afpacket"
 	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ndp"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,7 +99,7 @@ func Open(c OpenConfig) (Sockets, error) {
 		s.Close()
 		return Sockets{}, fmt.Errorf("node: ARP client on %s: %w", ifi.Name, err)
 	}
-	s.ARP = &arpResolver{c: client, timeout: ResolveTimeout}
+	s.ARP = &resolver{ifi: ifi, arp: client, timeout: ResolveTimeout}
 	return s, nil
 }
 
@@ -114,19 +116,88 @@ func loopback() (*net.Interface, error) {
 	return nil, fmt.Errorf("%w: no loopback interface", ErrNoInterface)
 }
 
-// arpResolver is a Resolver on an ARP client, each resolution bounded by timeout.
-type arpResolver struct {
-	c       *arp.Client
+// resolver is the real Resolver: ARP for IPv4 members, NDP (RFC 4861 §7.2.2: a solicitation to
+// the target's solicited-node group, answered by an advertisement) for IPv6 ones, each resolution
+// bounded by timeout. The NDP socket (an ICMPv6 socket on the interface's link-local address,
+// github.com/mdlayher/ndp) is opened at the first IPv6 member, so an IPv4-only balancer needs no
+// IPv6 on its interface.
+type resolver struct {
+	ifi     *net.Interface
+	arp     *arp.Client
 	timeout time.Duration
+
+	mu     sync.Mutex // Close may run while Resolve waits
+	ndp    *ndp.Conn
+	closed bool
 }
 
 // Resolve implements Resolver.
-func (r *arpResolver) Resolve(ip netip.Addr) (net.HardwareAddr, error) {
-	if err := r.c.SetDeadline(time.Now().Add(r.timeout)); err != nil {
+func (r *resolver) Resolve(ip netip.Addr) (net.HardwareAddr, error) {
+	deadline := time.Now().Add(r.timeout)
+	if ip.Is4() {
+		if err := r.arp.SetDeadline(deadline); err != nil {
+			return nil, err
+		}
+		return r.arp.Resolve(ip)
+	}
+	c, err := r.ndpConn()
+	if err != nil {
 		return nil, err
 	}
-	return r.c.Resolve(ip)
+	group, err := ndp.SolicitedNodeMulticast(ip)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetDeadline(deadline); err != nil {
+		return nil, err
+	}
+	ns := &ndp.NeighborSolicitation{TargetAddress: ip,
+		Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: r.ifi.HardwareAddr}}}
+	if err := c.WriteTo(ns, nil, group); err != nil {
+		return nil, fmt.Errorf("node: neighbour solicitation for %v: %w", ip, err)
+	}
+	for {
+		m, _, _, err := c.ReadFrom()
+		if err != nil {
+			return nil, fmt.Errorf("node: no neighbour advertisement for %v: %w", ip, err)
+		}
+		na, ok := m.(*ndp.NeighborAdvertisement)
+		if !ok || na.TargetAddress != ip {
+			continue
+		}
+		for _, o := range na.Options {
+			if l, ok := o.(*ndp.LinkLayerAddress); ok && l.Direction == ndp.Target && len(l.Addr) == 6 {
+				return l.Addr, nil
+			}
+		}
+	}
+}
+
+// ndpConn returns the NDP socket, opening it the first time.
+func (r *resolver) ndpConn() (*ndp.Conn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, net.ErrClosed
+	}
+	if r.ndp == nil {
+		c, _, err := ndp.Listen(r.ifi, ndp.LinkLocal)
+		if err != nil {
+			return nil, fmt.Errorf("node: NDP on %s: %w", r.ifi.Name, err)
+		}
+		r.ndp = c
+	}
+	return r.ndp, nil
 }
 
 // Close implements Resolver.
-func (r *arpResolver) Close() error { return r.c.Close() }
+func (r *resolver) Close() error {
+	err := r.arp.Close()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	if r.ndp != nil {
+		r.ndp.Close()
+	}
+	return err
+}

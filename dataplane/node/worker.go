@@ -82,7 +82,7 @@ func (w *worker) handle(f *afpacket.Frame) {
 		w.queue(&w.out, w.rx, f, res)
 	case dataplane.VerdictLocal:
 		w.queue(&w.loq, w.lo, f, res)
-	case dataplane.VerdictARPReply:
+	case dataplane.VerdictARPReply, dataplane.VerdictNDPReply:
 		clear(w.scratch[:afpacket.VnetHdrLen])
 		if err := w.rx.Send(w.scratch[:afpacket.VnetHdrLen+len(res.Reply)]); err != nil {
 			w.c.Drop(dataplane.ReasonTxError)

@@ -114,12 +114,12 @@ func TestSyncInjection(t *testing.T) {
 	tmplTo := map[netip.Addr]string{}
 	for _, s := range sc.ss.all {
 		forged = append(forged, connsync.Record{Kind: connsync.RecordFlow,
-			Key:    conntrack.Key{Src: u32(s.local.Addr()), Dst: u32(vip), SPort: s.local.Port(), DPort: echoPort, Proto: conntrack.ProtoTCP},
+			Src: s.local.Addr(), Dst: vip, SPort: s.local.Port(), DPort: echoPort, Proto: conntrack.ProtoTCP,
 			Member: addrOf[other[s.frontend]], State: conntrack.StateEstablished, TTL: 900 * time.Second})
 		tmplTo[s.local.Addr()] = other[s.frontend]
 	}
 	for a, to := range tmplTo {
-		forged = append(forged, connsync.Record{Kind: connsync.RecordTemplate, Key: conntrack.Key{Src: u32(a), Dst: u32(vip)},
+		forged = append(forged, connsync.Record{Kind: connsync.RecordTemplate, Src: a, Dst: vip,
 			Member: addrOf[to], TTL: 60 * time.Second})
 	}
 	bogus := func(first, n int) []connsync.Record {
@@ -127,7 +127,7 @@ func TestSyncInjection(t *testing.T) {
 		for i := 0; i < n; i++ {
 			src := netip.AddrFrom4([4]byte{198, 51, 100, byte(first + i)})
 			rs = append(rs, connsync.Record{Kind: connsync.RecordFlow,
-				Key:    conntrack.Key{Src: u32(src), Dst: u32(vip), SPort: 40000, DPort: echoPort, Proto: conntrack.ProtoTCP},
+				Src: src, Dst: vip, SPort: 40000, DPort: echoPort, Proto: conntrack.ProtoTCP,
 				Member: f3.Addr, State: conntrack.StateEstablished, TTL: 120 * time.Second})
 		}
 		return rs
