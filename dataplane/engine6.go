@@ -1,9 +1,6 @@
 package dataplane
 
 import (
-	"encoding/binary"
-
-	"github.com/cespare/xxhash/v2"
 	"github.com/l2lb/l2lb/conntrack"
 )
 
@@ -45,17 +42,22 @@ func (e *Engine) process6(st *state, b []byte, scratch []byte) Result {
 		// Echo and other informational ICMPv6 to a VIP are answered by the active node itself.
 		res.Member = localOwner
 	default:
-		id, r := flowOwner(e, st, flow6{k: conntrack.Key6{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort,
-			Proto: p.Proto}, flags: p.TCPFlags}, now, &res)
-		if r != ReasonNone {
-			return Result{Verdict: VerdictDrop, Reason: r}
+		k := conntrack.Key6{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort, Proto: p.Proto}
+		id, hit := e.ct.Touch6(k, p.TCPFlags, now)
+		if !hit || int(id) >= len(st.members) || !st.members[id].usable() {
+			f := flowRef{v6: true, flags: p.TCPFlags, k6: k}
+			var r Reason
+			if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {
+				return Result{Verdict: VerdictDrop, Reason: r}
+			}
 		}
 		res.Member = id
 		if p.FirstFragment {
 			e.frags6.insert(fragKey6{src: p.Src, dst: p.Dst, id: p.FragID}, id, now)
 		}
 	}
-	return e.send(st, b, res, ctr)
+	e.send(st, b, &res, ctr)
+	return res
 }
 
 // processNDPMulticast handles an IPv6 frame to a multicast MAC: a neighbour solicitation for a
@@ -85,35 +87,4 @@ func (e *Engine) icmp6Owner(st *state, p *Packet6, now int64) uint32 {
 		}
 	}
 	return localOwner
-}
-
-// flow6 is an IPv6 flow and the TCP flags of its frame.
-type flow6 struct {
-	k     conntrack.Key6
-	flags uint8
-}
-
-func (f flow6) touch(ct *conntrack.Table, now int64) (uint32, bool) {
-	return ct.Touch6(f.k, f.flags, now)
-}
-func (f flow6) remove(ct *conntrack.Table)               { ct.Delete6(f.k) }
-func (f flow6) setMember(ct *conntrack.Table, id uint32) { ct.SetMember6(f.k, id) }
-func (f flow6) template(ct *conntrack.Table, now int64) (uint32, bool) {
-	return ct.Template6(f.k.Src, f.k.Dst, now)
-}
-func (f flow6) insert(ct *conntrack.Table, id uint32, now int64) error {
-	return ct.Insert6(f.k, id, f.flags, now)
-}
-func (f flow6) ports() (uint8, uint16) { return f.k.Proto, f.k.DPort }
-func (f flow6) hash(persist bool) uint64 {
-	var buf [37]byte
-	copy(buf[0:16], f.k.Src[:])
-	copy(buf[16:32], f.k.Dst[:])
-	if persist {
-		return xxhash.Sum64(buf[:32])
-	}
-	binary.BigEndian.PutUint16(buf[32:34], f.k.SPort)
-	binary.BigEndian.PutUint16(buf[34:36], f.k.DPort)
-	buf[36] = f.k.Proto
-	return xxhash.Sum64(buf[:])
 }
