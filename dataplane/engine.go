@@ -702,28 +702,27 @@ func (f *flowRef) ports() (uint8, uint16) {
 // VIP, so two balancers with the same members agree on a client's frontend without sharing state.
 func (f *flowRef) hash(persist bool) uint64 {
 	var buf [37]byte
+	var n int
+	var sport, dport uint16
+	var proto uint8
 	if f.v6 {
 		k := &f.k6
-		copy(buf[0:16], k.Src[:])
-		copy(buf[16:32], k.Dst[:])
-		if persist {
-			return xxhash.Sum64(buf[:32])
-		}
-		binary.BigEndian.PutUint16(buf[32:34], k.SPort)
-		binary.BigEndian.PutUint16(buf[34:36], k.DPort)
-		buf[36] = k.Proto
-		return xxhash.Sum64(buf[:37])
+		n = copy(buf[0:16], k.Src[:]) + copy(buf[16:32], k.Dst[:])
+		sport, dport, proto = k.SPort, k.DPort, k.Proto
+	} else {
+		k := &f.k4
+		binary.BigEndian.PutUint32(buf[0:4], k.Src)
+		binary.BigEndian.PutUint32(buf[4:8], k.Dst)
+		n = 8
+		sport, dport, proto = k.SPort, k.DPort, k.Proto
 	}
-	k := &f.k4
-	binary.BigEndian.PutUint32(buf[0:4], k.Src)
-	binary.BigEndian.PutUint32(buf[4:8], k.Dst)
 	if persist {
-		return xxhash.Sum64(buf[:8])
+		return xxhash.Sum64(buf[:n])
 	}
-	binary.BigEndian.PutUint16(buf[8:10], k.SPort)
-	binary.BigEndian.PutUint16(buf[10:12], k.DPort)
-	buf[12] = k.Proto
-	return xxhash.Sum64(buf[:13])
+	binary.BigEndian.PutUint16(buf[n:n+2], sport)
+	binary.BigEndian.PutUint16(buf[n+2:n+4], dport)
+	buf[n+4] = proto
+	return xxhash.Sum64(buf[:n+5])
 }
 
 // icmpOwner finds the member an ICMP error belongs to from the datagram it quotes: that datagram

@@ -37,11 +37,8 @@ type Packet struct {
 	Proto uint8
 	// Src and Dst are the IPv4 addresses as big-endian integers.
 	Src, Dst uint32
-	// SPort and DPort are the transport ports (TCP, UDP); zero for other protocols and for
-	// non-first fragments.
-	SPort, DPort uint16
-	// TCPFlags holds the TCP flag bits (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
-	TCPFlags uint8
+	// Transport holds the ports and TCP flags.
+	Transport
 	// FragID is the IPv4 identification field, meaningful when Fragment is set.
 	FragID uint16
 	// Fragment reports that the datagram is a fragment (MF set or a non-zero offset).
@@ -58,6 +55,34 @@ type Packet struct {
 	InnerProto             uint8
 	InnerSrc, InnerDst     uint32
 	InnerSPort, InnerDPort uint16
+}
+
+// Transport is the part of a TCP or UDP header the balancer reads, the same in both address
+// families.
+type Transport struct {
+	// SPort and DPort are the transport ports (TCP, UDP); zero for other protocols and for
+	// non-first fragments.
+	SPort, DPort uint16
+	// TCPFlags holds the TCP flag bits (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+	TCPFlags uint8
+}
+
+// parse reads the ports (and for TCP the flags) of the TCP or UDP header at the start of l4.
+func (t *Transport) parse(l4 []byte, proto uint8) Reason {
+	if proto == protoTCP {
+		if len(l4) < tcpMinHdrLen {
+			return ReasonL4Truncated
+		}
+		if int(l4[12]>>4)*4 < tcpMinHdrLen {
+			return ReasonTCPDataOffset
+		}
+		t.TCPFlags = l4[13]
+	} else if len(l4) < udpHeaderLen {
+		return ReasonL4Truncated
+	}
+	t.SPort = binary.BigEndian.Uint16(l4[0:2])
+	t.DPort = binary.BigEndian.Uint16(l4[2:4])
+	return ReasonNone
 }
 
 // ParseIPv4 parses the IPv4 frame b (starting at the Ethernet header) into p. It returns
@@ -122,22 +147,8 @@ func ParseIPv4(b []byte, p *Packet) Reason {
 	}
 	l4 := ip[ihl:]
 	switch p.Proto {
-	case protoTCP:
-		if len(l4) < tcpMinHdrLen {
-			return ReasonL4Truncated
-		}
-		if int(l4[12]>>4)*4 < tcpMinHdrLen {
-			return ReasonTCPDataOffset
-		}
-		p.SPort = binary.BigEndian.Uint16(l4[0:2])
-		p.DPort = binary.BigEndian.Uint16(l4[2:4])
-		p.TCPFlags = l4[13]
-	case protoUDP:
-		if len(l4) < udpHeaderLen {
-			return ReasonL4Truncated
-		}
-		p.SPort = binary.BigEndian.Uint16(l4[0:2])
-		p.DPort = binary.BigEndian.Uint16(l4[2:4])
+	case protoTCP, protoUDP:
+		return p.Transport.parse(l4, p.Proto)
 	case protoICMP:
 		if len(l4) < icmpHeaderLen {
 			return ReasonL4Truncated

@@ -44,11 +44,8 @@ type Packet6 struct {
 	Src, Dst [16]byte
 	// HopLimit is the IPv6 hop limit (NDP messages must carry 255, RFC 4861 §7.1.1).
 	HopLimit uint8
-	// SPort and DPort are the transport ports (TCP, UDP); zero for other protocols and for
-	// non-first fragments.
-	SPort, DPort uint16
-	// TCPFlags holds the TCP flag bits (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
-	TCPFlags uint8
+	// Transport holds the ports and TCP flags.
+	Transport
 	// Fragment reports a Fragment header (RFC 8200 §4.5); FirstFragment one at offset 0, which
 	// carries the upper-layer header; FragID is its Identification.
 	Fragment, FirstFragment bool
@@ -112,22 +109,8 @@ func ParseIPv6(b []byte, p *Packet6) Reason {
 	}
 	l4 := ip[off:]
 	switch nh {
-	case protoTCP:
-		if len(l4) < tcpMinHdrLen {
-			return ReasonL4Truncated
-		}
-		if int(l4[12]>>4)*4 < tcpMinHdrLen {
-			return ReasonTCPDataOffset
-		}
-		p.SPort = binary.BigEndian.Uint16(l4[0:2])
-		p.DPort = binary.BigEndian.Uint16(l4[2:4])
-		p.TCPFlags = l4[13]
-	case protoUDP:
-		if len(l4) < udpHeaderLen {
-			return ReasonL4Truncated
-		}
-		p.SPort = binary.BigEndian.Uint16(l4[0:2])
-		p.DPort = binary.BigEndian.Uint16(l4[2:4])
+	case protoTCP, protoUDP:
+		return p.Transport.parse(l4, nh)
 	case nhICMPv6:
 		if len(l4) < icmp6HeaderLen {
 			return ReasonL4Truncated

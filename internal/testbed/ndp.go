@@ -1,12 +1,9 @@
 package testbed
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -150,38 +147,29 @@ func (h *Host) NDPResolve(ip netip.Addr) (net.HardwareAddr, error) {
 		}
 		defer c.Close()
 		buf := make([]byte, 1<<16+64) // GSO frames on veth can reach 64 KiB
-		deadline := time.Now().Add(h.bed.opts.ARPTimeout)
-		for time.Now().Before(deadline) {
-			if _, err := c.WriteTo(frame, &packet.Addr{HardwareAddr: dst}); err != nil {
-				return err
-			}
-			wait := time.Now().Add(arpRetry)
-			if wait.After(deadline) {
-				wait = deadline
-			}
-			if err := c.SetReadDeadline(wait); err != nil {
-				return err
-			}
-			for {
-				n, _, err := c.ReadFrom(buf)
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					break
-				}
-				if err != nil {
-					return err
-				}
-				a, ok := parseNDPAdvert(buf[:n])
-				if !ok || a.IP != ip || !a.Solicited || a.Dst != src {
-					continue
-				}
-				mac = a.MAC
-				if mac == nil { // only allowed in answers to unicast solicitations
-					mac = a.EthSrc
-				}
-				return nil
-			}
+		send := func() error {
+			_, err := c.WriteTo(frame, &packet.Addr{HardwareAddr: dst})
+			return err
 		}
-		return fmt.Errorf("%w: no neighbour advertisement for %v within %v", ErrTimeout, ip, h.bed.opts.ARPTimeout)
+		found, err := h.solicit(send, c.SetReadDeadline, func() (bool, error) {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return false, err
+			}
+			a, ok := parseNDPAdvert(buf[:n])
+			if !ok || a.IP != ip || !a.Solicited || a.Dst != src {
+				return false, nil
+			}
+			mac = a.MAC
+			if mac == nil { // only allowed in answers to unicast solicitations
+				mac = a.EthSrc
+			}
+			return true, nil
+		})
+		if err == nil && !found {
+			err = fmt.Errorf("%w: no neighbour advertisement for %v within %v", ErrTimeout, ip, h.bed.opts.ARPTimeout)
+		}
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("testbed: %s: NDP %v: %w", h.Name, ip, err)

@@ -114,6 +114,35 @@ func (h *Host) RawConn() (*packet.Conn, error) {
 // lost frame from costing the whole timeout.
 const arpRetry = 250 * time.Millisecond
 
+// solicit sends a request every arpRetry until recv reports the answer or Options.ARPTimeout
+// has passed; recv reads one frame and reports whether it was the answer. It is the one
+// retry loop of ARPResolve and NDPResolve.
+func (h *Host) solicit(send func() error, setDeadline func(time.Time) error, recv func() (bool, error)) (bool, error) {
+	deadline := time.Now().Add(h.bed.opts.ARPTimeout)
+	for time.Now().Before(deadline) {
+		if err := send(); err != nil {
+			return false, err
+		}
+		wait := time.Now().Add(arpRetry)
+		if wait.After(deadline) {
+			wait = deadline
+		}
+		if err := setDeadline(wait); err != nil {
+			return false, err
+		}
+		for {
+			done, err := recv()
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil || done {
+				return done, err
+			}
+		}
+	}
+	return false, nil
+}
+
 // ARPResolve asks for ip's MAC with ARP requests sent from the host's
 // interface (using its first IPv4 address as sender), independently of the
 // kernel's neighbour cache. It fails with ErrTimeout when nobody answers
@@ -130,33 +159,21 @@ func (h *Host) ARPResolve(ip netip.Addr) (net.HardwareAddr, error) {
 			return err
 		}
 		defer c.Close()
-		deadline := time.Now().Add(h.bed.opts.ARPTimeout)
-		for time.Now().Before(deadline) {
-			if err := c.Request(ip); err != nil {
-				return err
+		found, err := h.solicit(func() error { return c.Request(ip) }, c.SetReadDeadline, func() (bool, error) {
+			p, _, err := c.Read()
+			if err != nil {
+				return false, err
 			}
-			wait := time.Now().Add(arpRetry)
-			if wait.After(deadline) {
-				wait = deadline
+			if p.Operation == arp.OperationReply && p.SenderIP == ip {
+				mac = p.SenderHardwareAddr
+				return true, nil
 			}
-			if err := c.SetReadDeadline(wait); err != nil {
-				return err
-			}
-			for {
-				p, _, err := c.Read()
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					break
-				}
-				if err != nil {
-					return err
-				}
-				if p.Operation == arp.OperationReply && p.SenderIP == ip {
-					mac = p.SenderHardwareAddr
-					return nil
-				}
-			}
+			return false, nil
+		})
+		if err == nil && !found {
+			err = fmt.Errorf("%w: no ARP reply for %v within %v", ErrTimeout, ip, h.bed.opts.ARPTimeout)
 		}
-		return fmt.Errorf("%w: no ARP reply for %v within %v", ErrTimeout, ip, h.bed.opts.ARPTimeout)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("testbed: %s: ARP %v: %w", h.Name, ip, err)
