@@ -78,6 +78,10 @@ type Member struct {
 	Local bool
 	// Ports is the member's source-port range, if it has one.
 	Ports PortRange
+	// Leaving marks a member that left the list while still reachable (issue 13, graceful
+	// leave): its established flows continue, but it must have weight 0 and persistence
+	// templates no longer send a client's new connections to it, unlike a quiesced member.
+	Leaving bool
 }
 
 // Config is the engine's whole configuration. It is applied atomically by Engine.Configure.
@@ -104,6 +108,7 @@ type member struct {
 	failed  bool // resolution failed repeatedly: the frontend is presumed down
 	present bool // in the configured member list
 	local   bool
+	leaving bool // left the list: established flows only
 	weight  uint32
 }
 
@@ -328,6 +333,9 @@ func (e *Engine) applyLocked(cfg Config) error {
 		if m.Ports.Lo > m.Ports.Hi {
 			return fmt.Errorf("%w: %v port range %d-%d", ErrBadMember, m.Addr, m.Ports.Lo, m.Ports.Hi)
 		}
+		if m.Leaving && m.Weight != 0 {
+			return fmt.Errorf("%w: %v is leaving with weight %d", ErrBadMember, m.Addr, m.Weight)
+		}
 		if _, ok := e.ids[m.Addr]; !ok {
 			newIDs++
 		}
@@ -388,7 +396,7 @@ func (e *Engine) applyLocked(cfg Config) error {
 	for _, m := range cfg.Members {
 		id := e.ids[m.Addr]
 		mm := &st.members[id]
-		mm.present, mm.local, mm.weight = true, m.Local, m.Weight
+		mm.present, mm.local, mm.weight, mm.leaving = true, m.Local, m.Weight, m.Leaving
 		if m.Ports != (PortRange{}) {
 			st.ranges = append(st.ranges, portRange{lo: m.Ports.Lo, hi: m.Ports.Hi, id: id})
 		}
@@ -617,7 +625,7 @@ func (e *Engine) flowOwner(st *state, f *flowRef, id uint32, hit bool, now int64
 	if e.persist {
 		// IPVS keeps sending a persistent client to its frontend even when that frontend is
 		// quiesced (weight 0), as long as it is present (expire_quiescent_template=0 default).
-		if tid, ok := f.template(e.ct, now); ok && int(tid) < len(st.members) {
+		if tid, ok := f.template(e.ct, now); ok && int(tid) < len(st.members) && !st.members[tid].leaving {
 			if m := &st.members[tid]; m.usable() {
 				id, found = tid, true
 			} else if m.pending() {

@@ -422,3 +422,60 @@ func BenchmarkParseIPv4(b *testing.B) {
 		ParseIPv4(f, &p)
 	}
 }
+
+// TestLeavingMember checks issue 13's graceful leave in the engine: a member marked Leaving keeps
+// its established flows, and unlike a quiesced member its persistent clients' new connections go
+// elsewhere.
+func TestLeavingMember(t *testing.T) {
+	e := newTestEngine(t, withPersistence(15*time.Second))
+	// A client whose template points at f2, with one established flow there.
+	var src netip.Addr
+	for c := 0; ; c++ {
+		src = netip.AddrFrom4([4]byte{198, 51, 100, byte(c)})
+		if r := process(e, frameSpec{src: src, dst: vip, sport: 3000, dport: 143, syn: true}.bytes(t)); ownerOf(t, e, r) == f2Addr {
+			break
+		}
+	}
+	cfg := e.Config()
+	cfg.Members = append([]Member(nil), cfg.Members...)
+	cfg.Members[1].Leaving = true
+	if err := e.Configure(cfg); !errors.Is(err, ErrBadMember) {
+		t.Fatalf("leaving with weight %d: err %v, want ErrBadMember", cfg.Members[1].Weight, err)
+	}
+	cfg.Members[1].Weight = 0
+	if err := e.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if r := process(e, frameSpec{src: src, dst: vip, sport: 3000, dport: 143, ack: true}.bytes(t)); ownerOf(t, e, r) != f2Addr {
+			t.Fatalf("leaving member lost its established flow: %+v", r)
+		}
+	}
+	r := process(e, frameSpec{src: src, dst: vip, sport: 3001, dport: 143, syn: true}.bytes(t))
+	if r.Verdict == VerdictDrop || ownerOf(t, e, r) == f2Addr {
+		t.Fatalf("a persistent client's new connection went to the leaving member: %+v", r)
+	}
+	// The quiesced case, for contrast: the template is honoured (IPVS's behaviour).
+	cfg.Members[1].Leaving = false
+	if err := e.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	var other netip.Addr
+	for c := 100; ; c++ {
+		other = netip.AddrFrom4([4]byte{198, 51, 100, byte(c)})
+		cfg.Members[1].Weight = 100
+		if err := e.Configure(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if r := process(e, frameSpec{src: other, dst: vip, sport: 3000, dport: 143, syn: true}.bytes(t)); ownerOf(t, e, r) == f2Addr {
+			break
+		}
+	}
+	cfg.Members[1].Weight = 0
+	if err := e.Configure(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if r := process(e, frameSpec{src: other, dst: vip, sport: 3001, dport: 143, syn: true}.bytes(t)); ownerOf(t, e, r) != f2Addr {
+		t.Fatalf("a quiesced member's persistent client %v was moved (src %v): %+v", other, src, r)
+	}
+}
