@@ -71,10 +71,6 @@ type Config struct {
 	// Sync, when set, opens the connection-sync channel: the active node replicates its table,
 	// standbys import it (IPVS's sync daemon). Interface and Log are filled in.
 	Sync *connsync.Config
-	// KeepLeaving keeps a member that leaves the list at weight 0 while it still has flows, so
-	// its established connections continue (its services may be alive; only its l2lb may have
-	// stopped). Without it a removed member's flows follow NoDest at once.
-	KeepLeaving bool
 	// StatsFile, when set, receives the status as JSON every second and at exit.
 	StatsFile string
 	// Log receives events (nil: discarded).
@@ -102,6 +98,7 @@ type Balancer struct {
 	openErr     error // why the last attempt to open the sockets failed
 	members     []Member
 	leaving     map[netip.Addr]bool // departed members kept at weight 0 while they have flows
+	unhealthy   map[netip.Addr]bool // members whose service health checks fail (SetHealth)
 	applied     []dataplane.Member
 	weights     map[netip.Addr]uint32 // operator overrides (l2lb weight / drain)
 	conflicts   string                // the port-range overlaps reported last
@@ -129,7 +126,7 @@ func New(cfg Config) (*Balancer, error) {
 		cfg.Scheduler = scheduler.KindMaglev
 	}
 	b := &Balancer{cfg: cfg, log: cfg.Log, events: make(chan Event, 16), start: time.Now(),
-		leaving: map[netip.Addr]bool{}, weights: map[netip.Addr]uint32{}}
+		leaving: map[netip.Addr]bool{}, unhealthy: map[netip.Addr]bool{}, weights: map[netip.Addr]uint32{}}
 	b.since = b.start
 	b.eng = dataplane.New(conntrack.Config{MaxEntries: cfg.MaxConns, Timeouts: cfg.Timeouts,
 		Persistence: cfg.Persistence})

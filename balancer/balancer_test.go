@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/l2lb/l2lb/afpacket"
+	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/dataplane"
@@ -309,9 +310,11 @@ func TestPortRangeOverlapRule(t *testing.T) {
 	}
 }
 
-// TestKeepLeaving: a member that leaves keeps its flows at weight 0, then goes.
-func TestKeepLeaving(t *testing.T) {
-	b, _ := newTest(t, writeFile(t, "192.0.2.200\n"), func(c *Config) { c.KeepLeaving = true })
+// TestGracefulLeave: a member that leaves keeps its flows at weight 0, then goes; a frontend
+// this node never listed, whose flows arrived by sync, is kept the same way; an unreachable or
+// unhealthy one is let go at once (issue 13).
+func TestGracefulLeave(t *testing.T) {
+	b, _ := newTest(t, writeFile(t, "192.0.2.200\n"), nil)
 	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}, {Addr: peer2, Weight: 100}}); err != nil {
 		t.Fatal(err)
 	}
@@ -333,6 +336,45 @@ func TestKeepLeaving(t *testing.T) {
 	b.mu.Unlock()
 	if _, ok := member(b.Status(), peer2); ok {
 		t.Error("the member is still listed after its last flow ended")
+	}
+
+	// Flows imported from the active node for peer3, which this node never listed.
+	rec := connsync.Record{Kind: connsync.RecordFlow, Src: netip.MustParseAddr("198.51.100.1"),
+		Dst: netip.MustParseAddr("192.0.2.200"), SPort: 1001, DPort: 143, Proto: conntrack.ProtoTCP,
+		State: conntrack.StateEstablished, TTL: 60 * time.Second, Member: peer3}
+	if err := b.Engine().Import([]connsync.Record{rec}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := member(b.Status(), peer3); !ok || !m.Leaving || m.Flows != 1 {
+		t.Fatalf("imported frontend not kept as leaving: %+v (listed %v)", m, ok)
+	}
+	// Its health checks fail: let go.
+	b.mu.Lock()
+	b.unhealthy[peer3] = true
+	b.applyMembersLocked()
+	b.mu.Unlock()
+	if _, ok := member(b.Status(), peer3); ok {
+		t.Error("an unhealthy leaving member is still kept")
+	}
+	b.mu.Lock()
+	delete(b.unhealthy, peer3)
+	b.applyMembersLocked()
+	b.mu.Unlock()
+	if _, ok := member(b.Status(), peer3); !ok {
+		t.Fatal("a healthy again frontend with flows is not kept")
+	}
+	// Its MAC no longer resolves: let go.
+	if err := b.Engine().SetMAC(peer3, nil); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	b.applyMembersLocked()
+	b.mu.Unlock()
+	if _, ok := member(b.Status(), peer3); ok {
+		t.Error("an unreachable leaving member is still kept")
 	}
 }
 

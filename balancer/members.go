@@ -36,8 +36,8 @@ func (b *Balancer) SetMembers(ms []Member) error {
 }
 
 // applyMembersLocked turns the control plane's members into the engine's: operator weight
-// overrides win, a member that is Down weighs 0, ranges that overlap are dropped, and with
-// KeepLeaving a departed member that still has flows stays at weight 0 until they end.
+// overrides win, a member that is Down weighs 0, ranges that overlap are dropped, and a departed
+// member that still has flows and is still reachable is kept, leaving, until they end.
 func (b *Balancer) applyMembersLocked() error {
 	ms := make([]dataplane.Member, 0, len(b.members)+len(b.leaving))
 	listed := make(map[netip.Addr]bool, len(b.members))
@@ -53,30 +53,69 @@ func (b *Balancer) applyMembersLocked() error {
 		delete(b.leaving, m.Addr)
 		ms = append(ms, dm)
 	}
-	if b.cfg.KeepLeaving {
-		for _, old := range b.applied {
-			if listed[old.Addr] {
-				continue
+	return b.configureLocked(append(ms, b.leavingLocked(listed)...))
+}
+
+// leavingLocked returns the members that left the list but keep their established flows
+// (issue 13, graceful leave): a frontend removed from the list (CGP's ACTIVE without it, a
+// --member dropped on reload, a standalone node that drains or vanished from gossip) may well be
+// serving, and resetting its connections is what IPVS does and what operators of long-lived IMAP
+// and SIP sessions do not want. A candidate is any address with flows in the table, this node's
+// own flows and those imported from the active node alike (a standby that takes over with a list
+// that leaves a frontend out never had it in its own list). It is kept at weight 0, without its
+// persistence templates, while it has flows and stays reachable: its MAC resolves (the fast path
+// re-resolves it like any member) and its health checks, where configured, pass. When it stops
+// being reachable its flows follow --nodest at once.
+func (b *Balancer) leavingLocked(listed map[netip.Addr]bool) []dataplane.Member {
+	prev := make(map[netip.Addr]dataplane.Member, len(b.applied))
+	for _, m := range b.applied {
+		prev[m.Addr] = m
+	}
+	var out []dataplane.Member
+	for addr, flows := range b.eng.FlowCounts() {
+		if listed[addr] {
+			continue
+		}
+		why := ""
+		switch {
+		case b.eng.Unreachable(addr):
+			why = "its MAC no longer resolves"
+		case b.unhealthy[addr]:
+			why = "its health checks fail"
+		}
+		if why != "" {
+			if b.leaving[addr] {
+				b.log.Warn("leaving member is unreachable; its flows follow the no-destination policy",
+					"member", addr, "flows", flows, "why", why)
+				delete(b.leaving, addr)
 			}
-			flows := int64(0)
-			if id, ok := b.eng.MemberID(old.Addr); ok {
-				flows = b.eng.Table().Active(id)
-			}
-			if flows == 0 {
-				if b.leaving[old.Addr] {
-					b.log.Info("member left; its last flow ended", "member", old.Addr)
-				}
-				delete(b.leaving, old.Addr)
-				continue
-			}
-			if !b.leaving[old.Addr] {
-				b.log.Info("member left; keeping its established flows", "member", old.Addr, "flows", flows)
-				b.leaving[old.Addr] = true
-			}
-			old.Weight = 0
-			ms = append(ms, old)
+			continue
+		}
+		if !b.leaving[addr] {
+			b.log.Info("member left; keeping its established flows while it is reachable", "member", addr, "flows", flows)
+			b.leaving[addr] = true
+		}
+		m := dataplane.Member{Addr: addr, Leaving: true}
+		if p, ok := prev[addr]; ok {
+			m.Local, m.Ports = p.Local, p.Ports
+		}
+		out = append(out, m)
+	}
+	for addr := range b.leaving {
+		if listed[addr] {
+			continue
+		}
+		if !slices.ContainsFunc(out, func(m dataplane.Member) bool { return m.Addr == addr }) {
+			b.log.Info("member left; its last flow ended", "member", addr)
+			delete(b.leaving, addr)
 		}
 	}
+	return out
+}
+
+// configureLocked applies the engine members ms (sorted and with overlapping ranges dropped) if
+// they differ from what is applied.
+func (b *Balancer) configureLocked(ms []dataplane.Member) error {
 	// Sorted first, so the overlaps are named in the same order on every node.
 	slices.SortFunc(ms, func(a, c dataplane.Member) int { return a.Addr.Compare(c.Addr) })
 	b.dropOverlapsLocked(ms)

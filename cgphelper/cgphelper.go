@@ -264,6 +264,8 @@ func describe(ms []control.Member) string {
 	desc := make([]string, 0, len(ms))
 	for _, m := range ms {
 		switch {
+		case m.Leaving:
+			desc = append(desc, fmt.Sprintf("%s (leaving, %d flows)", m.Addr, m.Flows))
 		case m.Local:
 			desc = append(desc, fmt.Sprintf("%s (self, weight %d)", m.Addr, m.Weight))
 		case m.Weight != 100:
@@ -324,6 +326,8 @@ func StatusLine(st control.Status) string {
 			}
 			state := "ready"
 			switch {
+			case m.Leaving:
+				state = "leaving"
 			case m.Weight == 0:
 				state = "quiescent"
 			case !m.Ready:

@@ -358,8 +358,8 @@ func (n *Node) contested() bool {
 
 // reconfigure gives the balancer the group's frontends: this node itself, and every other alive
 // node with its announced weight and port range, marked Down while its own health check fails. A
-// node that left is no longer listed; the balancer keeps its established flows while they last
-// (balancer.Config.KeepLeaving), since its kernel and services may well be alive.
+// node that left is no longer listed; the balancer keeps its established flows while it stays
+// reachable (graceful leave, issue 13), since its kernel and services may well be alive.
 func (n *Node) reconfigure() {
 	ms := []balancer.Member{n.self()}
 	seen := map[netip.Addr]bool{n.cfg.Addr: true}
