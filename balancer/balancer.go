@@ -71,6 +71,13 @@ type Config struct {
 	// Sync, when set, opens the connection-sync channel: the active node replicates its table,
 	// standbys import it (IPVS's sync daemon). Interface and Log are filled in.
 	Sync *connsync.Config
+	// KeepVanishedPersistence treats a member that vanished from the list without leaving on
+	// purpose like a quiesced IPVS server: its persistent clients' new connections still go to
+	// it while it is reachable. The standalone cluster sets it, because a node that drops out of
+	// the gossip without announcing Draining has most likely lost only its l2lb (a crash), not
+	// its services. Elsewhere the list is a deliberate decision (CGP's Ready servers, the
+	// operator's --member), so a member that left it gets no new connections at all.
+	KeepVanishedPersistence bool
 	// StatsFile, when set, receives the status as JSON every second and at exit.
 	StatsFile string
 	// Log receives events (nil: discarded).
@@ -98,6 +105,7 @@ type Balancer struct {
 	openErr     error // why the last attempt to open the sockets failed
 	members     []Member
 	leaving     map[netip.Addr]bool // departed members kept at weight 0 while they have flows
+	deliberate  map[netip.Addr]bool // members that left on purpose (Member.Leaving): no new connections
 	unhealthy   map[netip.Addr]bool // members whose service health checks fail (SetHealth)
 	applied     []dataplane.Member
 	weights     map[netip.Addr]uint32 // operator overrides (l2lb weight / drain)
@@ -126,7 +134,7 @@ func New(cfg Config) (*Balancer, error) {
 		cfg.Scheduler = scheduler.KindMaglev
 	}
 	b := &Balancer{cfg: cfg, log: cfg.Log, events: make(chan Event, 16), start: time.Now(),
-		leaving: map[netip.Addr]bool{}, unhealthy: map[netip.Addr]bool{}, weights: map[netip.Addr]uint32{}}
+		leaving: map[netip.Addr]bool{}, deliberate: map[netip.Addr]bool{}, unhealthy: map[netip.Addr]bool{}, weights: map[netip.Addr]uint32{}}
 	b.since = b.start
 	b.eng = dataplane.New(conntrack.Config{MaxEntries: cfg.MaxConns, Timeouts: cfg.Timeouts,
 		Persistence: cfg.Persistence})

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -400,5 +401,59 @@ func TestDefaultVirtualMAC(t *testing.T) {
 	m := DefaultVirtualMAC(0x1234)
 	if m.String() != "02:6c:32:62:12:34" || m[0]&0x02 == 0 || m[0]&0x01 != 0 {
 		t.Fatalf("vmac %v must be locally administered unicast", m)
+	}
+}
+
+// TestLeavingKinds: a member leaving on purpose (Member.Leaving) loses its persistent clients
+// and stays that way after it vanishes; with KeepVanishedPersistence a member that merely
+// vanished keeps them (quiesced), without it it does not.
+func TestLeavingKinds(t *testing.T) {
+	engineLeaving := func(b *Balancer, a netip.Addr) (bool, bool) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, m := range b.applied {
+			if m.Addr == a {
+				return m.Leaving, true
+			}
+		}
+		return false, false
+	}
+	for _, keep := range []bool{false, true} {
+		b, _ := newTest(t, writeFile(t, "192.0.2.200\n"), func(c *Config) { c.KeepVanishedPersistence = keep })
+		all := []Member{{Addr: self, Weight: 100, Local: true}, {Addr: peer2, Weight: 100}, {Addr: peer3, Weight: 100}}
+		if err := b.SetMembers(all); err != nil {
+			t.Fatal(err)
+		}
+		for i, a := range []netip.Addr{peer2, peer3} {
+			id, _ := b.Engine().MemberID(a)
+			k := conntrack.Key{Src: 0xc6336401, Dst: 0xc00002c8, SPort: uint16(1000 + i), DPort: 25, Proto: conntrack.ProtoTCP}
+			if err := b.Engine().Table().Insert(k, id, 0x02, b.Engine().Tick()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// peer2 drains on purpose, then vanishes; peer3 just vanishes.
+		draining := slices.Clone(all)
+		draining[1].Leaving = true
+		if err := b.SetMembers(draining); err != nil {
+			t.Fatal(err)
+		}
+		if l, ok := engineLeaving(b, peer2); !ok || !l {
+			t.Errorf("keep=%v: draining member: engine leaving=%v listed=%v, want leaving", keep, l, ok)
+		}
+		if m, _ := member(b.Status(), peer2); !m.Leaving || m.Weight != 0 {
+			t.Errorf("keep=%v: draining member's status %+v, want leaving at weight 0", keep, m)
+		}
+		if err := b.SetMembers(all[:1]); err != nil {
+			t.Fatal(err)
+		}
+		if l, ok := engineLeaving(b, peer2); !ok || !l {
+			t.Errorf("keep=%v: vanished after draining: engine leaving=%v listed=%v, want still leaving", keep, l, ok)
+		}
+		if l, ok := engineLeaving(b, peer3); !ok || l == keep {
+			t.Errorf("keep=%v: vanished member: engine leaving=%v listed=%v, want leaving=%v", keep, l, ok, !keep)
+		}
+		if m, _ := member(b.Status(), peer3); !m.Leaving {
+			t.Errorf("keep=%v: vanished member's status %+v, want leaving", keep, m)
+		}
 	}
 }

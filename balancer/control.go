@@ -79,6 +79,10 @@ type Member struct {
 	// Down marks a member whose health check fails: it gets no new flows, its established flows
 	// continue while they last (its kernel may well answer them).
 	Down bool
+	// Leaving marks a member that leaves the group on purpose (a standalone node announcing
+	// Draining): it keeps its established flows but gets no new connections, persistent
+	// clients' included, and it stays leaving after it vanishes from the list (issue 13).
+	Leaving bool
 }
 
 // EventKind says what an Event reports.

@@ -50,7 +50,16 @@ func (b *Balancer) applyMembersLocked() error {
 			dm.Weight = 0
 		}
 		listed[m.Addr] = true
-		delete(b.leaving, m.Addr)
+		if m.Leaving {
+			dm.Weight, dm.Leaving = 0, true
+			if !b.deliberate[m.Addr] {
+				b.log.Info("member is leaving; keeping its established flows, no new connections", "member", m.Addr)
+			}
+			b.deliberate[m.Addr], b.leaving[m.Addr] = true, true
+		} else {
+			delete(b.leaving, m.Addr)
+			delete(b.deliberate, m.Addr)
+		}
 		ms = append(ms, dm)
 	}
 	return b.configureLocked(append(ms, b.leavingLocked(listed)...))
@@ -89,13 +98,14 @@ func (b *Balancer) leavingLocked(listed map[netip.Addr]bool) []dataplane.Member 
 					"member", addr, "flows", flows, "why", why)
 				delete(b.leaving, addr)
 			}
+			delete(b.deliberate, addr)
 			continue
 		}
 		if !b.leaving[addr] {
 			b.log.Info("member left; keeping its established flows while it is reachable", "member", addr, "flows", flows)
 			b.leaving[addr] = true
 		}
-		m := dataplane.Member{Addr: addr, Leaving: true}
+		m := dataplane.Member{Addr: addr, Leaving: b.deliberate[addr] || !b.cfg.KeepVanishedPersistence}
 		if p, ok := prev[addr]; ok {
 			m.Local, m.Ports = p.Local, p.Ports
 		}
@@ -108,6 +118,7 @@ func (b *Balancer) leavingLocked(listed map[netip.Addr]bool) []dataplane.Member 
 		if !slices.ContainsFunc(out, func(m dataplane.Member) bool { return m.Addr == addr }) {
 			b.log.Info("member left; its last flow ended", "member", addr)
 			delete(b.leaving, addr)
+			delete(b.deliberate, addr)
 		}
 	}
 	return out

@@ -357,9 +357,10 @@ func (n *Node) contested() bool {
 }
 
 // reconfigure gives the balancer the group's frontends: this node itself, and every other alive
-// node with its announced weight and port range, marked Down while its own health check fails. A
-// node that left is no longer listed; the balancer keeps its established flows while it stays
-// reachable (graceful leave, issue 13), since its kernel and services may well be alive.
+// node with its announced weight and port range, marked Down while its own health check fails and
+// Leaving while it announces Draining. A node that vanished is no longer listed; the balancer keeps
+// its established flows while it stays reachable (graceful leave, issue 13), since its kernel and
+// services may well be alive.
 func (n *Node) reconfigure() {
 	ms := []balancer.Member{n.self()}
 	seen := map[netip.Addr]bool{n.cfg.Addr: true}
@@ -368,7 +369,7 @@ func (n *Node) reconfigure() {
 			continue
 		}
 		seen[m.Addr] = true
-		ms = append(ms, balancer.Member{Addr: m.Addr, Weight: m.Weight, Down: !m.Healthy,
+		ms = append(ms, balancer.Member{Addr: m.Addr, Weight: m.Weight, Down: !m.Healthy, Leaving: m.Draining,
 			Ports: dataplane.PortRange{Lo: m.PortLo, Hi: m.PortHi}})
 	}
 	if err := n.b.SetMembers(ms); err != nil {

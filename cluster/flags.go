@@ -74,6 +74,7 @@ func (f *Flags) Apply(bc *balancer.Config, selfWeight int, log *slog.Logger) (Co
 		}
 		bc.Sync.Peers = append(bc.Sync.Peers, ap)
 	}
+	bc.KeepVanishedPersistence = true
 	cc = Config{Name: bc.Name, Addr: addr, Weight: 100, SelfWeight: uint32(selfWeight),
 		Priority: uint8(f.Priority), Preempt: f.Preempt, Log: log}
 	if ifi, err := net.InterfaceByName(bc.Interface); err == nil {
