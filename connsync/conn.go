@@ -395,6 +395,23 @@ func (c *Conn) RequestDump() error { return c.sendEmpty(MsgDumpRequest) }
 // SendDumpEnd marks the end of a bulk dump.
 func (c *Conn) SendDumpEnd() error { return c.sendEmpty(MsgDumpEnd) }
 
+// SendHealth sends payload (1 to MaxHealthPayload bytes) in a MsgHealth
+// message.
+func (c *Conn) SendHealth(payload []byte) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	h := c.header(MsgHealth)
+	h.Payload = payload
+	b, err := encode(c.sendBuf[:0], h, nil, c.sendMAC)
+	if err != nil {
+		return err
+	}
+	return c.transmitLocked(b, 0)
+}
+
 // sendEmpty sends a message of type t without records (version 1).
 func (c *Conn) sendEmpty(t MsgType) error {
 	if c.closed.Load() {
@@ -441,9 +458,10 @@ func (c *Conn) transmitLocked(b []byte, n int) error {
 	return nil
 }
 
-// Receive reads messages until Close, calling fn for each accepted update
-// or dump end and onDumpRequest for each accepted dump request. from is
-// the datagram's source address. recs is only valid during the call. Own
+// Receive reads messages until Close, calling fn for each accepted update,
+// dump end or health message and onDumpRequest for each accepted dump
+// request. from is the datagram's source address. recs and h.Payload are
+// only valid during the call. Own
 // messages and rejected datagrams are counted and never passed on. It
 // returns nil after Close.
 func (c *Conn) Receive(fn func(from netip.Addr, h Header, recs []Record), onDumpRequest func(from netip.Addr)) error {

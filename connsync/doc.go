@@ -44,11 +44,12 @@
 //	0      4    magic "L2SY"
 //	4      1    version (1 or 2)
 //	5      1    flags: bit 0 = HMAC trailer present; other bits 0
-//	6      1    type: 1 update, 2 dump-request, 3 dump-end
+//	6      1    type: 1 update, 2 dump-request, 3 dump-end, 4 health
 //	7      1    reserved, 0
 //	8      2    SyncID
 //	10     2    Count (records that follow; 0 for dump-request, dump-end;
-//	            at least 1 in version 2)
+//	            at least 1 in version 2; for health, the payload's length
+//	            in bytes, 1 to MaxHealthPayload, version 1 only)
 //	12     4    sender IPv4 address
 //	16     4    sequence number (per sender, wraps)
 //

@@ -157,7 +157,17 @@ const (
 	// MsgDumpEnd follows the last update of a bulk dump and carries no
 	// records, so a standby knows its table is complete.
 	MsgDumpEnd MsgType = 3
+	// MsgHealth carries the active balancer's view of its frontends' health
+	// checks as an opaque payload (issue 13: a standby takes over with the
+	// same view). It is a version 1 message whose Count field is the length
+	// of the payload in bytes, 1 to MaxHealthPayload, instead of a record
+	// count. Nodes before it reject it as ErrHeader.
+	MsgHealth MsgType = 4
 )
+
+// MaxHealthPayload bounds the payload of a MsgHealth message: what fits in
+// MaxMessage after the header and the MAC.
+const MaxHealthPayload = MaxMessage - HeaderLen - MACLen
 
 // String names the message type.
 func (t MsgType) String() string {
@@ -168,6 +178,8 @@ func (t MsgType) String() string {
 		return "dump-request"
 	case MsgDumpEnd:
 		return "dump-end"
+	case MsgHealth:
+		return "health"
 	}
 	return fmt.Sprintf("MsgType(%d)", uint8(t))
 }
@@ -235,6 +247,9 @@ type Header struct {
 	Sender netip.Addr
 	// Seq numbers the sender's messages, so a receiver can spot loss.
 	Seq uint32
+	// Payload is the body of a MsgHealth message (nil for the others). On
+	// decoding it aliases the decoded buffer.
+	Payload []byte
 }
 
 // EncodedLen returns the size of a message of version (Version1 or
@@ -275,7 +290,10 @@ func Encode(dst []byte, h Header, recs []Record, key []byte) ([]byte, error) {
 
 // encode is Encode with the key's HMAC state, nil for no key.
 func encode(dst []byte, h Header, recs []Record, mac *macState) ([]byte, error) {
-	if h.Type < MsgUpdate || h.Type > MsgDumpEnd || !h.Sender.Is4() {
+	if h.Type == MsgHealth && h.Sender.Is4() {
+		return encodeHealth(dst, h, recs, mac)
+	}
+	if h.Type < MsgUpdate || h.Type > MsgDumpEnd || !h.Sender.Is4() || h.Payload != nil {
 		return dst, ErrHeader
 	}
 	if len(recs) > MaxRecordsV1 || (h.Type != MsgUpdate && len(recs) != 0) {
@@ -315,6 +333,28 @@ func encode(dst []byte, h Header, recs []Record, mac *macState) ([]byte, error) 
 	putHeader(b, v, h, len(recs), mac != nil)
 	if mac != nil {
 		mac.appendMAC(b[:off])
+	}
+	return dst, nil
+}
+
+// encodeHealth encodes a MsgHealth message: h.Payload after the header, no
+// records.
+func encodeHealth(dst []byte, h Header, recs []Record, mac *macState) ([]byte, error) {
+	if len(recs) != 0 || len(h.Payload) == 0 || len(h.Payload) > MaxHealthPayload {
+		return dst, ErrCount
+	}
+	start := len(dst)
+	n := HeaderLen + len(h.Payload)
+	l := n
+	if mac != nil {
+		l += MACLen
+	}
+	dst = grow(dst, l)
+	b := dst[start:]
+	copy(b[HeaderLen:], h.Payload)
+	putHeader(b, Version1, h, len(h.Payload), mac != nil)
+	if mac != nil {
+		mac.appendMAC(b[:n])
 	}
 	return dst, nil
 }
@@ -392,9 +432,19 @@ func decode(b []byte, mac *macState, wantSyncID uint16, recs []Record) (Header, 
 	}
 	auth := flags&flagAuth != 0
 	n := int(binary.BigEndian.Uint16(b[10:]))
-	// A version 2 message carries at least one record: one without records
-	// is version 1.
-	if n > maxRecs || len(b) != EncodedLen(v, n, auth) || (v == Version2 && n == 0) {
+	health := MsgType(b[6]) == MsgHealth
+	if health {
+		// Count is the payload's length in bytes.
+		want := HeaderLen + n
+		if auth {
+			want += MACLen
+		}
+		if v != Version1 || n == 0 || n > MaxHealthPayload || len(b) != want {
+			return Header{}, recs, ErrCount
+		}
+	} else if n > maxRecs || len(b) != EncodedLen(v, n, auth) || (v == Version2 && n == 0) {
+		// A version 2 message carries at least one record: one without
+		// records is version 1.
 		return Header{}, recs, ErrCount
 	}
 	h := Header{
@@ -421,6 +471,10 @@ func decode(b []byte, mac *macState, wantSyncID uint16, recs []Record) (Header, 
 		if !mac.verify(b[:body], b[body:]) {
 			return Header{}, recs, ErrAuth
 		}
+	}
+	if health {
+		h.Payload = b[HeaderLen : HeaderLen+n]
+		return h, recs, nil
 	}
 	if h.Type < MsgUpdate || h.Type > MsgDumpEnd {
 		return Header{}, recs, ErrHeader

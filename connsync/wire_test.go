@@ -197,7 +197,7 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Decode %v (key %v): %v", tc.typ, key != nil, err)
 			}
-			if gh != h {
+			if !reflect.DeepEqual(gh, h) {
 				t.Errorf("header %+v, want %+v", gh, h)
 			}
 			if len(got) != len(tc.recs) || (len(got) > 0 && !reflect.DeepEqual(got, tc.recs)) {
@@ -254,7 +254,11 @@ func TestEncodeRejects(t *testing.T) {
 		want error
 	}{
 		{"no type", Header{Sender: testSender}, nil, ErrHeader},
-		{"type 4", Header{Type: 4, Sender: testSender}, nil, ErrHeader},
+		{"type 5", Header{Type: 5, Sender: testSender}, nil, ErrHeader},
+		{"health without payload", Header{Type: MsgHealth, Sender: testSender}, nil, ErrCount},
+		{"health with records", Header{Type: MsgHealth, Sender: testSender, Payload: []byte{1}}, []Record{good}, ErrCount},
+		{"health payload too long", Header{Type: MsgHealth, Sender: testSender, Payload: make([]byte, MaxHealthPayload+1)}, nil, ErrCount},
+		{"payload on an update", Header{Type: MsgUpdate, Sender: testSender, Payload: []byte{1}}, nil, ErrHeader},
 		{"IPv6 sender", Header{Type: MsgUpdate, Sender: netip.MustParseAddr("2001:db8::1")}, nil, ErrHeader},
 		{"no sender", Header{Type: MsgUpdate}, nil, ErrHeader},
 		{"dump request with records", Header{Type: MsgDumpRequest, Sender: testSender}, []Record{good}, ErrCount},
@@ -384,7 +388,7 @@ func TestDecodeErrors(t *testing.T) {
 		if !errors.Is(err, tc.err) {
 			t.Errorf("%s: err %v, want %v", tc.name, err, tc.err)
 		}
-		if len(got) != 0 || gh != (Header{}) {
+		if len(got) != 0 || !reflect.DeepEqual(gh, Header{}) {
 			t.Errorf("%s: rejected message returned header %+v and %d records", tc.name, gh, len(got))
 		}
 	}
@@ -502,7 +506,7 @@ func TestWireVectors(t *testing.T) {
 			t.Errorf("%s:\n got %x\nwant %x", tc.name, got, want)
 		}
 		h, recs, err := Decode(want, tc.key, tc.h.SyncID, nil)
-		if err != nil || h != tc.h || len(recs) != len(tc.recs) || len(recs) > 0 && !reflect.DeepEqual(recs, tc.recs) {
+		if err != nil || !reflect.DeepEqual(h, tc.h) || len(recs) != len(tc.recs) || len(recs) > 0 && !reflect.DeepEqual(recs, tc.recs) {
 			t.Errorf("%s: decoded %+v %v, %v", tc.name, h, recs, err)
 		}
 	}
@@ -601,6 +605,9 @@ func FuzzDecode(f *testing.F) {
 	for _, b := range fuzzSeeds() {
 		f.Add(b)
 	}
+	if b, err := Encode(nil, Header{Type: MsgHealth, Sender: testSender, Payload: []byte("health")}, nil, nil); err == nil {
+		f.Add(b)
+	}
 	f.Add([]byte("L2SY"))
 	f.Add([]byte("L2SY\x02"))
 	f.Add([]byte{})
@@ -692,5 +699,46 @@ func BenchmarkDecode(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestHealthMessage: a MsgHealth message carries its payload intact, with and without a key, at
+// the largest size that fits; a length that disagrees, another version or a flipped MAC bit is
+// rejected.
+func TestHealthMessage(t *testing.T) {
+	for _, key := range [][]byte{nil, testKey} {
+		for _, n := range []int{1, 100, MaxHealthPayload} {
+			payload := make([]byte, n)
+			for i := range payload {
+				payload[i] = byte(i * 7)
+			}
+			h := Header{Type: MsgHealth, SyncID: 9, Sender: testSender, Seq: 3, Payload: payload}
+			b, err := Encode(nil, h, nil, key)
+			if err != nil {
+				t.Fatalf("n=%d key=%v: %v", n, key != nil, err)
+			}
+			if len(b) > MaxMessage {
+				t.Fatalf("n=%d: %d bytes, over MaxMessage", n, len(b))
+			}
+			gh, recs, err := Decode(b, key, 9, nil)
+			if err != nil || len(recs) != 0 || !reflect.DeepEqual(gh, h) {
+				t.Fatalf("n=%d key=%v: decoded %+v %v %v", n, key != nil, gh, recs, err)
+			}
+			if _, _, err := Decode(b[:len(b)-1], key, 9, nil); !errors.Is(err, ErrCount) {
+				t.Errorf("n=%d: truncated: %v, want ErrCount", n, err)
+			}
+			bad := bytes.Clone(b)
+			bad[4] = Version2
+			if _, _, err := Decode(bad, key, 9, nil); !errors.Is(err, ErrCount) {
+				t.Errorf("n=%d: version 2 health: %v, want ErrCount", n, err)
+			}
+			if key != nil {
+				bad := bytes.Clone(b)
+				bad[HeaderLen] ^= 1
+				if _, _, err := Decode(bad, key, 9, nil); !errors.Is(err, ErrAuth) {
+					t.Errorf("n=%d: flipped payload bit: %v, want ErrAuth", n, err)
+				}
+			}
+		}
 	}
 }

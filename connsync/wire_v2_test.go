@@ -75,7 +75,7 @@ func TestWireVectorsV2(t *testing.T) {
 			t.Errorf("%s:\n got %x\nwant %x", tc.name, got, want)
 		}
 		h, dec, err := Decode(want, tc.key, upd.SyncID, nil)
-		if err != nil || h != upd || !reflect.DeepEqual(dec, recs) {
+		if err != nil || !reflect.DeepEqual(h, upd) || !reflect.DeepEqual(dec, recs) {
 			t.Errorf("%s: decoded %+v %v, %v", tc.name, h, dec, err)
 		}
 	}
@@ -190,7 +190,7 @@ func TestDecodeErrorsV2(t *testing.T) {
 		if !errors.Is(err, tc.err) {
 			t.Errorf("%s: err %v, want %v", tc.name, err, tc.err)
 		}
-		if len(got) != 0 || gh != (Header{}) {
+		if len(got) != 0 || !reflect.DeepEqual(gh, Header{}) {
 			t.Errorf("%s: rejected message returned header %+v and %d records", tc.name, gh, len(got))
 		}
 	}
