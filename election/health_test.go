@@ -39,7 +39,7 @@ func TestHealthHysteresis(t *testing.T) {
 	for i, st := range steps {
 		results = append(results, st.in)
 		healthy, changed := h.Step()
-		if healthy != st.healthy || changed != st.changed || h.healthy != st.healthy {
+		if healthy != st.healthy || changed != st.changed || h.Healthy() != st.healthy {
 			t.Fatalf("step %d (probe %v): got healthy=%v changed=%v, want %v %v", i, st.in, healthy, changed, st.healthy, st.changed)
 		}
 	}
