@@ -16,6 +16,8 @@ type Counters struct {
 	tableFull   atomic.Uint64
 	conflicts   atomic.Uint64
 	announced   atomic.Uint64
+	noCallID    atomic.Uint64
+	newDialogs  atomic.Uint64
 	_           [64]byte
 }
 
@@ -38,9 +40,15 @@ func (c *Counters) Record(r *Result, n int) {
 		if r.TableFull {
 			c.tableFull.Add(1)
 		}
+		if r.NewDialog {
+			c.newDialogs.Add(1)
+		}
 	}
 	if r.Conflict {
 		c.conflicts.Add(1)
+	}
+	if r.NoCallID {
+		c.noCallID.Add(1)
 	}
 }
 
@@ -64,6 +72,12 @@ type Stats struct {
 	ARPConflicts uint64 `json:"arp_conflicts"`
 	// ARPAnnounced counts gratuitous ARP frames sent.
 	ARPAnnounced uint64 `json:"arp_announced"`
+	// SIPNoCallID counts UDP datagrams to a Call-ID port that carried no SIP Call-ID and were
+	// balanced by their 5-tuple (keep-alives, non-SIP traffic, first fragments cut short),
+	// whatever their verdict.
+	SIPNoCallID uint64 `json:"sip_no_call_id"`
+	// SIPNewDialogs counts SIP dialogs scheduled by their Call-ID.
+	SIPNewDialogs uint64 `json:"sip_new_dialogs"`
 	// MemberPackets and MemberBytes are indexed by member ID.
 	MemberPackets map[uint32]uint64 `json:"-"`
 	MemberBytes   map[uint32]uint64 `json:"-"`
@@ -92,6 +106,8 @@ func Sum(cs ...*Counters) Stats {
 		s.TableFull += c.tableFull.Load()
 		s.ARPConflicts += c.conflicts.Load()
 		s.ARPAnnounced += c.announced.Load()
+		s.SIPNoCallID += c.noCallID.Load()
+		s.SIPNewDialogs += c.newDialogs.Load()
 	}
 	return s
 }

@@ -98,6 +98,11 @@ type Config struct {
 	Scheduler scheduler.Kind
 	// NoDest is the removed-member policy.
 	NoDest NoDestPolicy
+	// CallIDPorts are the UDP destination ports with SIP Call-ID affinity (issue 13; typically
+	// 5060, RFC 3261 §19.1.2): a datagram to a VIP on one of them that carries a SIP message with
+	// a Call-ID is scheduled by its dialog, not its 5-tuple (see sip.go). No port may be zero or
+	// listed twice (ErrBadCallIDPort). Empty turns the feature off.
+	CallIDPorts []uint16
 }
 
 // member is the fast path's view of one frontend, indexed by its stable ID.
@@ -126,6 +131,8 @@ type state struct {
 	sched   scheduler.Scheduler
 	ranges  []portRange
 	nodest  NoDestPolicy
+	// callID is the set of Config.CallIDPorts, nil when there is none.
+	callID *portSet
 	// vipCounters[i] counts the traffic of the i-th IPv4 VIP in ascending order (vipset's
 	// IndexU32), vipCounters6[i] that of the i-th IPv6 VIP (Index16).
 	vipCounters, vipCounters6 []*vipCounter
@@ -343,6 +350,10 @@ func (e *Engine) applyLocked(cfg Config) error {
 	if int(e.nextID)+newIDs > MaxMembers {
 		return ErrTooManyMembers
 	}
+	callID, err := newPortSet(cfg.CallIDPorts)
+	if err != nil {
+		return err
+	}
 	var ranges []portRange
 	for _, m := range cfg.Members {
 		if m.Ports != (PortRange{}) {
@@ -364,7 +375,8 @@ func (e *Engine) applyLocked(cfg Config) error {
 			e.nextID++
 		}
 	}
-	st := &state{vips: cfg.VIPs, nodest: cfg.NoDest}
+	cfg.CallIDPorts = append([]uint16(nil), cfg.CallIDPorts...) // the caller may reuse its slice
+	st := &state{vips: cfg.VIPs, nodest: cfg.NoDest, callID: callID}
 	if e.vipCtrs == nil {
 		e.vipCtrs = map[netip.Addr]*vipCounter{}
 	}
@@ -534,14 +546,26 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 		res.Member = localOwner
 	default:
 		k := conntrack.Key{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort, Proto: p.Proto}
-		// The common case, a known flow on a usable member, stays in this function with a
-		// direct table call; everything else goes through flowOwner (BenchmarkProcess).
-		id, hit := e.ct.Touch(k, p.TCPFlags, now)
-		if !hit || int(id) >= len(st.members) || !st.members[id].usable() {
-			f := flowRef{flags: p.TCPFlags, k4: k}
+		var id uint32
+		dialog := false
+		if p.Proto == protoUDP && st.callID != nil && st.callID.has(p.DPort) {
+			// SIP Call-ID affinity: the dialog, not the 5-tuple, decides (sip.go).
 			var r Reason
-			if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {
-				return Result{Verdict: VerdictDrop, Reason: r}
+			if id, r, dialog = e.sipOwner4(st, b, &p, k, now, &res); r != ReasonNone {
+				return Result{Verdict: VerdictDrop, Reason: r, NoCallID: res.NoCallID}
+			}
+		}
+		if !dialog {
+			// The common case, a known flow on a usable member, stays in this function with
+			// a direct table call; everything else goes through flowOwner (BenchmarkProcess).
+			var hit bool
+			id, hit = e.ct.Touch(k, p.TCPFlags, now)
+			if !hit || int(id) >= len(st.members) || !st.members[id].usable() {
+				f := flowRef{flags: p.TCPFlags, k4: k}
+				var r Reason
+				if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {
+					return Result{Verdict: VerdictDrop, Reason: r, NoCallID: res.NoCallID}
+				}
 			}
 		}
 		res.Member = id

@@ -43,12 +43,23 @@ func (e *Engine) process6(st *state, b []byte, scratch []byte) Result {
 		res.Member = localOwner
 	default:
 		k := conntrack.Key6{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort, Proto: p.Proto}
-		id, hit := e.ct.Touch6(k, p.TCPFlags, now)
-		if !hit || int(id) >= len(st.members) || !st.members[id].usable() {
-			f := flowRef{v6: true, flags: p.TCPFlags, k6: k}
+		var id uint32
+		dialog := false
+		if p.Proto == protoUDP && st.callID != nil && st.callID.has(p.DPort) {
 			var r Reason
-			if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {
-				return Result{Verdict: VerdictDrop, Reason: r}
+			if id, r, dialog = e.sipOwner6(st, b, &p, k, now, &res); r != ReasonNone {
+				return Result{Verdict: VerdictDrop, Reason: r, NoCallID: res.NoCallID}
+			}
+		}
+		if !dialog {
+			var hit bool
+			id, hit = e.ct.Touch6(k, p.TCPFlags, now)
+			if !hit || int(id) >= len(st.members) || !st.members[id].usable() {
+				f := flowRef{v6: true, flags: p.TCPFlags, k6: k}
+				var r Reason
+				if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {
+					return Result{Verdict: VerdictDrop, Reason: r, NoCallID: res.NoCallID}
+				}
 			}
 		}
 		res.Member = id

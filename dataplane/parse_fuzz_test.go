@@ -78,7 +78,12 @@ func FuzzProcess(f *testing.F) {
 	f.Add(frame6{src: client6, dst: vip6, sport: 1, dport: 25, syn: true, ext: []layers.IPProtocol{0}}.bytes(f))
 	f.Add(frame6{src: client6, dst: vip6, proto: layers.IPProtocolUDP, frag: true, more: true, fragID: 3, sport: 9, dport: 9,
 		payload: make([]byte, 40)}.bytes(f))
-	e := newTestEngine6(f)
+	f.Add(sipFrame(f, client1, 5060, vip, invite("fuzz@x")))
+	f.Add(sipFrame(f, client6, 5060, vip6, sipRequest("BYE", "i: fuzz6@x", 300)))
+	for _, fr := range fragments(f, client1, 5060, vip, sipRequest("INVITE", "Call-ID: frag@x", 1600), 9, 1448) {
+		f.Add(fr)
+	}
+	e := newTestEngine6(f, withCallID(sipPort))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) >= 6 {
 			copy(b[0:6], vmacT) // aim most inputs at the balancer

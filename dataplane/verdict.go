@@ -149,6 +149,12 @@ type Result struct {
 	// TableFull reports a new flow forwarded without a table entry because the table is at its
 	// configured limit.
 	TableFull bool
+	// NoCallID reports a UDP datagram to a Call-ID port (Config.CallIDPorts) that carried no SIP
+	// Call-ID (a keep-alive, a non-SIP datagram, a first fragment cut short): it was handled by
+	// its 5-tuple.
+	NoCallID bool
+	// NewDialog reports that the frame started a SIP dialog (it was scheduled by its Call-ID).
+	NewDialog bool
 	// Conflict reports an ARP or NDP frame from another host claiming one of our VIPs while we
 	// answer for them (see Conflict).
 	Conflict bool
