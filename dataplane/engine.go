@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -103,6 +104,10 @@ type Config struct {
 	// a Call-ID is scheduled by its dialog, not its 5-tuple (see sip.go). No port may be zero or
 	// listed twice (ErrBadCallIDPort). Empty turns the feature off.
 	CallIDPorts []uint16
+	// ProbeSources are the health probes' own addresses (the services file's probe-source,
+	// answered by dsrprobe with the virtual MAC): frames to them reach the fast path's sockets
+	// too and are not balancer input, so they are ignored rather than dropped as not-VIP.
+	ProbeSources []netip.Addr
 }
 
 // member is the fast path's view of one frontend, indexed by its stable ID.
@@ -133,6 +138,10 @@ type state struct {
 	nodest  NoDestPolicy
 	// callID is the set of Config.CallIDPorts, nil when there is none.
 	callID *portSet
+	// probe4 and probe6 are Config.ProbeSources (probe4 0 and probe6 zero when not set).
+	probe4    uint32
+	probe6    [16]byte
+	hasProbe6 bool
 	// vipCounters[i] counts the traffic of the i-th IPv4 VIP in ascending order (vipset's
 	// IndexU32), vipCounters6[i] that of the i-th IPv6 VIP (Index16).
 	vipCounters, vipCounters6 []*vipCounter
@@ -377,6 +386,14 @@ func (e *Engine) applyLocked(cfg Config) error {
 	}
 	cfg.CallIDPorts = append([]uint16(nil), cfg.CallIDPorts...) // the caller may reuse its slice
 	st := &state{vips: cfg.VIPs, nodest: cfg.NoDest, callID: callID}
+	for _, a := range cfg.ProbeSources {
+		if a.Is4() {
+			st.probe4 = binary.BigEndian.Uint32(a.AsSlice())
+		} else if a.Is6() {
+			st.probe6, st.hasProbe6 = a.As16(), true
+		}
+	}
+	cfg.ProbeSources = slices.Clone(cfg.ProbeSources)
 	if e.vipCtrs == nil {
 		e.vipCtrs = map[netip.Addr]*vipCounter{}
 	}
@@ -432,6 +449,14 @@ func (e *Engine) applyLocked(cfg Config) error {
 	e.cfg = cfg
 	e.state.Store(st)
 	return nil
+}
+
+// keeps reports whether a frame with tcpFlags of a known flow stays with the flow's member m: m is
+// usable and, when it is leaving, the frame is not a new connection. A client that reuses the
+// 4-tuple of a closed flow sends a bare SYN, which IPVS gives to the flow's old server; for a
+// leaving member that would be a new connection to it (issue 13), so the SYN is scheduled again.
+func (m *member) keeps(tcpFlags uint8) bool {
+	return m.usable() && (!m.leaving || tcpFlags&(conntrack.FlagSYN|conntrack.FlagACK) != conntrack.FlagSYN)
 }
 
 // usable reports a member that can receive frames now.
@@ -523,6 +548,9 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	}
 	vi := st.vips.IndexU32(p.Dst)
 	if vi < 0 {
+		if p.Dst == st.probe4 && p.Dst != 0 {
+			return Result{Verdict: VerdictIgnored} // a health probe's reply (dsrprobe)
+		}
 		return Result{Verdict: VerdictDrop, Reason: ReasonNotVIP}
 	}
 	if !e.active.Load() {
@@ -560,7 +588,7 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 			// a direct table call; everything else goes through flowOwner (BenchmarkProcess).
 			var hit bool
 			id, hit = e.ct.Touch(k, p.TCPFlags, now)
-			if !hit || int(id) >= len(st.members) || !st.members[id].usable() {
+			if !hit || int(id) >= len(st.members) || !st.members[id].keeps(p.TCPFlags) {
 				f := flowRef{flags: p.TCPFlags, k4: k}
 				var r Reason
 				if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {
@@ -617,10 +645,19 @@ func (e *Engine) deliverLocal(b []byte, res *Result) {
 func (e *Engine) flowOwner(st *state, f *flowRef, id uint32, hit bool, now int64, res *Result) (uint32, Reason) {
 	if hit {
 		if int(id) < len(st.members) {
-			if m := &st.members[id]; m.usable() {
+			if m := &st.members[id]; m.keeps(f.flags) {
 				return id, ReasonNone
 			} else if m.pending() {
 				return 0, ReasonMemberPending
+			} else if m.usable() {
+				// A new connection on the 4-tuple of a leaving member's flow: schedule it.
+				nid, ok := e.pick(st, f.hash(e.persist))
+				if !ok {
+					return 0, ReasonNoMember
+				}
+				f.setMember(e.ct, nid)
+				res.NewFlow = true
+				return nid, ReasonNone
 			}
 		}
 		if st.nodest == NoDestExpire {

@@ -19,6 +19,9 @@ func (e *Engine) process6(st *state, b []byte, scratch []byte) Result {
 	}
 	vi := st.vips.Index16(p.Dst)
 	if vi < 0 {
+		if st.hasProbe6 && p.Dst == st.probe6 {
+			return Result{Verdict: VerdictIgnored} // a health probe's reply (dsrprobe)
+		}
 		return Result{Verdict: VerdictDrop, Reason: ReasonNotVIP}
 	}
 	if !e.active.Load() {
@@ -54,7 +57,7 @@ func (e *Engine) process6(st *state, b []byte, scratch []byte) Result {
 		if !dialog {
 			var hit bool
 			id, hit = e.ct.Touch6(k, p.TCPFlags, now)
-			if !hit || int(id) >= len(st.members) || !st.members[id].usable() {
+			if !hit || int(id) >= len(st.members) || !st.members[id].keeps(p.TCPFlags) {
 				f := flowRef{v6: true, flags: p.TCPFlags, k6: k}
 				var r Reason
 				if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {

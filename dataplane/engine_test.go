@@ -455,6 +455,19 @@ func TestLeavingMember(t *testing.T) {
 	if r.Verdict == VerdictDrop || ownerOf(t, e, r) == f2Addr {
 		t.Fatalf("a persistent client's new connection went to the leaving member: %+v", r)
 	}
+	// The client closes its flow on the leaving member and reuses the 4-tuple for a new
+	// connection (IPVS would give the SYN to the old server): it is scheduled anew.
+	process(e, frameSpec{src: src, dst: vip, sport: 3000, dport: 143, fin: true, ack: true}.bytes(t))
+	if r := process(e, frameSpec{src: src, dst: vip, sport: 3000, dport: 143, ack: true}.bytes(t)); ownerOf(t, e, r) != f2Addr {
+		t.Fatalf("the last ACK of the leaving member's flow went elsewhere: %+v", r)
+	}
+	r = process(e, frameSpec{src: src, dst: vip, sport: 3000, dport: 143, syn: true}.bytes(t))
+	if r.Verdict == VerdictDrop || ownerOf(t, e, r) == f2Addr || !r.NewFlow {
+		t.Fatalf("a SYN reusing the leaving member's 4-tuple: %+v, want a new flow elsewhere", r)
+	}
+	if r2 := process(e, frameSpec{src: src, dst: vip, sport: 3000, dport: 143, ack: true}.bytes(t)); ownerOf(t, e, r2) != ownerOf(t, e, r) {
+		t.Fatalf("the reused 4-tuple's next frame went to %v, its SYN to %v", ownerOf(t, e, r2), ownerOf(t, e, r))
+	}
 	// The quiesced case, for contrast: the template is honoured (IPVS's behaviour).
 	cfg.Members[1].Leaving = false
 	if err := e.Configure(cfg); err != nil {
@@ -477,5 +490,18 @@ func TestLeavingMember(t *testing.T) {
 	}
 	if r := process(e, frameSpec{src: other, dst: vip, sport: 3001, dport: 143, syn: true}.bytes(t)); ownerOf(t, e, r) != f2Addr {
 		t.Fatalf("a quiesced member's persistent client %v was moved (src %v): %+v", other, src, r)
+	}
+}
+
+// TestProbeSourceIgnored: replies to the health probes' own address reach the fast path's
+// sockets (they go to the virtual MAC) and are ignored, not counted as drops.
+func TestProbeSourceIgnored(t *testing.T) {
+	probe := netip.MustParseAddr("192.0.2.250")
+	e := newTestEngine(t, func(c *Config, _ *conntrack.Config) { c.ProbeSources = []netip.Addr{probe} })
+	if r := process(e, frameSpec{src: f2Addr, dst: probe, sport: 25, dport: 40000, syn: true, ack: true}.bytes(t)); r.Verdict != VerdictIgnored {
+		t.Fatalf("frame to the probe source: %+v, want ignored", r)
+	}
+	if r := process(e, frameSpec{src: f2Addr, dst: netip.MustParseAddr("192.0.2.251"), sport: 25, dport: 40000, syn: true}.bytes(t)); r.Reason != ReasonNotVIP {
+		t.Fatalf("frame to another address: %+v, want not_vip", r)
 	}
 }
