@@ -116,9 +116,48 @@ func BenchmarkInsertHooked(b *testing.B) {
 	}
 }
 
-func benchInsert(b *testing.B, hook func(Key, uint32, State)) {
+// BenchmarkInsertPortTimeouts is BenchmarkInsert with the port timeouts of
+// a mail/VoIP cluster configured (none matching the benchmark's port 443),
+// so each Insert pays the class lookup.
+func BenchmarkInsertPortTimeouts(b *testing.B) {
+	benchInsertCfg(b, Config{PortTimeouts: mailVoIP}, nil)
+}
+
+// BenchmarkInsertFull measures Insert into a full table of 1 M half-open
+// flows, a SYN flood's steady state: every Insert evicts one flow
+// (evict.go) before recording its own.
+func BenchmarkInsertFull(b *testing.B) {
+	const n = 1 << 20
+	tb := New(Config{MaxEntries: n, Persistence: 15 * time.Second})
+	now := t0
+	for i := range uint32(n) {
+		if err := tb.Insert(benchKey(i), i%16, FlagSYN, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+	i := uint32(n)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		now += 100
+		if err := tb.Insert(benchKey(i), i%16, FlagSYN, now); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	b.StopTimer()
+	if f, _ := tb.Len(); f != n {
+		b.Fatalf("Len = %d, want %d", f, n)
+	}
+	b.ReportMetric(float64(tb.Evictions().Live)/float64(b.N), "evictions/op")
+}
+
+func benchInsert(b *testing.B, hook func(Key, uint32, State)) { benchInsertCfg(b, Config{}, hook) }
+
+func benchInsertCfg(b *testing.B, cfg Config, hook func(Key, uint32, State)) {
 	const batch = 1 << 21
-	tb := New(Config{MaxEntries: batch, Persistence: 15 * time.Second})
+	cfg.MaxEntries, cfg.Persistence = batch, 15*time.Second
+	tb := New(cfg)
 	tb.SetOnInsert(hook)
 	now := t0
 	i := uint32(0)
@@ -126,7 +165,7 @@ func benchInsert(b *testing.B, hook func(Key, uint32, State)) {
 	for b.Loop() {
 		if i == batch {
 			b.StopTimer()
-			tb, i = New(Config{MaxEntries: batch, Persistence: 15 * time.Second}), 0
+			tb, i = New(cfg), 0
 			tb.SetOnInsert(hook)
 			b.StartTimer()
 		}

@@ -34,10 +34,10 @@ type flowTab[K comparable] struct {
 	pfMask atomic.Uint32
 }
 
-// slot is one flow: the packed key, then 12 bytes of state, rounded up to
-// the key's 8-byte alignment. With flowKey that is 16+12 -> 32 bytes, so two
-// fill a cache line exactly; with flowKey6 48+12 -> 64 bytes, one line
-// (TestSlotSizes).
+// slot is one flow: the packed key, then 13 bytes of state, rounded up to
+// the key's 8-byte alignment. With flowKey that is 16+13 -> 32 bytes, so two
+// fill a cache line exactly; with flowKey6 48+13 -> 64 bytes, one line
+// (TestSlotSizes). Three bytes of padding are left in either.
 type slot[K comparable] struct {
 	key    K      // packed Key or Key6
 	exp    uint32 // expiry tick
@@ -45,6 +45,10 @@ type slot[K comparable] struct {
 	state  State
 	flags  uint8  // flagUsed, flagTemplate
 	hash   uint32 // high half of the key's hash: home slot without rehashing
+	// class is the flow's timeout class, a row of Table.timeouts, resolved
+	// from its key once when it is recorded (porttimeout.go). It sits in
+	// what was alignment padding: the slot stays 32 (64) bytes.
+	class uint8
 }
 
 const (

@@ -31,7 +31,8 @@ func validState6(proto uint8, st State) bool { return validState(proto6(proto), 
 // ended and is ignored (nil error).
 //
 // If k is absent, or expired but not yet removed, it is recorded as Insert
-// would: counted in Active, refused with ErrFull at MaxEntries flows, and
+// would: counted in Active, making room at MaxEntries flows by an eviction
+// or refused with ErrFull, and
 // with Persistence on it takes a reference on the template of (k.Src, k.Dst),
 // creating it or pointing it at member (a template overflow is counted and
 // the flow recorded without persistence). If k is live it is updated in
@@ -43,18 +44,19 @@ func validState6(proto uint8, st State) bool { return validState(proto6(proto), 
 // Import returns ErrBadMember for a member above MaxMember and ErrBadState
 // for a state that does not fit k.Proto (a TCP state for a UDP flow, say).
 func (t *Table) Import(k Key, member uint32, state State, expires int64, now int64) error {
-	return v4{t}.importFlow(k.pack(), member, state, validState(k.Proto, state), expires, now)
+	return v4{t}.importFlow(k.pack(), member, state, t.classOf(k.Proto, k.DPort), validState(k.Proto, state), expires, now)
 }
 
-// importFlow is Import; stateOK says whether state fits the flow's protocol.
-func (t fam[K, T]) importFlow(f K, member uint32, state State, stateOK bool, expires int64, now int64) error {
+// importFlow is Import for a flow of timeout class class; stateOK says
+// whether state fits the flow's protocol.
+func (t fam[K, T]) importFlow(f K, member uint32, state State, class uint8, stateOK bool, expires int64, now int64) error {
 	if member > MaxMember {
 		return ErrBadMember
 	}
 	if !stateOK {
 		return ErrBadState
 	}
-	if lim := now + t.timeout[state]; expires > lim {
+	if lim := now + t.timeouts[class][state]; expires > lim {
 		expires = lim
 	}
 	if expires <= now {
@@ -81,7 +83,7 @@ func (t fam[K, T]) importFlow(f K, member uint32, state State, stateOK bool, exp
 	s.mu.Unlock()
 	// Absent or expired: record it as Insert does. Another goroutine may
 	// record k in between; record then updates it instead.
-	return t.record(f, member, state, exp, now, true)
+	return t.record(f, member, state, class, exp, now, true)
 }
 
 // updateSlot applies an import to live flow v under its shard's lock.

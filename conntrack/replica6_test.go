@@ -95,28 +95,29 @@ func TestImport6(t *testing.T) {
 func TestImportFull6(t *testing.T) {
 	const max = 8
 	tb := New(Config{MaxEntries: max, shards: 2, Persistence: time.Minute})
+	// Established flows, which a full table never evicts (evict.go).
 	for i := uint32(0); i < max/2; i++ {
-		mustInsert(t, tb, Key{Src: i, Dst: 1, Proto: ProtoUDP}, 0, 0, t0)
-		mustInsert6(t, tb, Key6{Src: ip6(i), Dst: vip6, Proto: ProtoUDP}, 0, 0, t0)
+		mustInsert(t, tb, Key{Src: i, Dst: 1, Proto: ProtoTCP}, 0, 0, t0)
+		mustInsert6(t, tb, Key6{Src: ip6(i), Dst: vip6, Proto: ProtoTCP}, 0, 0, t0)
 	}
-	newKey := Key6{Src: ip6(100), Dst: vip6, Proto: ProtoUDP}
-	if err := tb.Import6(newKey, 1, StateUDP, t0+sec, t0); !errors.Is(err, ErrFull) {
+	newKey := Key6{Src: ip6(100), Dst: vip6, Proto: ProtoTCP}
+	if err := tb.Import6(newKey, 1, StateEstablished, t0+sec, t0); !errors.Is(err, ErrFull) {
 		t.Fatalf("Import6 into a full table = %v, want ErrFull", err)
 	}
 	if _, ok := tb.Template6(newKey.Src, vip6, t0); ok {
 		t.Fatal("a refused import created a template")
 	}
 	// Refreshing a flow the table holds needs no room.
-	held := Key6{Src: ip6(3), Dst: vip6, Proto: ProtoUDP}
-	if err := tb.Import6(held, 5, StateUDP, t0+10*sec, t0+sec); err != nil {
+	held := Key6{Src: ip6(3), Dst: vip6, Proto: ProtoTCP}
+	if err := tb.Import6(held, 5, StateEstablished, t0+10*sec, t0+sec); err != nil {
 		t.Fatalf("refresh in a full table = %v", err)
 	}
 	if m, _ := tb.Template6(held.Src, vip6, t0+sec); m != 5 || tb.Active(5) != 1 {
 		t.Fatalf("refresh did not move flow and template: template %d, Active(5) %d", m, tb.Active(5))
 	}
 	// Room made by an IPv4 Delete serves an IPv6 import.
-	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoUDP})
-	if err := tb.Import6(newKey, 1, StateUDP, t0+sec, t0); err != nil {
+	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoTCP})
+	if err := tb.Import6(newKey, 1, StateEstablished, t0+sec, t0); err != nil {
 		t.Fatalf("Import6 after a Delete made room = %v", err)
 	}
 	checkInvariants(t, tb)
@@ -395,16 +396,24 @@ func TestOnInsertHook6(t *testing.T) {
 	tb.Insert6(tcpKey6(2), MaxMember+1, FlagSYN, t0) // ErrBadMember
 	icmp := Key6{Src: ip6(3), Dst: vip6, Proto: ProtoICMPv6}
 	mustInsert6(t, tb, icmp, 1, 0, t0)
-	mustInsert(t, tb, tcpKey(1), 1, FlagSYN, t0)
+	mustInsert(t, tb, tcpKey(1), 1, FlagACK, t0)
+	if len(calls) != 2 || calls[1].k != icmp || calls[1].state != StateICMP || v4calls != 1 {
+		t.Fatalf("hook calls %+v, IPv4 hook %d", calls, v4calls)
+	}
+	// Fill the table with established flows, which are never evicted, so
+	// the next Insert6 is refused whatever shards the keys hash to.
+	tb.Touch6(k, FlagACK, t0)
+	tb.Delete6(icmp)
+	mustInsert6(t, tb, tcpKey6(6), 1, FlagACK, t0)
 	tb.Insert6(tcpKey6(4), 1, FlagSYN, t0)                  // ErrFull
 	tb.Import6(tcpKey6(5), 1, StateEstablished, t0+sec, t0) // never hooked
-	if len(calls) != 2 || calls[1].k != icmp || calls[1].state != StateICMP || v4calls != 1 {
+	if len(calls) != 3 || calls[2].k != tcpKey6(6) || v4calls != 1 {
 		t.Fatalf("hook calls %+v, IPv4 hook %d", calls, v4calls)
 	}
 	tb.SetOnInsert6(nil)
 	tb.Delete6(k)
 	mustInsert6(t, tb, k, 3, FlagSYN, t0)
-	if len(calls) != 2 {
+	if len(calls) != 3 {
 		t.Fatal("hook called after SetOnInsert6(nil)")
 	}
 }

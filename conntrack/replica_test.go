@@ -174,25 +174,26 @@ func TestImportUpdatesLiveFlow(t *testing.T) {
 func TestImportFull(t *testing.T) {
 	const max = 8
 	tb := New(Config{MaxEntries: max, shards: 2, Persistence: time.Minute})
+	// Established flows, which a full table never evicts (evict.go).
 	for i := uint32(0); i < max; i++ {
-		mustInsert(t, tb, Key{Src: i, Dst: 1, Proto: ProtoUDP}, 0, 0, t0)
+		mustInsert(t, tb, Key{Src: i, Dst: 1, Proto: ProtoTCP}, 0, 0, t0)
 	}
-	newKey := Key{Src: 100, Dst: 1, Proto: ProtoUDP}
-	if err := tb.Import(newKey, 1, StateUDP, t0+sec, t0); !errors.Is(err, ErrFull) {
+	newKey := Key{Src: 100, Dst: 1, Proto: ProtoTCP}
+	if err := tb.Import(newKey, 1, StateEstablished, t0+sec, t0); !errors.Is(err, ErrFull) {
 		t.Fatalf("Import into a full table = %v, want ErrFull", err)
 	}
 	if _, ok := tb.Template(100, 1, t0); ok {
 		t.Fatal("a refused import created a template")
 	}
 	// Refreshing a flow the table holds needs no room.
-	if err := tb.Import(Key{Src: 3, Dst: 1, Proto: ProtoUDP}, 5, StateUDP, t0+10*sec, t0+sec); err != nil {
+	if err := tb.Import(Key{Src: 3, Dst: 1, Proto: ProtoTCP}, 5, StateEstablished, t0+10*sec, t0+sec); err != nil {
 		t.Fatalf("refresh in a full table = %v", err)
 	}
 	if m, _ := tb.Template(3, 1, t0+sec); m != 5 || tb.Active(5) != 1 {
 		t.Fatalf("refresh did not move flow and template: template %d, Active(5) %d", m, tb.Active(5))
 	}
-	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoUDP})
-	if err := tb.Import(newKey, 1, StateUDP, t0+sec, t0); err != nil {
+	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoTCP})
+	if err := tb.Import(newKey, 1, StateEstablished, t0+sec, t0); err != nil {
 		t.Fatalf("Import after a Delete made room = %v", err)
 	}
 	checkInvariants(t, tb)
@@ -490,6 +491,9 @@ func TestOnInsertHook(t *testing.T) {
 	tb.Insert(k, 4, FlagSYN, t0)                   // ErrExists
 	tb.Insert(tcpKey(2), MaxMember+1, FlagSYN, t0) // ErrBadMember
 	mustInsert(t, tb, tcpKey(3), 1, FlagACK, t0)
+	// Both flows established: the full table refuses the next one, as it
+	// never evicts established flows.
+	tb.Touch(k, FlagACK, t0)
 	tb.Insert(tcpKey(4), 1, FlagSYN, t0)                  // ErrFull
 	tb.Import(tcpKey(5), 1, StateEstablished, t0+sec, t0) // never hooked
 	if len(calls) != 2 || calls[1].k != tcpKey(3) || calls[1].state != StateEstablished {
@@ -557,7 +561,7 @@ func TestImportRecordRace(t *testing.T) {
 	}
 	for i, k := range []Key{k1, k3} {
 		member := uint32(5 + i)
-		if err := (v4{tb}).record(k.pack(), member, StateClosing, expiryTick(now, sec), now, true); err != nil {
+		if err := (v4{tb}).record(k.pack(), member, StateClosing, 0, expiryTick(now, sec), now, true); err != nil {
 			t.Fatalf("record(%+v, update) = %v", k, err)
 		}
 		if e, _ := entry(t, tb, k); e.Member != member || e.State != StateClosing {

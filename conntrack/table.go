@@ -20,9 +20,10 @@
 // one lock and usually one cache line.
 //
 // IPv4 slots are 32 bytes: a 16-byte packed key (addresses, ports,
-// protocol) and 12 bytes of expiry, member, state, flags and hash, two slots
-// to a cache line. An IPv6 key is 37 bytes (two 16-byte addresses, ports,
-// protocol), so its slot is padded to 64 bytes, one line: with a power-of-two
+// protocol) and 13 bytes of expiry, member, state, flags, hash and timeout
+// class, two slots to a cache line. An IPv6 key is 37 bytes (two 16-byte
+// addresses, ports, protocol), so its slot is padded to 64 bytes, one line:
+// with a power-of-two
 // slot size and a power-of-two array no slot straddles two lines, and a hit
 // reads one. The families have separate slot arrays because one slot size
 // for both would double the bytes of every IPv4 flow (BenchmarkMemory*:
@@ -47,7 +48,21 @@
 // flow never expires early and lives at most one tick longer than its
 // timeout. Ticks are compared with serial-number arithmetic (RFC 1982), so
 // the 32-bit counter may wrap (every ~2.3 years) as long as Expire runs more
-// often than every ~1.1 years.
+// often than every ~1.1 years; the same range bounds every timeout
+// (MaxTimeout).
+//
+// Per-service timeouts (Config.PortTimeouts) replace the timeout of the
+// established phase of the flows to one VIP port and protocol; a flow's
+// timeout class is resolved once when it is recorded and kept in its slot
+// (porttimeout.go).
+//
+// # A full table
+//
+// At MaxEntries flows, Insert and Import evict one flow near the new key's
+// home slot to make room: an expired one first, then the non-established
+// flow closest to its expiry, never a live TCP ESTABLISHED one; only when
+// none is found within a bounded search do they return ErrFull (evict.go,
+// Evictions).
 //
 // # Replication
 //
@@ -77,8 +92,9 @@ const MaxMember = 1<<16 - 1
 
 // Errors returned by Insert, Import and ImportTemplate.
 var (
-	// ErrFull means the table already holds MaxEntries flows (from
-	// ImportTemplate: MaxEntries templates); the entry was not recorded.
+	// ErrFull means the table already holds MaxEntries flows and none
+	// near the new one could be evicted (from ImportTemplate: MaxEntries
+	// templates); the entry was not recorded.
 	ErrFull = errors.New("conntrack: flow table full")
 	// ErrExists means the flow is already tracked and live, typically because
 	// another goroutine inserted it first; use Touch to learn its member.
@@ -143,6 +159,9 @@ type Config struct {
 	// member its earlier flows went to while any of them lives and for
 	// Persistence after the last activity. Zero turns persistence off.
 	Persistence time.Duration
+	// PortTimeouts override the established-phase timeout of the flows of
+	// given VIP ports and protocols (see PortTimeout); Validate checks them.
+	PortTimeouts []PortTimeout
 
 	// shards replaces defaultShards when positive (tests), rounded up to a
 	// power of two.
@@ -204,11 +223,23 @@ type Table struct {
 	mask    uint64
 	max     int64
 	persist int64 // ns; 0 = off
-	timeout [numStates]int64
 	nflows  atomic.Int64
 	ntmpls  atomic.Int64
 	// seed keys the flow and template hashes (see the package comment).
 	seed maphash.Seed
+	// timeouts[c][s] is the idle timeout in ns of a flow of timeout class c
+	// (slot.class) in state s; row 0 is Config.Timeouts, the others come
+	// from Config.PortTimeouts (see porttimeout.go). A fixed array indexed
+	// by a byte needs no bounds check on the class. It follows the fields
+	// every Touch reads (shards, mask, seed), so that they and row 0 share
+	// the struct's first lines, as they did before classes.
+	timeouts [maxClasses][numStates]int64
+	// ports maps Config.PortTimeouts' protocol and port to a class, sorted
+	// by key for classOf.
+	ports []portClass
+	// evictedLive and evictedExpired count the flows a full table removed
+	// to make room (see Evictions).
+	evictedLive, evictedExpired atomic.Uint64
 	// onInsert is the SetOnInsert hook; nil (the usual case) costs Insert
 	// one load.
 	onInsert  atomic.Pointer[func(k Key, member uint32, state State)]
@@ -227,7 +258,9 @@ type (
 	v6 = fam[flowKey6, tmplKey6]
 )
 
-// New returns an empty table configured by cfg.
+// New returns an empty table configured by cfg. It does not fail: zero
+// fields take their defaults and PortTimeouts that Config.Validate rejects
+// are left out, so validate an operator's configuration first.
 func New(cfg Config) *Table {
 	n := cfg.shards
 	if n <= 0 {
@@ -247,9 +280,14 @@ func New(cfg Config) *Table {
 	if cfg.Persistence > 0 {
 		t.persist = int64(cfg.Persistence)
 	}
-	for s, d := range cfg.Timeouts.withDefaults().byState() {
-		t.timeout[s] = int64(d)
+	def := cfg.Timeouts.withDefaults().byState()
+	for s, d := range def {
+		// An out-of-range timeout (Validate's error) is clamped rather
+		// than left to break the serial-number comparison of expiries.
+		def[s] = min(d, MaxTimeout)
 	}
+	classes, _ := cfg.portClasses() // the error is Validate's to report
+	t.setTimeouts(def, classes)
 	return t
 }
 
@@ -362,24 +400,26 @@ func (t fam[K, T]) touch(f K, tcpFlags uint8, now int64) (member uint32, ok bool
 		return 0, false
 	}
 	v.state = nextState(v.state, tcpFlags)
-	v.exp = expiryTick(now, t.timeout[v.state])
+	v.exp = expiryTick(now, t.timeouts[v.class][v.state])
 	member = uint32(v.member)
 	s.mu.Unlock()
 	return member, true
 }
 
 // Insert records a new flow k forwarded to member, whose first frame carries
-// tcpFlags. It returns ErrFull when MaxEntries flows are tracked (the caller
-// still forwards the frame by its scheduler), ErrExists when k is already
-// live, and ErrBadMember for a member above MaxMember. A flow that expired but
-// was not yet removed is replaced. With Persistence on, Insert also creates
-// or refreshes the template of (k.Src, k.Dst) and points it at member; if
-// MaxEntries templates exist already the flow is still recorded, without
-// persistence. After a successful Insert it calls the SetOnInsert hook, if
-// any.
+// tcpFlags. At MaxEntries flows it evicts an expired or non-established flow
+// to make room (see Evictions) and returns ErrFull when it finds none (the
+// caller still forwards the frame by its scheduler). It returns ErrExists
+// when k is already live, and ErrBadMember for a member above MaxMember. A
+// flow that expired but was not yet removed is replaced. The flow's idle
+// timeouts are those of its VIP port (Config.PortTimeouts), if any, or the
+// table's. With Persistence on, Insert also creates or refreshes the
+// template of (k.Src, k.Dst) and points it at member; if MaxEntries
+// templates exist already the flow is still recorded, without persistence.
+// After a successful Insert it calls the SetOnInsert hook, if any.
 func (t *Table) Insert(k Key, member uint32, tcpFlags uint8, now int64) error {
 	state := firstState(k.Proto, tcpFlags)
-	if err := (v4{t}).insert(k.pack(), member, state, now); err != nil {
+	if err := (v4{t}).insert(k.pack(), member, state, t.classOf(k.Proto, k.DPort), now); err != nil {
 		return err
 	}
 	if fn := t.onInsert.Load(); fn != nil {
@@ -388,12 +428,13 @@ func (t *Table) Insert(k Key, member uint32, tcpFlags uint8, now int64) error {
 	return nil
 }
 
-// insert is Insert up to the hook, for a flow whose first state is state.
-func (t fam[K, T]) insert(f K, member uint32, state State, now int64) error {
+// insert is Insert up to the hook, for a flow of timeout class class whose
+// first state is state.
+func (t fam[K, T]) insert(f K, member uint32, state State, class uint8, now int64) error {
 	if member > MaxMember {
 		return ErrBadMember
 	}
-	return t.record(f, member, state, expiryTick(now, t.timeout[state]), now, false)
+	return t.record(f, member, state, class, expiryTick(now, t.timeouts[class][state]), now, false)
 }
 
 // SetOnInsert sets fn to be called after every successful Insert with the
@@ -414,12 +455,15 @@ func (t *Table) SetOnInsert(fn func(k Key, member uint32, state State)) {
 	t.onInsert.Store(&fn)
 }
 
-// record adds flow f in state with expiry tick exp, taking a template
-// reference with persistence on, for Insert and Import. A flow that expired
-// but was not yet removed is replaced. When f is live already, record
-// returns ErrExists, or with update set updates f as Import does.
-func (t fam[K, T]) record(f K, member uint32, state State, exp uint32, now int64, update bool) error {
-	if t.nflows.Add(1) > t.max {
+// record adds flow f of timeout class class in state with expiry tick exp,
+// taking a template reference with persistence on, for Insert and Import. A
+// flow that expired but was not yet removed is replaced. When f is live
+// already, record returns ErrExists, or with update set updates f as Import
+// does. At MaxEntries flows it first makes room (see makeRoom), and returns
+// ErrFull if it cannot.
+func (t fam[K, T]) record(f K, member uint32, state State, class uint8, exp uint32, now int64, update bool) error {
+	s, h := flowShard(t.Table, f)
+	if t.nflows.Add(1) > t.max && !t.makeRoom(s, f, h, now) {
 		t.nflows.Add(-1)
 		return ErrFull
 	}
@@ -430,7 +474,6 @@ func (t fam[K, T]) record(f K, member uint32, state State, exp uint32, now int64
 	if t.persist > 0 && t.acquireTemplate(tk, member, now) {
 		flags |= flagTemplate
 	}
-	s, h := flowShard(t.Table, f)
 	ft := &t.of(s).flows
 	s.mu.Lock()
 	s.advance(now)
@@ -462,7 +505,7 @@ func (t fam[K, T]) record(f K, member uint32, state State, exp uint32, now int64
 	} else {
 		v = ft.add(f, h)
 	}
-	v.member, v.state, v.flags = uint16(member), state, flags
+	v.member, v.state, v.flags, v.class = uint16(member), state, flags, class
 	v.exp = exp
 	t.active[member].Add(1)
 	s.mu.Unlock()

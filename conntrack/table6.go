@@ -23,7 +23,7 @@ type tmplKey6 struct{ client, vip [16]byte }
 
 // flowKey6 is Key6 as the slots hold it: the template key first, then the
 // ports and protocol packed as in flowKey.b, then 8 bytes of padding. The
-// pad makes slot[flowKey6] 48+12 -> 64 bytes, one cache line; without it the
+// pad makes slot[flowKey6] 48+13 -> 64 bytes, one cache line; without it the
 // slot would be 56 bytes and every eighth one would straddle two lines. It
 // is a blank field, which == and maphash.Comparable skip (Go spec,
 // "Comparison operators"; TestFlowKey6Padding checks both).
@@ -64,7 +64,7 @@ func (t *Table) Touch6(k Key6, tcpFlags uint8, now int64) (member uint32, ok boo
 // it calls the SetOnInsert6 hook (not the SetOnInsert one), if any.
 func (t *Table) Insert6(k Key6, member uint32, tcpFlags uint8, now int64) error {
 	state := firstState6(k.Proto, tcpFlags)
-	if err := (v6{t}).insert(k.pack(), member, state, now); err != nil {
+	if err := (v6{t}).insert(k.pack(), member, state, t.classOf(k.Proto, k.DPort), now); err != nil {
 		return err
 	}
 	if fn := t.onInsert6.Load(); fn != nil {
@@ -107,7 +107,7 @@ func (t *Table) Range6(fn func(k Key6, e Entry) bool) {
 // Import6 is Import for an IPv6 flow. StateICMP fits ProtoICMPv6, not
 // ProtoICMP (see ProtoICMPv6).
 func (t *Table) Import6(k Key6, member uint32, state State, expires int64, now int64) error {
-	return v6{t}.importFlow(k.pack(), member, state, validState6(k.Proto, state), expires, now)
+	return v6{t}.importFlow(k.pack(), member, state, t.classOf(k.Proto, k.DPort), validState6(k.Proto, state), expires, now)
 }
 
 // ImportTemplate6 is ImportTemplate for an IPv6 client and VIP. IPv6

@@ -190,7 +190,7 @@ func TestFirstFrameState6(t *testing.T) {
 	for i, tc := range tests {
 		k := Key6{Src: ip6(uint32(i)), Dst: vip6, SPort: 3, DPort: 4, Proto: tc.proto}
 		mustInsert6(t, tb, k, 1, tc.flags, t0)
-		expectLife6(t, tb, k, tc.want, t0, time.Duration(tb.timeout[tc.want]))
+		expectLife6(t, tb, k, tc.want, t0, time.Duration(tb.timeouts[0][tc.want]))
 	}
 	// The IPv4 side is unchanged: ICMPv6's number is another protocol there.
 	k := Key{Src: 1, Dst: 2, Proto: ProtoICMPv6}
@@ -315,24 +315,25 @@ func TestPersistence6(t *testing.T) {
 func TestMixedLimit(t *testing.T) {
 	const max = 100
 	tb := New(Config{MaxEntries: max, shards: 4, Persistence: time.Minute})
+	// Established flows, which a full table never evicts (evict.go).
 	for i := 0; i < max; i++ {
 		var err error
 		if i%2 == 0 {
-			err = tb.Insert(Key{Src: uint32(i), Dst: 1, Proto: ProtoUDP}, uint32(i%3), 0, t0)
+			err = tb.Insert(Key{Src: uint32(i), Dst: 1, Proto: ProtoTCP}, uint32(i%3), 0, t0)
 		} else {
-			err = tb.Insert6(Key6{Src: ip6(uint32(i)), Dst: vip6, Proto: ProtoUDP}, uint32(i%3), 0, t0)
+			err = tb.Insert6(Key6{Src: ip6(uint32(i)), Dst: vip6, Proto: ProtoTCP}, uint32(i%3), 0, t0)
 		}
 		if err != nil {
 			t.Fatalf("flow %d: %v", i, err)
 		}
 	}
-	if err := tb.Insert6(Key6{Src: ip6(max), Dst: vip6, Proto: ProtoUDP}, 0, 0, t0); !errors.Is(err, ErrFull) {
+	if err := tb.Insert6(Key6{Src: ip6(max), Dst: vip6, Proto: ProtoTCP}, 0, 0, t0); !errors.Is(err, ErrFull) {
 		t.Fatalf("Insert6 beyond MaxEntries = %v, want ErrFull", err)
 	}
-	if err := tb.Insert(Key{Src: max, Dst: 1, Proto: ProtoUDP}, 0, 0, t0); !errors.Is(err, ErrFull) {
+	if err := tb.Insert(Key{Src: max, Dst: 1, Proto: ProtoTCP}, 0, 0, t0); !errors.Is(err, ErrFull) {
 		t.Fatalf("Insert beyond MaxEntries = %v, want ErrFull", err)
 	}
-	if err := tb.Import6(Key6{Src: ip6(max), Dst: vip6, Proto: ProtoUDP}, 0, StateUDP, t0+sec, t0); !errors.Is(err, ErrFull) {
+	if err := tb.Import6(Key6{Src: ip6(max), Dst: vip6, Proto: ProtoTCP}, 0, StateEstablished, t0+sec, t0); !errors.Is(err, ErrFull) {
 		t.Fatalf("Import6 beyond MaxEntries = %v, want ErrFull", err)
 	}
 	if err := tb.ImportTemplate6(ip6(max), vip6, 0, t0+sec, t0); !errors.Is(err, ErrFull) {
@@ -347,8 +348,8 @@ func TestMixedLimit(t *testing.T) {
 	checkInvariants(t, tb)
 	// An IPv4 flow's room serves an IPv6 flow; with every template slot
 	// taken it has no persistence.
-	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoUDP})
-	mustInsert6(t, tb, Key6{Src: ip6(5000), Dst: vip6, Proto: ProtoUDP}, 1, 0, t0)
+	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoTCP})
+	mustInsert6(t, tb, Key6{Src: ip6(5000), Dst: vip6, Proto: ProtoTCP}, 1, 0, t0)
 	if _, ok := tb.Template6(ip6(5000), vip6, t0); ok {
 		t.Fatal("template created beyond MaxEntries")
 	}
@@ -639,7 +640,8 @@ func FuzzOps6(f *testing.F) {
 	f.Add([]byte{8, 0x21, 1, 9, 0x41, 1, 98, 0x21, 1, 0, 0x21, 0, 6, 0x40, 1, 5, 0, 1, 248, 0x35, 1, 9, 0x13, 1, 169, 0x62, 0, 6, 0xff, 1, 5, 0, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		tb := New(Config{shards: 2, MaxEntries: 12, Persistence: 5 * time.Second,
-			Timeouts: Timeouts{TCPSynRecv: 2 * time.Second, TCPClose: time.Second}})
+			Timeouts:     Timeouts{TCPSynRecv: 2 * time.Second, TCPClose: time.Second},
+			PortTimeouts: fuzzPortTimeouts})
 		var inserted, hooked int
 		tb.SetOnInsert(func(Key, uint32, State) { hooked++ })
 		tb.SetOnInsert6(func(Key6, uint32, State) { hooked++ })
@@ -828,7 +830,7 @@ func fuzzImport6(t *testing.T, tb *Table, k Key6, member uint32, st State, expir
 		}
 		return
 	}
-	limit := now + tb.timeout[st]
+	limit := now + tb.timeouts[tb.classOf(k.Proto, k.DPort)][st]
 	if !ok || e.Member != member || e.State != st {
 		t.Fatalf("imported %+v reads back as %+v, %v", k, e, ok)
 	}

@@ -89,6 +89,19 @@ func checkMembers(t testing.TB, tb *Table, nMembers int) {
 	}
 }
 
+// slotClass is the timeout class a flow with packed key k must have.
+func slotClass[K comparable](tb *Table, k K) uint8 {
+	switch k := any(k).(type) {
+	case flowKey:
+		u := k.unpack()
+		return tb.classOf(u.Proto, u.DPort)
+	case flowKey6:
+		u := k.unpack()
+		return tb.classOf(u.Proto, u.DPort)
+	}
+	panic("unknown key type")
+}
+
 // checkFam checks the flows and templates of one key type: every flow is
 // reachable from its home slot, each shard counts its flows right, and each
 // template counts the flows that hold it. It adds the flows of each member
@@ -114,6 +127,9 @@ func checkFam[K packedKey[K, T], T comparable](t testing.TB, f fam[K, T], perMem
 			}
 			if ft.find(v.key, v.hash) != i {
 				t.Fatalf("flow %+v at slot %d unreachable from its home", v.key, i)
+			}
+			if c := slotClass(f.Table, v.key); v.class != c {
+				t.Fatalf("flow %+v has timeout class %d, its port's is %d", v.key, v.class, c)
 			}
 		}
 		if used != ft.n {
@@ -248,7 +264,7 @@ func TestFirstFrameState(t *testing.T) {
 		tb := New(Config{})
 		k := Key{Src: 1, Dst: 2, SPort: 3, DPort: 4, Proto: tc.proto}
 		mustInsert(t, tb, k, 1, tc.flags, t0)
-		to := tb.timeout[tc.want]
+		to := tb.timeouts[0][tc.want]
 		expectLife(t, tb, k, tc.want, t0, time.Duration(to))
 		_ = i
 	}
@@ -415,11 +431,13 @@ func TestPersistenceIdleWithoutFlows(t *testing.T) {
 func TestLimit(t *testing.T) {
 	const max = 100
 	tb := New(Config{MaxEntries: max, shards: 4, Persistence: time.Minute})
+	// TCP flows first seen without SYN are ESTABLISHED, which a full table
+	// never evicts (evict.go): it refuses new flows instead.
 	for i := 0; i < max; i++ {
-		mustInsert(t, tb, Key{Src: uint32(i), Dst: 1, Proto: ProtoUDP}, uint32(i%3), 0, t0)
+		mustInsert(t, tb, Key{Src: uint32(i), Dst: 1, Proto: ProtoTCP}, uint32(i%3), 0, t0)
 	}
 	for i := 0; i < 10; i++ {
-		err := tb.Insert(Key{Src: uint32(max + i), Dst: 1, Proto: ProtoUDP}, 0, 0, t0)
+		err := tb.Insert(Key{Src: uint32(max + i), Dst: 1, Proto: ProtoTCP}, 0, 0, t0)
 		if !errors.Is(err, ErrFull) {
 			t.Fatalf("Insert beyond MaxEntries = %v, want ErrFull", err)
 		}
@@ -433,12 +451,12 @@ func TestLimit(t *testing.T) {
 		t.Fatal("refused flow created a template")
 	}
 	// Deleting flows makes room again.
-	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoUDP})
-	mustInsert(t, tb, Key{Src: 0, Dst: 1, SPort: 5, Proto: ProtoUDP}, 0, 0, t0)
+	tb.Delete(Key{Src: 0, Dst: 1, Proto: ProtoTCP})
+	mustInsert(t, tb, Key{Src: 0, Dst: 1, SPort: 5, Proto: ProtoTCP}, 0, 0, t0)
 	// Templates are bounded too: with all 100 template slots live, a flow of
 	// a new client is recorded without persistence.
-	tb.Delete(Key{Src: 1, Dst: 1, Proto: ProtoUDP})
-	mustInsert(t, tb, Key{Src: 5000, Dst: 1, Proto: ProtoUDP}, 1, 0, t0)
+	tb.Delete(Key{Src: 1, Dst: 1, Proto: ProtoTCP})
+	mustInsert(t, tb, Key{Src: 5000, Dst: 1, Proto: ProtoTCP}, 1, 0, t0)
 	if _, ok := tb.Template(5000, 1, t0); ok {
 		t.Fatal("template created beyond MaxEntries")
 	}
@@ -685,6 +703,12 @@ func TestConcurrentStress(t *testing.T) {
 	checkInvariants(t, tb)
 }
 
+// fuzzPortTimeouts gives the fuzzed TCP flows (all to port 0) an
+// established timeout of their own, shorter than the fuzzer's time steps
+// reach, and leaves UDP flows at the defaults, so both a port class and the
+// default class are exercised.
+var fuzzPortTimeouts = []PortTimeout{{Proto: ProtoTCP, Port: 0, Timeout: 3 * time.Second}}
+
 // FuzzOps runs a byte-coded sequence of operations on a small table and
 // checks the accounting invariants after each one, and for sync imports
 // what Range and Template then report.
@@ -694,7 +718,8 @@ func FuzzOps(f *testing.F) {
 	f.Add([]byte{8, 0x21, 9, 0x41, 98, 0x21, 0, 0x21, 6, 0x40, 5, 0, 248, 0x35, 9, 0x13, 169, 0x62, 6, 0xff, 5, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		tb := New(Config{shards: 2, MaxEntries: 12, Persistence: 5 * time.Second,
-			Timeouts: Timeouts{TCPSynRecv: 2 * time.Second, TCPClose: time.Second}})
+			Timeouts:     Timeouts{TCPSynRecv: 2 * time.Second, TCPClose: time.Second},
+			PortTimeouts: fuzzPortTimeouts})
 		var inserted, hooked int
 		tb.SetOnInsert(func(Key, uint32, State) { hooked++ })
 		now := t0
@@ -825,7 +850,7 @@ func fuzzImport(t *testing.T, tb *Table, k Key, member uint32, st State, expires
 		}
 		return
 	}
-	limit := now + tb.timeout[st]
+	limit := now + tb.timeouts[tb.classOf(k.Proto, k.DPort)][st]
 	if !ok || e.Member != member || e.State != st {
 		t.Fatalf("imported %+v reads back as %+v, %v", k, e, ok)
 	}
