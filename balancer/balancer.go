@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,7 +23,9 @@ import (
 	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/dataplane"
 	"github.com/l2lb/l2lb/dataplane/node"
+	"github.com/l2lb/l2lb/dsrprobe"
 	"github.com/l2lb/l2lb/scheduler"
+	"github.com/l2lb/l2lb/services"
 	"github.com/l2lb/l2lb/vipset"
 )
 
@@ -84,6 +87,11 @@ type Config struct {
 	Log *slog.Logger
 	// Open opens the fast path's sockets (default node.Open); tests inject fakes.
 	Open func(node.OpenConfig) (node.Sockets, error)
+	// ServicesFile, when set, is the services file (package services): per-port idle timeouts,
+	// SIP Call-ID affinity and health checks. Reload re-reads it.
+	ServicesFile string
+	// OpenProbe opens the health checks' probe stack (default OpenProbeStack); tests inject one.
+	OpenProbe func(dsrprobe.Config) (ProbeStack, error)
 }
 
 // Balancer is one running balancer. Its methods may be called from several goroutines.
@@ -113,6 +121,12 @@ type Balancer struct {
 	sync        *syncer
 	syncErr     error
 	syncTried   time.Time
+	reloadHooks []ReloadHook
+	svc         *services.File // the services file in force; nil without one
+	svcErr      error          // why the services file could not be read at start (StartAnyway)
+	svcStart    *services.File // the file read at start, whose idle timeouts the table has
+	health      *health        // the health checks of svc; nil without any
+	kick        chan struct{}  // wakes housekeeping at once (a role change starts the checks)
 }
 
 // New returns a balancer in the standby role with the VIPs of cfg.VIPFile; it opens nothing
@@ -133,21 +147,49 @@ func New(cfg Config) (*Balancer, error) {
 	if cfg.Scheduler == "" {
 		cfg.Scheduler = scheduler.KindMaglev
 	}
-	b := &Balancer{cfg: cfg, log: cfg.Log, events: make(chan Event, 16), start: time.Now(),
+	b := &Balancer{cfg: cfg, log: cfg.Log, events: make(chan Event, 16), start: time.Now(), kick: make(chan struct{}, 1),
 		leaving: map[netip.Addr]bool{}, deliberate: map[netip.Addr]bool{}, unhealthy: map[netip.Addr]bool{}, weights: map[netip.Addr]uint32{}}
 	b.since = b.start
-	b.eng = dataplane.New(conntrack.Config{MaxEntries: cfg.MaxConns, Timeouts: cfg.Timeouts,
-		Persistence: cfg.Persistence})
+	if cfg.OpenProbe == nil {
+		cfg.OpenProbe = OpenProbeStack
+		b.cfg.OpenProbe = OpenProbeStack
+	}
+	if cfg.ServicesFile != "" {
+		f, err := services.Load(cfg.ServicesFile)
+		if err != nil && !cfg.StartAnyway {
+			return nil, err
+		}
+		b.svc, b.svcErr = f, err
+	}
+	ctc := conntrack.Config{MaxEntries: cfg.MaxConns, Timeouts: cfg.Timeouts,
+		Persistence: cfg.Persistence, PortTimeouts: portTimeouts(b.svc)}
+	if err := ctc.Validate(); err != nil {
+		if b.svc != nil {
+			return nil, fmt.Errorf("%s: %w", b.svc.Path, err)
+		}
+		return nil, fmt.Errorf("balancer: %w", err)
+	}
+	b.svcStart = b.svc
+	b.eng = dataplane.New(ctc)
 	b.vips, b.vipErr = ReadVIPs(cfg.VIPFile)
 	if b.vipErr != nil && !cfg.StartAnyway {
 		return nil, b.vipErr
+	}
+	if b.svc != nil {
+		var err error
+		if b.health, err = newHealth(b, b.svc, b.vips.Addrs()); err != nil && !cfg.StartAnyway {
+			return nil, err
+		} else if err != nil {
+			b.svc, b.svcErr = nil, err
+		}
 	}
 	if _, err := net.InterfaceByName(cfg.Interface); err != nil && !cfg.StartAnyway {
 		return nil, fmt.Errorf("%w: -i %s: %w", ErrNoInterface, cfg.Interface, err)
 	}
 	// The interface's MAC, the source of forwarded frames, is set when the fast path opens.
 	if err := b.eng.Configure(dataplane.Config{VirtualMAC: cfg.VirtualMAC, VIPs: b.vips,
-		Scheduler: cfg.Scheduler, NoDest: cfg.NoDest}); err != nil {
+		Scheduler: cfg.Scheduler, NoDest: cfg.NoDest, CallIDPorts: callIDPorts(b.svc),
+		ProbeSources: probeSources(b.svc)}); err != nil {
 		return nil, fmt.Errorf("balancer: %w", err)
 	}
 	b.node = node.New(node.Config{Engine: b.eng, Workers: cfg.Workers, Log: cfg.Log,
@@ -206,9 +248,11 @@ func (b *Balancer) Engine() *dataplane.Engine { return b.eng }
 func (b *Balancer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); b.housekeeping(ctx) }()
+	go func() { defer wg.Done(); b.watchHealth(ctx) }()
 	defer b.closeSync()
+	defer b.closeHealth()
 	wait := reopenMin
 	backOff := func() {
 		select {
@@ -305,12 +349,14 @@ func (b *Balancer) housekeeping(ctx context.Context) {
 				b.log.Warn("applying members", "err", err)
 			}
 		}
+		b.stepHealthLocked()
 		b.mu.Unlock()
 		b.writeStats()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-b.kick:
 		}
 	}
 }
@@ -378,20 +424,72 @@ func (b *Balancer) applyRoleLocked() {
 	if b.sync != nil {
 		b.sync.setActive(active)
 	}
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Announce implements Control.
 func (b *Balancer) Announce() { b.node.Announce() }
 
-// Reload re-reads the VIP file (SIGHUP, `l2lb reload`). A bad file is reported with its file:line
-// and the running VIPs stay; a good one is applied atomically, new VIPs are announced at once, and
-// a role that waited for VIPs is taken. Established flows are not touched.
+// ReloadHook is a part of the configuration a control plane re-reads on Reload (the static
+// plane's members file). It reads and checks its files and returns how to apply them; an error
+// (naming file and line) refuses the whole reload.
+type ReloadHook func() (apply func() error, err error)
+
+// OnReload adds h to what Reload re-reads, after the VIP file.
+func (b *Balancer) OnReload(h ReloadHook) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.reloadHooks = append(b.reloadHooks, h)
+}
+
+// Reload re-reads the VIP file and what the control plane registered with OnReload (SIGHUP,
+// `l2lb reload`). Everything is read and checked before anything is applied: a bad file is
+// reported with its file:line and the whole running configuration stays. A good VIP file is
+// applied atomically, new VIPs are announced at once, and a role that waited for VIPs is taken.
+// Established flows are not touched.
 func (b *Balancer) Reload() error {
-	vips, err := ReadVIPs(b.cfg.VIPFile)
-	if err != nil {
+	refuse := func(err error) error {
 		b.log.Error("reload refused; the running configuration stays", "err", err)
 		return err
 	}
+	vips, err := ReadVIPs(b.cfg.VIPFile)
+	if err != nil {
+		return refuse(err)
+	}
+	svc, err := b.readServices()
+	if err != nil {
+		return refuse(err)
+	}
+	b.mu.Lock()
+	hooks := slices.Clone(b.reloadHooks)
+	b.mu.Unlock()
+	applies := make([]func() error, 0, len(hooks))
+	for _, h := range hooks {
+		apply, err := h()
+		if err != nil {
+			return refuse(err)
+		}
+		applies = append(applies, apply)
+	}
+	if err := b.reloadVIPs(vips); err != nil {
+		return refuse(err)
+	}
+	if err := b.applyServices(svc); err != nil {
+		return refuse(err)
+	}
+	for _, apply := range applies {
+		if err := apply(); err != nil {
+			return refuse(err)
+		}
+	}
+	return nil
+}
+
+// reloadVIPs applies a VIP set read by Reload.
+func (b *Balancer) reloadVIPs(vips *vipset.Set) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	old := b.vips
@@ -400,7 +498,6 @@ func (b *Balancer) Reload() error {
 		return nil
 	}
 	if err := b.eng.SetVIPs(vips); err != nil {
-		b.log.Error("reload refused; the running configuration stays", "err", err)
 		return err
 	}
 	b.vips, b.vipErr = vips, nil

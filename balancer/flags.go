@@ -36,6 +36,7 @@ type Flags struct {
 	FinTimeout  time.Duration
 	UDPTimeout  time.Duration
 	StatsFile   string
+	Services    string
 	SyncGroup   string
 	SyncKeyFile string
 }
@@ -56,6 +57,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.TCPTimeout, "tcp-timeout", 900*time.Second, "timeout of established TCP flows (IPVS default)")
 	fs.DurationVar(&f.FinTimeout, "tcpfin-timeout", 120*time.Second, "timeout of closing TCP flows (IPVS default)")
 	fs.DurationVar(&f.UDPTimeout, "udp-timeout", 300*time.Second, "timeout of UDP flows (IPVS default)")
+	fs.StringVar(&f.Services, "services", "", "services `FILE`: per-port idle timeouts, SIP Call-ID affinity and health checks (docs/services.md); re-read on reload")
 	fs.StringVar(&f.StatsFile, "stats-file", "", "write the status as JSON (the schema of l2lb status --json) to this file every second and at exit")
 	fs.StringVar(&f.SyncGroup, "sync-group", "", "connection-sync multicast group `ADDR:PORT` (default "+connsync.DefaultGroup.String()+", UDP)")
 	fs.StringVar(&f.SyncKeyFile, "sync-key-file", "", "file holding the shared key that authenticates connection-sync messages (HMAC-SHA256); without it sync is unauthenticated")
@@ -89,7 +91,7 @@ func (f *Flags) Config(mode, name string, log *slog.Logger) (Config, error) {
 	}
 	return Config{Mode: mode, Name: name, Interface: f.Interface, VIPFile: f.VIPFile, VirtualMAC: vmac,
 		Scheduler: kind, Persistence: time.Duration(f.Persistence) * time.Second, NoDest: nodest,
-		MaxConns: f.MaxConns, Timeouts: to, Workers: f.Workers, BusyPoll: busy, StatsFile: f.StatsFile, Log: log}, nil
+		MaxConns: f.MaxConns, Timeouts: to, Workers: f.Workers, BusyPoll: busy, StatsFile: f.StatsFile, ServicesFile: f.Services, Log: log}, nil
 }
 
 // SyncConfig returns the connection-sync settings of the flags.

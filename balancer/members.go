@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/dataplane"
 )
 
@@ -46,7 +47,9 @@ func (b *Balancer) applyMembersLocked() error {
 		if w, ok := b.weights[m.Addr]; ok {
 			dm.Weight = w
 		}
-		if m.Down {
+		if m.Down || (b.unhealthy[m.Addr] && b.cfg.Mode != control.ModeHelper) {
+			// Outside CGP's helper mode the service checks decide too; in helper mode CGP's
+			// Ready list is the authority for the listed members (issue 13).
 			dm.Weight = 0
 		}
 		listed[m.Addr] = true

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -57,7 +58,19 @@ func (b *Balancer) Status() control.Status {
 		plans[a] = plan{leaving: true}
 	}
 	sync := b.sync
+	unhealthy := maps.Clone(b.unhealthy)
+	h := b.health
+	if b.svcErr != nil {
+		out.Problems = append(out.Problems, "services file unusable (fix it and reload): "+b.svcErr.Error())
+	}
 	b.mu.Unlock()
+	var checks map[string][]control.Check
+	if h != nil {
+		checks = h.status()
+		if ok, probs := h.problems(); !ok {
+			out.Problems = append(out.Problems, probs...)
+		}
+	}
 
 	st := b.node.Stats()
 	out.Verdicts, out.Drops = st.Verdicts, st.Drops
@@ -79,7 +92,8 @@ func (b *Balancer) Status() control.Status {
 	for _, m := range b.eng.Members() {
 		p := plans[m.Addr]
 		cm := control.Member{Addr: m.Addr.String(), Weight: m.Weight, Local: m.Local, Ready: m.Ready,
-			Healthy: !p.down, Leaving: p.leaving, PortLo: m.Ports.Lo, PortHi: m.Ports.Hi,
+			Healthy: !p.down && !unhealthy[m.Addr], Leaving: p.leaving, PortLo: m.Ports.Lo, PortHi: m.Ports.Hi,
+			Checks:       checks[m.Addr.String()],
 			PortConflict: m.Ports == (dataplane.PortRange{}) && p.ports != (dataplane.PortRange{}),
 			Flows:        m.Flows, Templates: tmpls[m.ID], Packets: st.MemberPackets[m.ID], Bytes: st.MemberBytes[m.ID]}
 		if m.MAC != nil {
@@ -94,7 +108,9 @@ func (b *Balancer) Status() control.Status {
 		}
 	}
 	flows, templates := b.eng.Table().Len()
-	out.Table = control.Table{Flows: flows, Templates: templates, Limit: b.cfg.MaxConns}
+	ev := b.eng.Table().Evictions()
+	out.Table = control.Table{Flows: flows, Templates: templates, Limit: b.cfg.MaxConns,
+		Evicted: ev.Live, EvictedExpired: ev.Expired}
 	if sync != nil {
 		out.Sync = sync.status()
 	}

@@ -149,8 +149,12 @@ func (s *syncer) export(fn func(connsync.Record) bool) {
 func (s *syncer) receive() {
 	err := s.conn.Receive(func(from netip.Addr, h connsync.Header, recs []connsync.Record) {
 		s.lastRx.Store(time.Now().UnixNano())
-		if h.Type == connsync.MsgDumpEnd {
+		switch h.Type {
+		case connsync.MsgDumpEnd:
 			s.b.emit(Event{Kind: EventTableSynced, From: from})
+			return
+		case connsync.MsgHealth:
+			s.b.onHealthView(h.Payload)
 			return
 		}
 		if err := s.eng.Import(recs); err != nil {

@@ -111,6 +111,22 @@ type Member struct {
 	Packets uint64 `json:"packets"`
 	// Bytes counts bytes forwarded to the member.
 	Bytes uint64 `json:"bytes"`
+	// Checks are the member's service health checks (the services file), if any.
+	Checks []Check `json:"checks,omitempty"`
+}
+
+// Check is one service health check of a member.
+type Check struct {
+	// Service names the service (the services file's stanza); Port and Proto are its port.
+	Service string `json:"service"`
+	Port    uint16 `json:"port"`
+	Proto   string `json:"proto"`
+	// Healthy is the state after rise/fall hysteresis.
+	Healthy bool `json:"healthy"`
+	// Error is the latest probe's failure, empty when it passed.
+	Error string `json:"error,omitempty"`
+	// Since is when Healthy last changed; zero if it never did.
+	Since time.Time `json:"since,omitzero"`
 }
 
 // Table describes the connection table.
@@ -121,6 +137,10 @@ type Table struct {
 	Templates int `json:"templates"`
 	// Limit is the maximum number of entries; zero means unlimited.
 	Limit int `json:"limit"`
+	// Evicted counts live flows evicted to make room in a full table (never an established TCP
+	// flow), EvictedExpired expired ones evicted before the expiry sweep removed them.
+	Evicted        uint64 `json:"evicted"`
+	EvictedExpired uint64 `json:"evicted_expired"`
 }
 
 // Sync describes the connection-sync channel.

@@ -81,10 +81,22 @@ func WriteConns(w io.Writer, cs []Conn) error {
 // healthy is the Healthy column: yes or no, and "leaving" for a member that left the list but
 // keeps its established flows.
 func healthy(m Member) string {
-	if m.Leaving {
-		return yesNo(m.Healthy) + " (leaving)"
+	h := yesNo(m.Healthy)
+	var failing []string
+	for _, c := range m.Checks {
+		if !c.Healthy {
+			failing = append(failing, clean(c.Service))
+		}
 	}
-	return yesNo(m.Healthy)
+	if len(failing) > 0 {
+		h += " (" + strings.Join(failing, ",") + " failing)"
+	} else if len(m.Checks) > 0 {
+		h += fmt.Sprintf(" (%d checks)", len(m.Checks))
+	}
+	if m.Leaving {
+		h += " (leaving)"
+	}
+	return h
 }
 
 // section writes a sorted name/count list under a title; nothing if the map is empty.

@@ -79,6 +79,10 @@ var (
 		"Connection-sync messages, by direction (sent, received, rejected).", "direction")
 	descSyncRejected = desc("sync_rejected_total",
 		"Connection-sync messages rejected, by reason.", "reason")
+	descEvicted = desc("table_evictions_total",
+		"Flows evicted to make room in a full connection table, by kind (live or expired).", "kind")
+	descCheckHealthy = desc("check_healthy",
+		"1 while a member passes a service health check of the services file, else 0.", "member", "service")
 	descSyncLast = desc("sync_last_received_timestamp_seconds",
 		"Unix time of the latest accepted connection-sync message; now minus this is the sync lag.")
 )
@@ -88,6 +92,7 @@ var allDescs = []*prometheus.Desc{
 	descVIPPackets, descVIPBytes, descWeight, descReady, descHealthy, descMemberFlows,
 	descMemberTemplates, descDrops, descVerdicts, descTable, descTableLimit, descARPReplies, descNDPReplies,
 	descARPAnnounced, descARPConflicts, descSyncPeers, descSync, descSyncRejected, descSyncLast,
+	descCheckHealthy, descEvicted,
 }
 
 // collector implements prometheus.Collector over a Status source.
@@ -150,6 +155,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descLeaving, b2f(m.Leaving), m.Addr)
 		gauge(descMemberFlows, float64(m.Flows), m.Addr)
 		gauge(descMemberTemplates, float64(m.Templates), m.Addr)
+		for _, c := range m.Checks {
+			gauge(descCheckHealthy, b2f(c.Healthy), m.Addr, c.Service)
+		}
 	}
 	for vip, t := range s.PerVIP {
 		counter(descVIPPackets, t.Packets, vip)
@@ -164,6 +172,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descTable, float64(s.Table.Flows), "flows")
 	gauge(descTable, float64(s.Table.Templates), "templates")
 	gauge(descTableLimit, float64(s.Table.Limit))
+	counter(descEvicted, s.Table.Evicted, "live")
+	counter(descEvicted, s.Table.EvictedExpired, "expired")
 	counter(descARPReplies, s.ARP.Replies)
 	counter(descNDPReplies, s.ARP.NDPReplies)
 	counter(descARPAnnounced, s.ARP.Announced)

@@ -137,6 +137,10 @@ l2lb_sync_rejected_total{reason="bad-mac"} 2
 # TYPE l2lb_table_entries gauge
 l2lb_table_entries{kind="flows"} 9
 l2lb_table_entries{kind="templates"} 3
+# HELP l2lb_table_evictions_total Flows evicted to make room in a full connection table, by kind (live or expired).
+# TYPE l2lb_table_evictions_total counter
+l2lb_table_evictions_total{kind="expired"} 0
+l2lb_table_evictions_total{kind="live"} 0
 # HELP l2lb_table_limit Maximum number of connection-table entries; 0 means unlimited.
 # TYPE l2lb_table_limit gauge
 l2lb_table_limit 1000

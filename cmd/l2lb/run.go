@@ -25,13 +25,14 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 // runOptions are the flags of `l2lb run`.
 type runOptions struct {
-	bal        balancer.Flags
-	cl         cluster.Flags
-	ops        opsFlags
-	members    listFlag
-	portRanges listFlag
-	logLevel   string
-	cpuProfile string
+	bal         balancer.Flags
+	cl          cluster.Flags
+	ops         opsFlags
+	members     listFlag
+	membersFile string
+	portRanges  listFlag
+	logLevel    string
+	cpuProfile  string
 }
 
 func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
@@ -39,6 +40,7 @@ func runFlags(o *runOptions, stderr io.Writer) *flag.FlagSet {
 	o.bal.Register(fs)
 	o.ops.register(fs)
 	fs.Var(&o.members, "member", "frontend real address `ADDR[=WEIGHT]` (repeatable); this node's own address makes it a frontend too, with weight -r")
+	fs.StringVar(&o.membersFile, "members-file", "", "frontends, one `FILE` line each: ADDR[=WEIGHT] [LO-HI]; re-read on reload (SIGHUP), where removed members leave gracefully")
 	fs.Var(&o.portRanges, "port-range", "a frontend's source-port range for its outgoing connections, `ADDR=LO-HI` (repeatable; seed step 7)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the run to `FILE` (written at exit)")
@@ -83,8 +85,15 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 // run builds the balancer and its control plane: static members, or with --peers the
 // standalone cluster.
 func run(o runOptions, log *slog.Logger) error {
-	if o.cl.Enabled() == (len(o.members) > 0) {
-		return errors.New("give either --member (static members) or --peers (a standalone cluster), not both or neither")
+	staticMembers := len(o.members) > 0 || o.membersFile != ""
+	if o.cl.Enabled() == staticMembers {
+		return errors.New("give either --member or --members-file (static members) or --peers (a standalone cluster), not both or neither")
+	}
+	if o.membersFile != "" && len(o.portRanges) > 0 {
+		return errors.New("--port-range does not apply to --members-file: give the range on the member's line")
+	}
+	if len(o.members) > 0 && o.membersFile != "" {
+		return errors.New("give --member or --members-file, not both")
 	}
 	mode := control.ModeRun
 	if o.cl.Enabled() {
@@ -102,13 +111,22 @@ func run(o runOptions, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		ms, err := static.ParseMembers(o.members, o.portRanges, uint32(o.bal.SelfWeight), hostcfg.LocalAddrs(), b.VIPs())
+		load := func() ([]balancer.Member, error) {
+			if o.membersFile != "" {
+				return static.LoadMembersFile(o.membersFile, uint32(o.bal.SelfWeight), hostcfg.LocalAddrs(), b.VIPs())
+			}
+			return static.ParseMembers(o.members, o.portRanges, uint32(o.bal.SelfWeight), hostcfg.LocalAddrs(), b.VIPs())
+		}
+		ms, err := load()
 		if err != nil {
 			return err
 		}
 		plane, err := static.New(b, ms)
 		if err != nil {
 			return err
+		}
+		if o.membersFile != "" {
+			plane.ReloadFrom(b, load)
 		}
 		return serve(b, plane, o.ops, log.Warn)
 	}
