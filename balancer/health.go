@@ -71,6 +71,11 @@ type health struct {
 	openErr   error
 	lastSent  time.Time
 	unhealthy map[netip.Addr]bool
+	// view is the latest health view received from the active node. It is applied whenever
+	// the targets change while this node does not probe, and once more when it starts probing:
+	// a helper-mode standby has no members (CGP sends the list only with ACTIVE), so the view
+	// can only be adopted once the targets exist.
+	view *healthcheck.Snapshot
 }
 
 // newHealth builds the monitor for the checks of f against the VIPs, or returns nil when f has
@@ -126,6 +131,11 @@ func (h *health) step(active bool, targets map[netip.Addr]net.HardwareAddr, loca
 		ctx, cancel := context.WithCancel(context.Background())
 		h.cancel, h.done = cancel, make(chan struct{})
 		h.mon.SetTargets(h.dialersLocked(targets, local))
+		if h.view != nil {
+			// Take over with the active node's view, not "every target unproven".
+			h.mon.Restore(*h.view)
+			h.view = nil
+		}
 		go func(done chan struct{}) { defer close(done); h.mon.Run(ctx) }(h.done)
 		h.b.log.Info("health checks started", "targets", len(targets))
 	case !active && h.stack != nil:
@@ -133,6 +143,9 @@ func (h *health) step(active bool, targets map[netip.Addr]net.HardwareAddr, loca
 		h.b.log.Info("health checks stopped: not the active balancer")
 	}
 	h.mon.SetTargets(h.dialersLocked(targets, local))
+	if h.stack == nil && h.view != nil {
+		h.mon.Restore(*h.view)
+	}
 	if h.stack != nil && time.Since(h.lastSent) >= healthSendInterval {
 		h.sendLocked()
 	}
@@ -174,7 +187,20 @@ func (h *health) close() {
 // sendLocked sends the monitor's view to the standbys.
 func (h *health) sendLocked() {
 	h.lastSent = time.Now()
-	b, err := h.mon.Snapshot().MarshalBinary()
+	// A target still proving itself (just added, no failure yet) is left out: the view has
+	// only healthy and unhealthy, and a standby must not take "not probed yet" for "failing".
+	unproven := map[netip.Addr]bool{}
+	for _, t := range h.mon.Status() {
+		if !t.Healthy && !failing(t) {
+			unproven[t.Addr] = true
+		}
+	}
+	view := h.mon.Snapshot()
+	view.Targets = slices.DeleteFunc(view.Targets, func(t healthcheck.TargetHealth) bool { return unproven[t.Addr] })
+	if len(view.Targets) == 0 {
+		return
+	}
+	b, err := view.MarshalBinary()
 	if err != nil {
 		h.b.log.Warn("health view not sent", "err", err)
 		return
@@ -187,17 +213,17 @@ func (h *health) sendLocked() {
 // restore adopts the active node's view sent over the sync channel, while this node does not
 // probe itself. A malformed view changes nothing.
 func (h *health) restore(payload []byte) {
-	h.mu.Lock()
-	probing := h.stack != nil
-	h.mu.Unlock()
-	if probing {
-		return
-	}
 	var s healthcheck.Snapshot
 	if err := s.UnmarshalBinary(payload); err != nil {
 		h.b.log.Debug("health view from the active node rejected", "err", err)
 		return
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stack != nil {
+		return // this node probes itself
+	}
+	h.view = &s
 	h.mon.Restore(s)
 }
 
@@ -206,7 +232,7 @@ func (h *health) restore(payload []byte) {
 func (h *health) changed() (map[netip.Addr]bool, bool) {
 	bad := map[netip.Addr]bool{}
 	for _, t := range h.mon.Status() {
-		if !t.Healthy {
+		if failing(t) {
 			bad[t.Addr] = true
 		}
 	}
@@ -217,7 +243,8 @@ func (h *health) changed() (map[netip.Addr]bool, bool) {
 		same = same && h.unhealthy[a]
 	}
 	h.unhealthy = bad
-	if !same && h.stack != nil {
+	if h.stack != nil {
+		// Every change (a target proven healthy too, which leaves the failing set as it was).
 		h.sendLocked()
 	}
 	return bad, !same
@@ -236,6 +263,19 @@ func (h *health) problems() (bool, []string) {
 		out = append(out, fmt.Sprintf("only %d frontends pass their health checks, fewer than the quorum of %d", n, q))
 	}
 	return len(out) == 0, out
+}
+
+// failing reports whether a target fails its checks: a check is unhealthy and either its
+// latest probe failed or it has had rise probes (or a view) to prove itself. A target just added
+// whose probes have passed so far is still proving itself, not failing: a leaving member is not
+// let go, nor a member's share moved, because it was not probed yet.
+func failing(t healthcheck.TargetStatus) bool {
+	for _, s := range t.Services {
+		if !s.Healthy && (s.LastErr != nil || s.Probes >= s.Rise) {
+			return true
+		}
+	}
+	return false
 }
 
 // status returns the checks of every member for the status.

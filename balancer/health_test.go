@@ -191,11 +191,21 @@ func TestHealthViewRestored(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.onHealthView([]byte{0xff, 1, 2})
-	if m, _ := member(b.Status(), peer2); m.Healthy {
-		t.Fatal("a malformed view made peer2 healthy")
+	if m, _ := member(b.Status(), peer2); m.Checks[0].Healthy {
+		t.Fatal("a malformed view made peer2's check healthy")
 	}
 	b.onHealthView(payload)
-	waitFor(t, "the restored view", func() bool { m, _ := member(b.Status(), peer2); return m.Healthy && m.Weight == 100 })
+	waitFor(t, "the restored view", func() bool {
+		m, _ := member(b.Status(), peer2)
+		return m.Healthy && m.Checks[0].Healthy && m.Weight == 100
+	})
+	// A view that says peer2 fails: weight 0 on this standby too, the same view as the active.
+	view.Targets[0].Healthy, view.Targets[0].Services[0].Healthy = false, false
+	if payload, err = view.MarshalBinary(); err != nil {
+		t.Fatal(err)
+	}
+	b.onHealthView(payload)
+	waitFor(t, "the restored failing view", func() bool { m, _ := member(b.Status(), peer2); return !m.Healthy && m.Weight == 0 })
 	if fp.opened != 0 {
 		t.Errorf("a standby opened the probe stack %d times", fp.opened)
 	}

@@ -471,9 +471,12 @@ type ServiceStatus struct {
 	LastErr error
 	// Since is when Healthy last changed; zero if it never did.
 	Since time.Time
-	// LastProbe is when the latest probe finished; Probes counts them.
+	// LastProbe is when the latest probe finished; Probes counts them (a restored view counts
+	// as Rise probes).
 	LastProbe time.Time
 	Probes    int
+	// Rise is the check's rise count: a check with fewer Probes is still proving itself.
+	Rise int
 }
 
 // TargetStatus is the detail of one target.
@@ -498,6 +501,7 @@ func (m *Monitor) Status() []TargetStatus {
 			ts.Services = append(ts.Services, ServiceStatus{
 				Name: sp.Service.Name, Port: sp.Service.Port, Proto: sp.Service.Proto, Addr: sp.Addr,
 				Healthy: st.h.Healthy(), LastErr: st.lastErr, Since: st.since, LastProbe: st.lastProbe, Probes: st.results,
+				Rise: sp.Service.Check.Rise,
 			})
 		}
 		out = append(out, ts)
