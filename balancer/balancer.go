@@ -92,6 +92,9 @@ type Config struct {
 	ServicesFile string
 	// OpenProbe opens the health checks' probe stack (default OpenProbeStack); tests inject one.
 	OpenProbe func(dsrprobe.Config) (ProbeStack, error)
+	// ClockRate, above 1, runs the connection table's clock that many times faster than real
+	// time (dataplane.Engine.SetClockRate): for end-to-end tests of long idle timeouts only.
+	ClockRate int64
 }
 
 // Balancer is one running balancer. Its methods may be called from several goroutines.
@@ -171,6 +174,10 @@ func New(cfg Config) (*Balancer, error) {
 	}
 	b.svcStart = b.svc
 	b.eng = dataplane.New(ctc)
+	if cfg.ClockRate > 1 {
+		b.eng.SetClockRate(cfg.ClockRate)
+		b.log.Warn("test clock: the connection table's timeouts run faster than real time", "rate", cfg.ClockRate)
+	}
 	b.vips, b.vipErr = ReadVIPs(cfg.VIPFile)
 	if b.vipErr != nil && !cfg.StartAnyway {
 		return nil, b.vipErr

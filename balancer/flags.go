@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,6 +64,9 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.SyncKeyFile, "sync-key-file", "", "file holding the shared key that authenticates connection-sync messages (HMAC-SHA256); without it sync is unauthenticated")
 }
 
+// TestClockRateEnv names the environment variable that sets Config.ClockRate (tests only).
+const TestClockRateEnv = "L2LB_TEST_CLOCK_RATE"
+
 // Config turns the flags into a balancer configuration (Sync left unset: SyncConfig).
 func (f *Flags) Config(mode, name string, log *slog.Logger) (Config, error) {
 	var zero Config
@@ -89,9 +93,19 @@ func (f *Flags) Config(mode, name string, log *slog.Logger) (Config, error) {
 	if busy <= 0 {
 		busy = -1 // the flag's 0 means off; node.OpenConfig's 0 means the default
 	}
-	return Config{Mode: mode, Name: name, Interface: f.Interface, VIPFile: f.VIPFile, VirtualMAC: vmac,
+	c := Config{Mode: mode, Name: name, Interface: f.Interface, VIPFile: f.VIPFile, VirtualMAC: vmac,
 		Scheduler: kind, Persistence: time.Duration(f.Persistence) * time.Second, NoDest: nodest,
-		MaxConns: f.MaxConns, Timeouts: to, Workers: f.Workers, BusyPoll: busy, StatsFile: f.StatsFile, ServicesFile: f.Services, Log: log}, nil
+		MaxConns: f.MaxConns, Timeouts: to, Workers: f.Workers, BusyPoll: busy, StatsFile: f.StatsFile, ServicesFile: f.Services, Log: log}
+	// TestClockRateEnv is read here, not as a flag, so that it never shows in -h: it exists for
+	// the end-to-end tests of long idle timeouts (e2e/ops TestIdleIMAPSurvives).
+	if v := os.Getenv(TestClockRateEnv); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			return zero, fmt.Errorf("%s=%q: want a whole number >= 1", TestClockRateEnv, v)
+		}
+		c.ClockRate = n
+	}
+	return c, nil
 }
 
 // SyncConfig returns the connection-sync settings of the flags.

@@ -4,11 +4,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/l2lb/l2lb/control"
 	"github.com/l2lb/l2lb/internal/e2e"
+	"github.com/l2lb/l2lb/internal/testbed"
 )
 
 // Bounds of the graceful leave (issue 13).
@@ -62,7 +64,6 @@ func TestHelperModeGracefulLeave(t *testing.T) {
 
 	ss := startStreams(t, bed, echo, srcs, leaveStreams)
 	onF1 := func(s *stream) bool { return s.frontend == "f1" }
-	others := func(s *stream) bool { return s.frontend != "f1" }
 	if n := ss.perFrontend(onF1)["f1"]; n == 0 {
 		t.Fatal("no stream reached f1: the leave would not exercise its flows")
 	}
@@ -123,7 +124,28 @@ func TestHelperModeGracefulLeave(t *testing.T) {
 		t.Errorf("new connections saw no success for %v across the leave, want under %v", gap.Round(time.Millisecond), helperNewConnGap)
 	}
 
-	// f1 goes away: its flows are rescheduled within the detection bound.
+	goAway(t, bed, ss, probe, tLeft)
+	e2e.QuitAll(t, helperAnswerLimit, t.Errorf, h2, h3)
+	h1.CloseInput()
+}
+
+// ctlStatusOf reads a helper's status over its control socket.
+func ctlStatusOf(hp *e2e.Helper) (control.Status, error) {
+	return control.Dial(hp.ControlPath()).Status()
+}
+
+// goAway takes f1's link down and checks that its streams are rescheduled (reset by the frontend
+// they move to) within unreachableBound, while the streams on the other frontends keep going.
+func goAway(t *testing.T, bed *testbed.Bed, ss *streams, probe *prober, tLeft time.Time) {
+	t.Helper()
+	goAwayFrontend(t, bed.Frontends[0], ss, probe, tLeft)
+}
+
+// goAwayFrontend is goAway for the frontend f1 (any frontend of the bed).
+func goAwayFrontend(t *testing.T, f1 *testbed.Host, ss *streams, probe *prober, tLeft time.Time) {
+	t.Helper()
+	onF1 := func(s *stream) bool { return s.frontend == f1.Name }
+	others := func(s *stream) bool { return s.frontend != f1.Name }
 	tDown := time.Now()
 	if _, err := f1.RunIP("link", "set", f1.Ifname, "down"); err != nil {
 		t.Fatal(err)
@@ -150,28 +172,148 @@ func TestHelperModeGracefulLeave(t *testing.T) {
 		err, at := s.failure()
 		switch {
 		case err == nil:
-			t.Errorf("stream %d on f1 still runs %v after f1 went away", s.id, time.Since(tDown).Round(time.Millisecond))
+			t.Errorf("stream %d on %s still runs %v after it went away", s.id, f1.Name, time.Since(tDown).Round(time.Millisecond))
 		case !s.reset():
-			t.Errorf("stream %d on f1 ended with %v, want a reset from the frontend it was rescheduled to", s.id, err)
+			t.Errorf("stream %d on %s ended with %v, want a reset from the frontend it was rescheduled to", s.id, f1.Name, err)
 		default:
 			worst = max(worst, at.Sub(tDown))
 		}
 	}
-	t.Logf("f1's %d streams were reset within %v of f1 going away (bound %v)", ss.perFrontend(onF1)["f1"], worst.Round(time.Millisecond), unreachableBound)
+	t.Logf("%s's %d streams were reset within %v of it going away (bound %v)", f1.Name, ss.perFrontend(onF1)[f1.Name], worst.Round(time.Millisecond), unreachableBound)
 	if worst > unreachableBound {
-		t.Errorf("f1's flows were rescheduled %v after it went away, want within %v", worst.Round(time.Millisecond), unreachableBound)
+		t.Errorf("%s's flows were rescheduled %v after it went away, want within %v", f1.Name, worst.Round(time.Millisecond), unreachableBound)
 	}
 	res := ss.finish(tLeft)
 	kept, total, resets, nbytes := ss.report(res, others)
-	t.Logf("streams on f2 and f3: %d of %d kept, %d reset, %d bytes verified", kept, total, resets, nbytes)
+	t.Logf("streams on the other frontends: %d of %d kept, %d reset, %d bytes verified", kept, total, resets, nbytes)
 	if kept != total {
 		t.Errorf("%d of %d streams on the frontends that stay were disturbed", total-kept, total)
 	}
-	e2e.QuitAll(t, helperAnswerLimit, t.Errorf, h2, h3)
-	h1.CloseInput()
 }
 
-// ctlStatusOf reads a helper's status over its control socket.
-func ctlStatusOf(hp *e2e.Helper) (control.Status, error) {
-	return control.Dial(hp.ControlPath()).Status()
+// TestClusterDrainGracefulLeave is TestHelperModeGracefulLeave for the standalone cluster: the
+// active node f1 drains (SIGTERM: it announces Draining, hands the VIPs to f2 and stops its
+// l2lb, while its services go on). Every stream f1 holds keeps flowing through f2, new
+// connections avoid f1, f2 shows it as leaving; then f1 goes away and its flows are rescheduled
+// within the detection bound.
+func TestClusterDrainGracefulLeave(t *testing.T) {
+	sc := setup(t, true)
+	f1 := sc.cl.node("f1")
+	if n := sc.ss.perFrontend(all)["f1"]; n == 0 {
+		t.Fatal("no stream reached f1: the drain would not exercise its flows")
+	}
+	t0 := f1.signal(syscall.SIGTERM)
+	succ, _, ok := sc.cl.waitRoleActive(t0, handoverLimit, "f1")
+	if !ok {
+		t.Fatalf("no node took the active role within %v of SIGTERM to f1", handoverLimit)
+	}
+	if !f1.waitExit(10 * time.Second) {
+		t.Fatal("f1: l2lb still running 10 s after SIGTERM")
+	}
+	time.Sleep(settle)
+	tLeft := time.Now()
+	st := succ.status()
+	var shown bool
+	for _, m := range st.Members {
+		if m.Addr == sc.bed.Frontends[0].Addr.String() {
+			shown = m.Leaving && m.Weight == 0 && m.Flows > 0
+			t.Logf("f1 in %s's status: leaving=%v weight=%d flows=%d", succ.host.Name, m.Leaving, m.Weight, m.Flows)
+		}
+	}
+	if !shown {
+		t.Errorf("%s's status does not show f1 leaving with its flows: %+v", succ.host.Name, st.Members)
+	}
+	for _, s := range sc.ss.all {
+		if err, at := s.failure(); err != nil {
+			t.Errorf("stream %d (frontend %s) failed %v after the drain: %v", s.id, s.frontend, at.Sub(t0).Round(time.Millisecond), err)
+		}
+	}
+	for src, per := range sc.probe.frontends(t0.Add(time.Second), tLeft) {
+		if per["f1"] > 0 {
+			t.Errorf("new connections from %v reached the draining f1 (%v)", src, per)
+		}
+	}
+	goAway(t, sc.bed, sc.ss, sc.probe, tLeft)
+}
+
+// TestStaticReloadGracefulLeave: `l2lb run --members-file` with three frontends; the file is
+// rewritten without f3 and reloaded. f3's streams keep flowing and new connections avoid it;
+// then f3 goes away and its flows are rescheduled within the detection bound.
+func TestStaticReloadGracefulLeave(t *testing.T) {
+	bed := newBed(t)
+	vip := bed.VIPs[0]
+	for _, f := range bed.Frontends {
+		if _, err := f.ServeName(vip, []uint16{namePort}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	echo := startEcho(t, bed)
+	srcs := sources(t, bed, 4)
+	dir := t.TempDir()
+	vipFile, membersFile := filepath.Join(dir, "vipaddrs"), filepath.Join(dir, "members")
+	write := func(path, text string) {
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(vipFile, vip.String()+"\n")
+	f1, f3 := bed.Frontends[0], bed.Frontends[2]
+	all3 := "# the mail frontends\n"
+	for _, f := range bed.Frontends {
+		all3 += f.Addr.String() + "\n"
+	}
+	write(membersFile, all3)
+	b := e2e.StartBalancer(t, f1, suite.Bin, []string{"run", "-i", "eth0", "-f", vipFile, "-p", "60", "--members-file", membersFile, "--metrics", "off"})
+	t.Cleanup(func() { b.Stop(t, bed.Frontends...) })
+	b.WaitReady(t)
+	ss := startStreams(t, bed, echo, srcs, leaveStreams)
+	if ss.perFrontend(all)["f3"] == 0 {
+		t.Fatal("no stream reached f3")
+	}
+	var ps []source
+	for _, s := range srcs {
+		if s.addr == s.h.Addr || (len(s.h.Extra) > 0 && s.addr == s.h.Extra[0]) {
+			ps = append(ps, s)
+		}
+	}
+	probe := startProber(t, bed, ps)
+	time.Sleep(warmup)
+
+	// A bad file is refused with its line, and nothing changes.
+	write(membersFile, all3+"192.0.2.300\n")
+	if err := control.Dial(b.Control).Reload(); err == nil || !strings.Contains(err.Error(), membersFile+":5:") {
+		t.Errorf("reload of a bad members file: %v, want an error naming %s:5", err, membersFile)
+	}
+	write(membersFile, f1.Addr.String()+"\n"+bed.Frontends[1].Addr.String()+"\n")
+	t0 := time.Now()
+	if err := control.Dial(b.Control).Reload(); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	time.Sleep(helperSettle)
+	tLeft := time.Now()
+	st, err := control.Dial(b.Control).Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shown bool
+	for _, m := range st.Members {
+		if m.Addr == f3.Addr.String() {
+			shown = m.Leaving && m.Weight == 0 && m.Flows > 0
+			t.Logf("f3 after the reload: leaving=%v weight=%d flows=%d", m.Leaving, m.Weight, m.Flows)
+		}
+	}
+	if !shown {
+		t.Errorf("the status does not show f3 leaving with its flows: %+v", st.Members)
+	}
+	for _, s := range ss.all {
+		if err, at := s.failure(); err != nil {
+			t.Errorf("stream %d (frontend %s) failed %v after the reload: %v", s.id, s.frontend, at.Sub(t0).Round(time.Millisecond), err)
+		}
+	}
+	for src, per := range probe.frontends(t0.Add(time.Second), tLeft) {
+		if per["f3"] > 0 {
+			t.Errorf("new connections from %v reached the removed f3 (%v)", src, per)
+		}
+	}
+	goAwayFrontend(t, f3, ss, probe, tLeft)
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -50,6 +51,12 @@ type Balancer struct {
 // (WaitReady).
 func StartBalancer(t *testing.T, h *testbed.Host, bin string, args []string) *Balancer {
 	t.Helper()
+	return StartBalancerEnv(t, h, bin, args, nil)
+}
+
+// StartBalancerEnv is StartBalancer with env (KEY=VALUE) added to the process's environment.
+func StartBalancerEnv(t *testing.T, h *testbed.Host, bin string, args, env []string) *Balancer {
+	t.Helper()
 	b := &Balancer{done: make(chan struct{})}
 	for i, a := range args {
 		if a == "--control" && i+1 < len(args) {
@@ -61,6 +68,9 @@ func StartBalancer(t *testing.T, h *testbed.Host, bin string, args []string) *Ba
 		args = append(args[:1:1], append([]string{"--control", b.Control}, args[1:]...)...)
 	}
 	b.Cmd = h.Command(bin, args...)
+	if len(env) > 0 {
+		b.Cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := b.Cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
