@@ -9,24 +9,19 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/l2lb/l2lb/internal/realservers"
 )
 
 // require fails under CI=true and skips elsewhere when the tests cannot
 // create network namespaces or a needed program is missing.
 func require(t *testing.T, ok bool, why string) {
 	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s", why)
-	}
-	t.Skipf("skipping: %s", why)
+	realservers.Require(t, ok, why)
 }
 
 // testNS is a private network namespace with only lo (127.0.0.1, ::1) up,
@@ -126,53 +121,11 @@ func (n *testNS) listenUDP(t *testing.T, address string) net.PacketConn {
 	return pc
 }
 
-// server is a daemon started in the namespace in its own process group, so
-// SIGSTOP/SIGCONT/SIGKILL reach its worker processes too.
-type server struct {
-	cmd *exec.Cmd
-	out *strings.Builder
+// Command runs name in the namespace (`ip netns exec`, which execs it in place), so
+// realservers can start daemons there.
+func (n *testNS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", n.name, name}, args...)...)
 }
-
-func (n *testNS) start(t *testing.T, name string, args ...string) *server {
-	t.Helper()
-	_, err := exec.LookPath(name)
-	require(t, err == nil, name+" is not installed")
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.name, name}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	out := &strings.Builder{}
-	// One comparable writer for both: exec then writes from one goroutine.
-	w := &lockedWriter{b: out}
-	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	s := &server{cmd: cmd, out: out}
-	t.Cleanup(func() {
-		pg := -cmd.Process.Pid
-		_ = syscall.Kill(pg, syscall.SIGCONT)
-		_ = syscall.Kill(pg, syscall.SIGKILL)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, s.out.String())
-		}
-	})
-	return s
-}
-
-func (s *server) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := syscall.Kill(-s.cmd.Process.Pid, sig); err != nil {
-		t.Fatalf("signal %v: %v", sig, err)
-	}
-}
-
-// lockedWriter collects a server's output; the test reads it only after
-// Wait.
-type lockedWriter struct {
-	b *strings.Builder
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) { return w.b.Write(p) }
 
 // waitFor polls cond until it holds or d passes.
 func waitFor(d time.Duration, cond func() bool) bool {

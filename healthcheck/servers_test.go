@@ -2,25 +2,13 @@ package healthcheck
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"fmt"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/realservers"
 	"github.com/l2lb/l2lb/services"
 )
 
@@ -65,7 +53,7 @@ func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p
 // healthy while the server runs, unhealthy within interval × fall (plus the
 // timeout) after SIGSTOP, healthy again within interval × rise after
 // SIGCONT.
-func exercise(t *testing.T, ns *testNS, srv *server, specs ...Spec) {
+func exercise(t *testing.T, ns *testNS, srv *realservers.Server, specs ...Spec) {
 	t.Helper()
 	// Wait for the daemon to listen and answer (start-up takes up to a
 	// second or two for Python or Dovecot).
@@ -95,7 +83,7 @@ func exercise(t *testing.T, ns *testNS, srv *server, specs ...Spec) {
 	}
 	t.Logf("healthy after %s", time.Since(start))
 
-	srv.signal(t, syscall.SIGSTOP)
+	srv.Pause(t)
 	stopped := time.Now()
 	// Each service must fail on its own, not only the target as a whole.
 	allDown := func() bool {
@@ -122,7 +110,7 @@ func exercise(t *testing.T, ns *testNS, srv *server, specs ...Spec) {
 		}
 	}
 
-	srv.signal(t, syscall.SIGCONT)
+	srv.Resume(t)
 	cont := time.Now()
 	bound = rsInterval*rsRise + rsTimeout + rsSlack
 	if !waitFor(bound, func() bool { return m.Healthy(loopback) }) {
@@ -131,94 +119,17 @@ func exercise(t *testing.T, ns *testNS, srv *server, specs ...Spec) {
 	t.Logf("healthy %s after SIGCONT (bound %s)", time.Since(cont), bound)
 }
 
-func tempDir(t *testing.T) string {
-	t.Helper()
-	// Daemons that drop privileges (nginx workers, Dovecot login processes)
-	// need to traverse the directory; t.TempDir is 0700.
-	dir, err := os.MkdirTemp("", "l2lbhc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
-func writeFile(t *testing.T, path, text string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// selfSigned writes a fresh ECDSA P-256 certificate for 127.0.0.1 and
-// test.invalid and its key as PEM files.
-func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "test.invalid"},
-		DNSNames:     []string{"test.invalid"},
-		IPAddresses:  []net.IP{loopback.AsSlice()},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})))
-	return certFile, keyFile
-}
-
 func TestNginxHTTPAndTLS(t *testing.T) {
 	ns := newNS(t)
-	dir := tempDir(t)
-	cert, key := selfSigned(t, dir)
-	writeFile(t, filepath.Join(dir, "nginx.conf"), fmt.Sprintf(`
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log stderr;
-events { worker_connections 64; }
-http {
-	access_log off;
-	client_body_temp_path %[1]s/body;
-	proxy_temp_path %[1]s/proxy;
-	fastcgi_temp_path %[1]s/fastcgi;
-	uwsgi_temp_path %[1]s/uwsgi;
-	scgi_temp_path %[1]s/scgi;
-	server {
-		listen 127.0.0.1:8080;
-		listen [::1]:8080;
-		location = /healthz { if ($host != "mail.example.com") { return 421; } return 204; }
-		location / { return 404; }
-	}
-	server {
-		listen 127.0.0.1:8443 ssl;
-		ssl_certificate %[2]s;
-		ssl_certificate_key %[3]s;
-		location / { return 200; }
-	}
-}
-`, dir, cert, key))
-	srv := ns.start(t, "nginx", "-e", "stderr", "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-g", "daemon off;")
+	srv := realservers.Nginx(t, ns, realservers.NginxConfig{
+		HTTP:       []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:8080"), netip.MustParseAddrPort("[::1]:8080")},
+		TLS:        []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:8443")},
+		HealthHost: "mail.example.com",
+		CertNames:  []string{"test.invalid"},
+	})
 
 	host := func(c *services.Check) {
-		c.HTTPPath, c.HTTPHost, c.HTTPExpectLo, c.HTTPExpectHi = "/healthz", "mail.example.com", 200, 399
+		c.HTTPPath, c.HTTPHost, c.HTTPExpectLo, c.HTTPExpectHi = realservers.HealthPath, "mail.example.com", 200, 399
 	}
 	web4 := spec("web", services.KindHTTP, "tcp", netip.MustParseAddrPort("127.0.0.1:8080"), host)
 	web6 := spec("web6", services.KindHTTP, "tcp", netip.MustParseAddrPort("[::1]:8080"), host)
@@ -255,77 +166,23 @@ http {
 
 func TestDovecotIMAPAndPOP3(t *testing.T) {
 	ns := newNS(t)
-	dir := tempDir(t)
-	for _, d := range []string{"run", "state"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conf := filepath.Join(dir, "dovecot.conf")
-	// A private configuration: no system config, no TLS, no mailboxes (the
-	// probes never log in).
-	writeFile(t, conf, fmt.Sprintf(`
-protocols = imap pop3
-listen = 127.0.0.1
-base_dir = %[1]s/run
-state_dir = %[1]s/state
-log_path = /dev/stderr
-ssl = no
-auth_mechanisms = plain
-passdb {
-  driver = static
-  args = password=unused
-}
-userdb {
-  driver = static
-  args = uid=65534 gid=65534 home=%[1]s/home
-}
-service imap-login {
-  inet_listener imap {
-    port = 1143
-  }
-}
-service pop3-login {
-  inet_listener pop3 {
-    port = 1110
-  }
-}
-`, dir))
-	srv := ns.start(t, "dovecot", "-F", "-c", conf)
+	srv := realservers.Dovecot(t, ns, realservers.DovecotConfig{Addr: loopback, IMAPPort: 1143, POP3Port: 1110})
 	exercise(t, ns, srv,
 		spec("imap", services.KindIMAP, "tcp", netip.MustParseAddrPort("127.0.0.1:1143"), nil),
 		spec("pop3", services.KindPOP3, "tcp", netip.MustParseAddrPort("127.0.0.1:1110"), nil))
 }
 
 func TestAiosmtpdSMTP(t *testing.T) {
-	const python = "/usr/bin/python3" // Debian's, where python3-aiosmtpd lives
-	err := exec.Command(python, "-c", "import aiosmtpd").Run()
-	require(t, err == nil, "python3-aiosmtpd is not installed")
 	ns := newNS(t)
-	srv := ns.start(t, python, "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:1025")
+	srv := realservers.Aiosmtpd(t, ns, netip.MustParseAddrPort("127.0.0.1:1025"))
 	exercise(t, ns, srv, spec("smtp", services.KindSMTP, "tcp", netip.MustParseAddrPort("127.0.0.1:1025"),
 		func(c *services.Check) { c.SMTPHelo = "probe.example.com" }))
 }
 
 func TestKamailioSIP(t *testing.T) {
 	ns := newNS(t)
-	dir := tempDir(t)
-	cfg := filepath.Join(dir, "kamailio.cfg")
-	// OPTIONS gets 200, anything else 501: only the stateless reply module.
-	writeFile(t, cfg, `#!KAMAILIO
-debug=1
-log_stderror=yes
-children=1
-tcp_children=1
-listen=udp:127.0.0.1:5060
-listen=tcp:127.0.0.1:5060
-loadmodule "sl.so"
-request_route {
-	if (method=="OPTIONS") { sl_send_reply("200", "OK"); exit; }
-	sl_send_reply("501", "Not Implemented");
-}
-`)
-	srv := ns.start(t, "kamailio", "-DD", "-E", "-f", cfg, "-P", filepath.Join(dir, "kamailio.pid"), "-Y", dir, "-m", "16", "-M", "4")
+	sip := netip.MustParseAddrPort("127.0.0.1:5060")
+	srv := realservers.Kamailio(t, ns, realservers.KamailioConfig{UDP: []netip.AddrPort{sip}, TCP: []netip.AddrPort{sip}})
 	exercise(t, ns, srv,
 		spec("sip", services.KindSIP, "udp", netip.MustParseAddrPort("127.0.0.1:5060"), nil),
 		spec("siptcp", services.KindSIP, "tcp", netip.MustParseAddrPort("127.0.0.1:5060"), nil))
