@@ -104,6 +104,20 @@ func bound(ctx context.Context, c services.Check) (context.Context, context.Canc
 	return context.WithCancel(ctx)
 }
 
+// session runs fn on a probe connection to addr over network, bounded by c's timeout: the
+// preamble every probe but the HTTP one shares.
+func session(ctx context.Context, d Dialer, network string, addr netip.AddrPort, c services.Check,
+	fn func(ctx context.Context, conn net.Conn) error) error {
+	ctx, cancel := bound(ctx, c)
+	defer cancel()
+	conn, closeConn, err := dial(ctx, d, network, addr)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	return fn(ctx, conn)
+}
+
 // dial opens the probe connection, sets its deadline from ctx and arranges
 // for a cancelled ctx to interrupt blocked I/O. The returned close function
 // releases both.
@@ -150,14 +164,7 @@ func textConn(conn net.Conn) *textproto.Conn { return textproto.NewConn(limit(co
 
 // ProbeTCP succeeds when the TCP handshake with addr completes.
 func ProbeTCP(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Check) error {
-	ctx, cancel := bound(ctx, c)
-	defer cancel()
-	_, closeConn, err := dial(ctx, d, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	closeConn()
-	return nil
+	return session(ctx, d, "tcp", addr, c, func(context.Context, net.Conn) error { return nil })
 }
 
 // ProbeSMTP waits for the 220 greeting, sends EHLO c.SMTPHelo and expects
@@ -165,97 +172,82 @@ func ProbeTCP(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Che
 // rejects EHLO but accepts HELO still passes: net/smtp falls back as RFC
 // 5321 §3.2 allows.
 func ProbeSMTP(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Check) error {
-	ctx, cancel := bound(ctx, c)
-	defer cancel()
-	conn, closeConn, err := dial(ctx, d, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	cl, err := smtp.NewClient(limit(conn), addr.Addr().String())
-	if err != nil {
-		return exchangeErr("greeting", err)
-	}
-	helo := c.SMTPHelo
-	if helo == "" {
-		helo = services.DefaultSMTPHelo
-	}
-	if err := cl.Hello(helo); err != nil {
-		return exchangeErr("EHLO", err)
-	}
-	if err := cl.Quit(); err != nil {
-		return exchangeErr("QUIT", err)
-	}
-	return nil
+	return session(ctx, d, "tcp", addr, c, func(ctx context.Context, conn net.Conn) error {
+		cl, err := smtp.NewClient(limit(conn), addr.Addr().String())
+		if err != nil {
+			return exchangeErr("greeting", err)
+		}
+		helo := c.SMTPHelo
+		if helo == "" {
+			helo = services.DefaultSMTPHelo
+		}
+		if err := cl.Hello(helo); err != nil {
+			return exchangeErr("EHLO", err)
+		}
+		if err := cl.Quit(); err != nil {
+			return exchangeErr("QUIT", err)
+		}
+		return nil
+	})
 }
 
 // ProbeIMAP expects the untagged greeting "* OK" or "* PREAUTH" (RFC 9051
 // §7.1; "* BYE" means the server refuses clients) and then logs out with
 // "a1 LOGOUT", expecting the tagged OK (RFC 9051 §6.1.3).
 func ProbeIMAP(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Check) error {
-	ctx, cancel := bound(ctx, c)
-	defer cancel()
-	conn, closeConn, err := dial(ctx, d, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	tc := textConn(conn)
-	line, err := tc.ReadLine()
-	if err != nil {
-		return exchangeErr("greeting", err)
-	}
-	if !hasWordPrefix(line, "* OK") && !hasWordPrefix(line, "* PREAUTH") {
-		return fmt.Errorf("%w: greeting %q", ErrReply, clip(line))
-	}
-	if err := tc.PrintfLine("a1 LOGOUT"); err != nil {
-		return exchangeErr("LOGOUT", err)
-	}
-	// The server sends an untagged BYE, then the tagged completion; bound
-	// the untagged lines a broken server might stream instead.
-	for range 16 {
+	return session(ctx, d, "tcp", addr, c, func(ctx context.Context, conn net.Conn) error {
+		tc := textConn(conn)
 		line, err := tc.ReadLine()
 		if err != nil {
+			return exchangeErr("greeting", err)
+		}
+		if !hasWordPrefix(line, "* OK") && !hasWordPrefix(line, "* PREAUTH") {
+			return fmt.Errorf("%w: greeting %q", ErrReply, clip(line))
+		}
+		if err := tc.PrintfLine("a1 LOGOUT"); err != nil {
 			return exchangeErr("LOGOUT", err)
 		}
-		if hasWordPrefix(line, "a1") {
-			if !hasWordPrefix(line, "a1 OK") {
-				return fmt.Errorf("%w: LOGOUT answered %q", ErrReply, clip(line))
+		// The server sends an untagged BYE, then the tagged completion; bound
+		// the untagged lines a broken server might stream instead.
+		for range 16 {
+			line, err := tc.ReadLine()
+			if err != nil {
+				return exchangeErr("LOGOUT", err)
 			}
-			return nil
+			if hasWordPrefix(line, "a1") {
+				if !hasWordPrefix(line, "a1 OK") {
+					return fmt.Errorf("%w: LOGOUT answered %q", ErrReply, clip(line))
+				}
+				return nil
+			}
 		}
-	}
-	return fmt.Errorf("%w: no tagged answer to LOGOUT", ErrReply)
+		return fmt.Errorf("%w: no tagged answer to LOGOUT", ErrReply)
+	})
 }
 
 // ProbePOP3 expects the "+OK" greeting and a "+OK" answer to QUIT (RFC 1939
 // §4, §6).
 func ProbePOP3(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Check) error {
-	ctx, cancel := bound(ctx, c)
-	defer cancel()
-	conn, closeConn, err := dial(ctx, d, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	tc := textConn(conn)
-	line, err := tc.ReadLine()
-	if err != nil {
-		return exchangeErr("greeting", err)
-	}
-	if !hasWordPrefix(line, "+OK") {
-		return fmt.Errorf("%w: greeting %q", ErrReply, clip(line))
-	}
-	if err := tc.PrintfLine("QUIT"); err != nil {
-		return exchangeErr("QUIT", err)
-	}
-	if line, err = tc.ReadLine(); err != nil {
-		return exchangeErr("QUIT", err)
-	}
-	if !hasWordPrefix(line, "+OK") {
-		return fmt.Errorf("%w: QUIT answered %q", ErrReply, clip(line))
-	}
-	return nil
+	return session(ctx, d, "tcp", addr, c, func(ctx context.Context, conn net.Conn) error {
+		tc := textConn(conn)
+		line, err := tc.ReadLine()
+		if err != nil {
+			return exchangeErr("greeting", err)
+		}
+		if !hasWordPrefix(line, "+OK") {
+			return fmt.Errorf("%w: greeting %q", ErrReply, clip(line))
+		}
+		if err := tc.PrintfLine("QUIT"); err != nil {
+			return exchangeErr("QUIT", err)
+		}
+		if line, err = tc.ReadLine(); err != nil {
+			return exchangeErr("QUIT", err)
+		}
+		if !hasWordPrefix(line, "+OK") {
+			return fmt.Errorf("%w: QUIT answered %q", ErrReply, clip(line))
+		}
+		return nil
+	})
 }
 
 // ProbeHTTP sends GET c.HTTPPath with Host c.HTTPHost (default: addr) and
@@ -316,30 +308,25 @@ func ProbeHTTP(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Ch
 // c.TLSVerify: a check proves the service runs, and self-signed internal
 // certificates are common.
 func ProbeTLS(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Check) error {
-	ctx, cancel := bound(ctx, c)
-	defer cancel()
-	conn, closeConn, err := dial(ctx, d, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	cfg := &tls.Config{ServerName: c.TLSServerName, InsecureSkipVerify: !c.TLSVerify}
-	if cfg.ServerName == "" && c.TLSVerify {
-		// Go verifies an IP ServerName against the certificate's IP SANs
-		// and sends no SNI for it (RFC 6066 §3 forbids literal addresses).
-		cfg.ServerName = addr.Addr().String()
-	}
-	tc := tls.Client(conn, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		var ve *tls.CertificateVerificationError
-		var ae tls.AlertError
-		if errors.As(err, &ve) || errors.As(err, &ae) {
-			return fmt.Errorf("%w: TLS handshake: %w", ErrReply, err)
+	return session(ctx, d, "tcp", addr, c, func(ctx context.Context, conn net.Conn) error {
+		cfg := &tls.Config{ServerName: c.TLSServerName, InsecureSkipVerify: !c.TLSVerify}
+		if cfg.ServerName == "" && c.TLSVerify {
+			// Go verifies an IP ServerName against the certificate's IP SANs
+			// and sends no SNI for it (RFC 6066 §3 forbids literal addresses).
+			cfg.ServerName = addr.Addr().String()
 		}
-		return fmt.Errorf("%w: TLS handshake: %w", ErrExchange, err)
-	}
-	_ = tc.Close() // sends close_notify
-	return nil
+		tc := tls.Client(conn, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			var ve *tls.CertificateVerificationError
+			var ae tls.AlertError
+			if errors.As(err, &ve) || errors.As(err, &ae) {
+				return fmt.Errorf("%w: TLS handshake: %w", ErrReply, err)
+			}
+			return fmt.Errorf("%w: TLS handshake: %w", ErrExchange, err)
+		}
+		_ = tc.Close() // sends close_notify
+		return nil
+	})
 }
 
 // hasWordPrefix reports whether line starts with prefix, compared without

@@ -31,37 +31,32 @@ const maxSIPDatagram = 65535
 // Datagrams of other transactions and malformed ones are ignored until the
 // timeout.
 func ProbeSIPUDP(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Check) error {
-	ctx, cancel := bound(ctx, c)
-	defer cancel()
-	conn, closeConn, err := dial(ctx, d, "udp", addr)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	req, callID, branch := sipOptions("UDP", addr, conn.LocalAddr())
-	if _, err := conn.Write(req); err != nil {
-		return fmt.Errorf("%w: send OPTIONS: %w", ErrExchange, err)
-	}
-	buf := make([]byte, maxSIPDatagram)
-	var last error
-	for {
-		n, err := conn.Read(buf)
-		if err != nil {
-			if last != nil {
-				return fmt.Errorf("%w: OPTIONS: %w (last datagram: %w)", ErrExchange, err, last)
+	return session(ctx, d, "udp", addr, c, func(ctx context.Context, conn net.Conn) error {
+		req, callID, branch := sipOptions("UDP", addr, conn.LocalAddr())
+		if _, err := conn.Write(req); err != nil {
+			return fmt.Errorf("%w: send OPTIONS: %w", ErrExchange, err)
+		}
+		buf := make([]byte, maxSIPDatagram)
+		var last error
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				if last != nil {
+					return fmt.Errorf("%w: OPTIONS: %w (last datagram: %w)", ErrExchange, err, last)
+				}
+				return fmt.Errorf("%w: OPTIONS: %w", ErrExchange, err)
 			}
-			return fmt.Errorf("%w: OPTIONS: %w", ErrExchange, err)
+			r := textproto.NewReader(bufio.NewReader(bytes.NewReader(buf[:n])))
+			resp, err := readSIPResponse(r)
+			if err != nil {
+				last = err
+				continue
+			}
+			if resp.match(callID, branch) {
+				return nil
+			}
 		}
-		r := textproto.NewReader(bufio.NewReader(bytes.NewReader(buf[:n])))
-		resp, err := readSIPResponse(r)
-		if err != nil {
-			last = err
-			continue
-		}
-		if resp.match(callID, branch) {
-			return nil
-		}
-	}
+	})
 }
 
 // ProbeSIPTCP sends an OPTIONS request over a TCP connection and reads
@@ -69,31 +64,26 @@ func ProbeSIPUDP(ctx context.Context, d Dialer, addr netip.AddrPort, c services.
 // until the final one of the transaction; like ProbeSIPUDP, any final
 // status is alive.
 func ProbeSIPTCP(ctx context.Context, d Dialer, addr netip.AddrPort, c services.Check) error {
-	ctx, cancel := bound(ctx, c)
-	defer cancel()
-	conn, closeConn, err := dial(ctx, d, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	req, callID, branch := sipOptions("TCP", addr, conn.LocalAddr())
-	if _, err := conn.Write(req); err != nil {
-		return fmt.Errorf("%w: send OPTIONS: %w", ErrExchange, err)
-	}
-	br := bufio.NewReader(io.LimitReader(conn, maxReply))
-	r := textproto.NewReader(br)
-	for {
-		resp, err := readSIPResponse(r)
-		if err != nil {
-			return fmt.Errorf("%w: OPTIONS: %w", ErrExchange, err)
+	return session(ctx, d, "tcp", addr, c, func(ctx context.Context, conn net.Conn) error {
+		req, callID, branch := sipOptions("TCP", addr, conn.LocalAddr())
+		if _, err := conn.Write(req); err != nil {
+			return fmt.Errorf("%w: send OPTIONS: %w", ErrExchange, err)
 		}
-		if _, err := io.CopyN(io.Discard, br, resp.bodyLen); err != nil {
-			return fmt.Errorf("%w: OPTIONS body: %w", ErrExchange, err)
+		br := bufio.NewReader(io.LimitReader(conn, maxReply))
+		r := textproto.NewReader(br)
+		for {
+			resp, err := readSIPResponse(r)
+			if err != nil {
+				return fmt.Errorf("%w: OPTIONS: %w", ErrExchange, err)
+			}
+			if _, err := io.CopyN(io.Discard, br, resp.bodyLen); err != nil {
+				return fmt.Errorf("%w: OPTIONS body: %w", ErrExchange, err)
+			}
+			if resp.match(callID, branch) {
+				return nil
+			}
 		}
-		if resp.match(callID, branch) {
-			return nil
-		}
-	}
+	})
 }
 
 // sipResponse is what a probe needs of a SIP response.

@@ -352,6 +352,9 @@ func checkStatus(t *testing.T, who, status, role string, members ...netip.Addr) 
 	var got, want []string
 	for _, e := range strings.Split(m[1], ",") {
 		f := strings.Split(e, "/")
+		if len(f) == 4 && f[2] == "leaving" && f[1] == "0" {
+			continue // a server that left the list and keeps its established flows (issue 13)
+		}
 		got = append(got, f[0])
 		if len(f) != 4 || f[2] != "ready" {
 			t.Errorf("%s: STATUS member %q is not addr/weight/ready/flows", who, e)
