@@ -316,6 +316,11 @@ func (b *Balancer) open() (node.Sockets, error) {
 		}
 		return node.Sockets{}, err
 	}
+	// Under b.mu: every read-modify-write of the engine's configuration is, or a member list
+	// applied between this Config and Configure would be undone (and, equal to b.applied, never
+	// applied again) — TestIPv6CrashFailover caught a restarted node left without its members.
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	cfg := b.eng.Config()
 	if string(cfg.InterfaceMAC) != string(s.MAC) {
 		cfg.InterfaceMAC = s.MAC

@@ -89,9 +89,12 @@ func (b *Balancer) applyServices(f *services.File) error {
 			return err
 		}
 	}
-	cfg := b.eng.Config()
+	b.mu.Lock()
+	cfg := b.eng.Config() // read-modify-write under b.mu, as every change of the engine's configuration
 	cfg.CallIDPorts, cfg.ProbeSources = callIDPorts(f), probeSources(f)
-	if err := b.eng.Configure(cfg); err != nil {
+	err := b.eng.Configure(cfg)
+	b.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	if !slices.Equal(portTimeouts(f), portTimeouts(b.svcStart)) {
