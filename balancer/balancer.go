@@ -288,6 +288,12 @@ func (b *Balancer) Run(ctx context.Context) error {
 		if err == nil || ctx.Err() != nil {
 			break
 		}
+		if ifi, ierr := net.InterfaceByName(b.cfg.Interface); ierr == nil && ifi.Flags&net.FlagUp == 0 {
+			// The link went down: report it as the reopening will (node.Open refuses a down
+			// interface), so the problem keeps one text while it lasts and CGP's log does not
+			// get a "repaired" line for a mere change of wording.
+			err = fmt.Errorf("%w: %s", node.ErrInterfaceDown, b.cfg.Interface)
+		}
 		b.mu.Lock()
 		b.openErr = err
 		b.mu.Unlock()
