@@ -117,6 +117,7 @@ type Balancer struct {
 	members     []Member
 	leaving     map[netip.Addr]bool // departed members kept at weight 0 while they have flows
 	deliberate  map[netip.Addr]bool // members that left on purpose (Member.Leaving): no new connections
+	letGo       map[netip.Addr]bool // departed members let go (unreachable or failing) while their flows move
 	unhealthy   map[netip.Addr]bool // members whose service health checks fail (SetHealth)
 	applied     []dataplane.Member
 	weights     map[netip.Addr]uint32 // operator overrides (l2lb weight / drain)
@@ -151,7 +152,7 @@ func New(cfg Config) (*Balancer, error) {
 		cfg.Scheduler = scheduler.KindMaglev
 	}
 	b := &Balancer{cfg: cfg, log: cfg.Log, events: make(chan Event, 16), start: time.Now(), kick: make(chan struct{}, 1),
-		leaving: map[netip.Addr]bool{}, deliberate: map[netip.Addr]bool{}, unhealthy: map[netip.Addr]bool{}, weights: map[netip.Addr]uint32{}}
+		leaving: map[netip.Addr]bool{}, deliberate: map[netip.Addr]bool{}, letGo: map[netip.Addr]bool{}, unhealthy: map[netip.Addr]bool{}, weights: map[netip.Addr]uint32{}}
 	b.since = b.start
 	if cfg.OpenProbe == nil {
 		cfg.OpenProbe = OpenProbeStack

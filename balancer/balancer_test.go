@@ -360,12 +360,24 @@ func TestGracefulLeave(t *testing.T) {
 	if _, ok := member(b.Status(), peer3); ok {
 		t.Error("an unhealthy leaving member is still kept")
 	}
+	// Let go stays let go while its flows move, even if the checks pass again (it is no longer
+	// probed: re-adding it would keep it as an unproven target).
 	b.mu.Lock()
 	delete(b.unhealthy, peer3)
 	b.applyMembersLocked()
 	b.mu.Unlock()
-	if _, ok := member(b.Status(), peer3); !ok {
-		t.Fatal("a healthy again frontend with flows is not kept")
+	if _, ok := member(b.Status(), peer3); ok {
+		t.Fatal("a frontend that was let go is kept again")
+	}
+	// Listed again and removed again: it leaves gracefully as the first time.
+	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}, {Addr: peer3, Weight: 100}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetMembers([]Member{{Addr: self, Weight: 100, Local: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := member(b.Status(), peer3); !ok || !m.Leaving {
+		t.Fatalf("a frontend listed and removed again is not leaving: %+v (listed %v)", m, ok)
 	}
 	// Its MAC no longer resolves: let go.
 	if err := b.Engine().SetMAC(peer3, nil); err != nil {

@@ -84,8 +84,16 @@ func (b *Balancer) leavingLocked(listed map[netip.Addr]bool) []dataplane.Member 
 		prev[m.Addr] = m
 	}
 	var out []dataplane.Member
-	for addr, flows := range b.eng.FlowCounts() {
-		if listed[addr] {
+	counts := b.eng.FlowCounts()
+	for addr := range b.letGo {
+		if listed[addr] || counts[addr] == 0 {
+			delete(b.letGo, addr) // listed again, or its flows have all moved or ended
+		}
+	}
+	for addr, flows := range counts {
+		if listed[addr] || b.letGo[addr] {
+			// Let go once stays let go: it is no longer probed, and re-adding it would start
+			// it as an unproven target that keeps its flows (e2e/health found the flapping).
 			continue
 		}
 		why := ""
@@ -96,6 +104,7 @@ func (b *Balancer) leavingLocked(listed map[netip.Addr]bool) []dataplane.Member 
 			why = "its health checks fail"
 		}
 		if why != "" {
+			b.letGo[addr] = true
 			if b.leaving[addr] {
 				b.log.Warn("leaving member is unreachable; its flows follow the no-destination policy",
 					"member", addr, "flows", flows, "why", why)
