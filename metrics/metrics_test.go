@@ -449,3 +449,26 @@ func TestDefaultListenIsLoopback(t *testing.T) {
 		t.Errorf("DefaultListen %s is not a loopback address", DefaultListen)
 	}
 }
+
+// TestPageShowsFailingChecks: the Healthy cell names the failing service checks and the collector
+// exports each check.
+func TestPageShowsFailingChecks(t *testing.T) {
+	s := sampleStatus()
+	s.Members[0].Healthy = false
+	s.Members[0].Checks = []control.Check{{Service: "smtp", Port: 25, Proto: "tcp", Healthy: false, Error: "connect refused <x>"},
+		{Service: "imap", Port: 143, Proto: "tcp", Healthy: true}}
+	page := get(t, Handler(func() control.Status { return s }), "/").Body.String()
+	if !strings.Contains(page, "(smtp failing)") || strings.Contains(page, "(imap failing)") {
+		t.Errorf("the page does not name exactly the failing check")
+	}
+	if strings.Contains(page, "refused <x>") {
+		t.Errorf("a check error is not escaped")
+	}
+	body := get(t, Handler(func() control.Status { return s }), "/metrics").Body.String()
+	for _, want := range []string{`l2lb_check_healthy{member="` + s.Members[0].Addr + `",service="smtp"} 0`,
+		`l2lb_check_healthy{member="` + s.Members[0].Addr + `",service="imap"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

@@ -153,7 +153,7 @@ var pageTemplate = template.Must(template.New("page").Funcs(pageFuncs).Parse(`<!
 <td class="n" data-field="member.{{.Addr}}.weight">{{.Weight}}</td>
 <td class="{{yesno .Local}}" data-field="member.{{.Addr}}.local">{{yesno .Local}}</td>
 <td class="{{yesno .Ready}}" data-field="member.{{.Addr}}.ready">{{yesno .Ready}}</td>
-<td class="{{yesno .Healthy}}" data-field="member.{{.Addr}}.healthy">{{yesno .Healthy}}{{if .Leaving}} (leaving){{end}}</td>
+<td class="{{yesno .Healthy}}" data-field="member.{{.Addr}}.healthy" title="{{range .Checks}}{{.Service}} {{yesno .Healthy}}{{with .Error}}: {{.}}{{end}}&#10;{{end}}">{{yesno .Healthy}}{{range .Checks}}{{if not .Healthy}} ({{.Service}} failing){{end}}{{end}}{{if .Leaving}} (leaving){{end}}</td>
 <td data-field="member.{{.Addr}}.ports">{{ports .}}</td>
 <td class="n" data-field="member.{{.Addr}}.flows">{{.Flows}}</td>
 <td class="n" data-field="member.{{.Addr}}.templates">{{.Templates}}</td>
