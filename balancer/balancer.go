@@ -271,6 +271,10 @@ func (b *Balancer) Run(ctx context.Context) error {
 	}
 	for ctx.Err() == nil {
 		socks, err := b.open()
+		if errors.Is(err, node.ErrQueues) {
+			// More receive queues than workers: a configuration error, not a passing state.
+			return fmt.Errorf("balancer: %w", err)
+		}
 		if err != nil {
 			b.mu.Lock()
 			changed := b.openErr == nil || b.openErr.Error() != err.Error()

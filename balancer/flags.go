@@ -16,6 +16,7 @@ import (
 	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/dataplane/node"
 	"github.com/l2lb/l2lb/scheduler"
 )
 
@@ -31,6 +32,7 @@ type Flags struct {
 	Scheduler   string
 	Workers     int
 	BusyPoll    time.Duration
+	Backend     string
 	MaxConns    int
 	NoDest      string
 	TCPTimeout  time.Duration
@@ -52,6 +54,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.VMAC, "vmac", "", "virtual MAC answered for the VIPs (default 02:6c:32:62:SS:SS from -s)")
 	fs.StringVar(&f.Scheduler, "scheduler", "maglev", "scheduler: maglev (consistent hash), wrr or wlc")
 	fs.IntVar(&f.Workers, "workers", 1, "fast-path workers (sockets in one PACKET_FANOUT group)")
+	fs.StringVar(&f.Backend, "backend", "afpacket", "fast-path sockets: afpacket (default) or afxdp (an XDP program redirects frames to the virtual MAC into AF_XDP sockets; issue 14)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
 	fs.IntVar(&f.MaxConns, "max-conns", 1<<20, "connection table limit; beyond it flows are forwarded by hash alone")
 	fs.StringVar(&f.NoDest, "nodest", "reschedule", "flows of a removed frontend: reschedule or expire")
@@ -90,12 +93,22 @@ func (f *Flags) Config(mode, name string, log *slog.Logger) (Config, error) {
 	to := conntrack.DefaultTimeouts()
 	to.TCPEstablished, to.TCPClosing, to.UDP = f.TCPTimeout, f.FinTimeout, f.UDPTimeout
 	busy := f.BusyPoll
+	var open func(node.OpenConfig) (node.Sockets, error)
+	switch f.Backend {
+	case "", "afpacket":
+	case "afxdp":
+		open = func(c node.OpenConfig) (node.Sockets, error) {
+			return node.OpenXDPWith(c, node.XDPConfig{Log: log})
+		}
+	default:
+		return zero, fmt.Errorf("--backend %q: want afpacket or afxdp", f.Backend)
+	}
 	if busy <= 0 {
 		busy = -1 // the flag's 0 means off; node.OpenConfig's 0 means the default
 	}
 	c := Config{Mode: mode, Name: name, Interface: f.Interface, VIPFile: f.VIPFile, VirtualMAC: vmac,
 		Scheduler: kind, Persistence: time.Duration(f.Persistence) * time.Second, NoDest: nodest,
-		MaxConns: f.MaxConns, Timeouts: to, Workers: f.Workers, BusyPoll: busy, StatsFile: f.StatsFile, ServicesFile: f.Services, Log: log}
+		MaxConns: f.MaxConns, Timeouts: to, Workers: f.Workers, BusyPoll: busy, StatsFile: f.StatsFile, ServicesFile: f.Services, Log: log, Open: open}
 	// TestClockRateEnv is read here, not as a flag, so that it never shows in -h: it exists for
 	// the end-to-end tests of long idle timeouts (e2e/ops TestIdleIMAPSurvives).
 	if v := os.Getenv(TestClockRateEnv); v != "" {

@@ -1,0 +1,18 @@
+package afxdp
+
+import "testing"
+
+// Exports for the external tests of this directory (node_test.go), which drive the dataplane's
+// OpenXDP and so cannot live in package afxdp (the dataplane imports it).
+
+// TestNS is the veth namespace of the tests.
+type TestNS = vethNS
+
+// NewTestNS is newVethNS.
+func NewTestNS(t testing.TB, queues int) *TestNS { return newVethNS(t, queues) }
+
+// Run is vethNS.run.
+func (e *vethNS) Run(fn func() error) error { return e.run(fn) }
+
+// RawSocket is rawSocket.
+func RawSocket(ifindex int) (int, error) { return rawSocket(ifindex) }

@@ -1,0 +1,251 @@
+package afxdp_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/l2lb/l2lb/afxdp"
+	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/dataplane"
+	"github.com/l2lb/l2lb/dataplane/node"
+	"github.com/l2lb/l2lb/internal/e2e"
+	"github.com/l2lb/l2lb/vipset"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	vmac      = net.HardwareAddr{0x02, 0x6c, 0x32, 0x62, 0, 0x07}
+	vip       = netip.MustParseAddr("192.0.2.100")
+	frontend  = netip.MustParseAddr("192.0.2.12")
+	clientIP  = netip.MustParseAddr("198.51.100.7")
+	clientMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x01}
+)
+
+func serialize(t *testing.T, ls ...gopacket.SerializableLayer) []byte {
+	t.Helper()
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestNodeRunsOnAFXDP runs the real fast path (node.Run with a dataplane.Engine) on the
+// sockets of node.OpenXDP in a namespace: an ARP request for the VIP (broadcast, read from the
+// control socket) is answered with the virtual MAC, and UDP datagrams to the virtual MAC
+// (redirected into the AF_XDP socket) are forwarded to the frontend's MAC, unchanged but for
+// the MACs. Closing the sockets detaches the XDP program.
+func TestNodeRunsOnAFXDP(t *testing.T) {
+	e := afxdp.NewTestNS(t, 1)
+	addIPv4(t, e)
+	vb, err := netInterface(e, "vb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	va, err := netInterface(e, "va")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := dataplane.New(conntrack.Config{MaxEntries: 1 << 12, Timeouts: conntrack.DefaultTimeouts()})
+	// The frontend lives behind vb: its MAC is vb's, set directly (no ARP resolution here).
+	if err := eng.SetMAC(frontend, vb.HardwareAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Configure(dataplane.Config{VirtualMAC: vmac, InterfaceMAC: va.HardwareAddr,
+		VIPs: vipset.New(vip), Members: []dataplane.Member{{Addr: frontend, Weight: 100}}}); err != nil {
+		t.Fatal(err)
+	}
+	var s node.Sockets
+	if err := e.Run(func() (err error) {
+		s, err = node.OpenXDP(node.OpenConfig{Interface: "va", Workers: 2, VirtualMAC: vmac})
+		return err
+	}); err != nil {
+		if errors.Is(err, afxdp.ErrUnavailable) {
+			e2e.Prereq(t, "AF_XDP unavailable: %v", err)
+		}
+		t.Fatal(err)
+	}
+	if len(s.Workers) != 1 || s.Lo == nil || s.ARP == nil {
+		t.Fatalf("sockets: %d workers, lo %v, ARP %v; want 1 worker (veth has one queue), lo and ARP", len(s.Workers), s.Lo, s.ARP)
+	}
+	s.ARP.Close() // the frontend's MAC is set by hand
+	s.ARP = nil
+	if !xdpAttached(t, e) {
+		t.Fatal("no XDP program on va after OpenXDP")
+	}
+	n := node.New(node.Config{Engine: eng, Workers: 2})
+	n.SetActive(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- n.Run(ctx, s) }()
+	defer func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if xdpAttached(t, e) {
+			t.Error("XDP program still attached after Run closed the sockets")
+		}
+	}()
+
+	var raw int
+	if err := e.Run(func() (err error) { raw, err = afxdp.RawSocket(vb.Index); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(raw)
+	unix.SetsockoptTimeval(raw, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 200000})
+
+	arpReq := serialize(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
+		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
+			Operation: layers.ARPRequest, SourceHwAddress: clientMAC, SourceProtAddress: clientIP.AsSlice(),
+			DstHwAddress: make([]byte, 6), DstProtAddress: vip.AsSlice()})
+	udp := func(sport uint16) []byte {
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: clientIP.AsSlice(), DstIP: vip.AsSlice()}
+		u := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: 5060}
+		u.SetNetworkLayerForChecksum(ip)
+		return serialize(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: vmac, EthernetType: layers.EthernetTypeIPv4}, ip, u,
+			gopacket.Payload("hello over AF_XDP"))
+	}
+	sent := map[uint16][]byte{}
+	var arpOK bool
+	forwarded := map[uint16]bool{}
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(5 * time.Second)
+	for (!arpOK || len(forwarded) < 3) && time.Now().Before(deadline) {
+		// Resend until answered: Run starts its workers asynchronously.
+		if !arpOK {
+			unix.Write(raw, arpReq)
+		}
+		for sp := uint16(40000); sp < 40003; sp++ {
+			if !forwarded[sp] {
+				sent[sp] = udp(sp)
+				unix.Write(raw, sent[sp])
+			}
+		}
+		for {
+			m, err := unix.Read(raw, buf)
+			if err != nil {
+				break
+			}
+			p := gopacket.NewPacket(buf[:m], layers.LayerTypeEthernet, gopacket.Default)
+			eth, _ := p.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+			if eth == nil {
+				continue
+			}
+			if a, ok := p.Layer(layers.LayerTypeARP).(*layers.ARP); ok && a.Operation == layers.ARPReply &&
+				bytes.Equal(a.SourceProtAddress, vip.AsSlice()) {
+				if !bytes.Equal(a.SourceHwAddress, vmac) || !bytes.Equal(eth.SrcMAC, vmac) {
+					t.Errorf("ARP reply with %v (Ethernet source %v), want the virtual MAC", net.HardwareAddr(a.SourceHwAddress), eth.SrcMAC)
+				}
+				arpOK = true
+			}
+			if u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && bytes.Equal(eth.DstMAC, vb.HardwareAddr) {
+				sp := uint16(u.SrcPort)
+				want, ok := sent[sp]
+				if !ok {
+					continue
+				}
+				if !bytes.Equal(eth.SrcMAC, va.HardwareAddr) || !bytes.Equal(buf[12:m], want[12:]) {
+					t.Errorf("forwarded frame %x, want %x with MACs %v <- %v", buf[:m], want, vb.HardwareAddr, va.HardwareAddr)
+				}
+				forwarded[sp] = true
+			}
+		}
+	}
+	if !arpOK {
+		t.Error("no ARP reply for the VIP")
+	}
+	if len(forwarded) != 3 {
+		t.Errorf("forwarded %d of 3 datagrams", len(forwarded))
+	}
+	st := n.Stats()
+	t.Logf("stats: %+v", st)
+}
+
+// TestOpenXDPNeedsAWorkerPerQueue checks that OpenXDP refuses an interface with more receive
+// queues than workers (frames of a queue without a socket would be lost) and opens one socket
+// per queue otherwise.
+func TestOpenXDPNeedsAWorkerPerQueue(t *testing.T) {
+	e := afxdp.NewTestNS(t, 2)
+	addIPv4(t, e)
+	err := e.Run(func() error {
+		s, err := node.OpenXDP(node.OpenConfig{Interface: "va", Workers: 1, VirtualMAC: vmac})
+		if err == nil {
+			s.Close()
+		}
+		return err
+	})
+	if !errors.Is(err, node.ErrQueues) {
+		t.Fatalf("OpenXDP with 2 queues, 1 worker: %v, want ErrQueues", err)
+	}
+	if xdpAttached(t, e) {
+		t.Fatal("a failed OpenXDP left its program attached")
+	}
+	err = e.Run(func() error {
+		s, err := node.OpenXDP(node.OpenConfig{Interface: "va", Workers: 2, VirtualMAC: vmac})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if len(s.Workers) != 2 {
+			return errors.New("not one socket per queue")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if xdpAttached(t, e) {
+		t.Fatal("program attached after Close")
+	}
+	if err := e.Run(func() error {
+		_, err := node.OpenXDP(node.OpenConfig{Interface: "nosuch0", VirtualMAC: vmac})
+		return err
+	}); !errors.Is(err, node.ErrNoInterface) {
+		t.Fatalf("missing interface: %v", err)
+	}
+}
+
+// addIPv4 gives va an address: node's ARP client (github.com/mdlayher/arp) needs one.
+func addIPv4(t *testing.T, e *afxdp.TestNS) {
+	t.Helper()
+	if err := e.Run(func() error {
+		l, err := netlink.LinkByName("va")
+		if err != nil {
+			return err
+		}
+		a, _ := netlink.ParseAddr("192.0.2.1/24")
+		return netlink.AddrAdd(l, a)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func netInterface(e *afxdp.TestNS, name string) (ifi *net.Interface, err error) {
+	err = e.Run(func() (err error) { ifi, err = net.InterfaceByName(name); return err })
+	return ifi, err
+}
+
+func xdpAttached(t *testing.T, e *afxdp.TestNS) bool {
+	t.Helper()
+	var on bool
+	if err := e.Run(func() error {
+		l, err := netlink.LinkByName("va")
+		if err != nil {
+			return err
+		}
+		on = l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return on
+}

@@ -1,0 +1,140 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/l2lb/l2lb/afpacket"
+	"github.com/l2lb/l2lb/afxdp"
+	"github.com/mdlayher/arp"
+	"github.com/vishvananda/netlink"
+)
+
+// ErrQueues is returned by OpenXDP when the interface has more receive queues than workers: an
+// AF_XDP socket serves one queue, and frames of a queue without one would be lost (the kernel
+// drops frames to the virtual MAC as PACKET_OTHERHOST).
+var ErrQueues = errors.New("node: AF_XDP needs a worker per receive queue")
+
+// XDPConfig are the AF_XDP backend's own settings.
+type XDPConfig struct {
+	// Mode is how the XDP program is attached (default afxdp.ModeAuto: native, else generic).
+	Mode afxdp.Mode
+	// KeepPartialChecksums turns off the completion of the partial TCP/UDP checksums of
+	// same-host senders (afxdp.Config.FixPartialChecksums), for links where every frame comes
+	// from the wire with its checksum complete.
+	KeepPartialChecksums bool
+	// Log receives the backend's events (nil: discarded).
+	Log *slog.Logger
+}
+
+// OpenXDP is OpenXDPWith with the default XDPConfig.
+func OpenXDP(cfg OpenConfig) (Sockets, error) { return OpenXDPWith(cfg, XDPConfig{}) }
+
+// OpenXDPWith opens the sockets of one fast-path life on the AF_XDP backend: an XDP program on
+// the interface that redirects frames to the virtual MAC, one AF_XDP socket per receive queue
+// (the first one also reads ARP and NDP and holds the virtual MAC's membership), and, as Open
+// makes them, a transmit-only AF_PACKET socket on lo and an ARP client. It uses one worker per
+// receive queue and fails with ErrQueues if there are more queues than c.Workers
+// (BusyPoll and FanoutGroup do not apply). On error nothing stays open or attached.
+func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
+	if c.Workers <= 0 {
+		c.Workers = 1
+	}
+	if x.Log == nil {
+		x.Log = slog.New(slog.DiscardHandler)
+	}
+	ifi, err := net.InterfaceByName(c.Interface)
+	if err != nil {
+		return Sockets{}, fmt.Errorf("%w: %s: %w", ErrNoInterface, c.Interface, err)
+	}
+	if len(ifi.HardwareAddr) != 6 {
+		return Sockets{}, fmt.Errorf("%w: %s has no Ethernet address", ErrNoInterface, c.Interface)
+	}
+	if ifi.Flags&net.FlagUp == 0 {
+		return Sockets{}, fmt.Errorf("%w: %s", ErrInterfaceDown, c.Interface)
+	}
+	queues, err := rxQueues(ifi.Name)
+	if err != nil {
+		return Sockets{}, err
+	}
+	if queues > c.Workers {
+		return Sockets{}, fmt.Errorf("%w: %s has %d receive queues for %d workers (raise the workers or lower the queues with ethtool -L)",
+			ErrQueues, ifi.Name, queues, c.Workers)
+	}
+	lo, err := loopback()
+	if err != nil {
+		return Sockets{}, err
+	}
+	prog, err := afxdp.NewProgram(c.VirtualMAC, queues)
+	if err != nil {
+		return Sockets{}, fmt.Errorf("node: XDP program: %w", err)
+	}
+	s := Sockets{MAC: ifi.HardwareAddr}
+	defer func() {
+		if err != nil {
+			s.Close()
+			if len(s.Workers) == 0 {
+				prog.Close()
+			}
+		}
+	}()
+	for q := 0; q < queues; q++ {
+		xc := afxdp.Config{Ifindex: ifi.Index, Queue: q, Program: prog, Log: x.Log,
+			FixPartialChecksums: !x.KeepPartialChecksums}
+		if q == 0 {
+			xc.Control, xc.VirtualMAC = true, c.VirtualMAC
+		}
+		sock, err := afxdp.Open(xc)
+		if err != nil {
+			return s, fmt.Errorf("node: AF_XDP on %s queue %d: %w", ifi.Name, q, err)
+		}
+		if q == 0 {
+			// The first worker owns the program: Sockets.Close detaches it.
+			s.Workers = append(s.Workers, &xdpOwner{Socket: sock, prog: prog})
+		} else {
+			s.Workers = append(s.Workers, sock)
+		}
+	}
+	mode, err := prog.Attach(ifi.Index, x.Mode, x.Log)
+	if err != nil {
+		return s, fmt.Errorf("node: attach XDP to %s: %w", ifi.Name, err)
+	}
+	x.Log.Info("AF_XDP backend", "interface", ifi.Name, "queues", queues, "mode", mode.String(),
+		"zerocopy", s.Workers[0].(*xdpOwner).ZeroCopy())
+	loSock, err := afpacket.Open(afpacket.Config{Ifindex: lo.Index, Protocol: 0, VnetHdr: true})
+	if err != nil {
+		return s, fmt.Errorf("node: open %s: %w", lo.Name, err)
+	}
+	s.Lo = loSock
+	client, err := arp.Dial(ifi)
+	if err != nil {
+		return s, fmt.Errorf("node: ARP client on %s: %w", ifi.Name, err)
+	}
+	s.ARP = &resolver{ifi: ifi, arp: client, timeout: ResolveTimeout}
+	return s, nil
+}
+
+// xdpOwner is the first worker's socket; closing it also detaches and frees the XDP program.
+type xdpOwner struct {
+	*afxdp.Socket
+	prog *afxdp.Program
+}
+
+// Close closes the socket, then the program.
+func (o *xdpOwner) Close() error { return errors.Join(o.Socket.Close(), o.prog.Close()) }
+
+// rxQueues returns the number of receive queues of the interface (IFLA_NUM_RX_QUEUES), read
+// over netlink because /sys/class/net shows the namespace sysfs was mounted in, not the
+// caller's.
+func rxQueues(name string) (int, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s: %w", ErrNoInterface, name, err)
+	}
+	if n := l.Attrs().NumRxQueues; n > 0 {
+		return n, nil
+	}
+	return 1, nil
+}
