@@ -92,7 +92,8 @@ func receiveUntil(t *testing.T, s *Socket, timeout time.Duration, fn func(f *Fra
 }
 
 func TestConfigValidation(t *testing.T) {
-	for _, r := range []RingConfig{DefaultRing(), testRing(), {BlockSize: 4096, BlockCount: 1, FrameSize: 64, BusyPoll: time.Microsecond}} {
+	for _, r := range []RingConfig{DefaultRing(), testRing(), {BlockSize: 4096, BlockCount: 1, FrameSize: 64, BusyPoll: time.Microsecond},
+		{BlockSize: 4096, BlockCount: 1, FrameSize: 64, Coalesce: maxCoalesce}} {
 		good := Config{Ifindex: 1, Protocol: EthPAll, Ring: r}
 		if err := good.validate(); err != nil {
 			t.Fatalf("ring %+v rejected: %v", r, err)
@@ -110,6 +111,8 @@ func TestConfigValidation(t *testing.T) {
 		"frame < hdrlen":    {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 48}},
 		"frame above block": {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 8192}},
 		"negative poll":     {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 2048, BusyPoll: -1}},
+		"negative coalesce": {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 2048, Coalesce: -1}},
+		"long coalesce":     {Ifindex: 1, Protocol: EthPAll, Ring: RingConfig{BlockSize: 4096, BlockCount: 1, FrameSize: 2048, Coalesce: 2 * maxCoalesce}},
 	}
 	for name, cfg := range bad {
 		if _, err := Open(cfg); !errors.Is(err, ErrInvalidConfig) {

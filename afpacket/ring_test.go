@@ -404,3 +404,21 @@ func TestPrefetchTinyRing(t *testing.T) {
 		t.Errorf("received %d test frames, prefetch hook ran %d times", got, hooked)
 	}
 }
+
+// With Coalesce a lone frame waits for company: it is handed over no sooner than Coalesce after
+// it arrived (nanosleep(2) sleeps at least that long) and, with the bound generous for a loaded
+// CI machine, not much later.
+func TestRingCoalesce(t *testing.T) {
+	const n = 10
+	const wait = 300 * time.Microsecond
+	r := DefaultRing()
+	r.Coalesce = wait
+	s := latencySamples(t, r, n)
+	t.Logf("send->Receive with %v coalescing, min/median/max: %v/%v/%v", wait, s[0], s[n/2], s[n-1])
+	if s[0] < wait {
+		t.Errorf("a lone frame was handed over after %v, before the %v coalescing wait", s[0], wait)
+	}
+	if s[n/2] > wait+50*time.Millisecond {
+		t.Errorf("median latency %v with %v coalescing", s[n/2], wait)
+	}
+}

@@ -80,22 +80,13 @@ func (b *Balancer) Status() control.Status {
 	for _, v := range cfg.VIPs.Addrs() {
 		out.VIPs = append(out.VIPs, v.String())
 	}
-	tmpls := map[uint32]int64{}
-	b.eng.Table().RangeTemplates(func(_, _ uint32, e conntrack.Entry) bool {
-		tmpls[e.Member]++
-		return true
-	})
-	b.eng.Table().RangeTemplates6(func(_, _ [16]byte, e conntrack.Entry) bool {
-		tmpls[e.Member]++
-		return true
-	})
 	for _, m := range b.eng.Members() {
 		p := plans[m.Addr]
 		cm := control.Member{Addr: m.Addr.String(), Weight: m.Weight, Local: m.Local, Ready: m.Ready,
 			Healthy: !p.down && !unhealthy[m.Addr], Leaving: p.leaving, PortLo: m.Ports.Lo, PortHi: m.Ports.Hi,
 			Checks:       checks[m.Addr.String()],
 			PortConflict: m.Ports == (dataplane.PortRange{}) && p.ports != (dataplane.PortRange{}),
-			Flows:        m.Flows, Templates: tmpls[m.ID], Packets: st.MemberPackets[m.ID], Bytes: st.MemberBytes[m.ID]}
+			Flows:        m.Flows, Templates: b.eng.Table().Templates(m.ID), Packets: st.MemberPackets[m.ID], Bytes: st.MemberBytes[m.ID]}
 		if m.MAC != nil {
 			cm.MAC = m.MAC.String()
 		}

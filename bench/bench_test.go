@@ -93,8 +93,15 @@ func sampleReport() *Report {
 	for _, v := range []float64{0.5, math.NaN(), 0.7} {
 		sc.add("l2lb w1 / kernel", "ratio", v)
 	}
+	for _, v := range []float64{0.8, 0.9, 1.1} {
+		sc.add("l2lb w1 / kernel RPS", "ratio", v)
+	}
 	sc.note("a note")
 	sc.note("a note")
+	h := Headline{Label: "l2lb 1 worker(s) / kernel router with RPS =", Metric: "l2lb w1 / kernel RPS",
+		Beside: "l2lb w1 / kernel", BesideLabel: "/ inline kernel router ="}
+	sc.headline(h)
+	sc.headline(h)
 	sc.summarize()
 	r.Scenarios = append(r.Scenarios, sc, &Scenario{Name: "tcp", Error: "run 1: boom"})
 	return r
@@ -129,6 +136,10 @@ func TestReportJSONSchema(t *testing.T) {
 	if pps["name"] != "pps" || len(pps["notes"].([]any)) != 1 {
 		t.Errorf("pps scenario = %v", pps)
 	}
+	if hs, _ := pps["headlines"].([]any); len(hs) != 1 || hs[0].(map[string]any)["metric"] != "l2lb w1 / kernel RPS" ||
+		hs[0].(map[string]any)["beside"] != "l2lb w1 / kernel" {
+		t.Errorf("pps headlines = %v", pps["headlines"])
+	}
 	if scs[1].(map[string]any)["error"] != "run 1: boom" {
 		t.Errorf("tcp scenario = %v", scs[1])
 	}
@@ -159,6 +170,10 @@ func TestWriteTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := buf.String()
+	head := "pps headline: l2lb 1 worker(s) / kernel router with RPS = 0.900 (min 0.800, max 1.100); / inline kernel router = 0.600\n"
+	if !strings.HasPrefix(out, strings.SplitN(out, "\n", 2)[0]+"\n\n"+head) {
+		t.Errorf("table does not lead with the headline %q:\n%s", head, out)
+	}
 	for _, want := range []string{"median", "l2lb w1 delivered", "200", "100", "300", "0.600", "tcp failed: run 1: boom", "pps: a note"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)

@@ -57,6 +57,24 @@ type Scenario struct {
 	// Error is set when the scenario failed; Metrics then hold what was
 	// measured before the failure.
 	Error string `json:"error,omitempty"`
+	// Headlines name the metrics a reader should look at first, printed
+	// above the table (pps: l2lb against the kernel router with RPS).
+	Headlines []Headline `json:"headlines,omitempty"`
+}
+
+// Headline is one figure a scenario leads with: Metric, the name of one of
+// its metrics, and Beside, another metric shown next to it for context
+// (pps: the ratio to the inline kernel router beside the ratio to the
+// kernel router with RPS).
+type Headline struct {
+	// Label says in words what Metric compares.
+	Label string `json:"label"`
+	// Metric and Beside are metric names of the same scenario; Beside may
+	// be empty.
+	Metric string `json:"metric"`
+	Beside string `json:"beside,omitempty"`
+	// BesideLabel says in words what Beside compares.
+	BesideLabel string `json:"beside_label,omitempty"`
 }
 
 // Metric is one figure measured once per run.
@@ -135,6 +153,42 @@ func (s *Scenario) add(name, unit string, v float64) {
 	m.Values = append(m.Values, v)
 }
 
+// headline adds h once.
+func (s *Scenario) headline(h Headline) {
+	for _, x := range s.Headlines {
+		if x == h {
+			return
+		}
+	}
+	s.Headlines = append(s.Headlines, h)
+}
+
+// find returns the metric called name, or nil.
+func (s *Scenario) find(name string) *Metric {
+	for _, m := range s.Metrics {
+		if m.Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// writeHeadlines prints s's headlines: each metric's median and range, and
+// the metric beside it.
+func (s *Scenario) writeHeadlines(w io.Writer) {
+	for _, h := range s.Headlines {
+		m := s.find(h.Metric)
+		if m == nil {
+			continue
+		}
+		fmt.Fprintf(w, "%s headline: %s %s (min %s, max %s)", s.Name, h.Label, fmtNum(m.Median), fmtNum(m.Min), fmtNum(m.Max))
+		if b := s.find(h.Beside); b != nil {
+			fmt.Fprintf(w, "; %s %s", h.BesideLabel, fmtNum(b.Median))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
 // note adds an explanation once.
 func (s *Scenario) note(format string, args ...any) {
 	n := fmt.Sprintf(format, args...)
@@ -158,6 +212,14 @@ func (s *Scenario) summarize() {
 func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "l2lb bench: %d run(s) of %gs per phase on %s, %d CPUs (%s), load %.2f at start\n\n",
 		r.Runs, r.Duration, r.Machine.Kernel, r.Machine.CPUs, r.Machine.Model, r.Machine.Load1)
+	heads := false
+	for _, s := range r.Scenarios {
+		s.writeHeadlines(w)
+		heads = heads || len(s.Headlines) > 0
+	}
+	if heads {
+		fmt.Fprintln(w)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tmetric\tmedian\tmin\tmax\tunit\t")
 	for _, s := range r.Scenarios {

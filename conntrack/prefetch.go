@@ -1,6 +1,9 @@
 package conntrack
 
-import "unsafe"
+import (
+	"hash/maphash"
+	"unsafe"
+)
 
 // PrefetchBatch is how many frames the fast path should prefetch ahead of
 // looking them up: Prefetch the keys of up to PrefetchBatch ready frames,
@@ -50,18 +53,12 @@ func (t *Table) Prefetch6(k Key6) {
 // homeAddr is the address of f's home slot in its shard's current array, or
 // 0 when the shard never held a flow. It reads only the published atomics.
 func (t fam[K, T]) homeAddr(f K) uintptr {
-	s, h := flowShard(t.Table, f)
-	ft := &t.of(s).flows
-	// The two loads are not atomic together: between them a resize may
-	// publish a new array, pairing a new base with an old mask or the other
-	// way round. The address may then lie outside any slot array, which a
-	// prefetch tolerates (it neither faults nor is observable), and the
-	// Touch that follows takes the lock and reads the current array.
-	base := ft.pfBase.Load()
-	if base == 0 {
-		return 0
-	}
-	return base + uintptr(h&ft.pfMask.Load())*unsafe.Sizeof(slot[K]{})
+	// The two loads in homeAddrHash are not atomic together: between them a
+	// resize may publish a new array, pairing a new base with an old mask or
+	// the other way round. The address may then lie outside any slot array,
+	// which a prefetch tolerates (it neither faults nor is observable), and
+	// the Touch that follows takes the lock and reads the current array.
+	return t.homeAddrHash(maphash.Comparable(t.seed, f))
 }
 
 // publish records slots' address and mask for Prefetch; resize calls it
@@ -77,4 +74,39 @@ func (t *flowTab[K]) publish() {
 	}
 	t.pfBase.Store(uintptr(unsafe.Pointer(unsafe.SliceData(t.slots))))
 	t.pfMask.Store(uint32(len(t.slots) - 1))
+}
+
+// Hash is a flow's hash in one Table, as PrefetchHash computes it, so that
+// the lookup that follows the prefetch (TouchHash) need not hash the key a
+// second time. It is only meaningful for the key and table it came from.
+type Hash struct{ h uint64 }
+
+// PrefetchHash is Prefetch that also returns k's hash for TouchHash. The
+// fast path prefetches a frame's slot a few frames before it looks the flow
+// up; handing the hash over saves the lookup a second maphash of the key.
+func (t *Table) PrefetchHash(k Key) Hash {
+	f := k.pack()
+	h := maphash.Comparable(t.seed, f)
+	if a := (v4{t}).homeAddrHash(h); a != 0 {
+		prefetch(a)
+	}
+	return Hash{h}
+}
+
+// TouchHash is Touch for a key whose hash h came from PrefetchHash(k) on
+// this table. A hash of another key (a caller's bug) cannot corrupt the
+// table: the lookup compares keys, so it only misses, and k is never stored
+// in a shard its own hash does not choose.
+func (t *Table) TouchHash(k Key, h Hash, tcpFlags uint8, now int64) (member uint32, ok bool) {
+	return v4{t}.touchHash(k.pack(), h.h, tcpFlags, now)
+}
+
+// homeAddrHash is homeAddr for a flow whose hash is h.
+func (t fam[K, T]) homeAddrHash(h uint64) uintptr {
+	ft := &t.of(&t.shards[h&t.mask]).flows
+	base := ft.pfBase.Load()
+	if base == 0 {
+		return 0
+	}
+	return base + uintptr(uint32(h>>32)&ft.pfMask.Load())*unsafe.Sizeof(slot[K]{})
 }

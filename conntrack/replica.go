@@ -106,7 +106,7 @@ func (t fam[K, T]) pointTemplate(tk T, member uint32, now int64) {
 	s.mu.Lock()
 	s.advance(now)
 	if v, ok := sf.tmpls[tk]; ok {
-		v.member = uint16(member)
+		t.repoint(&v, member)
 		v.exp = laterTick(v.exp, expiryTick(now, t.persist))
 		sf.tmpls[tk] = v
 	}
@@ -149,7 +149,7 @@ func (t fam[K, T]) importTemplate(tk T, member uint32, expires int64, now int64)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.advance(now)
-	v, ok := t.templateForUpdate(sf, tk, exp)
+	v, ok := t.templateForUpdate(sf, tk, exp, member)
 	if !ok {
 		return ErrFull
 	}

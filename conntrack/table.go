@@ -246,6 +246,11 @@ type Table struct {
 	onInsert6 atomic.Pointer[func(k Key6, member uint32, state State)]
 	// active counts the flows of each member, of both families.
 	active [MaxMember + 1]atomic.Int64
+	// tmplActive counts the stored persistence templates of each member, of both families,
+	// maintained wherever a template is created, re-pointed or removed (under its shard's
+	// lock), so that status pages and metrics need not walk every template under the fast
+	// path's shard locks (issue 14).
+	tmplActive [MaxMember + 1]atomic.Int64
 }
 
 // fam is the table's code for flows keyed by K with templates keyed by T;
@@ -385,7 +390,12 @@ func (t *Table) Touch(k Key, tcpFlags uint8, now int64) (member uint32, ok bool)
 }
 
 func (t fam[K, T]) touch(f K, tcpFlags uint8, now int64) (member uint32, ok bool) {
-	s, h := flowShard(t.Table, f)
+	return t.touchHash(f, maphash.Comparable(t.seed, f), tcpFlags, now)
+}
+
+// touchHash is touch for a flow whose full hash (flowShard's) is fh.
+func (t fam[K, T]) touchHash(f K, fh uint64, tcpFlags uint8, now int64) (member uint32, ok bool) {
+	s, h := &t.shards[fh&t.mask], uint32(fh>>32)
 	ft := &t.of(s).flows
 	s.mu.Lock()
 	s.advance(now)
@@ -519,9 +529,10 @@ func (t fam[K, T]) record(f K, member uint32, state State, class uint8, exp uint
 }
 
 // templateForUpdate returns template tk of sf (whose shard the caller locked) to be changed and
-// stored back, creating it with expiry exp when absent. It reports false when no room is left
+// stored back, creating it with expiry exp when absent, and points it at member (keeping the
+// per-member counts, so the caller must store it back). It reports false when no room is left
 // for a new template.
-func (t fam[K, T]) templateForUpdate(sf *shardFam[K, T], tk T, exp uint32) (tmplVal, bool) {
+func (t fam[K, T]) templateForUpdate(sf *shardFam[K, T], tk T, exp uint32, member uint32) (tmplVal, bool) {
 	v, ok := sf.tmpls[tk]
 	if !ok {
 		if t.ntmpls.Add(1) > t.max {
@@ -532,8 +543,32 @@ func (t fam[K, T]) templateForUpdate(sf *shardFam[K, T], tk T, exp uint32) (tmpl
 			sf.tmpls = make(map[T]tmplVal)
 		}
 		v.exp = exp
+		v.member = uint16(member)
+		t.tmplActive[member].Add(1)
+		return v, true
 	}
+	t.repoint(&v, member)
 	return v, true
+}
+
+// repoint points template v at member, moving it between the members' template counts.
+func (t *Table) repoint(v *tmplVal, member uint32) {
+	if uint32(v.member) != member {
+		t.tmplActive[v.member].Add(-1)
+		t.tmplActive[member].Add(1)
+		v.member = uint16(member)
+	}
+}
+
+// Templates returns how many persistence templates point at member, IPv4 and IPv6, including
+// those whose persistence period passed but that Expire has not yet removed (as Len counts
+// them). It is O(1) and lock-free: a status page or metrics scrape reads it instead of walking
+// every template under the fast path's shard locks.
+func (t *Table) Templates(member uint32) int64 {
+	if member > MaxMember {
+		return 0
+	}
+	return t.tmplActive[member].Load()
 }
 
 // acquireTemplate takes a flow's reference on template tk, creating it or
@@ -546,7 +581,7 @@ func (t fam[K, T]) acquireTemplate(tk T, member uint32, now int64) bool {
 	defer s.mu.Unlock()
 	s.advance(now)
 	exp := expiryTick(now, t.persist)
-	v, ok := t.templateForUpdate(sf, tk, exp)
+	v, ok := t.templateForUpdate(sf, tk, exp, member)
 	if !ok {
 		return false
 	}
@@ -738,6 +773,7 @@ func (t fam[K, T]) expireTemplates(sf *shardFam[K, T], now int64) int {
 			continue
 		}
 		delete(sf.tmpls, tk)
+		t.tmplActive[v.member].Add(-1)
 		n++
 	}
 	return n

@@ -21,7 +21,8 @@ type Counters struct {
 	_           [64]byte
 }
 
-// Record counts the result of one frame of length n.
+// Record counts the result of one frame of length n, and the frame on its VIP's counter when r
+// came from Engine.ProcessHint.
 func (c *Counters) Record(r *Result, n int) {
 	c.verdicts[r.Verdict].Add(1)
 	switch r.Verdict {
@@ -33,6 +34,9 @@ func (c *Counters) Record(r *Result, n int) {
 		if r.Member < MaxMembers {
 			c.memberPkts[r.Member].Add(1)
 			c.memberBytes[r.Member].Add(uint64(n))
+		}
+		if r.vip != nil {
+			r.vip.add(1, uint64(n))
 		}
 		if r.NewFlow {
 			c.newFlows.Add(1)
@@ -49,6 +53,79 @@ func (c *Counters) Record(r *Result, n int) {
 	}
 	if r.NoCallID {
 		c.noCallID.Add(1)
+	}
+}
+
+// batchMembers is how many distinct members RecordBatch sums locally per batch; frames of
+// further members are counted one by one. A balancer has a handful of frontends, and a small
+// list searched linearly costs a short batch (one frame at low rates) less than zeroing an array
+// indexed by member would.
+const batchMembers = 8
+
+// RecordBatch counts the results of a batch of frames, rs[i] of length lens[i] (the two slices
+// have the same length), as Record would one by one, but with one atomic add per verdict, member
+// and VIP the batch touched instead of three to five per frame: a worker's sendmmsg batch is up
+// to 64 frames, and a locked add costs ~20 cycles even on a line no other CPU holds, and a cache
+// miss on one another CPU wrote (the VIP counters all workers share). Readers see a batch's
+// counts once the batch was sent.
+func (c *Counters) RecordBatch(rs []Result, lens []int) {
+	var fwd, local uint64
+	var ids [batchMembers]uint32
+	var pkts, bytes [batchMembers]uint64
+	nids := 0
+	var vip *vipCounter
+	var vipPkts, vipBytes uint64
+	for i := range rs {
+		r := &rs[i]
+		if i >= len(lens) {
+			break
+		}
+		if (r.Verdict != VerdictForward && r.Verdict != VerdictLocal) || r.Member >= MaxMembers ||
+			r.NewFlow || r.TableFull || r.NewDialog || r.Conflict || r.NoCallID {
+			c.Record(r, lens[i])
+			continue
+		}
+		j := 0
+		for j < nids && ids[j] != r.Member {
+			j++
+		}
+		if j == nids {
+			if nids == batchMembers {
+				c.Record(r, lens[i])
+				continue
+			}
+			ids[j], pkts[j], bytes[j] = r.Member, 0, 0
+			nids++
+		}
+		n := uint64(lens[i])
+		pkts[j]++
+		bytes[j] += n
+		if r.Verdict == VerdictForward {
+			fwd++
+		} else {
+			local++
+		}
+		if r.vip != vip {
+			if vip != nil {
+				vip.add(vipPkts, vipBytes)
+			}
+			vip, vipPkts, vipBytes = r.vip, 0, 0
+		}
+		vipPkts++
+		vipBytes += n
+	}
+	if fwd > 0 {
+		c.verdicts[VerdictForward].Add(fwd)
+	}
+	if local > 0 {
+		c.verdicts[VerdictLocal].Add(local)
+	}
+	for j := range nids {
+		c.memberPkts[ids[j]].Add(pkts[j])
+		c.memberBytes[ids[j]].Add(bytes[j])
+	}
+	if vip != nil {
+		vip.add(vipPkts, vipBytes)
 	}
 }
 

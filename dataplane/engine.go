@@ -499,10 +499,16 @@ func (st *state) rangeOwner(port uint16) (uint32, bool) {
 // locally, and their bytes).
 type VIPTraffic struct{ Packets, Bytes uint64 }
 
-// vipCounter counts one VIP's traffic; shared by the workers (two atomic adds per frame).
+// vipCounter counts one VIP's traffic. The workers share it, so they add to it once per batch
+// (Counters.RecordBatch), not per frame.
 type vipCounter struct {
 	packets, bytes atomic.Uint64
 	_              [48]byte // keep VIPs on separate cache lines
+}
+
+func (c *vipCounter) add(packets, bytes uint64) {
+	c.packets.Add(packets)
+	c.bytes.Add(bytes)
 }
 
 // VIPStats returns the traffic per VIP.
@@ -530,6 +536,22 @@ func (e *Engine) VIPStats() map[netip.Addr]VIPTraffic {
 // (at least 128 bytes). Process is safe for concurrent use by several workers and allocates
 // nothing for IPv4 and IPv6 data frames; ARP and NDP frames, which are rare, may allocate.
 func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
+	return e.process(b, vlanTagged, scratch, nil, true)
+}
+
+// ProcessHint is Process for a worker that prefetches and counts through its own Counters. It
+// takes the flow's table hash from hint instead of computing it again; hint may be nil or hold
+// another frame's flow, which only costs the hash. Unlike Process it does not count the frame on
+// its VIP's counter, which all workers share (two locked adds per frame): Counters.Record or
+// RecordBatch does, once per batch in the worker's case, when given the Result. A caller that
+// drops the Result uncounted leaves the frame out of VIPStats.
+func (e *Engine) ProcessHint(b []byte, vlanTagged bool, scratch []byte, hint *FlowHint) Result {
+	return e.process(b, vlanTagged, scratch, hint, false)
+}
+
+// process is Process and ProcessHint: with countVIP it counts the frame on its VIP's counter,
+// otherwise it leaves the counter in the Result for Counters.
+func (e *Engine) process(b []byte, vlanTagged bool, scratch []byte, hint *FlowHint, countVIP bool) Result {
 	st := e.state.Load()
 	if len(b) < ethHeaderLen {
 		return Result{Verdict: VerdictDrop, Reason: ReasonRunt}
@@ -552,7 +574,7 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 	case etherTypeARP:
 		return e.processARP(st, b, scratch)
 	case etherTypeIPv6:
-		return e.process6(st, b, scratch)
+		return e.process6(st, b, scratch, countVIP)
 	}
 	var p Packet
 	if r := ParseIPv4(b, &p); r != ReasonNone {
@@ -599,7 +621,11 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 			// The common case, a known flow on a usable member, stays in this function with
 			// a direct table call; everything else goes through flowOwner (BenchmarkProcess).
 			var hit bool
-			id, hit = e.ct.Touch(k, p.TCPFlags, now)
+			if hint != nil && hint.ok && hint.key == k {
+				id, hit = e.ct.TouchHash(k, hint.hash, p.TCPFlags, now)
+			} else {
+				id, hit = e.ct.Touch(k, p.TCPFlags, now)
+			}
 			if !hit || int(id) >= len(st.members) || !st.members[id].keeps(p.TCPFlags) {
 				f := flowRef{flags: p.TCPFlags, k4: k}
 				var r Reason
@@ -613,15 +639,15 @@ func (e *Engine) Process(b []byte, vlanTagged bool, scratch []byte) Result {
 			e.frags.insert(fragKey{src: p.Src, dst: p.Dst, id: p.FragID, proto: p.Proto}, id, now)
 		}
 	}
-	e.send(st, b, &res, ctr)
+	e.send(st, b, &res, ctr, countVIP)
 	return res
 }
 
 // send rewrites b for its member (res.Member): re-injection on lo for this node's own share and
 // for frames that belong to no member, the member's MAC otherwise. Only the Ethernet addresses
 // change, whatever the address family. It sets res's verdict and counts the frame on its VIP's
-// counter.
-func (e *Engine) send(st *state, b []byte, res *Result, ctr *vipCounter) {
+// counter, or with countVIP false leaves that counter in res.vip for the caller's Counters.
+func (e *Engine) send(st *state, b []byte, res *Result, ctr *vipCounter, countVIP bool) {
 	if res.Member == localOwner {
 		res.Member = 0
 		e.deliverLocal(b, res)
@@ -637,8 +663,11 @@ func (e *Engine) send(st *state, b []byte, res *Result, ctr *vipCounter) {
 		copy(b[6:12], st.ourMAC[:])
 		res.Verdict = VerdictForward
 	}
-	ctr.packets.Add(1)
-	ctr.bytes.Add(uint64(len(b)))
+	if countVIP {
+		ctr.add(1, uint64(len(b)))
+	} else {
+		res.vip = ctr
+	}
 }
 
 // localOwner marks a frame for the local stack that belongs to no member (an ICMP error about

@@ -7,7 +7,7 @@ import (
 // process6 is Process for an IPv6 frame to the virtual MAC: the same steps as IPv4, with IPv6's
 // own fragment key (RFC 8200 §4.5: source, destination, Identification), ICMPv6 errors and
 // neighbour discovery for the VIPs.
-func (e *Engine) process6(st *state, b []byte, scratch []byte) Result {
+func (e *Engine) process6(st *state, b []byte, scratch []byte, countVIP bool) Result {
 	var p Packet6
 	if r := ParseIPv6(b, &p); r != ReasonNone {
 		return Result{Verdict: VerdictDrop, Reason: r}
@@ -70,7 +70,7 @@ func (e *Engine) process6(st *state, b []byte, scratch []byte) Result {
 			e.frags6.insert(fragKey6{src: p.Src, dst: p.Dst, id: p.FragID}, id, now)
 		}
 	}
-	e.send(st, b, &res, ctr)
+	e.send(st, b, &res, ctr, countVIP)
 	return res
 }
 

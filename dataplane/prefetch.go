@@ -60,3 +60,28 @@ func prefetchKey(b []byte) (conntrack.Key, bool) {
 		Proto: proto,
 	}, true
 }
+
+// FlowHint carries what PrefetchHint learnt about a frame to the Process
+// call for the same frame: the flow key and its table hash. Without it a
+// worker that prefetches pays for the key's hash twice per frame (issue 14).
+// The zero FlowHint holds nothing. A hint is only ever an optimisation:
+// ProcessHint uses it when the key it parses itself equals the hint's, so a
+// stale hint, or the hint of another frame, costs a second hash and nothing
+// else.
+type FlowHint struct {
+	key  conntrack.Key
+	hash conntrack.Hash
+	ok   bool
+}
+
+// PrefetchHint is Prefetch that records the frame's flow key and hash in h
+// for ProcessHint. It resets h for a frame Prefetch would ignore. Like
+// Prefetch it never panics, takes no lock and allocates nothing.
+func (e *Engine) PrefetchHint(frame []byte, h *FlowHint) {
+	k, ok := prefetchKey(frame)
+	if !ok {
+		*h = FlowHint{}
+		return
+	}
+	*h = FlowHint{key: k, hash: e.ct.PrefetchHash(k), ok: true}
+}

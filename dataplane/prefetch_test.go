@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"encoding/binary"
-	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -170,20 +169,28 @@ func BenchmarkProcess1MFlows(b *testing.B) {
 		}
 	}
 	order := rand.Perm(n)
-	for _, pf := range []bool{false, true} {
-		b.Run(fmt.Sprintf("prefetch=%v", pf), func(b *testing.B) {
+	// hint is the worker's way since issue 14: PrefetchHint hands the key's hash to ProcessHint.
+	for _, pf := range []string{"false", "true", "hint"} {
+		b.Run("prefetch="+pf, func(b *testing.B) {
 			for j := range prefetchDistance {
 				fill(ring[j], order[j])
 			}
+			var hints [ringSlots]FlowHint
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
 				next := ring[(i+prefetchDistance)%ringSlots]
 				fill(next, order[(i+prefetchDistance)&(n-1)])
-				if pf {
+				switch pf {
+				case "true":
 					e.Prefetch(next)
+					e.Process(ring[i%ringSlots], false, scratch[:])
+				case "hint":
+					e.PrefetchHint(next, &hints[(i+prefetchDistance)%ringSlots])
+					e.ProcessHint(ring[i%ringSlots], false, scratch[:], &hints[i%ringSlots])
+				default:
+					e.Process(ring[i%ringSlots], false, scratch[:])
 				}
-				e.Process(ring[i%ringSlots], false, scratch[:])
 				i++
 			}
 		})

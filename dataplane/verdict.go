@@ -158,4 +158,8 @@ type Result struct {
 	// Conflict reports an ARP or NDP frame from another host claiming one of our VIPs while we
 	// answer for them (see Conflict).
 	Conflict bool
+
+	// vip is the VIP counter ProcessHint left for Counters.Record or RecordBatch to count the
+	// frame on (nil once counted, and for every other verdict).
+	vip *vipCounter
 }

@@ -1,26 +1,36 @@
 package node
 
 import (
+	"unsafe"
+
 	"github.com/l2lb/l2lb/afpacket"
 	"github.com/l2lb/l2lb/dataplane"
 )
 
-// maxBatch bounds the frames a worker queues before sending them with one sendmmsg(2).
+// maxBatch bounds the frames a worker queues before sending them with one sendmmsg(2). Larger
+// batches buy nothing measurable (issue 14, l2lb bench pps on the 2-CPU VM): at saturation a
+// sendmmsg already carries ~40 frames on average (6 250 calls/s for 253 k frames/s, 2 workers),
+// so its ~1 µs of syscall entry and exit is ~25 ns of the ~4-8 µs a frame costs, nearly all of
+// it the kernel's transmit and the receivers' stack run inside the call on veth; 256-frame
+// batches (with afpacket's release batch raised to match) delivered 206-208 k against 238-253 k
+// frames/s with 2 workers, within this VM's run-to-run noise or worse.
 const maxBatch = 64
 
 // worker is one fast-path goroutine: one receive socket, one frame at a time. Frames to send are
 // queued while the ring is walked and sent with one SendBatch per wake-up and destination socket,
 // before the ring slots go back to the kernel (the queued slices point into the ring).
 type worker struct {
-	eng      *dataplane.Engine
-	rx       RxSocket
-	lo       TxSocket
-	c        *dataplane.Counters
-	node     *Node
-	handleFn func(*afpacket.Frame)
-	flushFn  func()
-	out, loq batch
-	scratch  [afpacket.VnetHdrLen + 128]byte
+	eng        *dataplane.Engine
+	rx         RxSocket
+	lo         TxSocket
+	c          *dataplane.Counters
+	node       *Node
+	handleFn   func(*afpacket.Frame)
+	flushFn    func()
+	prefetchFn func([]byte)
+	hints      hintQueue
+	out, loq   batch
+	scratch    [afpacket.VnetHdrLen + 128]byte
 	// ticked is set once the engine clock was advanced for the current batch (see flush).
 	ticked bool
 }
@@ -40,7 +50,7 @@ func newBatch() batch {
 func newWorker(n *Node, rx RxSocket, lo TxSocket, c *dataplane.Counters) *worker {
 	w := &worker{eng: n.eng, rx: rx, lo: lo, c: c, node: n, out: newBatch(), loq: newBatch()}
 	// Method values allocate; made once here, not per wake-up.
-	w.handleFn, w.flushFn = w.handle, w.flush
+	w.handleFn, w.flushFn, w.prefetchFn = w.handle, w.flush, w.prefetch
 	return w
 }
 
@@ -48,12 +58,58 @@ func (w *worker) run() error {
 	// The ring runs Prefetch a few frames ahead of handle, so the connection-table slot a frame
 	// needs is on its way from memory while the frames before it are handled (issue 5: a cold
 	// lookup at 1 M flows costs ~220 ns, ~100 ns with the loads of a batch overlapped).
-	w.rx.SetPrefetch(w.eng.Prefetch)
+	// The prefetch's key and hash are kept for the frame's Process (hintQueue).
+	w.rx.SetPrefetch(w.prefetchFn)
 	for {
 		if _, err := w.rx.ReceiveBlocks(w.handleFn, w.flushFn); err != nil {
 			return err
 		}
 	}
+}
+
+// prefetch is the ring's prefetch hook: it starts the frame's table-slot load and keeps the key
+// and hash for handle.
+func (w *worker) prefetch(frame []byte) {
+	w.eng.PrefetchHint(frame, w.hints.put(frame))
+}
+
+// hintQueueLen bounds the prefetch hints a worker holds: the ring prefetches 4 frames ahead
+// (afpacket's prefetchAhead) and may prefetch a few of them twice across wake-ups.
+const hintQueueLen = 8
+
+// hintQueue hands each frame's PrefetchHint to its Process. The ring prefetches frames in ring
+// order and handles them in the same order, but it may skip a frame on either side (a slot not
+// yet ready when its prefetch was due, a slot it cannot parse) or prefetch one twice (the first
+// frames of a wake-up), so hints are matched to frames by the frame's address, not by position.
+// A miss only costs Process the hash (dataplane.FlowHint), never a wrong answer.
+type hintQueue struct {
+	frames     [hintQueueLen]*byte
+	hints      [hintQueueLen]dataplane.FlowHint
+	head, tail uint32
+}
+
+// put returns the hint to fill for frame, dropping the oldest if the queue is full.
+func (q *hintQueue) put(frame []byte) *dataplane.FlowHint {
+	if q.tail-q.head == hintQueueLen {
+		q.head++
+	}
+	i := q.tail % hintQueueLen
+	q.tail++
+	q.frames[i] = unsafe.SliceData(frame)
+	return &q.hints[i]
+}
+
+// take returns frame's hint, or nil, and forgets it and every older hint.
+func (q *hintQueue) take(frame []byte) *dataplane.FlowHint {
+	p := unsafe.SliceData(frame)
+	for j := q.head; j != q.tail; j++ {
+		if i := j % hintQueueLen; q.frames[i] == p {
+			q.frames[i] = nil
+			q.head = j + 1
+			return &q.hints[i]
+		}
+	}
+	return nil
 }
 
 // handle processes one frame: decide, count, queue.
@@ -71,7 +127,7 @@ func (w *worker) handle(f *afpacket.Frame) {
 		w.eng.Tick()
 		w.ticked = true
 	}
-	res := w.eng.Process(f.Data, f.VLANValid, w.scratch[afpacket.VnetHdrLen:])
+	res := w.eng.ProcessHint(f.Data, f.VLANValid, w.scratch[afpacket.VnetHdrLen:], w.hints.take(f.Data))
 	switch res.Verdict {
 	case dataplane.VerdictIgnored:
 		if res.Conflict {
@@ -127,13 +183,8 @@ func (w *worker) send(b *batch, s TxSocket) {
 			b.res[i].Verdict, b.res[i].Reason = dataplane.VerdictDrop, dataplane.ReasonTxError
 		}
 	}
-	for i := range b.res {
-		if b.res[i].Verdict == dataplane.VerdictDrop {
-			w.c.Drop(dataplane.ReasonTxError)
-			continue
-		}
-		w.c.Record(&b.res[i], b.lens[i])
-	}
+	// One atomic add per counter the batch touched, not three to five per frame (issue 14).
+	w.c.RecordBatch(b.res, b.lens)
 	clear(b.frames) // do not keep pointers into the ring
 	b.frames, b.res, b.lens = b.frames[:0], b.res[:0], b.lens[:0]
 }
