@@ -727,7 +727,12 @@ func (e *Engine) flowOwner(st *state, f *flowRef, id uint32, hit bool, now int64
 	if e.persist {
 		// IPVS keeps sending a persistent client to its frontend even when that frontend is
 		// quiesced (weight 0), as long as it is present (expire_quiescent_template=0 default).
-		if tid, ok := f.template(e.ct, now); ok && int(tid) < len(st.members) && !st.members[tid].leaving {
+		// A leaving member's template does not take new connections (issue 13); but a TCP
+		// segment other than a bare SYN belongs to a connection already open, one this table
+		// has not learnt yet (a hand-over, the sync still on its way), which can only be on
+		// the template's member.
+		if tid, ok := f.template(e.ct, now); ok && int(tid) < len(st.members) &&
+			(!st.members[tid].leaving || (f.isTCP() && f.flags&(conntrack.FlagSYN|conntrack.FlagACK) != conntrack.FlagSYN)) {
 			if m := &st.members[tid]; m.usable() {
 				id, found = tid, true
 			} else if m.pending() {
@@ -799,6 +804,12 @@ func (f *flowRef) insert(ct *conntrack.Table, id uint32, now int64) error {
 		return ct.Insert6(f.k6, id, f.flags, now)
 	}
 	return ct.Insert(f.k4, id, f.flags, now)
+}
+
+// isTCP reports a TCP flow.
+func (f *flowRef) isTCP() bool {
+	proto, _ := f.ports()
+	return proto == protoTCP
 }
 
 func (f *flowRef) ports() (uint8, uint16) {

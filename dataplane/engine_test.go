@@ -451,6 +451,11 @@ func TestLeavingMember(t *testing.T) {
 			t.Fatalf("leaving member lost its established flow: %+v", r)
 		}
 	}
+	// A segment of a connection this table has not learnt yet (a hand-over, sync on its way)
+	// still goes to the template's member, leaving or not.
+	if r := process(e, frameSpec{src: src, dst: vip, sport: 3999, dport: 143, ack: true}.bytes(t)); ownerOf(t, e, r) != f2Addr {
+		t.Fatalf("an unknown connection's ACK from a persistent client went to %v, not its template's leaving member", ownerOf(t, e, r))
+	}
 	r := process(e, frameSpec{src: src, dst: vip, sport: 3001, dport: 143, syn: true}.bytes(t))
 	if r.Verdict == VerdictDrop || ownerOf(t, e, r) == f2Addr {
 		t.Fatalf("a persistent client's new connection went to the leaving member: %+v", r)

@@ -270,6 +270,24 @@ func TestStaticReloadGracefulLeave(t *testing.T) {
 	b := e2e.StartBalancer(t, f1, suite.Bin, []string{"run", "-i", "eth0", "-f", vipFile, "-p", "60", "--members-file", membersFile, "--metrics", "off"})
 	t.Cleanup(func() { b.Stop(t, bed.Frontends...) })
 	b.WaitReady(t)
+	// New flows go only to members whose MAC is resolved: wait for all three.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := control.Dial(b.Control).Status()
+		ready := 0
+		for _, m := range st.Members {
+			if m.Ready {
+				ready++
+			}
+		}
+		if err == nil && ready == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("members not all ready 5 s after start: %+v (%v)", st.Members, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	ss := startStreams(t, bed, echo, srcs, leaveStreams)
 	if ss.perFrontend(all)["f3"] == 0 {
 		t.Fatal("no stream reached f3")
