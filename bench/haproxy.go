@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -123,7 +124,10 @@ func (e *env) viaHAProxy(ctx context.Context, splice []string) (res haproxyResul
 		return res, err
 	}
 	for _, upload := range []bool{false, true} {
-		before, err := haproxySessions(sock)
+		// The readiness probe's session may reach its backend's counter only after the probe
+		// returned: read the counters until they hold still, or the probe is counted as part of
+		// the download (TestHAProxyLeg once saw "f2+f3").
+		before, err := stableSessions(ctx, sock)
 		if err != nil {
 			return res, err
 		}
@@ -240,4 +244,23 @@ func parseHAProxyStat(s string) (map[string]uint64, error) {
 		return nil, fmt.Errorf("%w: show stat: no server of backend members in %q", ErrHAProxy, s)
 	}
 	return out, nil
+}
+
+// stableSessions returns HAProxy's per-server session counts once two reads 50 ms apart agree
+// (at most 1 s).
+func stableSessions(ctx context.Context, sock string) (map[string]uint64, error) {
+	prev, err := haproxySessions(sock)
+	for i := 0; err == nil && i < 20; i++ {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		var cur map[string]uint64
+		if cur, err = haproxySessions(sock); err == nil && maps.Equal(cur, prev) {
+			return cur, nil
+		}
+		prev = cur
+	}
+	return prev, err
 }
