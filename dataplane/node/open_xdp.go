@@ -125,16 +125,17 @@ type xdpOwner struct {
 // Close closes the socket, then the program.
 func (o *xdpOwner) Close() error { return errors.Join(o.Socket.Close(), o.prog.Close()) }
 
-// rxQueues returns the number of receive queues of the interface (IFLA_NUM_RX_QUEUES), read
-// over netlink because /sys/class/net shows the namespace sysfs was mounted in, not the
-// caller's.
+// rxQueues returns the number of receive queues the interface uses now (afxdp.RxQueues), with
+// the count netlink reports (IFLA_NUM_RX_QUEUES, read over netlink because /sys/class/net shows
+// the namespace sysfs was mounted in, not the caller's) for drivers without ethtool channels.
 func rxQueues(name string) (int, error) {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %s: %w", ErrNoInterface, name, err)
 	}
-	if n := l.Attrs().NumRxQueues; n > 0 {
-		return n, nil
+	n, err := afxdp.RxQueues(name, l.Attrs().NumRxQueues)
+	if err != nil {
+		return 0, fmt.Errorf("node: %w", err)
 	}
-	return 1, nil
+	return n, nil
 }
