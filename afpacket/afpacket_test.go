@@ -431,7 +431,7 @@ func TestLoopbackInject(t *testing.T) {
 	client := net.IPv4(198, 51, 100, 7).To4()
 	lo := env.open(t, Config{Ifindex: env.lo.Index, VnetHdr: true})
 	var uc *net.UDPConn
-	if err := env.ns.run(t, func() (err error) {
+	if err := env.ns.Run(func() (err error) {
 		// This namespace's own sysctls: loose/no reverse-path filtering,
 		// as the design notes require for re-injection on lo.
 		for _, p := range []string{"/proc/sys/net/ipv4/conf/all/rp_filter", "/proc/sys/net/ipv4/conf/lo/rp_filter"} {

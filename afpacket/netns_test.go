@@ -2,93 +2,28 @@ package afpacket
 
 import (
 	"fmt"
-	"github.com/l2lb/l2lb/internal/e2e"
-	"math/rand/v2"
 	"net"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
+	"github.com/l2lb/l2lb/internal/nstest"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
-
-// testNS is a named network namespace owned by one test.
-type testNS struct {
-	name string
-	h    netns.NsHandle
-}
-
-// newNS creates a uniquely named namespace and removes it at cleanup.
-func newNS(t testing.TB) *testNS {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		e2e.Prereq(t, "needs root to create network namespaces")
-	}
-	name := fmt.Sprintf("l2lb-afp-%d-%08x", os.Getpid(), rand.Uint32())
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		e2e.Prereq(t, "cannot read the current netns: %v", err)
-	}
-	defer orig.Close()
-	h, nerr := netns.NewNamed(name) // also moves this thread into it
-	if serr := netns.Set(orig); serr != nil {
-		// Leave the thread locked: it is in the wrong namespace and dies
-		// with this goroutine.
-		t.Fatalf("cannot return to the original netns: %v", serr)
-	}
-	runtime.UnlockOSThread()
-	if nerr != nil {
-		e2e.Prereq(t, "cannot create netns %s: %v", name, nerr)
-	}
-	ns := &testNS{name: name, h: h}
-	t.Cleanup(func() {
-		_ = h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	return ns
-}
-
-// run calls fn on an OS thread that is inside the namespace; sockets
-// created by fn belong to the namespace.
-func (ns *testNS) run(t testing.TB, fn func() error) error {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns.h); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		t.Fatalf("cannot return to the original netns: %v", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
 
 // vethEnv is a namespace with lo up and a veth pair va <-> vb, both up.
 type vethEnv struct {
-	ns   *testNS
+	ns   *nstest.NS
 	a, b net.Interface
 	lo   net.Interface
 }
 
 func newVethEnv(t testing.TB) *vethEnv {
 	t.Helper()
-	ns := newNS(t)
+	ns := nstest.New(t, "afp")
 	env := &vethEnv{ns: ns}
-	err := ns.run(t, func() error {
+	err := ns.Run(func() error {
 		// No IPv6 in the namespace: router/neighbour solicitations would
 		// add frames the exact-count tests do not expect. These are the
 		// new namespace's own sysctls.
@@ -145,7 +80,6 @@ func newVethEnv(t testing.TB) *vethEnv {
 	return env
 }
 
-// open opens a Socket inside the namespace and closes it at cleanup.
 // sendBurst sends n numbered 200-byte test frames with virtio_net_hdr from a
 // to b in one SendBatch, on a transmit socket of its own.
 func (e *vethEnv) sendBurst(t testing.TB, n int) {
@@ -160,10 +94,11 @@ func (e *vethEnv) sendBurst(t testing.TB, n int) {
 	}
 }
 
+// open opens a Socket inside the namespace and closes it at cleanup.
 func (e *vethEnv) open(t testing.TB, cfg Config) *Socket {
 	t.Helper()
 	var s *Socket
-	if err := e.ns.run(t, func() (err error) { s, err = Open(cfg); return err }); err != nil {
+	if err := e.ns.Run(func() (err error) { s, err = Open(cfg); return err }); err != nil {
 		t.Fatalf("Open(%+v): %v", cfg, err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
@@ -174,7 +109,7 @@ func (e *vethEnv) open(t testing.TB, cfg Config) *Socket {
 func (e *vethEnv) promiscuity(t testing.TB, name string) int {
 	t.Helper()
 	var p int
-	if err := e.ns.run(t, func() error {
+	if err := e.ns.Run(func() error {
 		l, err := netlink.LinkByName(name)
 		if err != nil {
 			return err

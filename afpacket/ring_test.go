@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/nstest"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -167,10 +168,10 @@ func TestRingV2BigFrame(t *testing.T) {
 
 func bigFrames(t *testing.T, ring RingConfig, whole bool) {
 	env := newVethEnv(t)
-	peer := newNS(t)
-	setup := func(ns *testNS, fn func() error) {
+	peer := nstest.New(t, "afp")
+	setup := func(ns *nstest.NS, fn func() error) {
 		t.Helper()
-		if err := ns.run(t, fn); err != nil {
+		if err := ns.Run(fn); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -193,7 +194,7 @@ func bigFrames(t *testing.T, ring RingConfig, whole bool) {
 		if err != nil {
 			return err
 		}
-		if err := netlink.LinkSetNsFd(l, int(peer.h)); err != nil {
+		if err := netlink.LinkSetNsFd(l, int(peer.Handle)); err != nil {
 			return err
 		}
 		return up("va", "192.0.2.1/24")

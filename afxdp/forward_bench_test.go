@@ -116,7 +116,7 @@ func machineBusy() time.Duration {
 }
 
 func linkStats(e *vethNS, name string) (rx, tx uint64) {
-	e.run(func() error {
+	e.Run(func() error {
 		l, err := netlink.LinkByName(name)
 		if err == nil && l.Attrs().Statistics != nil {
 			rx, tx = l.Attrs().Statistics.RxPackets, l.Attrs().Statistics.TxPackets
@@ -168,7 +168,7 @@ func benchForward(b *testing.B, mode string, window time.Duration, rate int) {
 		_, s, _ := e.openXDP(b, m)
 		fw = s
 	case "afpacket":
-		err := e.run(func() error {
+		err := e.Run(func() error {
 			s, err := afpacket.Open(afpacket.Config{Ifindex: e.a.Index, Protocol: unix.ETH_P_ALL, VnetHdr: true,
 				IgnoreOutgoing: true, QdiscBypass: true, UnicastMACs: []net.HardwareAddr{testVMAC},
 				Ring: afpacket.DefaultRing()})
@@ -184,7 +184,7 @@ func benchForward(b *testing.B, mode string, window time.Duration, rate int) {
 		dst = sinkMAC
 	case "kernel":
 		dst = e.a.HardwareAddr
-		err := e.run(func() error {
+		err := e.Run(func() error {
 			for k, v := range map[string]string{"ipv4/ip_forward": "1", "ipv4/conf/all/send_redirects": "0",
 				"ipv4/conf/va/send_redirects": "0", "ipv4/conf/all/rp_filter": "0", "ipv4/conf/va/rp_filter": "0",
 				"ipv4/conf/all/accept_local": "1"} {
@@ -208,7 +208,7 @@ func benchForward(b *testing.B, mode string, window time.Duration, rate int) {
 		}
 	}
 	var gen *afpacket.Socket
-	if err := e.run(func() (err error) {
+	if err := e.Run(func() (err error) {
 		gen, err = afpacket.Open(afpacket.Config{Ifindex: e.b.Index, VnetHdr: true, QdiscBypass: true})
 		return err
 	}); err != nil {

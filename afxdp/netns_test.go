@@ -4,58 +4,30 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/l2lb/l2lb/afpacket"
 	"github.com/l2lb/l2lb/internal/e2e"
+	"github.com/l2lb/l2lb/internal/nstest"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// vethNS is a uniquely named namespace with lo up and a veth pair va <-> vb, both up; it is
-// removed at cleanup, also when the test fails.
+// vethNS is a namespace of its own (nstest) with lo up and a veth pair va <-> vb, both up; the
+// namespace is removed at cleanup, also when the test fails.
 type vethNS struct {
-	name string
-	h    netns.NsHandle
+	*nstest.NS
 	a, b net.Interface
 }
 
 func newVethNS(t testing.TB, queues int) *vethNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		e2e.Prereq(t, "needs root to create network namespaces")
-	}
-	name := fmt.Sprintf("l2lb-xdp-%d-%08x", os.Getpid(), rand.Uint32())
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		e2e.Prereq(t, "cannot read the current netns: %v", err)
-	}
-	h, nerr := netns.NewNamed(name)
-	if serr := netns.Set(orig); serr != nil {
-		t.Fatalf("cannot return to the original netns: %v", serr) // the thread dies locked
-	}
-	orig.Close()
-	runtime.UnlockOSThread()
-	if nerr != nil {
-		e2e.Prereq(t, "cannot create netns %s: %v", name, nerr)
-	}
-	e := &vethNS{name: name, h: h}
-	t.Cleanup(func() {
-		_ = h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	err = e.run(func() error {
+	e := &vethNS{NS: nstest.New(t, "xdp")}
+	err := e.Run(func() error {
 		for _, p := range []string{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"} {
 			if err := os.WriteFile(p, []byte("1"), 0o644); err != nil && !os.IsNotExist(err) {
 				return err
@@ -106,32 +78,6 @@ func newVethNS(t testing.TB, queues int) *vethNS {
 	return e
 }
 
-// run calls fn on a thread inside the namespace; sockets fn creates stay in it.
-func (e *vethNS) run(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		if err := netns.Set(e.h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("leave netns: %w", err) // the thread exits locked
-			return
-		}
-		orig.Close()
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // rawSocket opens a non-blocking AF_PACKET socket on ifindex that ignores its own output.
 func rawSocket(ifindex int) (int, error) {
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(ethPAll))
@@ -157,7 +103,7 @@ func (e *vethNS) openXDP(t testing.TB, mode Mode) (*Program, *Socket, Mode) {
 		s   *Socket
 		got Mode
 	)
-	err := e.run(func() (err error) {
+	err := e.Run(func() (err error) {
 		if p, err = NewProgram(testVMAC, 1); err != nil {
 			return err
 		}
@@ -201,7 +147,7 @@ func testSocketOnVeth(t *testing.T, mode Mode) {
 	}
 
 	var gen int
-	if err := e.run(func() (err error) { gen, err = rawSocket(e.b.Index); return err }); err != nil {
+	if err := e.Run(func() (err error) { gen, err = rawSocket(e.b.Index); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(gen)
@@ -325,7 +271,7 @@ func testSocketOnVeth(t *testing.T, mode Mode) {
 		t.Errorf("Program.Close: %v", err)
 	}
 	// Detached: the interface carries no XDP program any more.
-	if err := e.run(func() error {
+	if err := e.Run(func() error {
 		l, err := netlink.LinkByName("va")
 		if err != nil {
 			return err
@@ -345,7 +291,7 @@ func TestFramePathDoesNotAllocate(t *testing.T) {
 	e := newVethNS(t, 1)
 	_, s, _ := e.openXDP(t, ModeAuto)
 	var gen int
-	if err := e.run(func() (err error) { gen, err = rawSocket(e.b.Index); return err }); err != nil {
+	if err := e.Run(func() (err error) { gen, err = rawSocket(e.b.Index); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(gen)
@@ -397,7 +343,7 @@ func TestLargeBatchLeavesAtOnce(t *testing.T) {
 	e := newVethNS(t, 1)
 	_, s, _ := e.openXDP(t, ModeAuto)
 	var sink int
-	if err := e.run(func() (err error) { sink, err = rawSocket(e.b.Index); return err }); err != nil {
+	if err := e.Run(func() (err error) { sink, err = rawSocket(e.b.Index); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(sink)
@@ -434,7 +380,7 @@ func TestSuperFrames(t *testing.T) {
 			e := newVethNS(t, 1)
 			_, s, _ := e.openXDP(t, m)
 			var gen *afpacket.Socket
-			if err := e.run(func() (err error) {
+			if err := e.Run(func() (err error) {
 				gen, err = afpacket.Open(afpacket.Config{Ifindex: e.b.Index, VnetHdr: true})
 				return err
 			}); err != nil {
@@ -517,7 +463,7 @@ func TestPartialChecksumCompleted(t *testing.T) {
 			e := newVethNS(t, 1)
 			_, s, _ := e.openXDP(t, m)
 			var gen *afpacket.Socket
-			if err := e.run(func() (err error) {
+			if err := e.Run(func() (err error) {
 				gen, err = afpacket.Open(afpacket.Config{Ifindex: e.b.Index, VnetHdr: true})
 				return err
 			}); err != nil {

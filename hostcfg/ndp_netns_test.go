@@ -15,9 +15,9 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"github.com/l2lb/l2lb/internal/nstest"
 	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,9 +43,8 @@ var (
 
 // ndpLab is the two-namespace set-up.
 type ndpLab struct {
-	fe, cl         netns.NsHandle
-	feName, clName string
-	feMAC, clMAC   net.HardwareAddr
+	fe, cl       *nstest.NS
+	feMAC, clMAC net.HardwareAddr
 }
 
 func ipCmd(t *testing.T, args ...string) {
@@ -67,10 +66,10 @@ func newNDPLab(t *testing.T, feSysctls [][2]string, proxyEntry bool) *ndpLab {
 		t.Skip("needs iproute2's ip")
 	}
 	l := &ndpLab{}
-	l.fe, l.feName = newNamedTestNetns(t)
-	l.cl, l.clName = newNamedTestNetns(t)
-	ipCmd(t, "-n", l.feName, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", l.clName)
-	if err := inNS(l.fe, func() error {
+	l.fe = nstest.New(t, "hostcfg")
+	l.cl = nstest.New(t, "hostcfg")
+	ipCmd(t, "-n", l.fe.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", l.cl.Name)
+	if err := l.fe.Run(func() error {
 		for _, kv := range feSysctls {
 			if err := ProcSysctl().Set(kv[0], kv[1]); err != nil {
 				return err
@@ -80,14 +79,14 @@ func newNDPLab(t *testing.T, feSysctls [][2]string, proxyEntry bool) *ndpLab {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	ipCmd(t, "-n", l.feName, "link", "set", "lo", "up")
-	ipCmd(t, "-n", l.clName, "link", "set", "lo", "up")
-	ipCmd(t, "-n", l.feName, "addr", "add", labFE.String()+"/64", "dev", "eth0", "nodad")
+	ipCmd(t, "-n", l.fe.Name, "link", "set", "lo", "up")
+	ipCmd(t, "-n", l.cl.Name, "link", "set", "lo", "up")
+	ipCmd(t, "-n", l.fe.Name, "addr", "add", labFE.String()+"/64", "dev", "eth0", "nodad")
 	for _, a := range []netip.Addr{labCL, labCLAll, labCLUni, labCLFresh} {
-		ipCmd(t, "-n", l.clName, "addr", "add", a.String()+"/64", "dev", "eth0", "nodad")
+		ipCmd(t, "-n", l.cl.Name, "addr", "add", a.String()+"/64", "dev", "eth0", "nodad")
 	}
 	// The VIP goes on lo exactly as `l2lb vip up` puts it there.
-	h, err := netlink.NewHandleAt(l.fe)
+	h, err := netlink.NewHandleAt(l.fe.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,15 +95,15 @@ func newNDPLab(t *testing.T, feSysctls [][2]string, proxyEntry bool) *ndpLab {
 		t.Fatalf("VIPsUp in fe = %v, %v", got, err)
 	}
 	if proxyEntry {
-		ipCmd(t, "-n", l.feName, "-6", "neigh", "add", "proxy", labVIP.String(), "dev", "eth0")
+		ipCmd(t, "-n", l.fe.Name, "-6", "neigh", "add", "proxy", labVIP.String(), "dev", "eth0")
 	}
-	ipCmd(t, "-n", l.feName, "link", "set", "eth0", "up")
-	ipCmd(t, "-n", l.clName, "link", "set", "eth0", "up")
+	ipCmd(t, "-n", l.fe.Name, "link", "set", "eth0", "up")
+	ipCmd(t, "-n", l.cl.Name, "link", "set", "eth0", "up")
 	for _, side := range []struct {
-		ns  netns.NsHandle
+		ns  *nstest.NS
 		mac *net.HardwareAddr
 	}{{l.fe, &l.feMAC}, {l.cl, &l.clMAC}} {
-		if err := inNS(side.ns, func() error {
+		if err := side.ns.Run(func() error {
 			ifi, err := net.InterfaceByName("eth0")
 			if err == nil {
 				*side.mac = ifi.HardwareAddr
@@ -221,7 +220,7 @@ func parseND(frame []byte) (ndMsg, bool) {
 func (l *ndpLab) listenND(t *testing.T) *packet.Conn {
 	t.Helper()
 	var c *packet.Conn
-	if err := inNS(l.cl, func() error {
+	if err := l.cl.Run(func() error {
 		ifi, err := net.InterfaceByName("eth0")
 		if err != nil {
 			return err
@@ -387,7 +386,7 @@ func TestFrontendIgnoresNSForLoVIP(t *testing.T) {
 			// Doctor must reject every configuration that answers, and pass
 			// the default one.
 			var fs []Finding
-			if err := inNS(l.fe, func() error {
+			if err := l.fe.Run(func() error {
 				fs = Doctor(ProcSysctl(), NetlinkAddrs(), DoctorInput{Iface: "eth0", VIPs: []netip.Addr{labVIP}})
 				return nil
 			}); err != nil {
@@ -425,7 +424,7 @@ func TestFrontendSolicitsFromOwnAddress(t *testing.T) {
 	// kernel has no source for a solicitation at all.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		out, err := exec.Command("ip", "-n", l.feName, "-6", "addr", "show", "dev", "eth0", "scope", "link", "tentative").Output()
+		out, err := exec.Command("ip", "-n", l.fe.Name, "-6", "addr", "show", "dev", "eth0", "scope", "link", "tentative").Output()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -438,7 +437,7 @@ func TestFrontendSolicitsFromOwnAddress(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	c := l.listenND(t)
-	if err := inNS(l.fe, func() error {
+	if err := l.fe.Run(func() error {
 		u, err := net.DialUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(labVIP, 5060)),
 			net.UDPAddrFromAddrPort(netip.AddrPortFrom(labCLFresh, 9)))
 		if err != nil {
@@ -481,7 +480,7 @@ func TestLoopbackDoesNoDAD(t *testing.T) {
 		{"net.ipv6.conf.all.accept_dad", "1"}, {"net.ipv6.conf.default.accept_dad", "1"},
 		{"net.ipv6.conf.lo.accept_dad", "1"}, {"net.ipv6.conf.eth0.accept_dad", "1"},
 	}, false)
-	h, err := netlink.NewHandleAt(l.fe)
+	h, err := netlink.NewHandleAt(l.fe.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +502,7 @@ func TestLoopbackDoesNoDAD(t *testing.T) {
 		return 0, false
 	}
 	bindErr := func(a netip.Addr) error {
-		return inNS(l.fe, func() error {
+		return l.fe.Run(func() error {
 			u, err := net.ListenUDP("udp6", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
 			if err == nil {
 				u.Close()
@@ -516,8 +515,8 @@ func TestLoopbackDoesNoDAD(t *testing.T) {
 		t.Errorf("VIP on lo: flags %#x (present %v), want NODAD and not TENTATIVE", f, ok)
 	}
 	plain, onEth := netip.MustParseAddr("2001:db8::201"), netip.MustParseAddr("2001:db8::12")
-	ipCmd(t, "-n", l.feName, "addr", "add", plain.String()+"/128", "dev", "lo") // no nodad
-	ipCmd(t, "-n", l.feName, "addr", "add", onEth.String()+"/64", "dev", "eth0")
+	ipCmd(t, "-n", l.fe.Name, "addr", "add", plain.String()+"/128", "dev", "lo") // no nodad
+	ipCmd(t, "-n", l.fe.Name, "addr", "add", onEth.String()+"/64", "dev", "eth0")
 	loFlags, _ := flagsOf("lo", plain)
 	ethFlags, _ := flagsOf("eth0", onEth)
 	loBind, ethBind := bindErr(plain), bindErr(onEth)
@@ -530,7 +529,7 @@ func TestLoopbackDoesNoDAD(t *testing.T) {
 		t.Errorf("control on eth0: flags %#x, bind %v; want TENTATIVE and EADDRNOTAVAIL (else this test cannot see DAD)", ethFlags, ethBind)
 	}
 	if v, err := func() (v string, err error) {
-		err = inNS(l.fe, func() error { v, err = ProcSysctl().Get("net.ipv6.conf.lo.accept_dad"); return err })
+		err = l.fe.Run(func() error { v, err = ProcSysctl().Get("net.ipv6.conf.lo.accept_dad"); return err })
 		return v, err
 	}(); err != nil || v != "1" {
 		t.Errorf("lo accept_dad = %q, %v; the test meant to run with 1", v, err)
@@ -542,8 +541,8 @@ func TestLoopbackDoesNoDAD(t *testing.T) {
 // Doctor reports it, and Apply's fix makes VIPsUp work.
 func TestDisableIPv6OnLo(t *testing.T) {
 	t.Parallel()
-	ns, _ := newNamedTestNetns(t)
-	h, err := netlink.NewHandleAt(ns)
+	ns := nstest.New(t, "hostcfg")
+	h, err := netlink.NewHandleAt(ns.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -563,7 +562,7 @@ func TestDisableIPv6OnLo(t *testing.T) {
 	var upErr error
 	var before, after []Finding
 	var listed []netip.Prefix
-	err = inNS(ns, func() error {
+	err = ns.Run(func() error {
 		if err := ProcSysctl().Set("net.ipv6.conf.lo.disable_ipv6", "1"); err != nil {
 			return err
 		}

@@ -3,91 +3,18 @@ package hostcfg
 import (
 	"errors"
 	"fmt"
-	"github.com/l2lb/l2lb/internal/e2e"
 	"io"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/l2lb/l2lb/internal/nstest"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
-
-// newTestNetns creates a named network namespace with a unique name and
-// removes it when the test ends. The creating thread is thrown away (its
-// goroutine exits while locked), so no thread of the test process other than
-// the ones inNS uses ever leaves the original namespace.
-func newTestNetns(t *testing.T) netns.NsHandle {
-	t.Helper()
-	ns, _ := newNamedTestNetns(t)
-	return ns
-}
-
-// newNamedTestNetns is newTestNetns that also returns the name, for `ip -n`.
-func newNamedTestNetns(t *testing.T) (netns.NsHandle, string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		e2e.Prereq(t, "needs root to create a network namespace")
-	}
-	name := fmt.Sprintf("l2lb-hostcfg-%d-%08x", os.Getpid(), rand.Uint32())
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
-		ns, err := netns.NewNamed(name)
-		ch <- result{ns, err}
-	}()
-	r := <-ch
-	t.Cleanup(func() {
-		if r.err == nil {
-			r.ns.Close()
-		}
-		if err := netns.DeleteNamed(name); err != nil && r.err == nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-		os.Remove(filepath.Join("/var/run/netns", name)) // in case NewNamed failed half-way
-	})
-	if r.err != nil {
-		e2e.Prereq(t, "cannot create network namespace: %v", r.err)
-	}
-	return r.ns, name
-}
-
-// inNS runs fn on a fresh OS thread that has joined ns, after checking that it
-// really is in ns, and throws the thread away afterwards.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	ch := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
-		if err := netns.Set(ns); err != nil {
-			ch <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		cur, err := netns.Get()
-		if err != nil {
-			ch <- err
-			return
-		}
-		same := cur.Equal(ns)
-		cur.Close()
-		if !same {
-			ch <- errors.New("thread is not in the test namespace")
-			return
-		}
-		ch <- fn()
-	}()
-	return <-ch
-}
 
 func hasPrefix(list []netip.Prefix, s string) bool {
 	return slices.Contains(list, netip.MustParsePrefix(s))
@@ -128,7 +55,7 @@ func readHost(t *testing.T) hostState {
 // against the real kernel inside a fresh network namespace, and that the
 // host namespace is untouched.
 func TestInNetns(t *testing.T) {
-	ns, nsName := newNamedTestNetns(t)
+	ns := nstest.New(t, "hostcfg")
 	host := readHost(t)
 	t.Cleanup(func() {
 		after := readHost(t)
@@ -142,7 +69,7 @@ func TestInNetns(t *testing.T) {
 		}
 	})
 
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +123,7 @@ func TestInNetns(t *testing.T) {
 		}
 
 		// NetlinkAddrs follows the calling thread's namespace.
-		err = inNS(ns, func() error {
+		err = ns.Run(func() error {
 			l, err := NetlinkAddrs().List("lo")
 			if err != nil {
 				return err
@@ -246,7 +173,7 @@ func TestInNetns(t *testing.T) {
 			t.Fatalf("second VIPsUp = %v, %v", got, err)
 		}
 		// Added with IFA_F_NODAD, not tentative, as `ip address add ... nodad`.
-		out, err := exec.Command("ip", "-n", nsName, "-6", "addr", "show", "dev", "lo").CombinedOutput()
+		out, err := exec.Command("ip", "-n", ns.Name, "-6", "addr", "show", "dev", "lo").CombinedOutput()
 		if err != nil {
 			t.Fatalf("ip addr: %v: %s", err, out)
 		}
@@ -285,7 +212,7 @@ func TestInNetns(t *testing.T) {
 		// A new namespace has only its own devices under conf: proof that the
 		// thread, not the process, selects the namespace.
 		var nsConf []string
-		err := inNS(ns, func() error {
+		err := ns.Run(func() error {
 			ents, err := os.ReadDir("/proc/sys/net/ipv4/conf")
 			for _, e := range ents {
 				nsConf = append(nsConf, e.Name())
@@ -305,7 +232,7 @@ func TestInNetns(t *testing.T) {
 			want = "2"
 		}
 		var inside string
-		err = inNS(ns, func() error {
+		err = ns.Run(func() error {
 			if err := sys.Set(key, want); err != nil {
 				return err
 			}
@@ -329,7 +256,7 @@ func TestInNetns(t *testing.T) {
 		// An open file keeps the namespace it was opened in: read from a host
 		// thread, a file opened inside still shows the namespace's value.
 		var f *os.File
-		err = inNS(ns, func() error {
+		err = ns.Run(func() error {
 			var err error
 			f, err = os.Open("/proc/sys/net/ipv4/ip_local_port_range")
 			return err
@@ -351,7 +278,7 @@ func TestInNetns(t *testing.T) {
 		in := DoctorInput{Iface: "lo", VIPs: ips("192.0.2.210", "192.0.2.211", "2001:db8::210"), OtherPortRanges: []PortRange{{55000, 59000}}}
 		var before, after []Finding
 		var applyErr error
-		err := inNS(ns, func() error {
+		err := ns.Run(func() error {
 			// Strict rp_filter on lo, as on hosts that ship with it, must be found and fixed.
 			if err := ProcSysctl().Set("net.ipv4.conf.lo.rp_filter", "1"); err != nil {
 				return err
