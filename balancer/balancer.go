@@ -68,9 +68,10 @@ type Config struct {
 	// MaxConns and Timeouts configure the connection table.
 	MaxConns int
 	Timeouts conntrack.Timeouts
-	// Workers and BusyPoll configure the fast path (node.OpenConfig).
+	// Workers, BusyPoll and Coalesce configure the fast path (node.OpenConfig).
 	Workers  int
 	BusyPoll time.Duration
+	Coalesce time.Duration
 	// Sync, when set, opens the connection-sync channel: the active node replicates its table,
 	// standbys import it (IPVS's sync daemon). Interface and Log are filled in.
 	Sync *connsync.Config
@@ -320,7 +321,7 @@ func (b *Balancer) Run(ctx context.Context) error {
 // have changed while the interface was away).
 func (b *Balancer) open() (node.Sockets, error) {
 	s, err := b.cfg.Open(node.OpenConfig{Interface: b.cfg.Interface, Workers: b.cfg.Workers, BusyPoll: b.cfg.BusyPoll,
-		VirtualMAC: b.cfg.VirtualMAC, FanoutGroup: uint16(os.Getpid())})
+		Coalesce: b.cfg.Coalesce, VirtualMAC: b.cfg.VirtualMAC, FanoutGroup: uint16(os.Getpid())})
 	if err != nil {
 		if errors.Is(err, node.ErrNoInterface) {
 			err = fmt.Errorf("%w: %w", ErrNoInterface, err)
