@@ -26,6 +26,7 @@ func ParseArgs(args []string, stderr io.Writer) (Options, string, error) {
 	runs := fs.Int("runs", 3, "repetitions of each scenario (the table shows median and min–max)")
 	dur := fs.Duration("duration", 3*time.Second, "length of one measured phase")
 	workers := fs.String("workers", "1,2", "fast-path worker counts for pps (tcp and conn use the last)")
+	backends := fs.String("backends", "afpacket", "fast-path `BACKENDS` (l2lb run --backend) pps measures in turn against the same kernel figures, e.g. afpacket,afxdp (tcp and conn use the first)")
 	rate := fs.Int("rate", 50000, "fixed offered rate (frames/s) at which pps measures CPU per frame")
 	gens := fs.Int("generators", 2, "generator sockets/goroutines for pps")
 	dialers := fs.Int("dialers", 8, "parallel dialers for conn")
@@ -50,6 +51,9 @@ func ParseArgs(args []string, stderr io.Writer) (Options, string, error) {
 	o := Options{Scenarios: scenarios, Runs: *runs, Duration: *dur, PPSRate: *rate, Generators: *gens,
 		Dialers: *dialers, Streams: *streams, Pin: *pin, Verbose: *verbose, ProfileDir: *profDir, PlotDir: *plotDir,
 		BalancerArgs: strings.Fields(*balArgs)}
+	for _, b := range strings.Split(*backends, ",") {
+		o.Backends = append(o.Backends, strings.TrimSpace(b))
+	}
 	var err error
 	if o.Workers, err = intList(*workers); err != nil {
 		return o, "", fmt.Errorf("%w: --workers: %w", ErrBadOptions, err)

@@ -71,6 +71,10 @@ type Options struct {
 	// ProfileDir, if set, makes every pps balancer write a pprof CPU
 	// profile there (l2lb run --cpuprofile).
 	ProfileDir string
+	// Backends are the fast-path backends (l2lb run --backend: afpacket, afxdp) the pps
+	// scenario measures in turn, each against the same run's kernel figures; tcp and conn use
+	// the first [afpacket].
+	Backends []string
 	// BalancerArgs are appended to every `l2lb run` the pps, tcp and conn
 	// scenarios start, to measure other settings (--busy-poll 0, say).
 	BalancerArgs []string
@@ -97,6 +101,14 @@ func (o *Options) normalize() error {
 	}
 	if len(o.Workers) == 0 {
 		o.Workers = []int{1, 2}
+	}
+	if len(o.Backends) == 0 {
+		o.Backends = []string{"afpacket"}
+	}
+	for _, b := range o.Backends {
+		if b != "afpacket" && b != "afxdp" {
+			return fmt.Errorf("%w: backend %q is not afpacket or afxdp", ErrBadOptions, b)
+		}
 	}
 	if o.PPSRate == 0 {
 		o.PPSRate = 50_000

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/l2lb/l2lb/control"
+	"github.com/l2lb/l2lb/internal/ethtool"
 	"github.com/l2lb/l2lb/internal/testbed"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -220,10 +221,21 @@ var ErrBalancer = errors.New("bench: balancer failed")
 // startBalancer runs `l2lb run` with the given number of workers on f1,
 // balancing the VIP over the backends, and waits until it is ready and has
 // resolved every backend's MAC.
-func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (*balancer, error) {
+func (e *env) startBalancer(ctx context.Context, backend string, workers int, extra ...string) (*balancer, error) {
+	// AF_XDP serves one receive queue per socket and l2lb opens a socket per queue in use, so
+	// the balancer's veth gets a queue per worker, and its switch-side end as many transmit
+	// queues to spread frames over them by flow hash (netdev_pick_tx); AF_PACKET's fanout
+	// spreads frames itself, on the single queue veth uses by default.
+	queues := 1
+	if backend == "afxdp" {
+		queues = workers
+	}
+	if err := e.setQueues(queues); err != nil {
+		return nil, err
+	}
 	statsFile := filepath.Join(e.dir, fmt.Sprintf("stats-%d.json", time.Now().UnixNano()))
 	args := []string{"run", "-i", "eth0", "-f", e.vipFile, "-p", "0", "--workers", strconv.Itoa(workers),
-		"--vmac", benchVMAC.String(), "--stats-file", statsFile}
+		"--backend", backend, "--vmac", benchVMAC.String(), "--stats-file", statsFile}
 	for _, h := range e.backends {
 		args = append(args, "--member", h.Addr.String())
 	}
@@ -254,6 +266,20 @@ func (e *env) startBalancer(ctx context.Context, workers int, extra ...string) (
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// setQueues sets the receive and transmit queues in use on both ends of the balancer's veth.
+func (e *env) setQueues(n int) error {
+	c := ethtool.Channels{Rx: uint32(n), Tx: uint32(n)}
+	for _, end := range []struct {
+		h      *testbed.Host
+		ifname string
+	}{{e.lb, "eth0"}, {e.bed.Switch, e.lb.Name}} {
+		if err := end.h.Do(func() error { return ethtool.Set(end.ifname, c) }); err != nil {
+			return fmt.Errorf("bench: %d queues on %s in %s: %w", n, end.ifname, end.h.Name, err)
+		}
+	}
+	return nil
 }
 
 // startL2LB runs l2lb with args and a control socket beside statsFile in h's namespace and waits

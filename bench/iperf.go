@@ -71,7 +71,7 @@ func (e *env) viaIperf3(ctx context.Context, workers int) (res iperfResult, err 
 	if res.downRouter, res.downRouterRPS, err = e.iperfKernelRouter(ctx); err != nil {
 		return res, err
 	}
-	if _, err := e.startBalancer(ctx, workers, "-p", iperfPersistence); err != nil {
+	if _, err := e.startBalancer(ctx, e.opts.Backends[0], workers, "-p", iperfPersistence); err != nil {
 		return res, err
 	}
 	defer e.stopBalancer()

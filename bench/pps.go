@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -336,9 +337,11 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 	}
 
 	ref := kernelRef{delivered: kmax.delivered, lossFree: kernelLossFree, rps: rps, direct: direct}
-	for _, w := range e.opts.Workers {
-		if err := e.runPPSBalancer(ctx, sc, g, w, ref); err != nil {
-			return err
+	for _, b := range e.opts.Backends {
+		for _, w := range e.opts.Workers {
+			if err := e.runPPSBalancer(ctx, sc, g, b, w, ref); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -382,17 +385,22 @@ func (e *env) runPPSKernelRPS(ctx context.Context, sc *Scenario, g *generator, d
 	return rmax.delivered, nil
 }
 
-// runPPSBalancer measures l2lb with w workers: idle CPU, the generator's
+// runPPSBalancer measures l2lb with w workers on the backend: idle CPU, the generator's
 // full rate, the loss-free rate, the fixed rate and, on 2 CPUs or more, the
 // fixed rate with the receivers steered off (measureOwn), and compares them
 // with ref from the same run.
-func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w int, ref kernelRef) error {
+func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, backend string, w int, ref kernelRef) error {
+	// AF_PACKET, the default backend, keeps the metric names it always had.
+	name := fmt.Sprintf("l2lb w%d", w)
+	if backend != "afpacket" {
+		name = fmt.Sprintf("l2lb %s w%d", backend, w)
+	}
 	var extra []string
 	if e.opts.ProfileDir != "" {
 		e.runN++
-		extra = []string{"--cpuprofile", filepath.Join(e.opts.ProfileDir, fmt.Sprintf("l2lb-pps-w%d-%d.pprof", w, e.runN))}
+		extra = []string{"--cpuprofile", filepath.Join(e.opts.ProfileDir, fmt.Sprintf("%s-pps-%d.pprof", strings.ReplaceAll(name, " ", "-"), e.runN))}
 	}
-	bal, err := e.startBalancer(ctx, w, extra...)
+	bal, err := e.startBalancer(ctx, backend, w, extra...)
 	if err != nil {
 		return err
 	}
@@ -404,7 +412,7 @@ func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w 
 		}
 		return err
 	}
-	p := fmt.Sprintf("l2lb w%d ", w)
+	p := name + " "
 	// The balancer's CPU use without traffic (timers, ring block
 	// retirement), which every forwarded frame's share includes at a fixed
 	// rate.
@@ -414,7 +422,7 @@ func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w 
 	}
 	sc.add(p+"idle CPU", "% of a CPU", idle*100)
 
-	e.logf("pps: l2lb %d worker(s), max rate", w)
+	e.logf("pps: %s, max rate", name)
 	r, err := e.measure(ctx, g, benchVMAC, 0, bal.pid)
 	if err = alive(err, "phase"); err != nil {
 		return err
@@ -427,9 +435,9 @@ func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w 
 	// forwards inside the generator's send call on veth, is shown beside it.
 	sc.add(p+"/ kernel RPS", "ratio", ratio(r.delivered, ref.rps))
 	sc.add(p+"/ kernel", "ratio", ratio(r.delivered, ref.delivered))
-	sc.headline(Headline{Label: fmt.Sprintf("l2lb %d worker(s) / kernel router with RPS =", w), Metric: p + "/ kernel RPS",
+	sc.headline(Headline{Label: fmt.Sprintf("l2lb %s %d worker(s) / kernel router with RPS =", backend, w), Metric: p + "/ kernel RPS",
 		Beside: p + "/ kernel", BesideLabel: "/ inline kernel router ="})
-	e.logf("pps: l2lb %d worker(s), loss-free rate search", w)
+	e.logf("pps: %s, loss-free rate search", name)
 	nd, err := e.noDropRate(ctx, g, benchVMAC, bal.pid, r.offered)
 	if err = alive(err, "search"); err != nil {
 		return err
@@ -437,7 +445,7 @@ func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w 
 	sc.add(p+"loss-free rate", "frames/s", nd)
 	sc.add(p+"/ kernel, loss-free", "ratio", ratio(nd, ref.lossFree))
 
-	e.logf("pps: l2lb %d worker(s), fixed rate", w)
+	e.logf("pps: %s, fixed rate", name)
 	r, err = e.measure(ctx, g, benchVMAC, e.opts.PPSRate, bal.pid)
 	if err = alive(err, "phase"); err != nil {
 		return err
@@ -448,7 +456,7 @@ func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, w 
 	sc.add(p+"forwarding CPU/frame", "ns", r.sysCPU-ref.direct)
 
 	if runtime.NumCPU() >= 2 {
-		e.logf("pps: l2lb %d worker(s), fixed rate, receivers steered off the balancer's CPU", w)
+		e.logf("pps: %s, fixed rate, receivers steered off the balancer's CPU", name)
 		r, err := e.measureOwn(ctx, g, bal.pid)
 		if err = alive(err, "phase"); err != nil {
 			return err

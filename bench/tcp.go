@@ -178,7 +178,7 @@ func (e *env) transfer(ctx context.Context, raddr netip.AddrPort, upload bool) (
 // HAProxy is stopped before l2lb starts, so neither takes CPU from the other.
 func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 	w := e.opts.Workers[len(e.opts.Workers)-1]
-	sc.note("offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s); direct = to %s's own address; one stream, and %d parallel streams from one client (rates summed; through the VIP and HAProxy they spread over the backends)", ioChunk, w, e.backends[0].Name, e.opts.Streams)
+	sc.note("offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s) on %s; direct = to %s's own address; one stream, and %d parallel streams from one client (rates summed; through the VIP and HAProxy they spread over the backends)", ioChunk, w, e.opts.Backends[0], e.backends[0].Name, e.opts.Streams)
 	if cc, err := e.backends[0].Sysctl("net.ipv4.tcp_congestion_control"); err == nil {
 		sc.note("TCP congestion control in the namespaces: %s (inherited from the host)", cc)
 	}
@@ -236,7 +236,7 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 		sc.note("iperf3 = %s, client and server in processes of their own, one stream of %v, -R for the download; via VIP with l2lb -p %s (persistence: an iperf3 test's control and data connections must reach the same server)", r.version, e.opts.Duration.Round(time.Second), iperfPersistence)
 		sc.note("kernel router (iperf3) = the download through the VIP with f1 forwarding the client's packets as the pps scenario's kernel router (data straight from %s, as through l2lb); on veth it forwards inside the client's own send call, and the backend's reply runs there too. RPS = f1's eth0 receive work handed to a CPU by RPS (mask %s), an asynchronous hop like a NIC interrupt's or l2lb's thread", e.backends[0].Name, allCPUsMask())
 	}
-	if _, err := e.startBalancer(ctx, w); err != nil {
+	if _, err := e.startBalancer(ctx, e.opts.Backends[0], w); err != nil {
 		return err
 	}
 	defer e.stopBalancer()
@@ -348,13 +348,13 @@ func (e *env) connRate(ctx context.Context, raddr netip.AddrPort) (rate float64,
 // runConn is one run of the conn scenario.
 func (e *env) runConn(ctx context.Context, sc *Scenario) error {
 	w := e.opts.Workers[len(e.opts.Workers)-1]
-	sc.note("%d parallel dialers; each connection: connect, read the server's 1 byte, server closes first; via VIP = l2lb with %d worker(s)", e.opts.Dialers, w)
+	sc.note("%d parallel dialers; each connection: connect, read the server's 1 byte, server closes first; via VIP = l2lb with %d worker(s) on %s", e.opts.Dialers, w, e.opts.Backends[0])
 	e.logf("conn: direct")
 	direct, dfail, err := e.connRate(ctx, netip.AddrPortFrom(e.backends[0].Addr, connPort))
 	if err != nil {
 		return err
 	}
-	if _, err := e.startBalancer(ctx, w); err != nil {
+	if _, err := e.startBalancer(ctx, e.opts.Backends[0], w); err != nil {
 		return err
 	}
 	defer e.stopBalancer()
