@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/l2lb/l2lb/control"
-	"github.com/l2lb/l2lb/internal/ethtool"
 	"github.com/l2lb/l2lb/internal/testbed"
+	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -268,14 +268,24 @@ func (e *env) startBalancer(ctx context.Context, backend string, workers int, ex
 	}
 }
 
-// setQueues sets the receive and transmit queues in use on both ends of the balancer's veth.
+// setQueues sets the receive and transmit queues in use on both ends of the balancer's veth
+// (ethtool -L).
 func (e *env) setQueues(n int) error {
-	c := ethtool.Channels{Rx: uint32(n), Tx: uint32(n)}
+	c := ethtool.Channels{RxCount: uint32(n), TxCount: uint32(n)}
 	for _, end := range []struct {
 		h      *testbed.Host
 		ifname string
 	}{{e.lb, "eth0"}, {e.bed.Switch, e.lb.Name}} {
-		if err := end.h.Do(func() error { return ethtool.Set(end.ifname, c) }); err != nil {
+		err := end.h.Do(func() error {
+			et, err := ethtool.NewEthtool()
+			if err != nil {
+				return err
+			}
+			defer et.Close()
+			_, err = et.SetChannels(end.ifname, c)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("bench: %d queues on %s in %s: %w", n, end.ifname, end.h.Name, err)
 		}
 	}
