@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -35,8 +36,8 @@ type scenario struct {
 	bed   *testbed.Bed
 	cl    *cluster
 	echo  *echoServers
-	srcs  []source
-	ss    *streams
+	srcs  []e2e.Source
+	ss    *e2e.Streams
 	probe *prober
 	since time.Time // when the persistent clients started
 }
@@ -57,9 +58,9 @@ func setup(t *testing.T, probe bool, extra ...string) *scenario {
 	if probe {
 		// The persistent clients: both addresses of each client.
 		sc.since = time.Now()
-		var ps []source
+		var ps []e2e.Source
 		for _, s := range sc.srcs {
-			if s.addr == s.h.Addr || (len(s.h.Extra) > 0 && s.addr == s.h.Extra[0]) {
+			if s.Addr == s.Host.Addr || (len(s.Host.Extra) > 0 && s.Addr == s.Host.Extra[0]) {
 				ps = append(ps, s)
 			}
 		}
@@ -68,8 +69,6 @@ func setup(t *testing.T, probe bool, extra ...string) *scenario {
 	time.Sleep(warmup)
 	return sc
 }
-
-func all(*stream) bool { return true }
 
 // TestPlannedHandover: SIGTERM to the active node hands the role over with no
 // connection reset, every byte intact, and new connections unaffected.
@@ -119,8 +118,8 @@ func TestPlannedHandover(t *testing.T) {
 	}
 	sc.probe.checkPersistence(t, before, after)
 
-	res := sc.ss.finish(t0)
-	kept, total, resets, bytes := sc.ss.report(res, all)
+	res := sc.ss.Finish(t0)
+	kept, total, resets, bytes := sc.ss.Report(res, e2e.AllStreams)
 	t.Logf("planned hand-over: %d of %d streams kept, %d reset, %d bytes echoed and verified", kept, total, resets, bytes)
 	if resets > 0 {
 		t.Errorf("%d streams were reset by the planned hand-over, want 0", resets)
@@ -162,14 +161,14 @@ func TestCrashAndRestart(t *testing.T) {
 	sc.probe.checkPersistence(t, sc.probe.frontends(sc.since, t0), sc.probe.frontends(t0, tRestart))
 
 	// Streams alive after the crash: no error and data after the takeover.
-	aliveAtRestart := map[*stream]bool{}
-	for _, s := range sc.ss.all {
-		if err, _ := s.failure(); err == nil && time.Unix(0, s.lastRecv.Load()).After(at) {
+	aliveAtRestart := map[*e2e.Stream]bool{}
+	for _, s := range sc.ss.All {
+		if err, _ := s.Failure(); err == nil && s.LastRecv().After(at) {
 			aliveAtRestart[s] = true
 		}
 	}
-	t.Logf("crash: %d of %d streams alive %v after it (per frontend %v)", len(aliveAtRestart), len(sc.ss.all),
-		tRestart.Sub(t0).Round(time.Millisecond), sc.ss.perFrontend(func(s *stream) bool { return aliveAtRestart[s] }))
+	t.Logf("crash: %d of %d streams alive %v after it (per frontend %v)", len(aliveAtRestart), len(sc.ss.All),
+		tRestart.Sub(t0).Round(time.Millisecond), sc.ss.PerFrontend(func(s *e2e.Stream) bool { return aliveAtRestart[s] }))
 
 	// Restart: f1 comes back as a standby (no --preempt) and cuts nothing.
 	f1.start()
@@ -197,8 +196,8 @@ func TestCrashAndRestart(t *testing.T) {
 		t.Errorf("restart: %d new connections failed while f1 rejoined; first: %v", failed, firstErr)
 	}
 
-	res := sc.ss.finish(t0)
-	kept, total, resets, bytes := sc.ss.report(res, all)
+	res := sc.ss.Finish(t0)
+	kept, total, resets, bytes := sc.ss.Report(res, e2e.AllStreams)
 	t.Logf("crash and restart: %d of %d streams kept through both (%.1f %%), %d reset, %d bytes verified",
 		kept, total, 100*float64(kept)/float64(total), resets, bytes)
 	if float64(kept) < minSurvival*float64(total) {
@@ -213,7 +212,7 @@ func TestCrashAndRestart(t *testing.T) {
 	if cutByRestart > 0 {
 		t.Errorf("restart: %d streams alive before f1's l2lb restarted were cut after it", cutByRestart)
 	}
-	ownKept, ownTotal, _, _ := sc.ss.report(res, func(s *stream) bool { return s.frontend == "f1" })
+	ownKept, ownTotal, _, _ := sc.ss.Report(res, func(s *e2e.Stream) bool { return s.Frontend == "f1" })
 	t.Logf("crash: %d of %d streams served by the crashed node's own frontend f1 kept", ownKept, ownTotal)
 	if ownTotal == 0 {
 		t.Errorf("no stream was served by f1: the crashed node's own flows were not exercised")
@@ -283,13 +282,13 @@ func TestPartitionHeal(t *testing.T) {
 	okN, failed, _, gap := sc.probe.window(tHeal, end)
 	t.Logf("after healing: new connections %d ok, %d failed, longest gap %v", okN, failed, gap.Round(time.Millisecond))
 
-	res := sc.ss.finish(t0)
-	others := func(s *stream) bool { return s.frontend != "f1" }
-	kept, total, resets, bytes := sc.ss.report(res, others)
+	res := sc.ss.Finish(t0)
+	others := func(s *e2e.Stream) bool { return s.Frontend != "f1" }
+	kept, total, resets, bytes := sc.ss.Report(res, others)
 	t.Logf("partition and heal: %d of %d streams of f2 and f3 kept, %d reset, %d bytes verified", kept, total, resets, bytes)
 	if kept != total {
 		t.Errorf("%d of %d streams not served by the partitioned node were lost", total-kept, total)
 	}
-	ownKept, ownTotal, _, _ := sc.ss.report(res, func(s *stream) bool { return !others(s) })
+	ownKept, ownTotal, _, _ := sc.ss.Report(res, func(s *e2e.Stream) bool { return !others(s) })
 	t.Logf("partition: %d of %d streams served by the partitioned f1 itself survived (not required)", ownKept, ownTotal)
 }

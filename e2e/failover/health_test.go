@@ -57,17 +57,17 @@ func serveHealth(t *testing.T, h *testbed.Host) (stop func()) {
 func askNames(t *testing.T, bed *testbed.Bed, n int) map[string]int {
 	t.Helper()
 	raddr := netip.AddrPortFrom(bed.VIPs[0], namePort)
-	var srcs []source
+	var srcs []e2e.Source
 	for _, c := range bed.Clients {
-		srcs = append(srcs, source{c, c.Addr})
+		srcs = append(srcs, e2e.Source{Host: c, Addr: c.Addr})
 		for _, x := range c.Extra {
-			srcs = append(srcs, source{c, x})
+			srcs = append(srcs, e2e.Source{Host: c, Addr: x})
 		}
 	}
 	got := map[string]int{}
 	for i := 0; i < n; i++ {
 		s := srcs[i%len(srcs)]
-		name, err := s.h.AskName(s.addr, raddr)
+		name, err := s.Host.AskName(s.Addr, raddr)
 		if err != nil {
 			t.Fatalf("NAME %d from %v through the VIP: %v", i, s, err)
 		}

@@ -127,7 +127,7 @@ func TestHelperModeHandover(t *testing.T) {
 
 	ss := startStreams(t, bed, echo, srcs, numStreams)
 	for _, f := range bed.Frontends {
-		if n := ss.perFrontend(all)[f.Name]; n == 0 {
+		if n := ss.PerFrontend(e2e.AllStreams)[f.Name]; n == 0 {
 			t.Errorf("no stream reached %s: the hand-over would not exercise its flows", f.Name)
 		}
 	}
@@ -141,9 +141,9 @@ func TestHelperModeHandover(t *testing.T) {
 
 	// The persistent clients: both addresses of each client, as in setup.
 	since := time.Now()
-	var ps []source
+	var ps []e2e.Source
 	for _, s := range srcs {
-		if s.addr == s.h.Addr || (len(s.h.Extra) > 0 && s.addr == s.h.Extra[0]) {
+		if s.Addr == s.Host.Addr || (len(s.Host.Extra) > 0 && s.Addr == s.Host.Extra[0]) {
 			ps = append(ps, s)
 		}
 	}
@@ -207,10 +207,10 @@ func TestHelperModeHandover(t *testing.T) {
 	probe.checkPersistence(t, probe.frontends(since, t0), probe.frontends(t0, end))
 
 	// The long-lived streams.
-	res := ss.finish(t0)
-	kept, total, resets, nbytes := ss.report(res, all)
+	res := ss.Finish(t0)
+	kept, total, resets, nbytes := ss.Report(res, e2e.AllStreams)
 	t.Logf("helper-mode hand-over: %d of %d streams kept (per frontend %v), %d reset, %d bytes echoed and verified",
-		kept, total, ss.perFrontend(func(s *stream) bool { return res[s] == nil }), resets, nbytes)
+		kept, total, ss.PerFrontend(func(s *e2e.Stream) bool { return res[s] == nil }), resets, nbytes)
 	if resets > 0 {
 		t.Errorf("%d streams were reset by the helper-mode hand-over, want 0", resets)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -112,11 +113,11 @@ func TestSyncInjection(t *testing.T) {
 	// to another frontend, and bogus flows from a range no client uses.
 	var forged []connsync.Record
 	tmplTo := map[netip.Addr]string{}
-	for _, s := range sc.ss.all {
+	for _, s := range sc.ss.All {
 		forged = append(forged, connsync.Record{Kind: connsync.RecordFlow,
-			Src: s.local.Addr(), Dst: vip, SPort: s.local.Port(), DPort: echoPort, Proto: conntrack.ProtoTCP,
-			Member: addrOf[other[s.frontend]], State: conntrack.StateEstablished, TTL: 900 * time.Second})
-		tmplTo[s.local.Addr()] = other[s.frontend]
+			Src: s.Local.Addr(), Dst: vip, SPort: s.Local.Port(), DPort: echoPort, Proto: conntrack.ProtoTCP,
+			Member: addrOf[other[s.Frontend]], State: conntrack.StateEstablished, TTL: 900 * time.Second})
+		tmplTo[s.Local.Addr()] = other[s.Frontend]
 	}
 	for a, to := range tmplTo {
 		forged = append(forged, connsync.Record{Kind: connsync.RecordTemplate, Src: a, Dst: vip,
@@ -229,16 +230,16 @@ func TestSyncInjection(t *testing.T) {
 	raddr := netip.AddrPortFrom(vip, echoPort)
 	for _, s := range sc.srcs {
 		real := ""
-		for _, st := range sc.ss.all {
-			if st.src == s {
-				real = st.frontend
+		for _, st := range sc.ss.All {
+			if st.Src == s {
+				real = st.Frontend
 				break
 			}
 		}
 		if real == "f1" || real == "" {
 			continue
 		}
-		c, err := s.h.DialTCP(netip.AddrPortFrom(s.addr, 0), raddr, 2*time.Second)
+		c, err := s.Host.DialTCP(netip.AddrPortFrom(s.Addr, 0), raddr, 2*time.Second)
 		if err != nil {
 			t.Errorf("new connection from %v after the takeover: %v", s, err)
 			continue
@@ -251,11 +252,11 @@ func TestSyncInjection(t *testing.T) {
 		}
 		c.Close()
 		if got != real {
-			t.Errorf("new connection from %v went to %q, want its persistent frontend %s (a forged template named %s)", s, got, real, tmplTo[s.addr])
+			t.Errorf("new connection from %v went to %q, want its persistent frontend %s (a forged template named %s)", s, got, real, tmplTo[s.Addr])
 		}
 	}
-	res := sc.ss.finish(t0)
-	kept, total, resets, bytes := sc.ss.report(res, all)
+	res := sc.ss.Finish(t0)
+	kept, total, resets, bytes := sc.ss.Report(res, e2e.AllStreams)
 	t.Logf("injection then takeover: %d of %d streams kept, %d reset, %d bytes verified", kept, total, resets, bytes)
 	if kept != total {
 		t.Errorf("%d of %d streams did not survive the injection and the takeover", total-kept, total)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -37,7 +38,7 @@ type dualStack struct {
 	cl         *cluster
 	vip4, vip6 netip.Addr
 	vmac       net.HardwareAddr // the virtual MAC every node reports
-	ss6, ss4   *streams
+	ss6, ss4   *e2e.Streams
 	p6, p4     *prober
 	since      time.Time // when the persistent clients started
 }
@@ -45,14 +46,14 @@ type dualStack struct {
 // sources6 returns both IPv6 addresses of every client plus n more per client (2001:db8::120
 // on), so that the IPv6 streams spread over all three frontends despite -p 60: the IPv6
 // counterpart of sources.
-func sources6(t *testing.T, bed *testbed.Bed, n int) []source {
+func sources6(t *testing.T, bed *testbed.Bed, n int) []e2e.Source {
 	t.Helper()
-	var out []source
+	var out []e2e.Source
 	next := 0x120
 	for _, c := range bed.Clients {
-		out = append(out, source{c, c.Addr6})
+		out = append(out, e2e.Source{Host: c, Addr: c.Addr6})
 		for _, x := range c.Extra6 {
-			out = append(out, source{c, x})
+			out = append(out, e2e.Source{Host: c, Addr: x})
 		}
 		for i := 0; i < n; i++ {
 			b := testbed.Subnet6.Addr().As16()
@@ -62,7 +63,7 @@ func sources6(t *testing.T, bed *testbed.Bed, n int) []source {
 			if _, err := c.RunIP("addr", "add", netip.PrefixFrom(a, testbed.Subnet6.Bits()).String(), "dev", "eth0", "nodad"); err != nil {
 				t.Fatal(err)
 			}
-			out = append(out, source{c, a})
+			out = append(out, e2e.Source{Host: c, Addr: a})
 		}
 	}
 	return out
@@ -102,8 +103,8 @@ func setupDualStack(t *testing.T) *dualStack {
 	d.ss6 = startStreamsTo(t, netip.AddrPortFrom(d.vip6, echoPort), echo, srcs6, numStreams6, stream6ID)
 	d.ss4 = startStreamsTo(t, netip.AddrPortFrom(d.vip4, echoPort), echo, srcs4, numStreams4, 0)
 	for _, fe := range d.bed.Frontends {
-		if d.ss6.perFrontend(all)[fe.Name] == 0 {
-			t.Fatalf("no IPv6 stream went to %s: %v", fe.Name, d.ss6.perFrontend(all))
+		if d.ss6.PerFrontend(e2e.AllStreams)[fe.Name] == 0 {
+			t.Fatalf("no IPv6 stream went to %s: %v", fe.Name, d.ss6.PerFrontend(e2e.AllStreams))
 		}
 	}
 	d.cl.waitSynced(numStreams, 10*time.Second)
@@ -113,10 +114,10 @@ func setupDualStack(t *testing.T) *dualStack {
 
 	// The persistent clients: the two main IPv6 addresses of each client to [VIP6]:namePort,
 	// and each client's main IPv4 address to the IPv4 VIP.
-	var ps6, ps4 []source
+	var ps6, ps4 []e2e.Source
 	for _, c := range d.bed.Clients {
-		ps6 = append(ps6, source{c, c.Addr6}, source{c, c.Extra6[0]})
-		ps4 = append(ps4, source{c, c.Addr})
+		ps6 = append(ps6, e2e.Source{Host: c, Addr: c.Addr6}, e2e.Source{Host: c, Addr: c.Extra6[0]})
+		ps4 = append(ps4, e2e.Source{Host: c, Addr: c.Addr})
 	}
 	d.since = time.Now()
 	d.p6 = startProberTo(t, netip.AddrPortFrom(d.vip6, namePort), ps6)
@@ -160,14 +161,14 @@ func (d *dualStack) waitTables6(nodes []*node, limit time.Duration, when string)
 			rows := n.conns(d.vip6)
 			var bad []string
 			states := map[string]int{}
-			for _, s := range d.ss6.all {
-				fe := d.bed.Host(s.frontend)
-				r, ok := rows[s.local.String()]
+			for _, s := range d.ss6.All {
+				fe := d.bed.Host(s.Frontend)
+				r, ok := rows[s.Local.String()]
 				switch {
 				case !ok:
-					bad = append(bad, fmt.Sprintf("%v: missing", s.local))
+					bad = append(bad, fmt.Sprintf("%v: missing", s.Local))
 				case r.proto != "TCP" || r.vip != vip || (r.member != fe.Addr.String() && r.member != fe.Addr6.String()):
-					bad = append(bad, fmt.Sprintf("%v: %+v, want TCP to %s at %s (%v)", s.local, r, vip, fe.Name, fe.Addr))
+					bad = append(bad, fmt.Sprintf("%v: %+v, want TCP to %s at %s (%v)", s.Local, r, vip, fe.Name, fe.Addr))
 				default:
 					states[r.state]++
 				}
@@ -175,18 +176,18 @@ func (d *dualStack) waitTables6(nodes []*node, limit time.Duration, when string)
 			if len(bad) == 0 && !present {
 				present = true
 				t.Logf("%s: %s's table (l2lb conns --vip %v) holds all %d IPv6 streams with their frontends (%d rows; states %v)",
-					when, n.host.Name, d.vip6, len(d.ss6.all), len(rows), states)
+					when, n.host.Name, d.vip6, len(d.ss6.All), len(rows), states)
 			}
-			if present && states["ESTABLISHED"] == len(d.ss6.all) {
+			if present && states["ESTABLISHED"] == len(d.ss6.All) {
 				break
 			}
 			if time.Now().After(deadline) {
 				if !present {
 					t.Fatalf("%s: %s's table lacks %d of %d IPv6 streams within %v; first: %s",
-						when, n.host.Name, len(bad), len(d.ss6.all), limit, strings.Join(bad[:min(len(bad), 5)], "; "))
+						when, n.host.Name, len(bad), len(d.ss6.All), limit, strings.Join(bad[:min(len(bad), 5)], "; "))
 				}
 				t.Errorf("%s: %s's table holds the %d IPv6 streams in states %v after %v, want all ESTABLISHED as on the active node",
-					when, n.host.Name, len(d.ss6.all), states, limit)
+					when, n.host.Name, len(d.ss6.All), states, limit)
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
@@ -340,17 +341,17 @@ func (d *dualStack) switchPort(t *testing.T, want *node) {
 // must be kept; otherwise every IPv6 stream, and minSurvival of the IPv4 ones.
 func (d *dualStack) finishStreams(t *testing.T, t0 time.Time, what string, all4 bool) {
 	t.Helper()
-	res6, res4 := d.ss6.finish(t0), d.ss4.finish(t0)
+	res6, res4 := d.ss6.Finish(t0), d.ss4.Finish(t0)
 	for _, x := range []struct {
 		family string
-		ss     *streams
-		res    map[*stream]error
+		ss     *e2e.Streams
+		res    map[*e2e.Stream]error
 		strict bool
 	}{{"IPv6", d.ss6, res6, true}, {"IPv4", d.ss4, res4, all4}} {
-		kept, total, resets, bytes := x.ss.report(x.res, all)
-		ownKept, ownTotal, _, _ := x.ss.report(x.res, func(s *stream) bool { return s.frontend == "f1" })
+		kept, total, resets, bytes := x.ss.Report(x.res, e2e.AllStreams)
+		ownKept, ownTotal, _, _ := x.ss.Report(x.res, func(s *e2e.Stream) bool { return s.Frontend == "f1" })
 		t.Logf("%s: %d of %d %s streams kept (%d of %d on f1's own frontend), %d reset, %d bytes echoed and verified; per frontend %v",
-			what, kept, total, x.family, ownKept, ownTotal, resets, bytes, x.ss.perFrontend(all))
+			what, kept, total, x.family, ownKept, ownTotal, resets, bytes, x.ss.PerFrontend(e2e.AllStreams))
 		if resets > 0 {
 			t.Errorf("%s: %d %s streams were reset, want 0", what, resets, x.family)
 		}
@@ -472,12 +473,12 @@ func TestIPv6CrashFailover(t *testing.T) {
 		p.p.checkPersistence(t, p.p.frontends(d.since, t0), p.p.frontends(t0, tRestart))
 	}
 	alive := 0
-	for _, s := range d.ss6.all {
-		if err, _ := s.failure(); err == nil && time.Unix(0, s.lastRecv.Load()).After(at) {
+	for _, s := range d.ss6.All {
+		if err, _ := s.Failure(); err == nil && s.LastRecv().After(at) {
 			alive++
 		}
 	}
-	t.Logf("crash: %d of %d IPv6 streams received data after %s took over", alive, len(d.ss6.all), succ.host.Name)
+	t.Logf("crash: %d of %d IPv6 streams received data after %s took over", alive, len(d.ss6.All), succ.host.Name)
 
 	// f1 comes back as a standby (no --preempt) and the bulk dump gives it the IPv6 flows.
 	f1.start()

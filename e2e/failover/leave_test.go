@@ -65,15 +65,15 @@ func TestHelperModeGracefulLeave(t *testing.T) {
 	h1.Do("ACTIVE "+strings.Join(addrs, " "), "^OK$", helperAnswerLimit)
 
 	ss := startStreams(t, bed, echo, srcs, leaveStreams)
-	onF1 := func(s *stream) bool { return s.frontend == "f1" }
-	if n := ss.perFrontend(onF1)["f1"]; n == 0 {
+	onF1 := func(s *e2e.Stream) bool { return s.Frontend == "f1" }
+	if n := ss.PerFrontend(onF1)["f1"]; n == 0 {
 		t.Fatal("no stream reached f1: the leave would not exercise its flows")
 	}
 	waitHelperSynced(t, h2, leaveStreams, helperSyncLimit)
 	since := time.Now()
-	var ps []source
+	var ps []e2e.Source
 	for _, s := range srcs {
-		if s.addr == s.h.Addr || (len(s.h.Extra) > 0 && s.addr == s.h.Extra[0]) {
+		if s.Addr == s.Host.Addr || (len(s.Host.Extra) > 0 && s.Addr == s.Host.Extra[0]) {
 			ps = append(ps, s)
 		}
 	}
@@ -106,11 +106,11 @@ func TestHelperModeGracefulLeave(t *testing.T) {
 	}
 
 	// Every stream kept streaming through the leave, f1's included.
-	for _, s := range ss.all {
-		if err, at := s.failure(); err != nil {
-			t.Errorf("stream %d (frontend %s) failed %v after the leave: %v", s.id, s.frontend, at.Sub(t0).Round(time.Millisecond), err)
-		} else if last := time.Unix(0, s.lastRecv.Load()); last.Before(tLeft.Add(-time.Second)) {
-			t.Errorf("stream %d (frontend %s) received nothing since %v after the leave", s.id, s.frontend, last.Sub(t0).Round(time.Millisecond))
+	for _, s := range ss.All {
+		if err, at := s.Failure(); err != nil {
+			t.Errorf("stream %d (frontend %s) failed %v after the leave: %v", s.ID, s.Frontend, at.Sub(t0).Round(time.Millisecond), err)
+		} else if last := s.LastRecv(); last.Before(tLeft.Add(-time.Second)) {
+			t.Errorf("stream %d (frontend %s) received nothing since %v after the leave", s.ID, s.Frontend, last.Sub(t0).Round(time.Millisecond))
 		}
 	}
 	// New connections avoid f1 once f2 is active (persistent clients of f1 included).
@@ -138,16 +138,15 @@ func ctlStatusOf(hp *e2e.Helper) (control.Status, error) {
 
 // goAway takes f1's link down and checks that its streams are rescheduled (reset by the frontend
 // they move to) within unreachableBound, while the streams on the other frontends keep going.
-func goAway(t *testing.T, bed *testbed.Bed, ss *streams, probe *prober, tLeft time.Time) {
+func goAway(t *testing.T, bed *testbed.Bed, ss *e2e.Streams, probe *prober, tLeft time.Time) {
 	t.Helper()
 	goAwayFrontend(t, bed.Frontends[0], ss, probe, tLeft)
 }
 
 // goAwayFrontend is goAway for the frontend f1 (any frontend of the bed).
-func goAwayFrontend(t *testing.T, f1 *testbed.Host, ss *streams, probe *prober, tLeft time.Time) {
+func goAwayFrontend(t *testing.T, f1 *testbed.Host, ss *e2e.Streams, probe *prober, tLeft time.Time) {
 	t.Helper()
-	onF1 := func(s *stream) bool { return s.frontend == f1.Name }
-	others := func(s *stream) bool { return s.frontend != f1.Name }
+	onF1, others := e2e.OnHost(f1), e2e.NotOnHost(f1)
 	tDown := time.Now()
 	if _, err := f1.RunIP("link", "set", f1.Ifname, "down"); err != nil {
 		t.Fatal(err)
@@ -155,8 +154,8 @@ func goAwayFrontend(t *testing.T, f1 *testbed.Host, ss *streams, probe *prober, 
 	deadline := tDown.Add(unreachableBound + 5*time.Second)
 	for time.Now().Before(deadline) {
 		done := true
-		for _, s := range ss.all {
-			if err, _ := s.failure(); onF1(s) && err == nil {
+		for _, s := range ss.All {
+			if err, _ := s.Failure(); onF1(s) && err == nil {
 				done = false
 			}
 		}
@@ -167,28 +166,28 @@ func goAwayFrontend(t *testing.T, f1 *testbed.Host, ss *streams, probe *prober, 
 	}
 	probe.halt()
 	var worst time.Duration
-	for _, s := range ss.all {
+	for _, s := range ss.All {
 		if !onF1(s) {
 			continue
 		}
-		err, at := s.failure()
+		err, at := s.Failure()
 		switch {
 		case err == nil:
-			t.Errorf("stream %d on %s still runs %v after it went away", s.id, f1.Name, time.Since(tDown).Round(time.Millisecond))
-		case !s.reset() && !errors.Is(err, io.EOF):
+			t.Errorf("stream %d on %s still runs %v after it went away", s.ID, f1.Name, time.Since(tDown).Round(time.Millisecond))
+		case !s.WasReset() && !errors.Is(err, io.EOF):
 			// The frontend the flow moves to has no such connection and resets it; an EOF
 			// (its FIN) has been seen too, once in a full-suite run.
-			t.Errorf("stream %d on %s ended with %v, want the connection ended by the frontend it was rescheduled to", s.id, f1.Name, err)
+			t.Errorf("stream %d on %s ended with %v, want the connection ended by the frontend it was rescheduled to", s.ID, f1.Name, err)
 		default:
 			worst = max(worst, at.Sub(tDown))
 		}
 	}
-	t.Logf("%s's %d streams were reset within %v of it going away (bound %v)", f1.Name, ss.perFrontend(onF1)[f1.Name], worst.Round(time.Millisecond), unreachableBound)
+	t.Logf("%s's %d streams were reset within %v of it going away (bound %v)", f1.Name, ss.PerFrontend(onF1)[f1.Name], worst.Round(time.Millisecond), unreachableBound)
 	if worst > unreachableBound {
 		t.Errorf("%s's flows were rescheduled %v after it went away, want within %v", f1.Name, worst.Round(time.Millisecond), unreachableBound)
 	}
-	res := ss.finish(tLeft)
-	kept, total, resets, nbytes := ss.report(res, others)
+	res := ss.Finish(tLeft)
+	kept, total, resets, nbytes := ss.Report(res, others)
 	t.Logf("streams on the other frontends: %d of %d kept, %d reset, %d bytes verified", kept, total, resets, nbytes)
 	if kept != total {
 		t.Errorf("%d of %d streams on the frontends that stay were disturbed", total-kept, total)
@@ -203,7 +202,7 @@ func goAwayFrontend(t *testing.T, f1 *testbed.Host, ss *streams, probe *prober, 
 func TestClusterDrainGracefulLeave(t *testing.T) {
 	sc := setup(t, true)
 	f1 := sc.cl.node("f1")
-	if n := sc.ss.perFrontend(all)["f1"]; n == 0 {
+	if n := sc.ss.PerFrontend(e2e.AllStreams)["f1"]; n == 0 {
 		t.Fatal("no stream reached f1: the drain would not exercise its flows")
 	}
 	t0 := f1.signal(syscall.SIGTERM)
@@ -227,9 +226,9 @@ func TestClusterDrainGracefulLeave(t *testing.T) {
 	if !shown {
 		t.Errorf("%s's status does not show f1 leaving with its flows: %+v", succ.host.Name, st.Members)
 	}
-	for _, s := range sc.ss.all {
-		if err, at := s.failure(); err != nil {
-			t.Errorf("stream %d (frontend %s) failed %v after the drain: %v", s.id, s.frontend, at.Sub(t0).Round(time.Millisecond), err)
+	for _, s := range sc.ss.All {
+		if err, at := s.Failure(); err != nil {
+			t.Errorf("stream %d (frontend %s) failed %v after the drain: %v", s.ID, s.Frontend, at.Sub(t0).Round(time.Millisecond), err)
 		}
 	}
 	for src, per := range sc.probe.frontends(t0.Add(time.Second), tLeft) {
@@ -289,12 +288,12 @@ func TestStaticReloadGracefulLeave(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	ss := startStreams(t, bed, echo, srcs, leaveStreams)
-	if ss.perFrontend(all)["f3"] == 0 {
+	if ss.PerFrontend(e2e.AllStreams)["f3"] == 0 {
 		t.Fatal("no stream reached f3")
 	}
-	var ps []source
+	var ps []e2e.Source
 	for _, s := range srcs {
-		if s.addr == s.h.Addr || (len(s.h.Extra) > 0 && s.addr == s.h.Extra[0]) {
+		if s.Addr == s.Host.Addr || (len(s.Host.Extra) > 0 && s.Addr == s.Host.Extra[0]) {
 			ps = append(ps, s)
 		}
 	}
@@ -327,9 +326,9 @@ func TestStaticReloadGracefulLeave(t *testing.T) {
 	if !shown {
 		t.Errorf("the status does not show f3 leaving with its flows: %+v", st.Members)
 	}
-	for _, s := range ss.all {
-		if err, at := s.failure(); err != nil {
-			t.Errorf("stream %d (frontend %s) failed %v after the reload: %v", s.id, s.frontend, at.Sub(t0).Round(time.Millisecond), err)
+	for _, s := range ss.All {
+		if err, at := s.Failure(); err != nil {
+			t.Errorf("stream %d (frontend %s) failed %v after the reload: %v", s.ID, s.Frontend, at.Sub(t0).Round(time.Millisecond), err)
 		}
 	}
 	for src, per := range probe.frontends(t0.Add(time.Second), tLeft) {

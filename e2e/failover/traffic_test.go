@@ -1,53 +1,41 @@
 package failover
 
 import (
-	"encoding/binary"
-	"errors"
-	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sort"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
-// Stream parameters: 100 connections, each writing chunk bytes every
-// interval (80 KiB/s each, 8 MiB/s in all through the balancer).
-const (
-	numStreams     = 100
-	streamChunk    = 4 << 10
-	streamInterval = 50 * time.Millisecond
-	// streamIdle bounds any one read or write: longer than the TCP
-	// retransmissions a 3 s outage causes (RTO 200 ms doubling, RFC 6298).
-	streamIdle = 20 * time.Second
-)
+// numStreams is the number of long-lived connections the failover scenarios run.
+const numStreams = 100
 
-// source is one client address connections are made from.
-type source struct {
-	h    *testbed.Host
-	addr netip.Addr
+// streamOptions returns the options of the streams to echo numbered from firstID: each writes
+// 4 KiB every 50 ms (80 KiB/s each, 8 MiB/s in all through the balancer for numStreams); Idle
+// is longer than the TCP retransmissions a 3 s outage causes (RTO 200 ms doubling, RFC 6298),
+// so only a connection that is really cut fails; echo records which frontend accepted each.
+func streamOptions(echo *echoServers, firstID int) e2e.StreamOptions {
+	return e2e.StreamOptions{Chunk: 4 << 10, Interval: 50 * time.Millisecond, Idle: 20 * time.Second,
+		Pattern: "l2lb failover stream", FirstID: firstID, FrontendOf: echo.frontendOf}
 }
-
-func (s source) String() string { return fmt.Sprintf("%s/%v", s.h.Name, s.addr) }
 
 // sources returns both addresses of every client plus n more per client
 // (192.0.2.120 on), so that the streams spread over all three frontends
 // despite -p 60 sticking each client address to one.
-func sources(t *testing.T, bed *testbed.Bed, n int) []source {
+func sources(t *testing.T, bed *testbed.Bed, n int) []e2e.Source {
 	t.Helper()
-	var out []source
+	var out []e2e.Source
 	next := 120
 	for _, c := range bed.Clients {
-		out = append(out, source{c, c.Addr})
+		out = append(out, e2e.Source{Host: c, Addr: c.Addr})
 		for _, x := range c.Extra {
-			out = append(out, source{c, x})
+			out = append(out, e2e.Source{Host: c, Addr: x})
 		}
 		for i := 0; i < n; i++ {
 			a := netip.AddrFrom4([4]byte{192, 0, 2, byte(next)})
@@ -55,7 +43,7 @@ func sources(t *testing.T, bed *testbed.Bed, n int) []source {
 			if _, err := c.RunIP("addr", "add", netip.PrefixFrom(a, testbed.Subnet.Bits()).String(), "dev", "eth0", "nodad"); err != nil {
 				t.Fatal(err)
 			}
-			out = append(out, source{c, a})
+			out = append(out, e2e.Source{Host: c, Addr: a})
 		}
 	}
 	return out
@@ -133,219 +121,18 @@ func (e *echoServers) close() {
 	e.wg.Wait()
 }
 
-// stream is one long-lived connection writing a deterministic byte
-// pattern and checking every echoed byte.
-type stream struct {
-	id       int
-	src      source
-	local    netip.AddrPort
-	frontend string
-	c        net.Conn
-
-	sent, recvd atomic.Int64
-	lastRecv    atomic.Int64 // unix nanoseconds of the last byte received
-	stopWrite   atomic.Bool
-	wdone       chan struct{}
-	rdone       chan struct{}
-
-	mu  sync.Mutex
-	err error
-	at  time.Time // when err happened
-}
-
-func (s *stream) fail(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err == nil {
-		s.err, s.at = err, time.Now()
-	}
-}
-
-func (s *stream) failure() (error, time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.err, s.at
-}
-
-// pattern returns the stream's byte generator: ChaCha8 seeded by its id.
-func pattern(id int) *rand.ChaCha8 {
-	var seed [32]byte
-	binary.LittleEndian.PutUint64(seed[:], uint64(id))
-	copy(seed[8:], "l2lb failover stream")
-	return rand.NewChaCha8(seed)
-}
-
-func (s *stream) write() {
-	defer close(s.wdone)
-	gen := pattern(s.id)
-	buf := make([]byte, streamChunk)
-	tick := time.NewTicker(streamInterval)
-	defer tick.Stop()
-	for range tick.C {
-		if s.stopWrite.Load() {
-			return
-		}
-		gen.Read(buf)
-		s.c.SetWriteDeadline(time.Now().Add(streamIdle))
-		n, err := s.c.Write(buf)
-		s.sent.Add(int64(n))
-		if err != nil {
-			s.fail(fmt.Errorf("write: %w", err))
-			return
-		}
-	}
-}
-
-func (s *stream) read() {
-	defer close(s.rdone)
-	gen := pattern(s.id)
-	buf := make([]byte, 64<<10)
-	want := make([]byte, len(buf))
-	for {
-		s.c.SetReadDeadline(time.Now().Add(streamIdle))
-		n, err := s.c.Read(buf)
-		if n > 0 {
-			gen.Read(want[:n])
-			for i := 0; i < n; i++ {
-				if buf[i] != want[i] {
-					s.fail(fmt.Errorf("byte %d echoed as %#x, want %#x", s.recvd.Load()+int64(i), buf[i], want[i]))
-					return
-				}
-			}
-			s.recvd.Add(int64(n))
-			s.lastRecv.Store(time.Now().UnixNano())
-		}
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.fail(fmt.Errorf("read: %w", err))
-			}
-			return
-		}
-	}
-}
-
-// reset reports whether the stream failed with a TCP reset.
-func (s *stream) reset() bool {
-	err, _ := s.failure()
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
-// streams is the set of long-lived connections.
-type streams struct {
-	t   *testing.T
-	all []*stream
-}
-
-// startStreams opens n connections to the VIP's echo port round-robin over
-// srcs and starts them streaming; each must reach a frontend.
-func startStreams(t *testing.T, bed *testbed.Bed, echo *echoServers, srcs []source, n int) *streams {
+// startStreams opens n streams to the VIP's echo port round-robin over srcs and starts them
+// streaming; each must reach a frontend.
+func startStreams(t *testing.T, bed *testbed.Bed, echo *echoServers, srcs []e2e.Source, n int) *e2e.Streams {
 	t.Helper()
 	return startStreamsTo(t, netip.AddrPortFrom(bed.VIPs[0], echoPort), echo, srcs, n, 0)
 }
 
 // startStreamsTo is startStreams to raddr (a VIP of either family and the echo port), numbering
 // the streams from firstID (their ids seed their byte patterns and name them in reports).
-func startStreamsTo(t *testing.T, raddr netip.AddrPort, echo *echoServers, srcs []source, n, firstID int) *streams {
+func startStreamsTo(t *testing.T, raddr netip.AddrPort, echo *echoServers, srcs []e2e.Source, n, firstID int) *e2e.Streams {
 	t.Helper()
-	ss := &streams{t: t}
-	for i := firstID; i < firstID+n; i++ {
-		src := srcs[(i-firstID)%len(srcs)]
-		c, err := src.h.DialTCP(netip.AddrPortFrom(src.addr, 0), raddr, 3*time.Second)
-		if err != nil {
-			t.Fatalf("stream %d from %v: %v", i, src, err)
-		}
-		s := &stream{id: i, src: src, c: c, local: c.LocalAddr().(*net.TCPAddr).AddrPort(),
-			wdone: make(chan struct{}), rdone: make(chan struct{})}
-		ss.all = append(ss.all, s)
-		go s.read()
-		go s.write()
-	}
-	t.Cleanup(func() {
-		for _, s := range ss.all {
-			s.c.Close()
-		}
-	})
-	// Learn each stream's frontend from the echo servers.
-	deadline := time.Now().Add(5 * time.Second)
-	for _, s := range ss.all {
-		for s.frontend = echo.frontendOf(s.local); s.frontend == ""; s.frontend = echo.frontendOf(s.local) {
-			if time.Now().After(deadline) {
-				t.Fatalf("stream %d (%v) was accepted by no frontend", s.id, s.local)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	t.Logf("%d streams to %v per frontend: %v", n, raddr, ss.perFrontend(func(*stream) bool { return true }))
-	return ss
-}
-
-func (ss *streams) perFrontend(keep func(*stream) bool) map[string]int {
-	m := map[string]int{}
-	for _, s := range ss.all {
-		if keep(s) {
-			m[s.frontend]++
-		}
-	}
-	return m
-}
-
-// finish stops writing, waits until every surviving stream has its last
-// byte echoed, closes them and returns, per stream, nil if it streamed
-// through with every byte intact and progressed after since, or why not.
-func (ss *streams) finish(since time.Time) map[*stream]error {
-	for _, s := range ss.all {
-		s.stopWrite.Store(true)
-	}
-	for _, s := range ss.all {
-		<-s.wdone
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, s := range ss.all {
-		for {
-			if err, _ := s.failure(); err != nil || s.recvd.Load() >= s.sent.Load() || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	out := map[*stream]error{}
-	for _, s := range ss.all {
-		s.c.Close()
-		<-s.rdone
-		err, at := s.failure()
-		switch {
-		case err != nil:
-			out[s] = fmt.Errorf("failed %v after the event: %w", at.Sub(since).Round(time.Millisecond), err)
-		case s.recvd.Load() != s.sent.Load():
-			out[s] = fmt.Errorf("%d bytes sent, %d echoed back", s.sent.Load(), s.recvd.Load())
-		case time.Unix(0, s.lastRecv.Load()).Before(since):
-			out[s] = errors.New("received nothing after the event")
-		default:
-			out[s] = nil
-		}
-	}
-	return out
-}
-
-// report logs the outcome and returns the number of streams kept among
-// those selected by keep, the number selected, and the resets.
-func (ss *streams) report(res map[*stream]error, keep func(*stream) bool) (kept, total, resets int, bytes int64) {
-	for _, s := range ss.all {
-		if !keep(s) {
-			continue
-		}
-		total++
-		bytes += s.recvd.Load()
-		if res[s] == nil {
-			kept++
-			continue
-		}
-		if s.reset() {
-			resets++
-		}
-		ss.t.Logf("stream %d %v->%s (frontend %s): %v", s.id, s.local, "VIP", s.frontend, res[s])
-	}
-	return
+	return e2e.StartStreams(t, srcs, raddr, n, streamOptions(echo, firstID))
 }
 
 // attempt is one new connection of a persistent client.
@@ -369,12 +156,12 @@ type prober struct {
 // (1 s, RFC 6298 section 2), so a single lost SYN shows as a slow connection.
 const probeTimeout = 1500 * time.Millisecond
 
-func startProber(t *testing.T, bed *testbed.Bed, srcs []source) *prober {
+func startProber(t *testing.T, bed *testbed.Bed, srcs []e2e.Source) *prober {
 	return startProberTo(t, netip.AddrPortFrom(bed.VIPs[0], namePort), srcs)
 }
 
 // startProberTo is startProber to raddr (a VIP of either family and the name port).
-func startProberTo(t *testing.T, raddr netip.AddrPort, srcs []source) *prober {
+func startProberTo(t *testing.T, raddr netip.AddrPort, srcs []e2e.Source) *prober {
 	p := &prober{stop: make(chan struct{})}
 	for _, src := range srcs {
 		p.wg.Add(1)
@@ -386,8 +173,8 @@ func startProberTo(t *testing.T, raddr netip.AddrPort, srcs []source) *prober {
 					return
 				case <-time.After(50 * time.Millisecond):
 				}
-				a := attempt{src: src.addr, start: time.Now()}
-				c, err := src.h.DialTCP(netip.AddrPortFrom(src.addr, 0), raddr, probeTimeout)
+				a := attempt{src: src.Addr, start: time.Now()}
+				c, err := src.Host.DialTCP(netip.AddrPortFrom(src.Addr, 0), raddr, probeTimeout)
 				if err == nil {
 					a.name, err = testbed.AskNameOver(c, probeTimeout)
 					c.Close()

@@ -23,6 +23,16 @@ const helperAnswerLimit = 3 * time.Second
 // leaveStreams is the number of long-lived connections.
 const leaveStreams = 60
 
+// streamEvery is the long-lived streams' write interval: a rescheduled flow meets the reset of
+// its new frontend within streamEvery of the move.
+const streamEvery = 100 * time.Millisecond
+
+// streamOptions are the long-lived streams' options: 1 KiB every streamEvery, 10 s for any one
+// read or write (far beyond what a reschedule takes), and no FrontendOf, since the echo servers
+// (startEchoes) send the frontend's name as a banner.
+var streamOptions = e2e.StreamOptions{Chunk: 1 << 10, Interval: streamEvery, Idle: 10 * time.Second,
+	Pattern: "l2lb health stream"}
+
 // streamServices is the services file body with the tcp check on the streams' port.
 func streamServices() string { return fmt.Sprintf("service echo %d/tcp\n", streamPort) + timing("tcp") }
 
@@ -83,8 +93,8 @@ func leavingServiceStops(t *testing.T, takeover bool) {
 	if takeover {
 		leaver, active, others = bed.Frontends[0], h2, []*e2e.Helper{h3}
 	}
-	ss := startStreams(t, sources(bed), netip.AddrPortFrom(bed.VIPs[0], streamPort), leaveStreams)
-	if ss.perFrontend()[leaver.Name] == 0 {
+	ss := e2e.StartStreams(t, sources(bed), netip.AddrPortFrom(bed.VIPs[0], streamPort), leaveStreams, streamOptions)
+	if ss.PerFrontend(e2e.AllStreams)[leaver.Name] == 0 {
 		t.Fatalf("no stream reached %s: the leave would not exercise its flows", leaver.Name)
 	}
 	_, took = waitStatus(t, h2.ControlPath(), 10*time.Second, func(st control.Status) (bool, string) {
@@ -113,9 +123,9 @@ func leavingServiceStops(t *testing.T, takeover bool) {
 			"want it leaving with a healthy check (the view the old active node sent)",
 			time.Since(tLeft).Round(time.Millisecond), active.Name(), leaver.Name, listed, m.Leaving, c.Healthy, c.Error)
 	}
-	if bad := ss.flowing(func(*stream) bool { return true }, time.Now().Add(-time.Second)); len(bad) > 0 {
+	if bad := ss.Flowing(e2e.AllStreams, time.Now().Add(-time.Second)); len(bad) > 0 {
 		t.Errorf("%d of %d streams broke across the leave (%v were on %s); the first: %s",
-			len(bad), len(ss.all), ss.perFrontend()[leaver.Name], leaver.Name, bad[0])
+			len(bad), len(ss.All), ss.PerFrontend(e2e.AllStreams)[leaver.Name], leaver.Name, bad[0])
 	}
 	if t.Failed() {
 		t.FailNow()
@@ -127,20 +137,20 @@ func leavingServiceStops(t *testing.T, takeover bool) {
 	tStop := time.Now()
 	bound := downBound + streamEvery
 	deadline := tStop.Add(bound + 2*time.Second)
-	for time.Now().Before(deadline) && len(ss.flowing(onHost(leaver), time.Time{})) < ss.perFrontend()[leaver.Name] {
+	for time.Now().Before(deadline) && len(ss.Flowing(e2e.OnHost(leaver), time.Time{})) < ss.PerFrontend(e2e.AllStreams)[leaver.Name] {
 		time.Sleep(50 * time.Millisecond)
 	}
 	var worst time.Duration
-	for _, s := range ss.all {
-		if !onHost(leaver)(s) {
+	for _, s := range ss.All {
+		if !e2e.OnHost(leaver)(s) {
 			continue
 		}
-		err, at := s.failure()
+		err, at := s.Failure()
 		switch {
 		case err == nil:
-			t.Errorf("stream %d on %s still flows %v after its service stopped", s.id, leaver.Name, time.Since(tStop).Round(time.Millisecond))
-		case !s.reset():
-			t.Errorf("stream %d on %s ended with %v, want a reset from the frontend it was rescheduled to", s.id, leaver.Name, err)
+			t.Errorf("stream %d on %s still flows %v after its service stopped", s.ID, leaver.Name, time.Since(tStop).Round(time.Millisecond))
+		case !s.WasReset():
+			t.Errorf("stream %d on %s ended with %v, want a reset from the frontend it was rescheduled to", s.ID, leaver.Name, err)
 		default:
 			worst = max(worst, at.Sub(tStop))
 		}
@@ -148,12 +158,12 @@ func leavingServiceStops(t *testing.T, takeover bool) {
 	st, _ = statusOf(active.ControlPath())
 	c, _ = checkOf(st, leaver.Addr, "echo")
 	t.Logf("%s's %d streams were reset within %v of its service stopping (bound %v); %s's view of it: %+v",
-		leaver.Name, ss.perFrontend()[leaver.Name], worst.Round(time.Millisecond), bound, active.Name(), c)
+		leaver.Name, ss.PerFrontend(e2e.AllStreams)[leaver.Name], worst.Round(time.Millisecond), bound, active.Name(), c)
 	if worst > bound {
 		t.Errorf("%s's flows were rescheduled %v after its service stopped, want within %v", leaver.Name, worst.Round(time.Millisecond), bound)
 	}
 	time.Sleep(time.Second)
-	for _, bad := range ss.flowing(notOnHost(leaver), time.Now().Add(-time.Second)) {
+	for _, bad := range ss.Flowing(e2e.NotOnHost(leaver), time.Now().Add(-time.Second)) {
 		t.Errorf("on a frontend that stays: %s", bad)
 	}
 	e2e.QuitAll(t, helperAnswerLimit, t.Errorf, append([]*e2e.Helper{active}, others...)...)
