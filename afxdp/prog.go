@@ -42,6 +42,19 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
 
+// ErrMode is returned by ParseMode for a name that is not a Mode.
+var ErrMode = errors.New("afxdp: XDP mode is not auto, native or generic")
+
+// ParseMode returns the Mode whose String is s.
+func ParseMode(s string) (Mode, error) {
+	for _, m := range []Mode{ModeAuto, ModeNative, ModeGeneric} {
+		if s == m.String() {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: %q", ErrMode, s)
+}
+
 // Errors of the program and its attachment.
 var (
 	// ErrBadMAC is returned for a virtual MAC that is not a 6-byte unicast address.

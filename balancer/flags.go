@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/l2lb/l2lb/afpacket"
+	"github.com/l2lb/l2lb/afxdp"
 	"github.com/l2lb/l2lb/connsync"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/dataplane"
@@ -34,6 +35,7 @@ type Flags struct {
 	BusyPoll    time.Duration
 	Coalesce    time.Duration
 	Backend     string
+	XDPMode     string
 	MaxConns    int
 	NoDest      string
 	TCPTimeout  time.Duration
@@ -56,6 +58,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Scheduler, "scheduler", "maglev", "scheduler: maglev (consistent hash), wrr or wlc")
 	fs.IntVar(&f.Workers, "workers", 1, "fast-path workers (sockets in one PACKET_FANOUT group)")
 	fs.StringVar(&f.Backend, "backend", "afpacket", "fast-path sockets: afpacket (default) or afxdp (an XDP program redirects frames to the virtual MAC into AF_XDP sockets; issue 14)")
+	fs.StringVar(&f.XDPMode, "xdp-mode", "auto", "afxdp: how the XDP program is attached: native (in the driver), generic (on the skb, any interface) or auto (native, else generic)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
 	fs.DurationVar(&f.Coalesce, "coalesce", 0, "afpacket: how long a worker woken for fewer than 16 frames waits for more to handle and send in one batch (0 to 1ms; 0, the default: at once). Cuts CPU per frame at medium rates, adds up to this much latency (README, Performance)")
 	fs.IntVar(&f.MaxConns, "max-conns", 1<<20, "connection table limit; beyond it flows are forwarded by hash alone")
@@ -99,11 +102,18 @@ func (f *Flags) Config(mode, name string, log *slog.Logger) (Config, error) {
 	switch f.Backend {
 	case "", "afpacket":
 	case "afxdp":
+		mode, err := afxdp.ParseMode(f.XDPMode)
+		if err != nil {
+			return zero, fmt.Errorf("--xdp-mode: %w", err)
+		}
 		open = func(c node.OpenConfig) (node.Sockets, error) {
-			return node.OpenXDPWith(c, node.XDPConfig{Log: log})
+			return node.OpenXDPWith(c, node.XDPConfig{Mode: mode, Log: log})
 		}
 	default:
 		return zero, fmt.Errorf("--backend %q: want afpacket or afxdp", f.Backend)
+	}
+	if f.XDPMode != "auto" && f.Backend != "afxdp" {
+		return zero, errors.New("--xdp-mode applies to the afxdp backend only")
 	}
 	switch {
 	case f.Coalesce < 0 || f.Coalesce > time.Millisecond:

@@ -10,7 +10,8 @@ import (
 )
 
 // TestFlagsCoalesce checks that --coalesce reaches the configuration and that values the ring
-// would refuse, or a backend it does not apply to, are refused with the flag's name.
+// would refuse, or a backend it does not apply to, are refused with the flag's name; likewise
+// --xdp-mode.
 func TestFlagsCoalesce(t *testing.T) {
 	parse := func(args ...string) (Config, error) {
 		var f Flags
@@ -32,6 +33,14 @@ func TestFlagsCoalesce(t *testing.T) {
 	for _, args := range [][]string{{"--coalesce", "2ms"}, {"--coalesce", "-1us"}, {"--coalesce", "100us", "--backend", "afxdp"}} {
 		if _, err := parse(args...); err == nil || !strings.Contains(err.Error(), "--coalesce") {
 			t.Errorf("%q: %v, want an error naming --coalesce", args, err)
+		}
+	}
+	if _, err := parse("--backend", "afxdp", "--xdp-mode", "generic"); err != nil {
+		t.Errorf("--xdp-mode generic: %v", err)
+	}
+	for _, args := range [][]string{{"--backend", "afxdp", "--xdp-mode", "skb"}, {"--xdp-mode", "native"}} {
+		if _, err := parse(args...); err == nil || !strings.Contains(err.Error(), "--xdp-mode") {
+			t.Errorf("%q: %v, want an error naming --xdp-mode", args, err)
 		}
 	}
 }
