@@ -94,7 +94,7 @@ func TestSmokePPSConn(t *testing.T) {
 		}
 	})
 	rep, err := Run(t.Context(), Options{Exe: exe, Scenarios: []string{"pps", "conn"}, Runs: 1,
-		Duration: 800 * time.Millisecond, Workers: []int{2}, PPSRate: 20000, Logf: t.Logf})
+		Duration: 800 * time.Millisecond, Workers: []int{2}, Backends: []string{"afpacket", "afxdp"}, PPSRate: 20000, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,9 @@ func TestSmokePPSConn(t *testing.T) {
 	}
 	want := map[string][]string{
 		"pps": {"direct delivered", "kernel delivered", "kernel offered", "kernel loss-free rate", "kernel RPS delivered", "l2lb w2 delivered", "l2lb w2 offered",
-			"l2lb w2 / kernel", "l2lb w2 / kernel RPS", "l2lb w2 loss-free rate", "l2lb w2 balancer CPU/frame", "l2lb w2 balancer CPU/frame incl. receivers"},
+			"l2lb w2 / kernel", "l2lb w2 / kernel RPS", "l2lb w2 loss-free rate", "l2lb w2 balancer CPU/frame", "l2lb w2 balancer CPU/frame incl. receivers",
+			// AF_XDP with 2 workers: the bench gives the veth 2 queues, one socket each.
+			"l2lb afxdp w2 delivered", "l2lb afxdp w2 / kernel RPS", "l2lb afxdp w2 loss-free rate", "l2lb afxdp w2 balancer CPU/frame"},
 		"conn": {"via VIP", "direct", "VIP/direct"},
 	}
 	for _, sc := range rep.Scenarios {
