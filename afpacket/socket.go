@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -68,7 +69,22 @@ type Config struct {
 	// FanoutMode is the PACKET_FANOUT mode, optionally ORed with
 	// PACKET_FANOUT_FLAG_* bits; the zero value is unix.PACKET_FANOUT_HASH.
 	FanoutMode uint16
+	// Filter, when non-empty, is a classic-BPF program (at most 4096
+	// instructions, the kernel's BPF_MAXINSNS) attached with
+	// SO_ATTACH_FILTER so that only the frames it accepts reach the ring:
+	// the others are dropped before they take a slot or count in Stats. It
+	// sees each frame from the Ethernet header, with or without VnetHdr,
+	// and its return value caps the bytes kept. It is only for receive
+	// sockets. With fanout it runs after the group has picked this socket,
+	// so a frame it drops is lost, not handed to another member: give every
+	// member the same filter. DestinationMACFilter builds one.
+	Filter []bpf.RawInstruction
 }
+
+// maxFilterLen is BPF_MAXINSNS (include/uapi/linux/bpf_common.h), the
+// longest classic-BPF program the kernel accepts; checking it here also
+// keeps the length within sock_fprog's 16-bit field.
+const maxFilterLen = 4096
 
 // RingConfig sizes a memory-mapped TPACKET_V2 receive ring (packet_mmap.rst):
 // fixed-size frame slots, each handed over on its own with a per-frame status
@@ -249,8 +265,11 @@ func (cfg *Config) validate() error {
 	if cfg.Ifindex <= 0 {
 		return fmt.Errorf("%w: ifindex %d", ErrInvalidConfig, cfg.Ifindex)
 	}
-	if cfg.Protocol == 0 && (!cfg.Ring.IsZero() || cfg.FanoutGroup != 0) {
-		return fmt.Errorf("%w: a transmit-only socket (protocol 0) cannot have a ring or fanout", ErrInvalidConfig)
+	if cfg.Protocol == 0 && (!cfg.Ring.IsZero() || cfg.FanoutGroup != 0 || len(cfg.Filter) != 0) {
+		return fmt.Errorf("%w: a transmit-only socket (protocol 0) cannot have a ring, fanout or filter", ErrInvalidConfig)
+	}
+	if len(cfg.Filter) > maxFilterLen {
+		return fmt.Errorf("%w: filter of %d instructions (at most %d)", ErrInvalidConfig, len(cfg.Filter), maxFilterLen)
 	}
 	if cfg.Protocol != 0 && cfg.Ring.IsZero() {
 		return fmt.Errorf("%w: a receive socket (protocol %#04x) needs a ring", ErrInvalidConfig, cfg.Protocol)
@@ -287,6 +306,18 @@ func (cfg *Config) validate() error {
 // and PACKET_VERSION must precede PACKET_RX_RING (the kernel answers EBUSY
 // afterwards), and PACKET_FANOUT needs a socket already bound to a protocol.
 func (s *Socket) setup(fd int, cfg Config) error {
+	// The filter goes on first, before the ring is mapped and while fd is
+	// still bound to protocol 0 and so has no receive hook: a packet socket
+	// starts queueing frames the moment it is bound to a protocol (joining
+	// a fanout group, later, only moves that hook to the group's), so a
+	// filter attached after the bind would let the frames it rejects that
+	// arrive in between slip into the ring, and every reader would have to
+	// check each frame again.
+	if len(cfg.Filter) != 0 {
+		if err := AttachFilter(fd, cfg.Filter); err != nil {
+			return err
+		}
+	}
 	opt := func(name string, o int) error {
 		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, o, 1); err != nil {
 			return fmt.Errorf("afpacket: setsockopt %s: %w", name, err)
