@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/l2lb/l2lb/afpacket"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
@@ -44,12 +45,7 @@ func openControl(ifindex int, vmac net.HardwareAddr) (fd int, err error) {
 	if err != nil {
 		return -1, fmt.Errorf("afxdp: control filter: %w", err)
 	}
-	f := make([]unix.SockFilter, len(raw))
-	for i, r := range raw {
-		f[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
-	}
-	prog := unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &prog); err != nil {
+	if err := afpacket.AttachFilter(fd, raw); err != nil {
 		return -1, fmt.Errorf("afxdp: control filter: %w", err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
