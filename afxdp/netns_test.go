@@ -104,7 +104,7 @@ func (e *vethNS) openXDP(t testing.TB, mode Mode) (*Program, *Socket, Mode) {
 		got Mode
 	)
 	err := e.Run(func() (err error) {
-		if p, err = NewProgram(testVMAC, 1); err != nil {
+		if p, err = NewProgram(testVMAC, 1, ProgramOptions{}); err != nil {
 			return err
 		}
 		if s, err = Open(Config{Ifindex: e.a.Index, Queue: 0, Program: p, Control: true, VirtualMAC: testVMAC,

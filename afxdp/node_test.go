@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"github.com/l2lb/l2lb/afpacket"
 	"github.com/l2lb/l2lb/afxdp"
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/dataplane"
@@ -43,7 +44,16 @@ func serialize(t *testing.T, ls ...gopacket.SerializableLayer) []byte {
 // control socket) is answered with the virtual MAC, and UDP datagrams to the virtual MAC
 // (redirected into the AF_XDP socket) are forwarded to the frontend's MAC, unchanged but for
 // the MACs. Closing the sockets detaches the XDP program.
-func TestNodeRunsOnAFXDP(t *testing.T) {
+func TestNodeRunsOnAFXDP(t *testing.T) { testNodeOnAFXDP(t, node.XDPConfig{}) }
+
+// TestNodeRunsOnAFXDPTCPToKernel is TestNodeRunsOnAFXDP with TCP left to the kernel: UDP
+// datagrams are forwarded from the AF_XDP socket, TCP segments from the AF_PACKET rings that
+// see only frames to the virtual MAC (they receive TCP only, so ARP is answered once).
+func TestNodeRunsOnAFXDPTCPToKernel(t *testing.T) {
+	testNodeOnAFXDP(t, node.XDPConfig{TCPToKernel: true})
+}
+
+func testNodeOnAFXDP(t *testing.T, x node.XDPConfig) {
 	e := afxdp.NewTestNS(t, 1)
 	addIPv4(t, e)
 	vb, err := netInterface(e, "vb")
@@ -65,7 +75,7 @@ func TestNodeRunsOnAFXDP(t *testing.T) {
 	}
 	var s node.Sockets
 	if err := e.Run(func() (err error) {
-		s, err = node.OpenXDP(node.OpenConfig{Interface: "va", Workers: 2, VirtualMAC: vmac})
+		s, err = node.OpenXDPWith(node.OpenConfig{Interface: "va", Workers: 2, VirtualMAC: vmac, FanoutGroup: 7}, x)
 		return err
 	}); err != nil {
 		if errors.Is(err, afxdp.ErrUnavailable) {
@@ -73,15 +83,24 @@ func TestNodeRunsOnAFXDP(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
-	if len(s.Workers) != 1 || s.Lo == nil || s.ARP == nil {
-		t.Fatalf("sockets: %d workers, lo %v, ARP %v; want 1 worker (veth has one queue), lo and ARP", len(s.Workers), s.Lo, s.ARP)
+	// veth has one queue: one AF_XDP socket, and with TCP to the kernel a ring per worker.
+	wantSockets := 1
+	if x.TCPToKernel {
+		wantSockets = 3
+	}
+	if len(s.Workers) != wantSockets || s.Lo == nil || s.ARP == nil {
+		t.Fatalf("sockets: %d workers, lo %v, ARP %v; want %d, lo and ARP", len(s.Workers), s.Lo, s.ARP, wantSockets)
+	}
+	var rings []*afpacket.Socket
+	for _, w := range s.Workers[1:] {
+		rings = append(rings, w.(*afpacket.Socket))
 	}
 	s.ARP.Close() // the frontend's MAC is set by hand
 	s.ARP = nil
 	if !xdpAttached(t, e) {
 		t.Fatal("no XDP program on va after OpenXDP")
 	}
-	n := node.New(node.Config{Engine: eng, Workers: 2})
+	n := node.New(node.Config{Engine: eng, Workers: len(s.Workers)})
 	n.SetActive(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
@@ -114,20 +133,35 @@ func TestNodeRunsOnAFXDP(t *testing.T) {
 		return serialize(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: vmac, EthernetType: layers.EthernetTypeIPv4}, ip, u,
 			gopacket.Payload("hello over AF_XDP"))
 	}
+	tcp := func(sport uint16) []byte {
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: clientIP.AsSlice(), DstIP: vip.AsSlice()}
+		s := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: 25, SYN: true, Seq: 1, Window: 64240}
+		s.SetNetworkLayerForChecksum(ip)
+		return serialize(t, &layers.Ethernet{SrcMAC: clientMAC, DstMAC: vmac, EthernetType: layers.EthernetTypeIPv4}, ip, s)
+	}
 	sent := map[uint16][]byte{}
 	var arpOK bool
+	arpSent, arpReplies, tcpSent := 0, 0, 0
 	forwarded := map[uint16]bool{}
 	buf := make([]byte, 4096)
 	deadline := time.Now().Add(5 * time.Second)
-	for (!arpOK || len(forwarded) < 3) && time.Now().Before(deadline) {
+	for (!arpOK || len(forwarded) < 6) && time.Now().Before(deadline) {
 		// Resend until answered: Run starts its workers asynchronously.
 		if !arpOK {
 			unix.Write(raw, arpReq)
+			arpSent++
 		}
 		for sp := uint16(40000); sp < 40003; sp++ {
 			if !forwarded[sp] {
 				sent[sp] = udp(sp)
 				unix.Write(raw, sent[sp])
+			}
+		}
+		for sp := uint16(41000); sp < 41003; sp++ {
+			if !forwarded[sp] {
+				sent[sp] = tcp(sp)
+				unix.Write(raw, sent[sp])
+				tcpSent++
 			}
 		}
 		for {
@@ -146,6 +180,9 @@ func TestNodeRunsOnAFXDP(t *testing.T) {
 					t.Errorf("ARP reply with %v (Ethernet source %v), want the virtual MAC", net.HardwareAddr(a.SourceHwAddress), eth.SrcMAC)
 				}
 				arpOK = true
+				if bytes.Equal(a.DstHwAddress, clientMAC) { // not a gratuitous announcement
+					arpReplies++
+				}
 			}
 			if u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && bytes.Equal(eth.DstMAC, vb.HardwareAddr) {
 				sp := uint16(u.SrcPort)
@@ -158,16 +195,40 @@ func TestNodeRunsOnAFXDP(t *testing.T) {
 				}
 				forwarded[sp] = true
 			}
+			if s, ok := p.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && bytes.Equal(eth.DstMAC, vb.HardwareAddr) {
+				sp := uint16(s.SrcPort)
+				if want, ok := sent[sp]; ok {
+					if !bytes.Equal(eth.SrcMAC, va.HardwareAddr) || !bytes.Equal(buf[12:m], want[12:]) {
+						t.Errorf("forwarded segment %x, want %x with MACs %v <- %v", buf[:m], want, vb.HardwareAddr, va.HardwareAddr)
+					}
+					forwarded[sp] = true
+				}
+			}
 		}
 	}
 	if !arpOK {
 		t.Error("no ARP reply for the VIP")
 	}
-	if len(forwarded) != 3 {
-		t.Errorf("forwarded %d of 3 datagrams", len(forwarded))
+	if arpReplies > arpSent {
+		t.Errorf("%d ARP replies to %d requests: answered twice", arpReplies, arpSent)
+	}
+	if len(forwarded) != 6 {
+		t.Errorf("forwarded %d of 3 datagrams and 3 segments: %v", len(forwarded), forwarded)
+	}
+	// The rings' filter and the program's steering: the rings received TCP only.
+	var ringFrames uint64
+	for _, r := range rings {
+		st, err := r.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ringFrames += st.Packets
+	}
+	if x.TCPToKernel && (ringFrames < 3 || ringFrames > uint64(tcpSent)) {
+		t.Errorf("rings received %d frames for %d TCP segments sent, want 3 to %d", ringFrames, tcpSent, tcpSent)
 	}
 	st := n.Stats()
-	t.Logf("stats: %+v", st)
+	t.Logf("stats: %+v; rings received %d frames, %d TCP segments sent", st, ringFrames, tcpSent)
 }
 
 // TestOpenXDPNeedsAWorkerPerQueue checks that OpenXDP refuses an interface with more receive

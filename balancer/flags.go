@@ -36,6 +36,7 @@ type Flags struct {
 	Coalesce    time.Duration
 	Backend     string
 	XDPMode     string
+	XDPTCP      string
 	MaxConns    int
 	NoDest      string
 	TCPTimeout  time.Duration
@@ -59,6 +60,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.IntVar(&f.Workers, "workers", 1, "fast-path workers (sockets in one PACKET_FANOUT group)")
 	fs.StringVar(&f.Backend, "backend", "afpacket", "fast-path sockets: afpacket (default) or afxdp (an XDP program redirects frames to the virtual MAC into AF_XDP sockets; issue 14)")
 	fs.StringVar(&f.XDPMode, "xdp-mode", "auto", "afxdp: how the XDP program is attached: native (in the driver), generic (on the skb, any interface) or auto (native, else generic)")
+	fs.StringVar(&f.XDPTCP, "xdp-tcp", "kernel", "afxdp: where TCP goes: kernel (the default: the kernel's GRO merges segments and --workers AF_PACKET rings forward them whole, with GSO) or xsk (every frame on AF_XDP, as UDP; bulk uploads then cross to user space one wire-size segment at a time)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
 	fs.DurationVar(&f.Coalesce, "coalesce", 0, "afpacket: how long a worker woken for fewer than 16 frames waits for more to handle and send in one batch (0 to 1ms; 0, the default: at once). Cuts CPU per frame at medium rates, adds up to this much latency (README, Performance)")
 	fs.IntVar(&f.MaxConns, "max-conns", 1<<20, "connection table limit; beyond it flows are forwarded by hash alone")
@@ -106,20 +108,28 @@ func (f *Flags) Config(mode, name string, log *slog.Logger) (Config, error) {
 		if err != nil {
 			return zero, fmt.Errorf("--xdp-mode: %w", err)
 		}
+		var tcpToKernel bool
+		switch f.XDPTCP {
+		case "kernel":
+			tcpToKernel = true
+		case "xsk":
+		default:
+			return zero, fmt.Errorf("--xdp-tcp %q: want kernel or xsk", f.XDPTCP)
+		}
 		open = func(c node.OpenConfig) (node.Sockets, error) {
-			return node.OpenXDPWith(c, node.XDPConfig{Mode: mode, Log: log})
+			return node.OpenXDPWith(c, node.XDPConfig{Mode: mode, TCPToKernel: tcpToKernel, Log: log})
 		}
 	default:
 		return zero, fmt.Errorf("--backend %q: want afpacket or afxdp", f.Backend)
 	}
-	if f.XDPMode != "auto" && f.Backend != "afxdp" {
-		return zero, errors.New("--xdp-mode applies to the afxdp backend only")
+	if (f.XDPMode != "auto" || f.XDPTCP != "kernel") && f.Backend != "afxdp" {
+		return zero, errors.New("--xdp-mode and --xdp-tcp apply to the afxdp backend only")
 	}
 	switch {
 	case f.Coalesce < 0 || f.Coalesce > time.Millisecond:
 		return zero, fmt.Errorf("--coalesce %v: want 0 to 1ms", f.Coalesce)
-	case f.Coalesce > 0 && f.Backend == "afxdp":
-		return zero, errors.New("--coalesce applies to the afpacket backend only")
+	case f.Coalesce > 0 && f.Backend == "afxdp" && f.XDPTCP != "kernel":
+		return zero, errors.New("--coalesce applies to AF_PACKET rings: the afpacket backend, or afxdp's with --xdp-tcp kernel")
 	}
 	if busy <= 0 {
 		busy = -1 // the flag's 0 means off; node.OpenConfig's 0 means the default

@@ -30,7 +30,10 @@ func TestFlagsCoalesce(t *testing.T) {
 	if c, err := parse(); err != nil || c.Coalesce != 0 {
 		t.Errorf("default: %v, %v", c.Coalesce, err)
 	}
-	for _, args := range [][]string{{"--coalesce", "2ms"}, {"--coalesce", "-1us"}, {"--coalesce", "100us", "--backend", "afxdp"}} {
+	if _, err := parse("--coalesce", "100us", "--backend", "afxdp"); err != nil {
+		t.Errorf("--coalesce with afxdp's TCP rings: %v", err)
+	}
+	for _, args := range [][]string{{"--coalesce", "2ms"}, {"--coalesce", "-1us"}, {"--coalesce", "100us", "--backend", "afxdp", "--xdp-tcp", "xsk"}} {
 		if _, err := parse(args...); err == nil || !strings.Contains(err.Error(), "--coalesce") {
 			t.Errorf("%q: %v, want an error naming --coalesce", args, err)
 		}
@@ -38,9 +41,10 @@ func TestFlagsCoalesce(t *testing.T) {
 	if _, err := parse("--backend", "afxdp", "--xdp-mode", "generic"); err != nil {
 		t.Errorf("--xdp-mode generic: %v", err)
 	}
-	for _, args := range [][]string{{"--backend", "afxdp", "--xdp-mode", "skb"}, {"--xdp-mode", "native"}} {
-		if _, err := parse(args...); err == nil || !strings.Contains(err.Error(), "--xdp-mode") {
-			t.Errorf("%q: %v, want an error naming --xdp-mode", args, err)
+	for _, args := range [][]string{{"--backend", "afxdp", "--xdp-mode", "skb"}, {"--xdp-mode", "native"},
+		{"--backend", "afxdp", "--xdp-tcp", "afpacket"}, {"--xdp-tcp", "xsk"}} {
+		if _, err := parse(args...); err == nil || !strings.Contains(err.Error(), "--xdp-") {
+			t.Errorf("%q: %v, want an error naming the flag", args, err)
 		}
 	}
 }

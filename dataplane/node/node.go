@@ -10,7 +10,6 @@ package node
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -123,7 +122,10 @@ func (s Sockets) Close() {
 type Config struct {
 	// Engine decides what happens to each frame.
 	Engine *dataplane.Engine
-	// Workers is the number of worker goroutines, and of per-worker counters (default 1).
+	// Workers is the number of worker sockets expected, one goroutine and one set of counters
+	// each (default 1). Run adds counters when it is given more sockets: the AF_XDP backend
+	// with TCP left to the kernel has a socket per receive queue and an AF_PACKET ring per
+	// worker.
 	Workers int
 	// Log receives events (nil: discarded).
 	Log *slog.Logger
@@ -141,6 +143,8 @@ type Node struct {
 	cfg      Config
 	eng      *dataplane.Engine
 	log      *slog.Logger
+	tick     *dataplane.Counters // the periodic work's own (announcements)
+	cmu      sync.Mutex          // guards counters' growth in Run against Stats
 	counters []*dataplane.Counters
 	announce chan struct{}
 
@@ -173,15 +177,28 @@ func New(cfg Config) *Node {
 	}
 	n := &Node{cfg: cfg, eng: cfg.Engine, log: cfg.Log, announce: make(chan struct{}, 1),
 		resolve: map[netip.Addr]*resolveState{}}
-	// One more set of counters than workers: the periodic work's own (announcements).
-	for i := 0; i <= cfg.Workers; i++ {
-		n.counters = append(n.counters, new(dataplane.Counters))
-	}
+	n.tick = new(dataplane.Counters)
+	n.grow(cfg.Workers)
 	return n
 }
 
-// Stats sums the workers' counters.
-func (n *Node) Stats() dataplane.Stats { return dataplane.Sum(n.counters...) }
+// grow makes sure there is a set of counters for each of k workers; counters are never
+// dropped, so totals survive fast-path restarts with fewer sockets.
+func (n *Node) grow(k int) {
+	n.cmu.Lock()
+	defer n.cmu.Unlock()
+	for len(n.counters) < k {
+		n.counters = append(n.counters, new(dataplane.Counters))
+	}
+}
+
+// Stats sums the workers' counters and the periodic work's.
+func (n *Node) Stats() dataplane.Stats {
+	n.cmu.Lock()
+	cs := append([]*dataplane.Counters{n.tick}, n.counters...)
+	n.cmu.Unlock()
+	return dataplane.Sum(cs...)
+}
 
 // SetActive makes the engine answer ARP and forward (true) or drop VIP input (false), at once. It
 // cancels a pending Release. On becoming active the VIPs are announced.
@@ -328,7 +345,7 @@ func (n *Node) sendAnnouncements(tx TxSocket) bool {
 		}
 		sent++
 	}
-	n.counters[len(n.counters)-1].Announced(sent)
+	n.tick.Announced(sent)
 	n.log.Debug("announced VIPs", "vips", cfg.VIPs.String(), "mac", cfg.VirtualMAC.String(), "frames", sent)
 	return sent == len(frames)
 }
@@ -402,9 +419,7 @@ func (n *Node) Run(ctx context.Context, s Sockets) error {
 	if len(s.Workers) == 0 || s.Lo == nil {
 		return ErrNoSockets
 	}
-	if len(s.Workers) > n.cfg.Workers {
-		return fmt.Errorf("node: %d worker sockets for %d workers", len(s.Workers), n.cfg.Workers)
-	}
+	n.grow(len(s.Workers))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n.mu.Lock()
@@ -425,8 +440,11 @@ func (n *Node) Run(ctx context.Context, s Sockets) error {
 	}()
 	var wg sync.WaitGroup
 	errc := make(chan error, len(s.Workers))
+	n.cmu.Lock()
+	counters := n.counters
+	n.cmu.Unlock()
 	for i, rx := range s.Workers {
-		w := newWorker(n, rx, s.Lo, n.counters[i])
+		w := newWorker(n, rx, s.Lo, counters[i])
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -11,6 +11,7 @@ import (
 	"github.com/l2lb/l2lb/afpacket"
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ndp"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -68,35 +69,12 @@ func Open(c OpenConfig) (Sockets, error) {
 	if err != nil {
 		return Sockets{}, err
 	}
-	ring := afpacket.DefaultRing()
-	switch {
-	case c.BusyPoll > 0:
-		ring.BusyPoll = c.BusyPoll
-	case c.BusyPoll < 0:
-		ring.BusyPoll = 0
-	}
-	ring.Coalesce = c.Coalesce
 	s := Sockets{MAC: ifi.HardwareAddr}
-	for i := 0; i < c.Workers; i++ {
-		ac := afpacket.Config{
-			Ifindex: ifi.Index, Protocol: unix.ETH_P_ALL, VnetHdr: true, IgnoreOutgoing: true,
-			QdiscBypass: true, UnicastMACs: []net.HardwareAddr{c.VirtualMAC}, Ring: ring,
-		}
-		if c.Workers > 1 {
-			// PACKET_FANOUT_HASH, not _CPU: measured with l2lb bench pps (issue 14, 2 workers,
-			// 2 runs each) _CPU delivered 209-231 k frames/s against 238-253 k for _HASH, as on
-			// veth a frame arrives on the sending CPU, which is one generator's for a whole
-			// burst. _QM (by recorded receive queue) suits a multi-queue NIC and was not
-			// measured: on veth the queue is only meaningful in its NAPI (XDP or GRO) mode.
-			ac.FanoutGroup, ac.FanoutMode = c.FanoutGroup, unix.PACKET_FANOUT_HASH
-		}
-		sock, err := afpacket.Open(ac)
-		if err != nil {
-			s.Close()
-			return Sockets{}, fmt.Errorf("node: open %s: %w", ifi.Name, err)
-		}
-		s.Workers = append(s.Workers, sock)
+	rings, err := openRings(ifi, c, nil)
+	if err != nil {
+		return Sockets{}, err
 	}
+	s.Workers = rings
 	loSock, err := afpacket.Open(afpacket.Config{Ifindex: lo.Index, Protocol: 0, VnetHdr: true})
 	if err != nil {
 		s.Close()
@@ -110,6 +88,43 @@ func Open(c OpenConfig) (Sockets, error) {
 	}
 	s.ARP = &resolver{ifi: ifi, arp: client, timeout: ResolveTimeout}
 	return s, nil
+}
+
+// openRings opens c.Workers TPACKET_V2 receive rings on ifi, in one PACKET_FANOUT group when
+// more than one, with the socket filter filter (nil: every frame). On error none stays open.
+func openRings(ifi *net.Interface, c OpenConfig, filter []bpf.RawInstruction) ([]RxSocket, error) {
+	ring := afpacket.DefaultRing()
+	switch {
+	case c.BusyPoll > 0:
+		ring.BusyPoll = c.BusyPoll
+	case c.BusyPoll < 0:
+		ring.BusyPoll = 0
+	}
+	ring.Coalesce = c.Coalesce
+	var rings []RxSocket
+	for i := 0; i < c.Workers; i++ {
+		ac := afpacket.Config{
+			Ifindex: ifi.Index, Protocol: unix.ETH_P_ALL, VnetHdr: true, IgnoreOutgoing: true,
+			QdiscBypass: true, UnicastMACs: []net.HardwareAddr{c.VirtualMAC}, Ring: ring, Filter: filter,
+		}
+		if c.Workers > 1 {
+			// PACKET_FANOUT_HASH, not _CPU: measured with l2lb bench pps (issue 14, 2 workers,
+			// 2 runs each) _CPU delivered 209-231 k frames/s against 238-253 k for _HASH, as on
+			// veth a frame arrives on the sending CPU, which is one generator's for a whole
+			// burst. _QM (by recorded receive queue) suits a multi-queue NIC and was not
+			// measured: on veth the queue is only meaningful in its NAPI (XDP or GRO) mode.
+			ac.FanoutGroup, ac.FanoutMode = c.FanoutGroup, unix.PACKET_FANOUT_HASH
+		}
+		sock, err := afpacket.Open(ac)
+		if err != nil {
+			for _, r := range rings {
+				r.Close()
+			}
+			return nil, fmt.Errorf("node: open %s: %w", ifi.Name, err)
+		}
+		rings = append(rings, sock)
+	}
+	return rings, nil
 }
 
 func loopback() (*net.Interface, error) {

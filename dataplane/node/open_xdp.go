@@ -25,6 +25,10 @@ type XDPConfig struct {
 	// same-host senders (afxdp.Config.FixPartialChecksums), for links where every frame comes
 	// from the wire with its checksum complete.
 	KeepPartialChecksums bool
+	// TCPToKernel leaves TCP frames to the kernel (afxdp.ProgramOptions.PassTCP), where GRO
+	// merges them, and opens c.Workers AF_PACKET rings, limited to frames to the virtual MAC,
+	// that forward them whole; UDP and the rest stay on AF_XDP.
+	TCPToKernel bool
 	// Log receives the backend's events (nil: discarded).
 	Log *slog.Logger
 }
@@ -37,7 +41,8 @@ func OpenXDP(cfg OpenConfig) (Sockets, error) { return OpenXDPWith(cfg, XDPConfi
 // (the first one also reads ARP and NDP and holds the virtual MAC's membership), and, as Open
 // makes them, a transmit-only AF_PACKET socket on lo and an ARP client. It uses one worker per
 // receive queue and fails with ErrQueues if there are more queues than c.Workers
-// (BusyPoll and FanoutGroup do not apply). On error nothing stays open or attached.
+// (BusyPoll, Coalesce and FanoutGroup apply only to the AF_PACKET rings of x.TCPToKernel).
+// On error nothing stays open or attached.
 func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
 	if c.Workers <= 0 {
 		c.Workers = 1
@@ -67,7 +72,7 @@ func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
 	if err != nil {
 		return Sockets{}, err
 	}
-	prog, err := afxdp.NewProgram(c.VirtualMAC, queues)
+	prog, err := afxdp.NewProgram(c.VirtualMAC, queues, afxdp.ProgramOptions{PassTCP: x.TCPToKernel})
 	if err != nil {
 		return Sockets{}, fmt.Errorf("node: XDP program: %w", err)
 	}
@@ -97,12 +102,26 @@ func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
 			s.Workers = append(s.Workers, sock)
 		}
 	}
+	if x.TCPToKernel {
+		// The rings see only frames to the virtual MAC: the TCP the program passes (and, in
+		// the moment before it is attached, whatever reaches the kernel), never the ARP and
+		// NDP the first AF_XDP socket's control socket already reads.
+		filter, err := afpacket.DestinationMACFilter(c.VirtualMAC)
+		if err != nil {
+			return s, fmt.Errorf("node: ring filter: %w", err)
+		}
+		rings, err := openRings(ifi, c, filter)
+		if err != nil {
+			return s, err
+		}
+		s.Workers = append(s.Workers, rings...)
+	}
 	mode, err := prog.Attach(ifi.Index, x.Mode, x.Log)
 	if err != nil {
 		return s, fmt.Errorf("node: attach XDP to %s: %w", ifi.Name, err)
 	}
 	x.Log.Info("AF_XDP backend", "interface", ifi.Name, "queues", queues, "mode", mode.String(),
-		"zerocopy", s.Workers[0].(*xdpOwner).ZeroCopy())
+		"zerocopy", s.Workers[0].(*xdpOwner).ZeroCopy(), "tcp", map[bool]string{true: "kernel GRO, AF_PACKET rings", false: "AF_XDP"}[x.TCPToKernel])
 	loSock, err := afpacket.Open(afpacket.Config{Ifindex: lo.Index, Protocol: 0, VnetHdr: true})
 	if err != nil {
 		return s, fmt.Errorf("node: open %s: %w", lo.Name, err)
