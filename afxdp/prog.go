@@ -177,6 +177,7 @@ type Program struct {
 	xsks *ebpf.Map
 	link link.Link
 	mode Mode
+	opts ProgramOptions
 }
 
 // NewProgram creates an XSKMAP of queues entries and loads the redirect program for vmac.
@@ -204,7 +205,7 @@ func newProgram(vmac net.HardwareAddr, queues int, o ProgramOptions, fallback in
 		m.Close()
 		return nil, fmt.Errorf("%w: load: %w", ErrUnavailable, err)
 	}
-	return &Program{prog: prog, xsks: m}, nil
+	return &Program{prog: prog, xsks: m, opts: o}, nil
 }
 
 // Attach attaches the program to the interface ifindex as a BPF link, so it is detached when
@@ -241,11 +242,13 @@ func (p *Program) Attach(ifindex int, mode Mode, log *slog.Logger) (Mode, error)
 			return 0, fmt.Errorf("%w: attach: native: %w; generic: %w", ErrUnavailable, err, err2)
 		}
 	}
-	if p.mode == ModeGeneric {
+	if p.mode == ModeGeneric && !p.opts.PassTCP {
 		// Generic XDP runs after GRO: merged super-frames reach it whole and do not fit a UMEM
 		// frame, so the kernel drops them (Stats.RxDropped; measured on veth, where the peer
 		// keeps TSO in this mode). Native mode sees wire-sized frames only (veth turns its
-		// peer's GSO off while a native program is attached, drivers/net/veth.c).
+		// peer's GSO off while a native program is attached, drivers/net/veth.c). With
+		// PassTCP the TCP super-frames go to the kernel whole, and UDP is not merged unless
+		// UDP GRO forwarding is turned on.
 		log.Warn("generic XDP: frames larger than a UMEM frame (GRO/LRO super-frames) are dropped; turn GRO and LRO off on the interface (ethtool -K IF gro off lro off)",
 			"ifindex", ifindex)
 	}

@@ -59,7 +59,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Scheduler, "scheduler", "maglev", "scheduler: maglev (consistent hash), wrr or wlc")
 	fs.IntVar(&f.Workers, "workers", 1, "fast-path workers (sockets in one PACKET_FANOUT group)")
 	fs.StringVar(&f.Backend, "backend", "afpacket", "fast-path sockets: afpacket (default) or afxdp (an XDP program redirects frames to the virtual MAC into AF_XDP sockets; issue 14)")
-	fs.StringVar(&f.XDPMode, "xdp-mode", "auto", "afxdp: how the XDP program is attached: native (in the driver), generic (on the skb, any interface) or auto (native, else generic)")
+	fs.StringVar(&f.XDPMode, "xdp-mode", "auto", "afxdp: how the XDP program is attached: native (in the driver), generic (on the skb, any interface) or auto (native, else generic; generic on a veth with --xdp-tcp kernel, where native XDP turns the peer's GSO off)")
 	fs.StringVar(&f.XDPTCP, "xdp-tcp", "kernel", "afxdp: where TCP goes: kernel (the default: the kernel's GRO merges segments and --workers AF_PACKET rings forward them whole, with GSO) or xsk (every frame on AF_XDP, as UDP; bulk uploads then cross to user space one wire-size segment at a time)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
 	fs.DurationVar(&f.Coalesce, "coalesce", 0, "afpacket: how long a worker woken for fewer than 16 frames waits for more to handle and send in one batch (0 to 1ms; 0, the default: at once). Cuts CPU per frame at medium rates, adds up to this much latency (README, Performance)")

@@ -1,0 +1,84 @@
+package ipv6
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/l2lb/l2lb/internal/testbed"
+)
+
+// TestAFXDPBackend runs the balancer on the AF_XDP backend (issue 14), with TCP left to the
+// kernel's GRO and AF_PACKET rings (the default) and with every frame on AF_XDP, and checks
+// through both VIPs what the AF_PACKET tests check: 20 MB downloads and uploads verified byte
+// for byte on a forwarded frontend and on f1 (re-injected on lo), fragmented SIP-sized UDP
+// answered, and, after SIGTERM, no XDP program left on f1's interface.
+func TestAFXDPBackend(t *testing.T) {
+	bed := needBed(t)
+	for _, tcp := range []string{"kernel", "xsk"} {
+		t.Run("tcp="+tcp, func(t *testing.T) {
+			b := startBalancer(t, bed, options{extra: []string{"-p", "0", "--backend", "afxdp", "--xdp-tcp", tcp}})
+			if !strings.Contains(b.LogText(), `msg="AF_XDP backend"`) {
+				t.Fatalf("no AF_XDP backend in the log:\n%s", b.LogText())
+			}
+			for _, fam := range []struct {
+				name string
+				vip  netip.Addr
+				srcs []source
+			}{{"IPv4", vip4(bed), sources4(bed)}, {"IPv6", vip6(bed), sources6(bed)}} {
+				raddr := netip.AddrPortFrom(fam.vip, tcpPort)
+				for _, kind := range []string{"download", "upload"} {
+					onF1, elsewhere := 0, 0
+					for try := 0; try < maxTries && (onF1 == 0 || elsewhere == 0); try++ {
+						s := fam.srcs[try%len(fam.srcs)]
+						before := servedNow(bed)
+						start := time.Now()
+						var err error
+						if kind == "download" {
+							_, err = s.Host.Download(s.Addr, raddr, transferSize)
+						} else {
+							_, err = s.Host.Upload(s.Addr, raddr, transferSize)
+						}
+						if err != nil {
+							t.Fatalf("%s 20 MB %s from %v to %v: %v\nlog:\n%s", fam.name, kind, s.Addr, raddr, err, b.LogText())
+						}
+						by := servedBy(bed, before, func(was, now testbed.Served) bool {
+							return now.Downloads+now.Uploads > was.Downloads+was.Uploads
+						})
+						if len(by) != 1 {
+							t.Fatalf("%s %s from %v: served by %v, want exactly one frontend", fam.name, kind, s.Addr, by)
+						}
+						t.Logf("%s 20 MB %s via %s verified (%.0f MB/s)", fam.name, kind, by[0],
+							float64(transferSize)/(1<<20)/time.Since(start).Seconds())
+						if by[0] == f1(bed).Name {
+							onF1++
+						} else {
+							elsewhere++
+						}
+					}
+					if onF1 == 0 || elsewhere == 0 {
+						t.Errorf("%s %s: %d on f1, %d elsewhere after %d tries; want both", fam.name, kind, onF1, elsewhere, maxTries)
+					}
+				}
+				// 3000-byte datagrams: the client's kernel fragments them, and every fragment
+				// takes the AF_XDP path.
+				udp := netip.AddrPortFrom(fam.vip, udpPort)
+				for i := 0; i < 12; i++ {
+					s := fam.srcs[i%len(fam.srcs)]
+					if _, err := s.Host.UDPAsk(s.Addr, udp, 3000); err != nil {
+						t.Errorf("%s UDP 3000 bytes from %v to %v: %v", fam.name, s.Addr, udp, err)
+					}
+				}
+			}
+			b.stop(t)
+			out, err := f1(bed).RunIP("-d", "link", "show", "eth0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(out), "xdp") {
+				t.Errorf("an XDP program is still on f1 eth0 after l2lb exited:\n%s", out)
+			}
+		})
+	}
+}
