@@ -113,8 +113,9 @@ type Balancer struct {
 	transitions uint64
 	vips        *vipset.Set
 	vipErr      error
-	running     bool  // the fast path runs on open sockets
-	openErr     error // why the last attempt to open the sockets failed
+	running     bool              // the fast path runs on open sockets
+	fastPath    *control.FastPath // what the running fast path's sockets are; nil while not running
+	openErr     error             // why the last attempt to open the sockets failed
 	members     []Member
 	leaving     map[netip.Addr]bool // departed members kept at weight 0 while they have flows
 	deliberate  map[netip.Addr]bool // members that left on purpose (Member.Leaving): no new connections
@@ -288,9 +289,9 @@ func (b *Balancer) Run(ctx context.Context) error {
 			continue
 		}
 		started := time.Now()
-		b.setRunning(true)
+		b.setRunning(true, socks)
 		err = b.node.Run(ctx, socks)
-		b.setRunning(false)
+		b.setRunning(false, node.Sockets{})
 		if err == nil || ctx.Err() != nil {
 			break
 		}
@@ -344,12 +345,16 @@ func (b *Balancer) open() (node.Sockets, error) {
 	return s, nil
 }
 
-// setRunning records that the fast path runs (or stopped) and applies the role asked for.
-func (b *Balancer) setRunning(on bool) {
+// setRunning records that the fast path runs on s (or stopped) and applies the role asked for.
+func (b *Balancer) setRunning(on bool, s node.Sockets) {
 	b.mu.Lock()
 	b.running = on
+	b.fastPath = nil
 	if on {
 		b.openErr = nil
+		i := s.Info
+		b.fastPath = &control.FastPath{Backend: i.Backend, Sockets: len(s.Workers), Queues: i.Queues,
+			XDPMode: i.XDPMode, TCP: i.TCP, ZeroCopy: i.ZeroCopy}
 	}
 	b.applyRoleLocked()
 	vips := b.vips

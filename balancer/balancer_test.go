@@ -222,6 +222,9 @@ func TestFastPathRestart(t *testing.T) {
 	if st.Role != control.RoleStandby || !strings.Contains(strings.Join(st.Problems, ";"), "network is down") {
 		t.Errorf("after the sockets failed: role %s problems %q; want standby and the receive error", st.Role, st.Problems)
 	}
+	if st.FastPath != nil {
+		t.Errorf("fast path %+v in the status while it is down", *st.FastPath)
+	}
 	// The sockets failed right after opening: the next attempt waits (back-off), then fails.
 	waitFor(t, "the failed reopen", func() bool {
 		return strings.Contains(strings.Join(b.Status().Problems, ";"), "no such device")
@@ -241,6 +244,9 @@ func TestFastPathRestart(t *testing.T) {
 		t.Fatal("the failed sockets were not replaced and closed")
 	}
 	st = b.Status()
+	if st.FastPath == nil || st.FastPath.Sockets != 1 {
+		t.Errorf("fast path %+v after the restart, want one socket", st.FastPath)
+	}
 	if st.Role != control.RoleActive || st.Table.Flows != 1 || !b.Engine().Active() {
 		t.Errorf("after the restart: role %s, %d flows, engine active %v; want active with the flow kept",
 			st.Role, st.Table.Flows, b.Engine().Active())

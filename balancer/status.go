@@ -26,7 +26,7 @@ func (b *Balancer) Status() control.Status {
 	b.mu.Lock()
 	out := control.Status{Mode: b.cfg.Mode, Node: b.cfg.Name, Role: control.RoleStandby, Since: b.since,
 		Transitions: b.transitions, Interface: b.cfg.Interface, VirtualMAC: b.cfg.VirtualMAC.String(),
-		Ready: b.running, Time: time.Now().UTC()}
+		Ready: b.running, FastPath: b.fastPath, Time: time.Now().UTC()}
 	if b.role == RoleActive && b.roleErrLocked() == nil {
 		out.Role = control.RoleActive
 	}

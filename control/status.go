@@ -60,6 +60,8 @@ type Status struct {
 	Interface string `json:"interface"`
 	// VirtualMAC is the MAC address ARP answers for the VIPs carry.
 	VirtualMAC string `json:"virtual_mac"`
+	// FastPath describes the sockets of the running fast path; absent while it is not open.
+	FastPath *FastPath `json:"fast_path,omitempty"`
 	// VIPs lists the virtual addresses (or prefixes) being balanced.
 	VIPs []string `json:"vips"`
 	// Members lists the frontends traffic is balanced to.
@@ -76,6 +78,24 @@ type Status struct {
 	ARP ARP `json:"arp"`
 	// PerVIP holds traffic per VIP when the provider counts it; it may be empty.
 	PerVIP map[string]Traffic `json:"per_vip,omitempty"`
+}
+
+// FastPath describes the fast path's sockets, as `l2lb run --backend` and its options opened
+// them.
+type FastPath struct {
+	// Backend is "afpacket" or "afxdp".
+	Backend string `json:"backend"`
+	// Sockets is the number of receive sockets, one worker goroutine each.
+	Sockets int `json:"sockets"`
+	// Queues is the number of receive queues with an AF_XDP socket (afxdp only).
+	Queues int `json:"queues,omitempty"`
+	// XDPMode is how the XDP program is attached: "native" or "generic" (afxdp only).
+	XDPMode string `json:"xdp_mode,omitempty"`
+	// TCP is where TCP frames go on the afxdp backend: "kernel" (GRO, then AF_PACKET rings) or
+	// "xsk" (the AF_XDP sockets).
+	TCP string `json:"tcp,omitempty"`
+	// ZeroCopy is true when the AF_XDP sockets run in zero-copy mode.
+	ZeroCopy bool `json:"zero_copy,omitempty"`
 }
 
 // Member is one frontend as seen by the balancer.

@@ -35,6 +35,17 @@ func writeStatus(w io.Writer, s Status, now time.Time) error {
 		p("Problem: %s\n", clean(pr))
 	}
 	p("Interface %s, virtual MAC %s\n", orDash(s.Interface), orDash(s.VirtualMAC))
+	if fp := s.FastPath; fp != nil {
+		p("Fast path: %s, %d receive sockets", orDash(clean(fp.Backend)), fp.Sockets)
+		if fp.Backend == "afxdp" {
+			copyMode := "copy"
+			if fp.ZeroCopy {
+				copyMode = "zero-copy"
+			}
+			p(" (%s XDP, %s, %d queues; TCP via %s)", clean(fp.XDPMode), copyMode, fp.Queues, clean(fp.TCP))
+		}
+		p("\n")
+	}
 	p("VIPs: %s\n", orDash(joinClean(s.VIPs)))
 	p("Table: %d flows, %d templates, limit %s\n", s.Table.Flows, s.Table.Templates, limit(s.Table))
 	p("Sync: peers %s; sent %d, received %d, rejected %d", orDash(joinClean(s.Sync.Peers)),

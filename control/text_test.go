@@ -21,6 +21,30 @@ func lineFields(t *testing.T, out, prefix string) []string {
 	return nil
 }
 
+// TestWriteStatusFastPath checks the fast-path line: the backend and sockets, and for AF_XDP the
+// attach mode, copy mode, queues and where TCP goes.
+func TestWriteStatusFastPath(t *testing.T) {
+	for fp, want := range map[FastPath]string{
+		{Backend: "afpacket", Sockets: 2}:                                                        "Fast path: afpacket, 2 receive sockets\n",
+		{Backend: "afxdp", Sockets: 3, Queues: 1, XDPMode: "generic", TCP: "kernel"}:             "Fast path: afxdp, 3 receive sockets (generic XDP, copy, 1 queues; TCP via kernel)\n",
+		{Backend: "afxdp", Sockets: 2, Queues: 2, XDPMode: "native", TCP: "xsk", ZeroCopy: true}: "Fast path: afxdp, 2 receive sockets (native XDP, zero-copy, 2 queues; TCP via xsk)\n",
+	} {
+		s := sampleStatus()
+		s.FastPath = &fp
+		var buf bytes.Buffer
+		if err := writeStatus(&buf, s, s.Since); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("missing %q in:\n%s", want, buf.String())
+		}
+	}
+	var buf bytes.Buffer
+	if err := writeStatus(&buf, sampleStatus(), time.Now()); err != nil || strings.Contains(buf.String(), "Fast path") {
+		t.Errorf("a fast-path line without a fast path (%v):\n%s", err, buf.String())
+	}
+}
+
 func TestWriteStatus(t *testing.T) {
 	s := sampleStatus()
 	now := s.Since.Add(time.Hour + 2*time.Minute + 3*time.Second + 400*time.Millisecond)

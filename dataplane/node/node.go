@@ -103,6 +103,23 @@ type Sockets struct {
 	ARP Resolver
 	// MAC is the interface's own address, the source of forwarded frames.
 	MAC net.HardwareAddr
+	// Info says what Open or OpenXDP made, for the status.
+	Info SocketsInfo
+}
+
+// SocketsInfo describes a fast path's sockets for the status (control.FastPath).
+type SocketsInfo struct {
+	// Backend is "afpacket" or "afxdp".
+	Backend string
+	// Queues is the number of receive queues with an AF_XDP socket (afxdp only).
+	Queues int
+	// XDPMode is the XDP attach mode that worked, "native" or "generic" (afxdp only).
+	XDPMode string
+	// TCP is "kernel" when TCP goes to the kernel's GRO and AF_PACKET rings, "xsk" when it
+	// stays on the AF_XDP sockets (afxdp only).
+	TCP string
+	// ZeroCopy is true when the AF_XDP sockets run in zero-copy mode.
+	ZeroCopy bool
 }
 
 // Close closes every socket and the resolver.

@@ -69,7 +69,7 @@ func Open(c OpenConfig) (Sockets, error) {
 	if err != nil {
 		return Sockets{}, err
 	}
-	s := Sockets{MAC: ifi.HardwareAddr}
+	s := Sockets{MAC: ifi.HardwareAddr, Info: SocketsInfo{Backend: "afpacket"}}
 	rings, err := openRings(ifi, c, nil)
 	if err != nil {
 		return Sockets{}, err

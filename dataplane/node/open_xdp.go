@@ -133,8 +133,13 @@ func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
 	if err != nil {
 		return s, fmt.Errorf("node: attach XDP to %s: %w", ifi.Name, err)
 	}
-	x.Log.Info("AF_XDP backend", "interface", ifi.Name, "queues", queues, "mode", mode.String(),
-		"zerocopy", s.Workers[0].(*xdpOwner).ZeroCopy(), "tcp", map[bool]string{true: "kernel GRO, AF_PACKET rings", false: "AF_XDP"}[x.TCPToKernel])
+	s.Info = SocketsInfo{Backend: "afxdp", Queues: queues, XDPMode: mode.String(), TCP: "xsk",
+		ZeroCopy: s.Workers[0].(*xdpOwner).ZeroCopy()}
+	if x.TCPToKernel {
+		s.Info.TCP = "kernel"
+	}
+	x.Log.Info("AF_XDP backend", "interface", ifi.Name, "queues", queues, "mode", s.Info.XDPMode,
+		"zerocopy", s.Info.ZeroCopy, "tcp", s.Info.TCP, "sockets", len(s.Workers))
 	loSock, err := afpacket.Open(afpacket.Config{Ifindex: lo.Index, Protocol: 0, VnetHdr: true})
 	if err != nil {
 		return s, fmt.Errorf("node: open %s: %w", lo.Name, err)

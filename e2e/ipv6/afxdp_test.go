@@ -19,8 +19,17 @@ func TestAFXDPBackend(t *testing.T) {
 	for _, tcp := range []string{"kernel", "xsk"} {
 		t.Run("tcp="+tcp, func(t *testing.T) {
 			b := startBalancer(t, bed, options{extra: []string{"-p", "0", "--backend", "afxdp", "--xdp-tcp", tcp}})
-			if !strings.Contains(b.LogText(), `msg="AF_XDP backend"`) {
-				t.Fatalf("no AF_XDP backend in the log:\n%s", b.LogText())
+			st := b.statusCLI(t)
+			// On a veth with TCP left to the kernel, auto mode attaches in generic mode (the
+			// peer keeps GSO); with TCP on AF_XDP, natively. One queue: one AF_XDP socket, and
+			// with TCP to the kernel one AF_PACKET ring for the one worker.
+			want := map[string]struct {
+				mode    string
+				sockets int
+			}{"kernel": {"generic", 2}, "xsk": {"native", 1}}[tcp]
+			if fp := st.FastPath; fp == nil || fp.Backend != "afxdp" || fp.TCP != tcp || fp.XDPMode != want.mode ||
+				fp.Queues != 1 || fp.Sockets != want.sockets {
+				t.Fatalf("status fast path %+v, want afxdp, TCP via %s, %s XDP, 1 queue, %d sockets", fp, tcp, want.mode, want.sockets)
 			}
 			for _, fam := range []struct {
 				name string
