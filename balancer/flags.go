@@ -62,7 +62,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.XDPMode, "xdp-mode", "auto", "afxdp: how the XDP program is attached: native (in the driver), generic (on the skb, any interface) or auto (native, else generic; generic on a veth with --xdp-tcp kernel, where native XDP turns the peer's GSO off)")
 	fs.StringVar(&f.XDPTCP, "xdp-tcp", "kernel", "afxdp: where TCP goes: kernel (the default: the kernel's GRO merges segments and --workers AF_PACKET rings forward them whole, with GSO) or xsk (every frame on AF_XDP, as UDP; bulk uploads then cross to user space one wire-size segment at a time)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
-	fs.DurationVar(&f.Coalesce, "coalesce", 0, "AF_PACKET rings: how long a worker woken for fewer than 16 frames waits for more to handle and send in one batch (0 to 1ms; 0, the default: at once). Cuts CPU per frame at medium rates, adds up to this much latency (README, Performance; off with --xdp-tcp xsk)")
+	fs.DurationVar(&f.Coalesce, "coalesce", 0, "AF_PACKET rings: how long a worker woken for fewer than 16 frames waits for more to handle and send in one batch (0 to 1ms; 0, the default: at once). Cuts CPU per frame at medium rates, adds up to this much latency (README, Performance; refused with --xdp-tcp xsk, which has no rings)")
 	fs.IntVar(&f.MaxConns, "max-conns", 1<<20, "connection table limit; beyond it flows are forwarded by hash alone")
 	fs.StringVar(&f.NoDest, "nodest", "reschedule", "flows of a removed frontend: reschedule or expire")
 	fs.DurationVar(&f.TCPTimeout, "tcp-timeout", 900*time.Second, "timeout of established TCP flows (IPVS default)")
