@@ -354,7 +354,12 @@ func TestWeightedSpreadExactlyOnce(t *testing.T) {
 						continue
 					}
 					if _, ours := byFlow[key{name, fl}]; ours {
-						t.Errorf("%s saw resets on %v -> %v: %d sent, %d received", name, fl.Local, fl.Remote, fs.RSTsSent, fs.RSTsReceived)
+						var trace []string
+						for _, s := range fs.Trace {
+							trace = append(trace, s.String())
+						}
+						t.Errorf("%s saw resets on %v -> %v: %d sent, %d received; last segments:\n  %s", name, fl.Local, fl.Remote,
+							fs.RSTsSent, fs.RSTsReceived, strings.Join(trace, "\n  "))
 					} else {
 						// Not a connection of this test (e.g. a late segment
 						// of an earlier test's); shown for diagnosis.

@@ -43,7 +43,36 @@ type FlowStats struct {
 	SYNACKMACs []net.HardwareAddr
 	// RSTsSent and RSTsReceived count segments with RST set.
 	RSTsSent, RSTsReceived int
+	// Trace holds the flow's last segments (at most traceLen, oldest first), so that a test
+	// can show what a reset answered.
+	Trace []Segment
 }
+
+// Segment is one TCP segment of a flow's Trace.
+type Segment struct {
+	// Sent is true for a segment the host sent, false for one it received.
+	Sent bool
+	// Flags are the TCP flags as tcpdump prints them (S, F, R, P, and . for ACK).
+	Flags string
+	// Seq, Ack and Len are the sequence and acknowledgement numbers and the payload length.
+	Seq, Ack uint32
+	Len      int
+	// From is the Ethernet source.
+	From [6]byte
+}
+
+// String formats the segment as "> [S.] seq 1 ack 2 len 0 from 02:..": > sent, < received.
+func (s Segment) String() string {
+	dir := "<"
+	if s.Sent {
+		dir = ">"
+	}
+	return fmt.Sprintf("%s [%s] seq %d ack %d len %d from %v", dir, s.Flags, s.Seq, s.Ack, s.Len, net.HardwareAddr(s.From[:]))
+}
+
+// traceLen is how many segments FlowStats.Trace keeps per flow: enough for a short
+// connection's whole life (handshake, request, answer, both FINs) and a reset after it.
+const traceLen = 12
 
 // Handshake identifies one connection attempt: a flow and the initial
 // sequence number of the host's SYN. A 4-tuple can be reused by a later
@@ -397,6 +426,13 @@ func (c *Capture) recordTCP(eth *layers.Ethernet, src, dst netip.Addr, tcp *laye
 		fs = &FlowStats{}
 		c.stats.Flows[fl] = fs
 	}
+	if len(fs.Trace) == traceLen {
+		copy(fs.Trace, fs.Trace[1:])
+		fs.Trace = fs.Trace[:traceLen-1]
+	}
+	seg := Segment{Sent: sent, Flags: tcpFlags(tcp), Seq: tcp.Seq, Ack: tcp.Ack, Len: len(tcp.Payload)}
+	copy(seg.From[:], eth.SrcMAC)
+	fs.Trace = append(fs.Trace, seg)
 	switch {
 	case tcp.SYN && !tcp.ACK && sent:
 		fs.SYNsSent++
@@ -417,6 +453,30 @@ func (c *Capture) recordTCP(eth *layers.Ethernet, src, dst netip.Addr, tcp *laye
 			fs.RSTsReceived++
 		}
 	}
+}
+
+// tcpFlagNames are the strings of Segment.Flags, indexed by SYN|FIN<<1|RST<<2|PSH<<3|ACK<<4,
+// so that recording a segment allocates nothing.
+var tcpFlagNames = func() (n [32]string) {
+	for i := range n {
+		for b, c := range "SFRP." {
+			if i&(1<<b) != 0 {
+				n[i] += string(c)
+			}
+		}
+	}
+	return n
+}()
+
+// tcpFlags names the segment's flags as tcpdump does.
+func tcpFlags(t *layers.TCP) string {
+	i := 0
+	for b, on := range []bool{t.SYN, t.FIN, t.RST, t.PSH, t.ACK} {
+		if on {
+			i |= 1 << b
+		}
+	}
+	return tcpFlagNames[i]
 }
 
 func (c *Capture) handshake(k Handshake) *HandshakeStats {

@@ -473,6 +473,24 @@ func TestBed(t *testing.T) {
 		if rs == nil || rs.SYNsSent != 2 || rs.SYNACKs != 2 || rs.RSTsSent != 2 || rs.SYNACKMACs[0].String() != f1.MAC.String() {
 			t.Errorf("injected flow %v->f1: %+v, want 2 SYNs, 2 SYN-ACKs from %v, 2 RSTs sent", rawSrc, rs, f1.MAC)
 		}
+		// The trace shows what each reset answered: the kernel resets the SYN-ACKs of SYNs it
+		// did not send.
+		if rs != nil {
+			resets := 0
+			for i, s := range rs.Trace {
+				if s.Flags != "R" {
+					continue
+				}
+				resets++
+				if !s.Sent || !strings.HasPrefix(s.String(), "> [R] seq ") || i == 0 ||
+					rs.Trace[i-1].Flags != "S." || rs.Trace[i-1].Sent || rs.Trace[i-1].From != [6]byte(f1.MAC) {
+					t.Errorf("injected flow's trace %v: reset %d does not follow a SYN-ACK from f1", rs.Trace, resets)
+				}
+			}
+			if resets != 2 || len(rs.Trace) != 6 {
+				t.Errorf("injected flow's trace %v, want 6 segments with 2 resets", rs.Trace)
+			}
+		}
 		for _, isn := range []uint32{1000, 900000} {
 			hs := st.Handshakes[Handshake{rawFlow, isn}]
 			if hs == nil || hs.SYNs != 1 || hs.SYNACKs != 1 || hs.SYNACKMACs[0].String() != f1.MAC.String() {
