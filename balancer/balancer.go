@@ -289,10 +289,10 @@ func (b *Balancer) Run(ctx context.Context) error {
 			continue
 		}
 		started := time.Now()
-		b.setRunning(true, socks)
+		b.setRunning(true, socks, nil)
 		err = b.node.Run(ctx, socks)
-		b.setRunning(false, node.Sockets{})
 		if err == nil || ctx.Err() != nil {
+			b.setRunning(false, node.Sockets{}, nil)
 			break
 		}
 		if ifi, ierr := net.InterfaceByName(b.cfg.Interface); ierr == nil && ifi.Flags&net.FlagUp == 0 {
@@ -301,9 +301,9 @@ func (b *Balancer) Run(ctx context.Context) error {
 			// get a "repaired" line for a mere change of wording.
 			err = fmt.Errorf("%w: %s", node.ErrInterfaceDown, b.cfg.Interface)
 		}
-		b.mu.Lock()
-		b.openErr = err
-		b.mu.Unlock()
+		// The error is recorded with the stop, so that no status shows the fast path down
+		// without saying why (TestFastPathRestart once caught that moment in CI).
+		b.setRunning(false, node.Sockets{}, err)
 		b.log.Error("fast path stopped; reopening its sockets", "interface", b.cfg.Interface, "err", err)
 		if time.Since(started) < reopenMax {
 			// Sockets that fail soon after opening would fail again at once: back off as
@@ -345,11 +345,15 @@ func (b *Balancer) open() (node.Sockets, error) {
 	return s, nil
 }
 
-// setRunning records that the fast path runs on s (or stopped) and applies the role asked for.
-func (b *Balancer) setRunning(on bool, s node.Sockets) {
+// setRunning records that the fast path runs on s (or stopped, because of stopErr if not nil)
+// and applies the role asked for.
+func (b *Balancer) setRunning(on bool, s node.Sockets, stopErr error) {
 	b.mu.Lock()
 	b.running = on
 	b.fastPath = nil
+	if !on && stopErr != nil {
+		b.openErr = stopErr
+	}
 	if on {
 		b.openErr = nil
 		i := s.Info
