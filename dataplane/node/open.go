@@ -52,18 +52,9 @@ func Open(c OpenConfig) (Sockets, error) {
 	if c.Workers <= 0 {
 		c.Workers = 1
 	}
-	ifi, err := net.InterfaceByName(c.Interface)
+	ifi, err := fastPathInterface(c.Interface)
 	if err != nil {
-		return Sockets{}, fmt.Errorf("%w: %s: %w", ErrNoInterface, c.Interface, err)
-	}
-	if len(ifi.HardwareAddr) != 6 {
-		return Sockets{}, fmt.Errorf("%w: %s has no Ethernet address", ErrNoInterface, c.Interface)
-	}
-	if ifi.Flags&net.FlagUp == 0 {
-		// A packet socket bound to a device that is down opens, but carries ENETDOWN at once
-		// (packet_do_bind in net/packet/af_packet.c): refuse it here, so that the caller backs
-		// off instead of reopening in a loop.
-		return Sockets{}, fmt.Errorf("%w: %s", ErrInterfaceDown, c.Interface)
+		return Sockets{}, err
 	}
 	lo, err := loopback()
 	if err != nil {
@@ -88,6 +79,24 @@ func Open(c OpenConfig) (Sockets, error) {
 	}
 	s.ARP = &resolver{ifi: ifi, arp: client, timeout: ResolveTimeout}
 	return s, nil
+}
+
+// fastPathInterface returns the interface a fast path can open on: it exists, has an Ethernet
+// address and is up. A packet socket bound to a device that is down opens, but carries
+// ENETDOWN at once (packet_do_bind in net/packet/af_packet.c): both backends refuse it here, so
+// that the caller backs off instead of reopening in a loop.
+func fastPathInterface(name string) (*net.Interface, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrNoInterface, name, err)
+	}
+	if len(ifi.HardwareAddr) != 6 {
+		return nil, fmt.Errorf("%w: %s has no Ethernet address", ErrNoInterface, name)
+	}
+	if ifi.Flags&net.FlagUp == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrInterfaceDown, name)
+	}
+	return ifi, nil
 }
 
 // openRings opens c.Workers TPACKET_V2 receive rings on ifi, in one PACKET_FANOUT group when

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 
 	"github.com/l2lb/l2lb/afpacket"
 	"github.com/l2lb/l2lb/afxdp"
@@ -51,15 +50,9 @@ func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
 	if x.Log == nil {
 		x.Log = slog.New(slog.DiscardHandler)
 	}
-	ifi, err := net.InterfaceByName(c.Interface)
+	ifi, err := fastPathInterface(c.Interface)
 	if err != nil {
-		return Sockets{}, fmt.Errorf("%w: %s: %w", ErrNoInterface, c.Interface, err)
-	}
-	if len(ifi.HardwareAddr) != 6 {
-		return Sockets{}, fmt.Errorf("%w: %s has no Ethernet address", ErrNoInterface, c.Interface)
-	}
-	if ifi.Flags&net.FlagUp == 0 {
-		return Sockets{}, fmt.Errorf("%w: %s", ErrInterfaceDown, c.Interface)
+		return Sockets{}, err
 	}
 	queues, err := rxQueues(ifi.Name)
 	if err != nil {
