@@ -379,14 +379,7 @@ func TestSuperFrames(t *testing.T) {
 		t.Run(m.String(), func(t *testing.T) {
 			e := newVethNS(t, 1)
 			_, s, _ := e.openXDP(t, m)
-			var gen *afpacket.Socket
-			if err := e.Run(func() (err error) {
-				gen, err = afpacket.Open(afpacket.Config{Ifindex: e.b.Index, VnetHdr: true})
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer gen.Close()
+			gen := e.vnetSender(t)
 			const payload = 5000
 			f := make([]byte, afpacket.VnetHdrLen+54+payload)
 			v := f[:afpacket.VnetHdrLen]               // include/uapi/linux/virtio_net.h
@@ -400,7 +393,7 @@ func TestSuperFrames(t *testing.T) {
 			d[14+9] = 6 // TCP
 			binary.BigEndian.PutUint16(d[16:], 40+payload)
 			d[24], d[25] = 0, 0
-			binary.BigEndian.PutUint16(d[24:], ipChecksum(d[14:34]))
+			binary.BigEndian.PutUint16(d[24:], ^fold(sum16(d[14:34], 0)))
 			d[34+12], d[34+13] = 5<<4, 0x18 // data offset 5, PSH|ACK
 			if err := gen.Send(f); err != nil {
 				t.Fatal(err)
@@ -442,15 +435,19 @@ func TestSuperFrames(t *testing.T) {
 	}
 }
 
-func ipChecksum(h []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(h); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+// vnetSender opens a transmit-only AF_PACKET socket with PACKET_VNET_HDR on vb, as a same-host
+// sender with offloads sends, closed when the test ends.
+func (e *vethNS) vnetSender(t *testing.T) *afpacket.Socket {
+	t.Helper()
+	var gen *afpacket.Socket
+	if err := e.Run(func() (err error) {
+		gen, err = afpacket.Open(afpacket.Config{Ifindex: e.b.Index, VnetHdr: true})
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
+	t.Cleanup(func() { gen.Close() })
+	return gen
 }
 
 // TestPartialChecksumCompleted sends a TCP segment as a same-host sender with checksum offload
@@ -462,14 +459,7 @@ func TestPartialChecksumCompleted(t *testing.T) {
 		t.Run(m.String(), func(t *testing.T) {
 			e := newVethNS(t, 1)
 			_, s, _ := e.openXDP(t, m)
-			var gen *afpacket.Socket
-			if err := e.Run(func() (err error) {
-				gen, err = afpacket.Open(afpacket.Config{Ifindex: e.b.Index, VnetHdr: true})
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer gen.Close()
+			gen := e.vnetSender(t)
 			good, field := l4Frame(t, false, false, false, []byte("partial checksum payload"))
 			f := bytes.Clone(good)
 			partial(f, field, false, false, false)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/nstest"
 	"github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
@@ -60,10 +61,7 @@ func ipCmd(t *testing.T, args ...string) {
 func newNDPLab(t *testing.T, feSysctls [][2]string, proxyEntry bool) *ndpLab {
 	t.Helper()
 	if _, err := exec.LookPath("ip"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true but iproute2's ip is not installed; the NDP namespace tests cannot run")
-		}
-		t.Skip("needs iproute2's ip")
+		e2e.Prereq(t, "iproute2's ip is not installed; the NDP namespace tests need it")
 	}
 	l := &ndpLab{}
 	l.fe = nstest.New(t, "hostcfg")

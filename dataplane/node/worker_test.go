@@ -49,29 +49,13 @@ func TestHintQueue(t *testing.T) {
 // checks that it allocates nothing and that the frames reach the node's and the VIP's counters
 // (which the worker now adds to once per batch).
 func TestWorkerPrefetchedForward(t *testing.T) {
-	n, w, rx, f := forwardSetup(t)
-	const runs = 1000
-	allocs := testing.AllocsPerRun(runs, func() {
-		copy(f.Data[0:6], vmacT)
-		w.prefetch(f.Data)
-		w.handle(f)
-		w.flush()
-	})
-	if allocs != 0 {
-		t.Errorf("%v allocations per forwarded frame, want 0", allocs)
-	}
-	if got := rx.batched.Load(); got != runs+1 {
-		t.Fatalf("%d frames sent, want %d", got, runs+1)
-	}
-	if got := n.Stats().Verdicts["forwarded"]; got != runs+1 {
-		t.Fatalf("%d forwarded, want %d", got, runs+1)
-	}
+	n := forwardWithoutAllocs(t, true)
 	var pkts uint64
 	for _, v := range n.eng.VIPStats() {
 		pkts += v.Packets
 	}
-	if pkts != runs+1 {
-		t.Fatalf("VIP counters hold %d frames, want %d", pkts, runs+1)
+	if pkts != forwardRuns+1 {
+		t.Fatalf("VIP counters hold %d frames, want %d", pkts, forwardRuns+1)
 	}
 }
 
