@@ -83,6 +83,36 @@ func TestParseSystemCPU(t *testing.T) {
 	}
 }
 
+func TestParseSwitches(t *testing.T) {
+	in := "Name:\tl2lb\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n"
+	if n, err := ParseSwitches([]byte(in)); err != nil || n != 127 {
+		t.Errorf("ParseSwitches = %d, %v; want 127", n, err)
+	}
+	for _, bad := range []string{"Name:\tl2lb\n", "voluntary_ctxt_switches:\t1\n", "voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t1\n"} {
+		if _, err := ParseSwitches([]byte(bad)); !errors.Is(err, ErrProcStat) {
+			t.Errorf("ParseSwitches(%q) err = %v, want ErrProcStat", bad, err)
+		}
+	}
+}
+
+// TestProcessSwitchesSelf sees this process's switches grow when a thread sleeps.
+func TestProcessSwitchesSelf(t *testing.T) {
+	a, err := ProcessSwitches(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		time.Sleep(time.Millisecond)
+	}
+	b, err := ProcessSwitches(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b <= a {
+		t.Errorf("context switches %d then %d after five sleeps, want growth", a, b)
+	}
+}
+
 func sampleReport() *Report {
 	r := &Report{Schema: SchemaVersion, Started: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
 		Machine: Machine{Kernel: "Linux 6.18", CPUs: 2, Model: "test", Go: "go1.26", Load1: 0.5}, Runs: 3, Duration: 3}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -73,4 +74,56 @@ func SystemCPU() (busy, total time.Duration, err error) {
 		return 0, 0, err
 	}
 	return ParseSystemCPU(b)
+}
+
+// ParseSwitches returns the voluntary plus nonvoluntary context switches in the text of a
+// /proc/PID/task/TID/status file (proc(5): voluntary_ctxt_switches, nonvoluntary_ctxt_switches).
+func ParseSwitches(b []byte) (uint64, error) {
+	var sum uint64
+	found := 0
+	for line := range bytes.Lines(b) {
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if !ok || (string(k) != "voluntary_ctxt_switches" && string(k) != "nonvoluntary_ctxt_switches") {
+			continue
+		}
+		n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%w: %s: %q", ErrProcStat, k, bytes.TrimSpace(v))
+		}
+		sum += n
+		found++
+	}
+	if found != 2 {
+		return 0, fmt.Errorf("%w: no context switch counts", ErrProcStat)
+	}
+	return sum, nil
+}
+
+// ProcessSwitches returns the context switches pid's threads have made so far, summed over
+// /proc/PID/task. Every wait of a fast-path worker in poll(2) and every sleep of the Go runtime's
+// sysmon thread is one, so at a fixed rate their number per frame shows how well wake-ups are
+// shared (issue 14: sysmon's 20 µs polling was most of them until workers yielded).
+// A thread that exits between the directory read and its status read is skipped.
+func ProcessSwitches(pid int) (uint64, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("bench: threads of pid %d: %w", pid, err)
+	}
+	var sum uint64
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/status")
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		n, err := ParseSwitches(b)
+		if err != nil {
+			return 0, fmt.Errorf("%s/%s: %w", dir, t.Name(), err)
+		}
+		sum += n
+	}
+	return sum, nil
 }

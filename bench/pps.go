@@ -185,6 +185,7 @@ func (g *generator) run(ctx context.Context, stop <-chan struct{}, frames [][]by
 type phaseResult struct {
 	offered, delivered float64 // frames per second
 	balCPU             float64 // balancer CPU ns per delivered frame (NaN without a process)
+	balSwitches        float64 // balancer context switches per delivered frame (NaN without a process)
 	sysCPU             float64 // whole-machine busy CPU ns per delivered frame
 }
 
@@ -233,6 +234,7 @@ func (e *env) measureFor(ctx context.Context, g *generator, dst net.HardwareAddr
 		t        time.Time
 		sent, rx uint64
 		cpu      time.Duration
+		switches uint64
 		busy     time.Duration
 	}
 	take := func() (sample, error) {
@@ -243,6 +245,9 @@ func (e *env) measureFor(ctx context.Context, g *generator, dst net.HardwareAddr
 		}
 		if pid > 0 {
 			if s.cpu, err = ProcessCPU(pid); err != nil {
+				return s, err
+			}
+			if s.switches, err = ProcessSwitches(pid); err != nil {
 				return s, err
 			}
 		}
@@ -264,10 +269,11 @@ func (e *env) measureFor(ctx context.Context, g *generator, dst net.HardwareAddr
 	}
 	secs := b.t.Sub(a.t).Seconds()
 	rx := float64(b.rx - a.rx)
-	r := phaseResult{offered: float64(b.sent-a.sent) / secs, delivered: rx / secs, balCPU: math.NaN(), sysCPU: math.NaN()}
+	r := phaseResult{offered: float64(b.sent-a.sent) / secs, delivered: rx / secs, balCPU: math.NaN(), sysCPU: math.NaN(), balSwitches: math.NaN()}
 	if rx > 0 {
 		if pid > 0 {
 			r.balCPU = float64(b.cpu-a.cpu) / rx
+			r.balSwitches = float64(b.switches-a.switches) / rx
 		}
 		r.sysCPU = float64(b.busy-a.busy) / rx
 	}
@@ -288,7 +294,7 @@ func (e *env) runPPS(ctx context.Context, sc *Scenario) error {
 	} else {
 		sc.note("not pinned: generator (%d sockets), balancer and softirq work share all %d CPUs; on veth the kernel router runs in the sender's softirq context", e.opts.Generators, runtime.NumCPU())
 	}
-	sc.note("delivered = RX frames at the backends' eth0 (netlink counters) over the window after a %v warm-up; CPU per frame at a fixed offered rate of %d frames/s, from the process's CPU clock: balancer CPU/frame with the balancer on CPU 1 and the switch port's receive work steered to CPU 0 by RPS (its own work plus the RPS hand-off: an upper bound), incl. receivers without (veth runs the switch's and backend's receive path on the sender's stack); system CPU = whole-machine busy time (includes the generator and anything else running)", min(e.opts.Duration/4, 500*time.Millisecond), e.opts.PPSRate)
+	sc.note("delivered = RX frames at the backends' eth0 (netlink counters) over the window after a %v warm-up; CPU per frame at a fixed offered rate of %d frames/s, from the process's CPU clock: balancer CPU/frame with the balancer on CPU 1 and the switch port's receive work steered to CPU 0 by RPS (its own work plus the RPS hand-off: an upper bound), incl. receivers without (veth runs the switch's and backend's receive path on the sender's stack); system CPU = whole-machine busy time (includes the generator and anything else running); context switches/frame = the balancer's threads' voluntary and involuntary switches (/proc/PID/task/*/status) in the balancer CPU/frame phase: waits in poll(2) and the Go runtime's own sleeps", min(e.opts.Duration/4, 500*time.Millisecond), e.opts.PPSRate)
 	sc.note("forwarding CPU/frame = system CPU/frame minus that of direct delivery (the generator sending the same frames straight to %s's MAC): what putting the forwarder in the path costs the whole machine per frame", e.backends[0].Name)
 	sc.note("kernel RPS = the kernel router with f1's receive work handed to a CPU by RPS (mask %s): its hop made asynchronous, as behind a NIC interrupt and as l2lb's thread always is", allCPUsMask())
 	e.logf("pps: direct delivery, max rate")
@@ -462,6 +468,7 @@ func (e *env) runPPSBalancer(ctx context.Context, sc *Scenario, g *generator, ba
 			return err
 		}
 		sc.add(p+"balancer CPU/frame", "ns", r.balCPU)
+		sc.add(p+"balancer context switches/frame", "per frame", r.balSwitches)
 	}
 	return nil
 }

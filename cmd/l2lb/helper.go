@@ -93,6 +93,7 @@ func cmdHelper(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				return 2
 			}
 		}
+		reserveProcs(bf)
 		if b, err = balancer.New(cfg); err != nil {
 			fmt.Fprintln(stderr, "l2lb helper:", err)
 			return 1

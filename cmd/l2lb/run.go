@@ -103,6 +103,7 @@ func run(o runOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	reserveProcs(o.bal)
 	if !o.cl.Enabled() {
 		if cfg.Name == "" {
 			cfg.Name, _ = os.Hostname()

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"runtime"
+	"time"
 	"unsafe"
 
 	"github.com/l2lb/l2lb/afpacket"
@@ -33,6 +35,9 @@ type worker struct {
 	scratch    [afpacket.VnetHdrLen + 128]byte
 	// ticked is set once the engine clock was advanced for the current batch (see flush).
 	ticked bool
+	// yielded is the engine time of the last yield (see flush); yield is runtime.Gosched.
+	yielded int64
+	yield   func()
 }
 
 // batch is a queue of frames for one socket and the results to count once they are sent.
@@ -48,7 +53,7 @@ func newBatch() batch {
 }
 
 func newWorker(n *Node, rx RxSocket, lo TxSocket, c *dataplane.Counters) *worker {
-	w := &worker{eng: n.eng, rx: rx, lo: lo, c: c, node: n, out: newBatch(), loq: newBatch()}
+	w := &worker{eng: n.eng, rx: rx, lo: lo, c: c, node: n, out: newBatch(), loq: newBatch(), yield: runtime.Gosched}
 	// Method values allocate; made once here, not per wake-up.
 	w.handleFn, w.flushFn, w.prefetchFn = w.handle, w.flush, w.prefetch
 	return w
@@ -159,11 +164,35 @@ func (w *worker) queue(b *batch, s TxSocket, f *afpacket.Frame, res dataplane.Re
 	}
 }
 
+// yieldEvery is how often, in engine time, a busy worker passes through the Go scheduler.
+//
+// A worker never blocks in the scheduler: it waits in poll(2) and sends with sendto(2). To the
+// runtime's sysmon (retake in runtime/proc.go) a goroutine whose P has not been rescheduled
+// between two of sysmon's checks, which are at most 10 ms apart, is running too long, and once
+// it is, sysmon takes its P away whenever it finds it in a system call, starting a thread to run
+// the P, and resets its own polling to every 20 µs because it found a P to take. Issue 14
+// measured the cycle on the 1-worker balancer at 50 000 frames/s (`perf stat -e
+// syscalls:sys_enter_nanosleep` on the process, strace of sysmon's thread): ~2 200 nanosleeps a
+// second, mostly of 20 µs, and sysmon's thread at 16-27 % of the process's CPU in `perf record`;
+// with a yield every 1 ms, 100 a second. A Gosched is not free here: with an idle P it wakes a
+// thread to look for work (wakep), ~14 µs on this VM, so it comes every 4 ms, well inside
+// sysmon's longest period.
+const yieldEvery = int64(4 * time.Millisecond)
+
 // flush sends what the wake-up queued; called before the ring slots go back to the kernel.
 func (w *worker) flush() {
 	w.ticked = false
 	w.send(&w.out, w.rx)
 	w.send(&w.loq, w.lo)
+	w.maybeYield(w.eng.Now())
+}
+
+// maybeYield calls w.yield (runtime.Gosched) when yieldEvery has passed since the last call.
+func (w *worker) maybeYield(now int64) {
+	if now-w.yielded >= yieldEvery {
+		w.yielded = now
+		w.yield()
+	}
 }
 
 func (w *worker) send(b *batch, s TxSocket) {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"testing"
+	"time"
 
 	"github.com/l2lb/l2lb/dataplane"
 )
@@ -56,6 +57,40 @@ func TestWorkerPrefetchedForward(t *testing.T) {
 	}
 	if pkts != forwardRuns+1 {
 		t.Fatalf("VIP counters hold %d frames, want %d", pkts, forwardRuns+1)
+	}
+}
+
+// TestWorkerYields checks the worker's pass through the scheduler (yieldEvery): once per
+// yieldEvery of engine time, from the flush of a wake-up, never more often.
+func TestWorkerYields(t *testing.T) {
+	_, w, _, f := forwardSetup(t)
+	yields := 0
+	w.yield = func() { yields++ }
+	ms := int64(time.Millisecond)
+	for _, c := range []struct {
+		now  int64
+		want int
+	}{{1 * ms, 0}, {4 * ms, 1}, {5 * ms, 1}, {7*ms + ms/2, 1}, {8 * ms, 2}, {30 * ms, 3}, {33 * ms, 3}} {
+		w.maybeYield(c.now)
+		if yields != c.want {
+			t.Fatalf("at %v: %d yields, want %d", time.Duration(c.now), yields, c.want)
+		}
+	}
+	// flush yields by the engine's clock: a wake-up yieldEvery after the last yield does.
+	w.yielded = w.eng.Tick() - yieldEvery
+	before := yields
+	copy(f.Data[0:6], vmacT)
+	w.handle(f)
+	w.flush()
+	if yields != before+1 {
+		t.Errorf("flush after yieldEvery: %d yields, want %d", yields-before, 1)
+	}
+	last := w.yielded
+	copy(f.Data[0:6], vmacT)
+	w.handle(f)
+	w.flush()
+	if w.eng.Now()-last < yieldEvery && yields != before+1 {
+		t.Errorf("a second flush within yieldEvery yielded again")
 	}
 }
 
