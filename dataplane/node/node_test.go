@@ -1546,3 +1546,72 @@ func BenchmarkWorkerForward(b *testing.B) {
 		w.flush()
 	}
 }
+
+// TestNextTick checks the periodic loop's deadlines: the next expiry when idle, the first
+// pending burst, a Release's end, and the periodic announcement while active.
+func TestNextTick(t *testing.T) {
+	eng := newEngine(t, allMembers(), knownMACs())
+	n := New(Config{Engine: eng})
+	t0 := time.Now()
+	n.Tick(t0)
+	if got := n.nextTick(); !got.Equal(t0.Add(expireInterval)) {
+		t.Fatalf("idle: next tick %v after t0, want the next expiry %v", got.Sub(t0), expireInterval)
+	}
+	n.SetActive(true) // bursts from now on (announceRepeats)
+	n.mu.Lock()
+	first := n.bursts[0]
+	n.mu.Unlock()
+	if got := n.nextTick(); !got.Equal(first) {
+		t.Fatalf("bursts pending: next tick %v after t0, want the first burst at %v", got.Sub(t0), first.Sub(t0))
+	}
+	// Every burst sent (no socket: they are dropped), expiry at t0+6s: the next expiry comes
+	// before the 30 s refresh.
+	n.Tick(t0.Add(6 * time.Second))
+	if got := n.nextTick(); !got.Equal(t0.Add(7 * time.Second)) {
+		t.Fatalf("active, nothing pending: next tick %v after t0, want 7s", got.Sub(t0))
+	}
+	n.Release(t0.Add(6*time.Second), 300*time.Millisecond)
+	if got := n.nextTick(); !got.Equal(t0.Add(6300 * time.Millisecond)) {
+		t.Fatalf("releasing: next tick %v after t0, want the release at 6.3s", got.Sub(t0))
+	}
+	n.Tick(t0.Add(6300 * time.Millisecond))
+	if eng.Active() {
+		t.Fatal("still active after the release's Tick")
+	}
+	// The periodic announcement is due before the next expiry when one second is left of it.
+	n2 := New(Config{Engine: newEngine(t, allMembers(), knownMACs())})
+	n2.SetActive(true)
+	n2.mu.Lock()
+	n2.bursts, n2.lastRefresh, n2.lastExpire = nil, t0.Add(-29500*time.Millisecond), t0
+	n2.mu.Unlock()
+	if got := n2.nextTick(); !got.Equal(t0.Add(500 * time.Millisecond)) {
+		t.Fatalf("refresh due: next tick %v after t0, want 500ms", got.Sub(t0))
+	}
+}
+
+// TestRunAnnouncesAtOnceOnActivation checks that Run's loop, which sleeps until its next
+// deadline (up to a second when idle), is woken when the node becomes active: the first
+// announcement must not wait for the next expiry.
+func TestRunAnnouncesAtOnceOnActivation(t *testing.T) {
+	eng := newEngine(t, allMembers(), knownMACs())
+	n := New(Config{Engine: eng})
+	rx := newFakeRx()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- n.Run(ctx, Sockets{Workers: []RxSocket{rx}, Lo: newFakeTx()}) }()
+	defer func() {
+		cancel()
+		<-errc
+	}()
+	// Let the loop make its first Tick and go to sleep until the next expiry, ~1 s away.
+	time.Sleep(100 * time.Millisecond)
+	if got := len(onlyARP(rx.sentFrames())); got != 0 {
+		t.Fatalf("%d announcements while inactive", got)
+	}
+	start := time.Now()
+	n.SetActive(true)
+	waitFor(t, "the first announcement burst", func() bool { return len(onlyARP(rx.sentFrames())) >= 2 })
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("first announcement %v after SetActive, want at once (the loop was asleep until the next expiry)", d)
+	}
+}
