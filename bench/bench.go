@@ -71,9 +71,9 @@ type Options struct {
 	// ProfileDir, if set, makes every pps balancer write a pprof CPU
 	// profile there (l2lb run --cpuprofile).
 	ProfileDir string
-	// Backends are the fast-path backends (l2lb run --backend: afpacket, afxdp) the pps
-	// scenario measures in turn, each against the same run's kernel figures; tcp and conn use
-	// the first [afpacket].
+	// Backends are the fast-path backends (l2lb run --backend: afpacket, afxdp) the pps, tcp
+	// and conn scenarios measure in turn, each against the same run's kernel and direct
+	// figures [afpacket].
 	Backends []string
 	// BalancerArgs are appended to every `l2lb run` the pps, tcp and conn
 	// scenarios start, to measure other settings (--busy-poll 0, say).

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -313,5 +314,20 @@ func TestMeasureTableSmall(t *testing.T) {
 	}
 	if !(r.lookupMedian > 0) || !(r.lookupMean > 0) || !(r.insertNs > 0) {
 		t.Errorf("non-positive times: %+v", r)
+	}
+}
+
+// TestBackendOrder checks that tcp and conn alternate the order in which they measure the
+// backends between runs, and leave the options' own list alone.
+func TestBackendOrder(t *testing.T) {
+	in := []string{"afpacket", "afxdp"}
+	if got := backendOrder(in, 1); !slices.Equal(got, in) {
+		t.Errorf("run 1: %v, want %v", got, in)
+	}
+	if got := backendOrder(in, 2); !slices.Equal(got, []string{"afxdp", "afpacket"}) {
+		t.Errorf("run 2: %v, want reversed", got)
+	}
+	if !slices.Equal(in, []string{"afpacket", "afxdp"}) {
+		t.Errorf("the list given was changed: %v", in)
 	}
 }

@@ -33,15 +33,23 @@ var ErrIperf = errors.New("bench: iperf3 failed")
 type iperfResult struct {
 	version              string
 	downDirect, upDirect float64
-	downVIP, upVIP       float64
 	// downRouter and downRouterRPS are downloads with the client's packets
 	// through f1 as a kernel router, inline and handed off by RPS.
 	downRouter, downRouterRPS float64
+	// vip holds the transfers through the VIP, by fast-path backend.
+	vip map[string]iperfVIP
+}
+
+// iperfVIP is one backend's download and upload through the VIP, in bits
+// per second.
+type iperfVIP struct {
+	down, up float64
 }
 
 // viaIperf3 measures a single-stream download and upload with iperf3 straight
 // to the first backend and through the VIP (l2lb with workers workers and
-// persistence), with client and server in processes of their own.
+// persistence, on each of backends in turn, in the same run), with client and
+// server in processes of their own.
 //
 // Why beside the bench's own transfers: those run client and server as
 // goroutines of this one process, sharing its Go scheduler, and their
@@ -49,7 +57,7 @@ type iperfResult struct {
 // the one through the VIP stays near 17. iperf3 is the tool operators
 // compare with, and its two ends are separate processes, as two machines'
 // would be.
-func (e *env) viaIperf3(ctx context.Context, workers int) (res iperfResult, err error) {
+func (e *env) viaIperf3(ctx context.Context, workers int, backends []string) (res iperfResult, err error) {
 	out, err := exec.Command("iperf3", "--version").Output()
 	if err != nil {
 		return res, fmt.Errorf("%w: iperf3 --version: %w", ErrIperf, err)
@@ -71,18 +79,32 @@ func (e *env) viaIperf3(ctx context.Context, workers int) (res iperfResult, err 
 	if res.downRouter, res.downRouterRPS, err = e.iperfKernelRouter(ctx); err != nil {
 		return res, err
 	}
-	if _, err := e.startBalancer(ctx, e.opts.Backends[0], workers, "-p", iperfPersistence); err != nil {
-		return res, err
-	}
-	defer e.stopBalancer()
-	e.logf("tcp: download and upload via VIP, iperf3")
-	if res.downVIP, err = e.iperf3(ctx, e.vip, true); err != nil {
-		return res, err
-	}
-	if res.upVIP, err = e.iperf3(ctx, e.vip, false); err != nil {
-		return res, err
+	res.vip = make(map[string]iperfVIP, len(backends))
+	for _, b := range backends {
+		v, err := e.iperf3VIP(ctx, b, workers)
+		if err != nil {
+			return res, err
+		}
+		res.vip[b] = v
 	}
 	return res, nil
+}
+
+// iperf3VIP runs the iperf3 download and upload through the VIP with l2lb on
+// backend, and stops the balancer again.
+func (e *env) iperf3VIP(ctx context.Context, backend string, workers int) (v iperfVIP, err error) {
+	if _, err := e.startBalancer(ctx, backend, workers, "-p", iperfPersistence); err != nil {
+		return v, err
+	}
+	defer e.stopBalancer()
+	e.logf("tcp: download and upload via VIP, iperf3, %s", backend)
+	if v.down, err = e.iperf3(ctx, e.vip, true); err != nil {
+		return v, err
+	}
+	if v.up, err = e.iperf3(ctx, e.vip, false); err != nil {
+		return v, err
+	}
+	return v, nil
 }
 
 // iperfKernelRouter measures the download through the VIP with f1 as the

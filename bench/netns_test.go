@@ -106,7 +106,8 @@ func TestSmokePPSConn(t *testing.T) {
 			"l2lb w2 / kernel", "l2lb w2 / kernel RPS", "l2lb w2 loss-free rate", "l2lb w2 balancer CPU/frame", "l2lb w2 balancer CPU/frame incl. receivers",
 			// AF_XDP with 2 workers: the bench gives the veth 2 queues, one socket each.
 			"l2lb afxdp w2 delivered", "l2lb afxdp w2 / kernel RPS", "l2lb afxdp w2 loss-free rate", "l2lb afxdp w2 balancer CPU/frame"},
-		"conn": {"via VIP", "direct", "VIP/direct"},
+		// conn measures every backend in the same run; afpacket's names have no prefix.
+		"conn": {"via VIP", "direct", "VIP/direct", "afxdp via VIP", "afxdp VIP/direct"},
 	}
 	for _, sc := range rep.Scenarios {
 		if sc.Error != "" {

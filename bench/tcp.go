@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -174,11 +175,12 @@ func (e *env) transfer(ctx context.Context, raddr netip.AddrPort, upload bool) (
 
 // runTCP is one run of the tcp scenario: download and upload straight to
 // the first backend, through HAProxy where it is installed, and through the
-// VIP (l2lb with the largest configured worker count). Each leg runs alone:
-// HAProxy is stopped before l2lb starts, so neither takes CPU from the other.
+// VIP (l2lb with the largest configured worker count, on each fast-path
+// backend in turn). Each leg runs alone: HAProxy is stopped before l2lb
+// starts, so neither takes CPU from the other.
 func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 	w := e.opts.Workers[len(e.opts.Workers)-1]
-	sc.note("offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s) on %s; direct = to %s's own address; one stream, and %d parallel streams from one client (rates summed; through the VIP and HAProxy they spread over the backends)", ioChunk, w, e.opts.Backends[0], e.backends[0].Name, e.opts.Streams)
+	sc.note("offloads at their defaults, %d-byte reads/writes; via VIP = l2lb with %d worker(s) on %s, one after the other, in the reverse order on even runs (metrics of backends other than afpacket are prefixed with the backend's name); direct = to %s's own address; one stream, and %d parallel streams from one client (rates summed; through the VIP and HAProxy they spread over the backends)", ioChunk, w, strings.Join(e.opts.Backends, ", "), e.backends[0].Name, e.opts.Streams)
 	if cc, err := e.backends[0].Sysctl("net.ipv4.tcp_congestion_control"); err == nil {
 		sc.note("TCP congestion control in the namespaces: %s (inherited from the host)", cc)
 	}
@@ -228,7 +230,7 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		sc.note("iperf3 cross-check skipped: iperf3 is not installed (Debian/Ubuntu package iperf3)")
 	} else {
-		r, err := e.viaIperf3(ctx, w)
+		r, err := e.viaIperf3(ctx, w, backendOrder(e.opts.Backends, len(sc.Load1)))
 		if err != nil {
 			return err
 		}
@@ -236,16 +238,31 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 		sc.note("iperf3 = %s, client and server in processes of their own, one stream of %v, -R for the download; via VIP with l2lb -p %s (persistence: an iperf3 test's control and data connections must reach the same server)", r.version, e.opts.Duration.Round(time.Second), iperfPersistence)
 		sc.note("kernel router (iperf3) = the download through the VIP with f1 forwarding the client's packets as the pps scenario's kernel router (data straight from %s, as through l2lb); on veth it forwards inside the client's own send call, and the backend's reply runs there too. RPS = f1's eth0 receive work handed to a CPU by RPS (mask %s), an asynchronous hop like a NIC interrupt's or l2lb's thread", e.backends[0].Name, allCPUsMask())
 	}
-	if _, err := e.startBalancer(ctx, e.opts.Backends[0], w); err != nil {
-		return err
-	}
-	defer e.stopBalancer()
-	if err := measure("VIP", vip); err != nil {
-		return err
+	for _, b := range backendOrder(e.opts.Backends, len(sc.Load1)) {
+		if err := e.withBalancer(ctx, b, w, func() error { return measure(b+" VIP", vip) }); err != nil {
+			return err
+		}
 	}
 	suffixes := []string{""}
 	if e.opts.Streams > 1 {
 		suffixes = append(suffixes, " N")
+	}
+	for _, b := range e.opts.Backends {
+		p := backendPrefix(b)
+		for _, sfx := range suffixes {
+			label := ""
+			if sfx != "" {
+				label = fmt.Sprintf(", %d streams", e.opts.Streams)
+			}
+			for _, dir := range dirs {
+				v := res[dir+" "+b+" VIP"+sfx]
+				sc.add(p+dir+" via VIP"+label, "Gbit/s", v/1e9)
+				sc.add(p+dir+" VIP/direct"+label, "ratio", ratio(v, res[dir+" direct"+sfx]))
+				if haveHAProxy {
+					sc.add(p+dir+" VIP/HAProxy"+label, "ratio", ratio(v, res[dir+" HAProxy"+sfx]))
+				}
+			}
+		}
 	}
 	for _, sfx := range suffixes {
 		label := ""
@@ -253,32 +270,61 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 			label = fmt.Sprintf(", %d streams", e.opts.Streams)
 		}
 		for _, dir := range dirs {
-			v := res[dir+" VIP"+sfx]
-			sc.add(dir+" via VIP"+label, "Gbit/s", v/1e9)
 			sc.add(dir+" direct"+label, "Gbit/s", res[dir+" direct"+sfx]/1e9)
-			sc.add(dir+" VIP/direct"+label, "ratio", ratio(v, res[dir+" direct"+sfx]))
 			if haveHAProxy {
 				sc.add(dir+" via HAProxy"+label, "Gbit/s", res[dir+" HAProxy"+sfx]/1e9)
-				sc.add(dir+" VIP/HAProxy"+label, "ratio", ratio(v, res[dir+" HAProxy"+sfx]))
 			}
 		}
 	}
 	if ip != nil {
-		for _, d := range []struct {
-			dir         string
-			vip, direct float64
-		}{{"download", ip.downVIP, ip.downDirect}, {"upload", ip.upVIP, ip.upDirect}} {
-			sc.add(d.dir+" via VIP (iperf3)", "Gbit/s", d.vip/1e9)
-			sc.add(d.dir+" direct (iperf3)", "Gbit/s", d.direct/1e9)
-			sc.add(d.dir+" VIP/direct (iperf3)", "ratio", ratio(d.vip, d.direct))
+		for _, b := range e.opts.Backends {
+			p, v := backendPrefix(b), ip.vip[b]
+			sc.add(p+"download via VIP (iperf3)", "Gbit/s", v.down/1e9)
+			sc.add(p+"download VIP/direct (iperf3)", "ratio", ratio(v.down, ip.downDirect))
+			sc.add(p+"upload via VIP (iperf3)", "Gbit/s", v.up/1e9)
+			sc.add(p+"upload VIP/direct (iperf3)", "ratio", ratio(v.up, ip.upDirect))
+			sc.add(p+"download VIP/kernel router, RPS (iperf3)", "ratio", ratio(v.down, ip.downRouterRPS))
 		}
+		sc.add("download direct (iperf3)", "Gbit/s", ip.downDirect/1e9)
+		sc.add("upload direct (iperf3)", "Gbit/s", ip.upDirect/1e9)
 		sc.add("download via kernel router (iperf3)", "Gbit/s", ip.downRouter/1e9)
 		sc.add("download kernel router/direct (iperf3)", "ratio", ratio(ip.downRouter, ip.downDirect))
 		sc.add("download via kernel router, RPS (iperf3)", "Gbit/s", ip.downRouterRPS/1e9)
 		sc.add("download kernel router, RPS/direct (iperf3)", "ratio", ratio(ip.downRouterRPS, ip.downDirect))
-		sc.add("download VIP/kernel router, RPS (iperf3)", "ratio", ratio(ip.downVIP, ip.downRouterRPS))
 	}
 	return nil
+}
+
+// backendPrefix is what the names of a fast-path backend's metrics start
+// with: nothing for AF_PACKET, the default, which keeps the names it always
+// had; the backend's name and a space for the others.
+func backendPrefix(backend string) string {
+	if backend == "afpacket" {
+		return ""
+	}
+	return backend + " "
+}
+
+// backendOrder returns the order in which the run-th run (from 1) of a
+// scenario measures backends: as given on odd runs, reversed on even ones, so
+// that what drifts within a run (the machine's load, the namespaces' socket
+// state) does not always favour the same backend.
+func backendOrder(backends []string, run int) []string {
+	out := slices.Clone(backends)
+	if run%2 == 0 {
+		slices.Reverse(out)
+	}
+	return out
+}
+
+// withBalancer runs f with l2lb started on backend with w workers, and
+// stops the balancer after.
+func (e *env) withBalancer(ctx context.Context, backend string, w int, f func() error) error {
+	if _, err := e.startBalancer(ctx, backend, w); err != nil {
+		return err
+	}
+	defer e.stopBalancer()
+	return f()
 }
 
 // transferN runs n transfers to raddr at once and returns the sum of their
@@ -348,25 +394,30 @@ func (e *env) connRate(ctx context.Context, raddr netip.AddrPort) (rate float64,
 // runConn is one run of the conn scenario.
 func (e *env) runConn(ctx context.Context, sc *Scenario) error {
 	w := e.opts.Workers[len(e.opts.Workers)-1]
-	sc.note("%d parallel dialers; each connection: connect, read the server's 1 byte, server closes first; via VIP = l2lb with %d worker(s) on %s", e.opts.Dialers, w, e.opts.Backends[0])
+	sc.note("%d parallel dialers; each connection: connect, read the server's 1 byte, server closes first; via VIP = l2lb with %d worker(s) on %s, one after the other, in the reverse order on even runs (metrics of backends other than afpacket are prefixed with the backend's name)", e.opts.Dialers, w, strings.Join(e.opts.Backends, ", "))
 	e.logf("conn: direct")
 	direct, dfail, err := e.connRate(ctx, netip.AddrPortFrom(e.backends[0].Addr, connPort))
 	if err != nil {
 		return err
 	}
-	if _, err := e.startBalancer(ctx, e.opts.Backends[0], w); err != nil {
-		return err
-	}
-	defer e.stopBalancer()
-	e.logf("conn: via VIP")
-	vip, vfail, err := e.connRate(ctx, netip.AddrPortFrom(e.vip, connPort))
-	if err != nil {
-		return err
-	}
-	sc.add("via VIP", "conn/s", vip)
 	sc.add("direct", "conn/s", direct)
-	sc.add("VIP/direct", "ratio", ratio(vip, direct))
-	sc.add("failed via VIP", "conns", float64(vfail))
 	sc.add("failed direct", "conns", float64(dfail))
+	for _, b := range backendOrder(e.opts.Backends, len(sc.Load1)) {
+		err := e.withBalancer(ctx, b, w, func() error {
+			e.logf("conn: via VIP, %s", b)
+			vip, vfail, err := e.connRate(ctx, netip.AddrPortFrom(e.vip, connPort))
+			if err != nil {
+				return err
+			}
+			p := backendPrefix(b)
+			sc.add(p+"via VIP", "conn/s", vip)
+			sc.add(p+"VIP/direct", "ratio", ratio(vip, direct))
+			sc.add(p+"failed via VIP", "conns", float64(vfail))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
