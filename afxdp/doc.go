@@ -8,6 +8,14 @@
 // the same UMEM frame and returns to the fill ring through the completion ring. Frames that are
 // not in the UMEM (ARP replies, announcements) are copied into a pool of transmit frames.
 //
+// Transmission needs a system call in copy mode (sendto(2) or poll(2) on the socket; veth and
+// most NICs have no zero-copy transmit). What a done callback sends is left for the poll(2)
+// the receive loop makes next when its ring is empty, which transmits the tx ring before it
+// sleeps (xsk_poll in net/xdp/xsk.c), so a wake-up costs one system call instead of two. The
+// deferral is bounded: at most 32 descriptors (one call's budget), at most maxDeferBatches
+// busy batches, and a sendto(2) after the first poll(2) that is seen not to transmit, after
+// which kicks are never deferred again.
+//
 // The program only takes frames whose destination is the virtual MAC: ARP requests and
 // neighbour solicitations arrive on broadcast and multicast addresses the host itself needs,
 // and XDP cannot clone a frame, so they stay with the kernel and the balancer reads them from a

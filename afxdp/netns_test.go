@@ -370,6 +370,159 @@ func TestLargeBatchLeavesAtOnce(t *testing.T) {
 	}
 }
 
+// TestDeferredKick forwards frames from ReceiveBlocks' done callback, one at a time, so that
+// each send is deferred to the receive loop's next poll(2) (finishKick). Each frame must reach
+// vb on its own, without a later frame pushing it out. With the real poll the kernel transmits
+// and kicks stay deferred; with a poll that leaves the AF_XDP socket out (a kernel whose poll
+// does not drive transmission) the frames still leave, through the sendto(2) fallback, which
+// then stays on.
+func TestDeferredKick(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		pollSkips bool
+	}{{"poll transmits", false}, {"poll does not transmit", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newVethNS(t, 1)
+			_, s, _ := e.openXDP(t, ModeAuto)
+			if s.zeroCopy {
+				t.Skip("zero-copy socket: kicks are never deferred")
+			}
+			if tc.pollSkips {
+				s.poll = func(fds []unix.PollFd, timeout int) (int, error) {
+					fds[0].Revents = 0
+					if timeout < 0 || timeout > 5 {
+						timeout = 5 // the AF_XDP socket is not polled: look at its ring every 5 ms
+					}
+					return unix.Poll(fds[1:], timeout)
+				}
+			}
+			var gen int
+			if err := e.Run(func() (err error) { gen, err = rawSocket(e.b.Index); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(gen)
+			unix.SetsockoptTimeval(gen, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1})
+			var out [][]byte
+			fn := func(f *afpacket.Frame) {
+				copy(f.Data[0:6], e.b.HardwareAddr)
+				copy(f.Data[6:12], e.a.HardwareAddr)
+				out = append(out, f.SendBuf())
+			}
+			done := func() {
+				if n, err := s.SendBatch(out); err != nil || n != len(out) {
+					t.Errorf("SendBatch: %d of %d, %v", n, len(out), err)
+				}
+				out = out[:0]
+			}
+			stopped := make(chan struct{})
+			go func() {
+				defer close(stopped)
+				for {
+					if _, err := s.ReceiveBlocks(fn, done); err != nil {
+						return
+					}
+				}
+			}()
+			defer func() { s.Close(); <-stopped }()
+			buf := make([]byte, 2048)
+			for i := byte(1); i <= 5; i++ {
+				if _, err := unix.Write(gen, ethFrame(testVMAC, clientMAC, 0x0800, i)); err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				for {
+					n, err := unix.Read(gen, buf)
+					if err != nil {
+						t.Fatalf("frame %d not forwarded: %v", i, err)
+					}
+					if n >= 15 && bytes.Equal(buf[6:12], e.a.HardwareAddr) && buf[14] == i {
+						break
+					}
+				}
+				if d := time.Since(start); d > 100*time.Millisecond {
+					t.Errorf("frame %d took %v", i, d)
+				}
+			}
+			s.mu.Lock()
+			pollSends, noDefer := s.pollSends, s.noDefer
+			s.mu.Unlock()
+			if pollSends == tc.pollSkips || noDefer != tc.pollSkips {
+				t.Errorf("pollSends %v, noDefer %v; want %v, %v", pollSends, noDefer, !tc.pollSkips, tc.pollSkips)
+			}
+		})
+	}
+}
+
+// TestDeferredKickAges keeps the receive ring busy after a deferred send, so that the receive
+// loop never reaches poll(2): the frame must leave once maxDeferBatches batches have gone by
+// (ageKick), and not before, since in copy mode nothing else transmits the tx ring.
+func TestDeferredKickAges(t *testing.T) {
+	e := newVethNS(t, 1)
+	_, s, _ := e.openXDP(t, ModeAuto)
+	if s.zeroCopy {
+		t.Skip("zero-copy socket: kicks are never deferred")
+	}
+	var gen int
+	if err := e.Run(func() (err error) { gen, err = rawSocket(e.b.Index); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(gen)
+	defer s.Close()
+	forwarded := func() bool {
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := unix.Recvfrom(gen, buf, unix.MSG_DONTWAIT)
+			if err != nil {
+				return false
+			}
+			if n >= 15 && bytes.Equal(buf[6:12], e.a.HardwareAddr) && buf[14] == 1 {
+				return true
+			}
+		}
+	}
+	// receive writes frame seq and takes it off the ring in a batch of its own.
+	receive := func(seq byte, forward bool) {
+		t.Helper()
+		if _, err := unix.Write(gen, ethFrame(testVMAC, clientMAC, 0x0800, seq)); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(time.Second); s.rx.avail() == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("frame %d did not reach the rx ring", seq)
+			}
+		}
+		var out [][]byte
+		fn := func(f *afpacket.Frame) {
+			if forward {
+				copy(f.Data[0:6], e.b.HardwareAddr)
+				copy(f.Data[6:12], e.a.HardwareAddr)
+				out = append(out, f.SendBuf())
+			}
+		}
+		done := func() {
+			if n, err := s.SendBatch(out); err != nil || n != len(out) {
+				t.Errorf("SendBatch: %d of %d, %v", n, len(out), err)
+			}
+		}
+		if n, err := s.ReceiveBlocks(fn, done); err != nil || n != 1 {
+			t.Fatalf("ReceiveBlocks: %d, %v", n, err)
+		}
+	}
+	receive(1, true)
+	for seq := byte(2); seq < 2+maxDeferBatches; seq++ {
+		time.Sleep(10 * time.Millisecond) // time enough for a frame sent to reach gen
+		if forwarded() {
+			t.Fatalf("frame 1 left after %d batches, before the deferred kick was due", seq-2)
+		}
+		receive(seq, false)
+	}
+	for deadline := time.Now().Add(time.Second); !forwarded(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("frame 1 not forwarded after %d busy batches", maxDeferBatches)
+		}
+	}
+}
+
 // TestSuperFrames sends one 5000-byte TCP segment with a GSO virtio_net_hdr from vb: in native
 // mode veth has turned vb's GSO off and the socket gets it as five wire-sized segments; in
 // generic mode it reaches XDP whole, does not fit a UMEM frame and is counted as dropped (the

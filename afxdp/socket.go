@@ -158,11 +158,19 @@ type Socket struct {
 	prefetch func([]byte)
 	pfds     [3]unix.PollFd
 	npfds    int
+	poll     func(fds []unix.PollFd, timeout int) (int, error) // unix.Poll; tests replace it
 	ctlBuf   []byte
 	sinceCtl int
 
 	maxKicks int  // sendto calls per kick: enough for a full tx ring at the TX budget
 	txStuck  bool // descriptors were left on the tx ring by the last kick
+
+	// Deferred kicks (see ReceiveBlocks), under mu: inDone is set while ReceiveBlocks runs
+	// its done callback, kickDue while frames queued then wait for the receive loop to send
+	// them, pollSends once a poll(2) was seen to transmit them, and noDefer if one did not.
+	inDone, kickDue, pollSends, noDefer bool
+	kickCons                            uint32 // the tx ring's consumer when kickDue was set
+	kickAge                             int    // batches received since kickDue was set
 
 	closed atomic.Bool
 	users  atomic.Int32
@@ -176,7 +184,7 @@ func Open(cfg Config) (_ *Socket, err error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
-	s := &Socket{fd: -1, ctl: -1, efd: -1, cfg: cfg}
+	s := &Socket{fd: -1, ctl: -1, efd: -1, cfg: cfg, poll: unix.Poll}
 	defer func() {
 		if err != nil {
 			s.release()
@@ -344,12 +352,16 @@ func (s *Socket) ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, erro
 			timeout := -1
 			if s.txStuck {
 				timeout = 1 // retry the frames a busy device refused in 1 ms
+			} else if s.kickDue && !s.pollSends {
+				timeout = 1 // until a poll is seen to transmit (finishKick)
 			}
 			s.mu.Unlock()
 			if c := s.pollControl(fn, done, false); c > 0 {
 				return c, nil
 			}
-			if err := s.wait(timeout); err != nil {
+			err := s.wait(timeout)
+			s.finishKick(true)
+			if err != nil {
 				return 0, err
 			}
 			if s.npfds == 3 && s.pfds[2].Revents != 0 {
@@ -362,6 +374,7 @@ func (s *Socket) ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, erro
 		if n > maxBatch {
 			n = maxBatch
 		}
+		s.ageKick()
 		for i := uint32(0); i < n; i++ {
 			s.descs[i] = *s.rx.xdpDesc(s.rx.local + i)
 		}
@@ -389,12 +402,71 @@ func (s *Socket) ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, erro
 			fn(&s.frame)
 		}
 		if done != nil {
+			s.setInDone(true)
 			done()
+			s.setInDone(false)
 		}
 		s.refill(n)
 		s.sinceCtl++
 		return int(n), nil
 	}
+}
+
+// setInDone marks the done callback as running: the frames it sends are queued, and the
+// receive loop's next step transmits them (finishKick).
+func (s *Socket) setInDone(on bool) {
+	s.mu.Lock()
+	s.inDone = on
+	s.mu.Unlock()
+}
+
+// ageKick transmits deferred frames that have waited maxDeferBatches batches: a busy receive
+// ring keeps the loop from poll(2), and a burst the worker only drops would keep them waiting.
+func (s *Socket) ageKick() {
+	s.mu.Lock()
+	due := s.kickDue
+	if due {
+		s.kickAge++
+		due = s.kickAge >= maxDeferBatches
+	}
+	s.mu.Unlock()
+	if due {
+		s.finishKick(false)
+	}
+}
+
+// maxDeferBatches bounds how many receive batches a deferred kick waits for the loop to go
+// idle: at most maxDeferBatches*maxBatch frames of work, well under a millisecond.
+const maxDeferBatches = 4
+
+// finishKick transmits what a done callback queued, unless the poll(2) that just returned
+// (polled) did.
+//
+// Why defer it: in copy mode poll(2) on an AF_XDP socket transmits the tx ring before it sleeps
+// ("Poll needs to drive Tx also in copy mode", xsk_poll in net/xdp/xsk.c), as sendto(2) does.
+// A worker that sent what it received and finds the rx ring empty goes to poll anyway, so the
+// sendto of its flush is a system call too many per wake-up. The first deferred kick waits at
+// most 1 ms; on a kernel whose poll leaves the ring alone the frames are sent here, and kicks
+// are never deferred again.
+func (s *Socket) finishKick(polled bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.kickDue {
+		return
+	}
+	cons := atomic.LoadUint32(s.tx.cons)
+	if polled && cons != s.kickCons {
+		s.pollSends = true
+	}
+	if cons == s.tx.local {
+		s.kickDue = false
+		return
+	}
+	if polled && !s.pollSends {
+		s.noDefer = true
+		s.cfg.Log.Info("afxdp: poll(2) did not transmit the tx ring; kicking with sendto(2) after every batch", "queue", s.cfg.Queue)
+	}
+	s.txStuck = s.kickLocked()
 }
 
 // refill returns the frames of the last n descriptors to the fill ring, except those the
@@ -432,7 +504,7 @@ func (s *Socket) wait(timeout int) error {
 		if s.closed.Load() {
 			return ErrClosed
 		}
-		_, err := unix.Poll(s.pfds[:s.npfds], timeout)
+		_, err := s.poll(s.pfds[:s.npfds], timeout)
 		if err == unix.EINTR {
 			continue
 		}
@@ -514,10 +586,21 @@ func (s *Socket) sendBatch1(one []byte, frames [][]byte) (int, error) {
 	}
 	if sent > 0 {
 		s.tx.publishProd()
-		s.txStuck = s.kickLocked()
+		if s.inDone && !s.noDefer && !s.zeroCopy && s.tx.local-atomic.LoadUint32(s.tx.cons) <= txBudget {
+			if !s.kickDue {
+				s.kickDue, s.kickCons, s.kickAge = true, atomic.LoadUint32(s.tx.cons), 0
+			}
+		} else {
+			s.txStuck = s.kickLocked()
+		}
 	}
 	return sent, err
 }
+
+// txBudget is the number of descriptors one sendto(2) or poll(2) transmits in copy mode
+// (TX_BATCH_SIZE in net/xdp/xsk.c, the default of XDP_MAX_TX_SKB_BUDGET): a deferred kick
+// is left to the next poll only when one call can send everything pending.
+const txBudget = 32
 
 // queueLocked puts b on the tx ring, kicking the kernel and reaping completions once if the
 // ring or the pool of transmit frames is full.
@@ -580,6 +663,7 @@ func (s *Socket) queueLocked(b []byte) error {
 // the frames stay on the ring and the next kick, or ReceiveBlocks' idle path, sends them (as
 // libxdp's examples treat them). It reports whether descriptors are still pending.
 func (s *Socket) kickLocked() bool {
+	s.kickDue = false
 	for i := 0; i < s.maxKicks; i++ {
 		if atomic.LoadUint32(s.tx.cons) == s.tx.local {
 			return false
