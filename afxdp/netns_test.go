@@ -370,6 +370,26 @@ func TestLargeBatchLeavesAtOnce(t *testing.T) {
 	}
 }
 
+// sendBack returns ReceiveBlocks callbacks that send every frame, while forward reports true,
+// back out of the socket from va to vb (from done, so that the send is a deferred one).
+func sendBack(t *testing.T, e *vethNS, s *Socket, forward func() bool) (func(*afpacket.Frame), func()) {
+	var out [][]byte
+	fn := func(f *afpacket.Frame) {
+		if forward() {
+			copy(f.Data[0:6], e.b.HardwareAddr)
+			copy(f.Data[6:12], e.a.HardwareAddr)
+			out = append(out, f.SendBuf())
+		}
+	}
+	done := func() {
+		if n, err := s.SendBatch(out); err != nil || n != len(out) {
+			t.Errorf("SendBatch: %d of %d, %v", n, len(out), err)
+		}
+		out = out[:0]
+	}
+	return fn, done
+}
+
 // TestDeferredKick forwards frames from ReceiveBlocks' done callback, one at a time, so that
 // each send is deferred to the receive loop's next poll(2) (finishKick). Each frame must reach
 // vb on its own, without a later frame pushing it out. With the real poll the kernel transmits
@@ -402,18 +422,7 @@ func TestDeferredKick(t *testing.T) {
 			}
 			defer unix.Close(gen)
 			unix.SetsockoptTimeval(gen, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1})
-			var out [][]byte
-			fn := func(f *afpacket.Frame) {
-				copy(f.Data[0:6], e.b.HardwareAddr)
-				copy(f.Data[6:12], e.a.HardwareAddr)
-				out = append(out, f.SendBuf())
-			}
-			done := func() {
-				if n, err := s.SendBatch(out); err != nil || n != len(out) {
-					t.Errorf("SendBatch: %d of %d, %v", n, len(out), err)
-				}
-				out = out[:0]
-			}
+			fn, done := sendBack(t, e, s, func() bool { return true })
 			stopped := make(chan struct{})
 			go func() {
 				defer close(stopped)
@@ -491,19 +500,7 @@ func TestDeferredKickAges(t *testing.T) {
 				t.Fatalf("frame %d did not reach the rx ring", seq)
 			}
 		}
-		var out [][]byte
-		fn := func(f *afpacket.Frame) {
-			if forward {
-				copy(f.Data[0:6], e.b.HardwareAddr)
-				copy(f.Data[6:12], e.a.HardwareAddr)
-				out = append(out, f.SendBuf())
-			}
-		}
-		done := func() {
-			if n, err := s.SendBatch(out); err != nil || n != len(out) {
-				t.Errorf("SendBatch: %d of %d, %v", n, len(out), err)
-			}
-		}
+		fn, done := sendBack(t, e, s, func() bool { return forward })
 		if n, err := s.ReceiveBlocks(fn, done); err != nil || n != 1 {
 			t.Fatalf("ReceiveBlocks: %d, %v", n, err)
 		}
