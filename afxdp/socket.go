@@ -165,12 +165,13 @@ type Socket struct {
 	maxKicks int  // sendto calls per kick: enough for a full tx ring at the TX budget
 	txStuck  bool // descriptors were left on the tx ring by the last kick
 
-	// Deferred kicks (see ReceiveBlocks), under mu: inDone is set while ReceiveBlocks runs
-	// its done callback, kickDue while frames queued then wait for the receive loop to send
-	// them, pollSends once a poll(2) was seen to transmit them, and noDefer if one did not.
-	inDone, kickDue, pollSends, noDefer bool
-	kickCons                            uint32 // the tx ring's consumer when kickDue was set
-	kickAge                             int    // batches received since kickDue was set
+	// Deferred kicks (see finishKick), under mu: kickDue is set while frames a done callback
+	// queued wait for the receive loop to send them, pollSends once a poll(2) was seen to
+	// transmit them, and noDefer if one did not. inDone is set while the callback runs.
+	inDone                      atomic.Bool
+	kickDue, pollSends, noDefer bool
+	kickCons                    uint32 // the tx ring's consumer when kickDue was set
+	kickAge                     int    // batches received since kickDue was set
 
 	closed atomic.Bool
 	users  atomic.Int32
@@ -374,7 +375,6 @@ func (s *Socket) ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, erro
 		if n > maxBatch {
 			n = maxBatch
 		}
-		s.ageKick()
 		for i := uint32(0); i < n; i++ {
 			s.descs[i] = *s.rx.xdpDesc(s.rx.local + i)
 		}
@@ -402,9 +402,9 @@ func (s *Socket) ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, erro
 			fn(&s.frame)
 		}
 		if done != nil {
-			s.setInDone(true)
+			s.beginDone()
 			done()
-			s.setInDone(false)
+			s.inDone.Store(false)
 		}
 		s.refill(n)
 		s.sinceCtl++
@@ -412,27 +412,19 @@ func (s *Socket) ReceiveBlocks(fn func(*afpacket.Frame), done func()) (int, erro
 	}
 }
 
-// setInDone marks the done callback as running: the frames it sends are queued, and the
-// receive loop's next step transmits them (finishKick).
-func (s *Socket) setInDone(on bool) {
+// beginDone marks the done callback as running, so that the frames it sends are queued for
+// the receive loop's next step (finishKick). First it transmits deferred frames that have
+// waited maxDeferBatches batches: a busy receive ring keeps the loop from poll(2), and a burst
+// the worker only drops would keep them waiting.
+func (s *Socket) beginDone() {
 	s.mu.Lock()
-	s.inDone = on
-	s.mu.Unlock()
-}
-
-// ageKick transmits deferred frames that have waited maxDeferBatches batches: a busy receive
-// ring keeps the loop from poll(2), and a burst the worker only drops would keep them waiting.
-func (s *Socket) ageKick() {
-	s.mu.Lock()
-	due := s.kickDue
-	if due {
-		s.kickAge++
-		due = s.kickAge >= maxDeferBatches
+	if s.kickDue {
+		if s.kickAge++; s.kickAge >= maxDeferBatches {
+			s.finishKickLocked(false)
+		}
 	}
+	s.inDone.Store(true)
 	s.mu.Unlock()
-	if due {
-		s.finishKick(false)
-	}
 }
 
 // maxDeferBatches bounds how many receive batches a deferred kick waits for the loop to go
@@ -450,7 +442,12 @@ const maxDeferBatches = 4
 // are never deferred again.
 func (s *Socket) finishKick(polled bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.finishKickLocked(polled)
+	s.mu.Unlock()
+}
+
+// finishKickLocked is finishKick with mu held.
+func (s *Socket) finishKickLocked(polled bool) {
 	if !s.kickDue {
 		return
 	}
@@ -586,7 +583,7 @@ func (s *Socket) sendBatch1(one []byte, frames [][]byte) (int, error) {
 	}
 	if sent > 0 {
 		s.tx.publishProd()
-		if s.inDone && !s.noDefer && !s.zeroCopy && s.tx.local-atomic.LoadUint32(s.tx.cons) <= txBudget {
+		if s.inDone.Load() && !s.noDefer && !s.zeroCopy && s.tx.local-atomic.LoadUint32(s.tx.cons) <= txBudget {
 			if !s.kickDue {
 				s.kickDue, s.kickCons, s.kickAge = true, atomic.LoadUint32(s.tx.cons), 0
 			}

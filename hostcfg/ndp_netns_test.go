@@ -471,7 +471,7 @@ func TestFrontendSolicitsFromOwnAddress(t *testing.T) {
 // IPv6 address added to lo without nodad, with accept_dad=1 on all, default
 // and lo, is usable as soon as the DAD work item has run (addrconf_dad_begin
 // skips IFF_LOOPBACK devices without probing), while the same on a veth with
-// carrier stays tentative, and bind fails, for the second or more DAD takes
+// carrier stays tentative, and bind fails, for the second or more that DAD takes
 // (RetransTimer, RFC 4861 section 10). The work item runs asynchronously
 // (addrconf_dad_start schedules it), so for a moment after the add even the
 // lo address is tentative: a loaded CI machine saw it. VIPsUp adds
