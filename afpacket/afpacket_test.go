@@ -249,6 +249,41 @@ func TestRingCountExact(t *testing.T) {
 	}
 }
 
+// TestRxDropsCountsOverflow fills a 32-slot ring that nobody reads and checks that RxDrops counts
+// exactly the frames that did not fit, and keeps counting across reads (the kernel resets its
+// counters on every read; the fast path's overload boost reads them every few milliseconds).
+func TestRxDropsCountsOverflow(t *testing.T) {
+	const n, slots = 300, 32
+	env := newVethEnv(t)
+	rx := env.open(t, Config{Ifindex: env.b.Index, Protocol: EthPAll, VnetHdr: true,
+		Ring: RingConfig{BlockSize: 32 << 10, BlockCount: 2, FrameSize: 2 << 10}})
+	if d, err := rx.RxDrops(); err != nil || d != 0 {
+		t.Fatalf("RxDrops of a new socket: %d, %v; want 0", d, err)
+	}
+	env.sendBurst(t, n)
+	var first uint64
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d, err := rx.RxDrops()
+		if err != nil {
+			t.Fatal(err)
+		}
+		first = d
+		if first >= n-slots || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if first != n-slots {
+		t.Fatalf("RxDrops = %d after %d frames into a %d-slot ring nobody read, want %d", first, n, slots, n-slots)
+	}
+	got := 0
+	receiveUntil(t, rx, 2*time.Second, func(*Frame) bool { got++; return got == slots })
+	if d, err := rx.RxDrops(); err != nil || d != first {
+		t.Fatalf("RxDrops after reading the ring: %d, %v; want still %d", d, err, first)
+	}
+}
+
 // A unicast membership makes the interface accept the virtual MAC (on veth:
 // promiscuity goes up), frames to it arrive as OTHERHOST, and the
 // membership ends with the socket.

@@ -423,6 +423,16 @@ func (s *Socket) Stats() (Stats, error) {
 	return s.statsTotal, nil
 }
 
+// RxDrops returns the frames lost since Open because the ring was full (tp_drops). The fast
+// path's workers watch it to tell when they fall behind (dataplane/node's boost).
+func (s *Socket) RxDrops() (uint64, error) {
+	st, err := s.Stats()
+	if err != nil {
+		return 0, err
+	}
+	return st.Drops, nil
+}
+
 // Close closes the socket, waking a blocked Receive; the ring is unmapped
 // only once Receive has returned, so Close must not be called from inside
 // a Receive callback. Calling Close again returns nil.

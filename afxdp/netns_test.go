@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -633,5 +634,67 @@ func TestPartialChecksumCompleted(t *testing.T) {
 				t.Fatalf("received %x\nwant     %x", got, good)
 			}
 		})
+	}
+}
+
+// TestRxDropsCountsOverflow sends more frames than the socket's rx ring holds while nobody reads
+// it, and checks that RxDrops counts exactly those that did not fit: what the fast path's
+// overload boost watches.
+func TestRxDropsCountsOverflow(t *testing.T) {
+	e := newVethNS(t, 1)
+	_, s, _ := e.openXDP(t, ModeGeneric)
+	if d, err := s.RxDrops(); err != nil || d != 0 {
+		t.Fatalf("RxDrops of a new socket: %d, %v; want 0", d, err)
+	}
+	var gen int
+	if err := e.Run(func() (err error) { gen, err = rawSocket(e.b.Index); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(gen)
+	const sent = DefaultRxFrames + 300
+	f := ethFrame(testVMAC, clientMAC, 0x0800, 1)
+	for i := range sent {
+		if _, err := unix.Write(gen, f); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	var drops uint64
+	deadline := time.Now().Add(3 * time.Second)
+	for drops < sent-DefaultRxFrames && time.Now().Before(deadline) {
+		var err error
+		if drops, err = s.RxDrops(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Everything that was not dropped is in the ring.
+	var got atomic.Uint64
+	recvDone := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := s.ReceiveBlocks(func(*afpacket.Frame) { got.Add(1) }, func() {}); err != nil {
+				recvDone <- err
+				return
+			}
+		}
+	}()
+	deadline = time.Now().Add(3 * time.Second)
+	for got.Load()+drops < sent && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	after, err := s.RxDrops()
+	s.Close()
+	<-recvDone
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sent %d, received %d, dropped %d", sent, got.Load(), drops)
+	if drops < sent-DefaultRxFrames || after != drops {
+		t.Errorf("RxDrops %d (then %d) after %d frames into a %d-frame ring, want at least %d and unchanged",
+			drops, after, sent, DefaultRxFrames, sent-DefaultRxFrames)
+	}
+	if got.Load()+drops != sent {
+		t.Errorf("received %d + dropped %d != sent %d", got.Load(), drops, sent)
 	}
 }

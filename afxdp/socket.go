@@ -732,6 +732,18 @@ func (s *Socket) Stats() (Stats, error) {
 		RxFillEmpty: st.Rx_fill_ring_empty_descs, TxInvalid: st.Tx_invalid_descs}, nil
 }
 
+// RxDrops returns the frames the kernel could not queue to the socket since it opened, the rx
+// ring full or no buffer on the fill ring (XDP_STATISTICS rx_ring_full plus rx_dropped, which
+// net/xdp/xsk.c's __xsk_rcv counts for a frame the fill ring had no buffer for). The fast path's
+// workers watch it to tell when they fall behind (dataplane/node's boost).
+func (s *Socket) RxDrops() (uint64, error) {
+	st, err := s.Stats()
+	if err != nil {
+		return 0, err
+	}
+	return st.RxDropped + st.RxRingFull, nil
+}
+
 // Close wakes a ReceiveBlocks in progress (it returns ErrClosed), waits for operations in
 // progress to end, and releases the sockets and the memory. It does not close cfg.Program.
 func (s *Socket) Close() error {

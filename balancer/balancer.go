@@ -72,6 +72,8 @@ type Config struct {
 	Workers  int
 	BusyPoll time.Duration
 	Coalesce time.Duration
+	// Priority raises a worker's thread while its ring overflows (node.Config.Priority; nil: off).
+	Priority node.Prioritizer
 	// Sync, when set, opens the connection-sync channel: the active node replicates its table,
 	// standbys import it (IPVS's sync daemon). Interface and Log are filled in.
 	Sync *connsync.Config
@@ -202,7 +204,7 @@ func New(cfg Config) (*Balancer, error) {
 		ProbeSources: probeSources(b.svc)}); err != nil {
 		return nil, fmt.Errorf("balancer: %w", err)
 	}
-	b.node = node.New(node.Config{Engine: b.eng, Workers: cfg.Workers, Log: cfg.Log,
+	b.node = node.New(node.Config{Engine: b.eng, Workers: cfg.Workers, Log: cfg.Log, Priority: cfg.Priority,
 		OnConflict: func(vip netip.Addr, _ net.HardwareAddr) { b.emit(Event{Kind: EventConflict, From: vip}) }})
 	b.node.SetMulticast(solicitedNodeMACs(b.vips))
 	return b, nil

@@ -18,34 +18,36 @@ import (
 	"github.com/l2lb/l2lb/conntrack"
 	"github.com/l2lb/l2lb/dataplane"
 	"github.com/l2lb/l2lb/dataplane/node"
+	"github.com/l2lb/l2lb/hostcfg"
 	"github.com/l2lb/l2lb/scheduler"
 )
 
 // Flags are the command-line settings of a balancer, the same for `l2lb run` and `l2lb helper`:
 // the seed's -p -i -s -f -r with its defaults, and l2lb's fast-path, table and sync settings.
 type Flags struct {
-	Interface   string
-	VIPFile     string
-	Persistence int
-	SyncID      int
-	SelfWeight  int
-	VMAC        string
-	Scheduler   string
-	Workers     int
-	BusyPoll    time.Duration
-	Coalesce    time.Duration
-	Backend     string
-	XDPMode     string
-	XDPTCP      string
-	MaxConns    int
-	NoDest      string
-	TCPTimeout  time.Duration
-	FinTimeout  time.Duration
-	UDPTimeout  time.Duration
-	StatsFile   string
-	Services    string
-	SyncGroup   string
-	SyncKeyFile string
+	Interface    string
+	VIPFile      string
+	Persistence  int
+	SyncID       int
+	SelfWeight   int
+	VMAC         string
+	Scheduler    string
+	Workers      int
+	BusyPoll     time.Duration
+	Coalesce     time.Duration
+	OverloadNice int
+	Backend      string
+	XDPMode      string
+	XDPTCP       string
+	MaxConns     int
+	NoDest       string
+	TCPTimeout   time.Duration
+	FinTimeout   time.Duration
+	UDPTimeout   time.Duration
+	StatsFile    string
+	Services     string
+	SyncGroup    string
+	SyncKeyFile  string
 }
 
 // Register defines the flags on fs.
@@ -63,6 +65,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.XDPTCP, "xdp-tcp", "kernel", "afxdp: where TCP goes: kernel (the default: the kernel's GRO merges segments and --workers AF_PACKET rings forward them whole, with GSO) or xsk (every frame on AF_XDP, as UDP; bulk uploads then cross to user space one wire-size segment at a time)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
 	fs.DurationVar(&f.Coalesce, "coalesce", 0, "AF_PACKET rings: how long a worker woken for fewer than 16 frames waits for more to handle and send in one batch (0 to 1ms; 0, the default: at once). Cuts CPU per frame at medium rates, adds up to this much latency (README, Performance; refused with --xdp-tcp xsk, which has no rings)")
+	fs.IntVar(&f.OverloadNice, "overload-nice", -10, "nice value (-20 to -1) a fast-path worker's thread runs at while its receive ring overflows, back to the process's own a second after the last dropped frame; 0: never raised (README, Performance; needs CAP_SYS_NICE, else logged once and left)")
 	fs.IntVar(&f.MaxConns, "max-conns", 1<<20, "connection table limit; beyond it flows are forwarded by hash alone")
 	fs.StringVar(&f.NoDest, "nodest", "reschedule", "flows of a removed frontend: reschedule or expire")
 	fs.DurationVar(&f.TCPTimeout, "tcp-timeout", 900*time.Second, "timeout of established TCP flows (IPVS default)")
@@ -131,12 +134,20 @@ func (f *Flags) Config(mode, name string, log *slog.Logger) (Config, error) {
 	case f.Coalesce > 0 && f.Backend == "afxdp" && f.XDPTCP != "kernel":
 		return zero, errors.New("--coalesce applies to AF_PACKET rings: the afpacket backend, or afxdp's with --xdp-tcp kernel")
 	}
+	var prio node.Prioritizer
+	if f.OverloadNice != 0 {
+		n := hostcfg.ThreadNice(f.OverloadNice)
+		if err := n.Validate(); err != nil {
+			return zero, fmt.Errorf("--overload-nice: %w (0: off)", err)
+		}
+		prio = n
+	}
 	if busy <= 0 {
 		busy = -1 // the flag's 0 means off; node.OpenConfig's 0 means the default
 	}
 	c := Config{Mode: mode, Name: name, Interface: f.Interface, VIPFile: f.VIPFile, VirtualMAC: vmac,
 		Scheduler: kind, Persistence: time.Duration(f.Persistence) * time.Second, NoDest: nodest,
-		MaxConns: f.MaxConns, Timeouts: to, Workers: f.Workers, BusyPoll: busy, Coalesce: f.Coalesce, StatsFile: f.StatsFile, ServicesFile: f.Services, Log: log, Open: open}
+		MaxConns: f.MaxConns, Timeouts: to, Workers: f.Workers, BusyPoll: busy, Coalesce: f.Coalesce, Priority: prio, StatsFile: f.StatsFile, ServicesFile: f.Services, Log: log, Open: open}
 	// TestClockRateEnv is read here, not as a flag, so that it never shows in -h: it exists for
 	// the end-to-end tests of long idle timeouts (e2e/ops TestIdleIMAPSurvives).
 	if v := os.Getenv(TestClockRateEnv); v != "" {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/l2lb/l2lb/hostcfg"
 )
 
 // TestFlagsCoalesce checks that --coalesce reaches the configuration and that values the ring
@@ -45,6 +47,35 @@ func TestFlagsCoalesce(t *testing.T) {
 		{"--backend", "afxdp", "--xdp-tcp", "afpacket"}, {"--xdp-tcp", "xsk"}} {
 		if _, err := parse(args...); err == nil || !strings.Contains(err.Error(), "--xdp-") {
 			t.Errorf("%q: %v, want an error naming the flag", args, err)
+		}
+	}
+}
+
+// TestFlagsOverloadNice checks --overload-nice: -10 by default, 0 turns it off, and values that
+// would not raise a thread are refused with the flag's name.
+func TestFlagsOverloadNice(t *testing.T) {
+	parse := func(args ...string) (Config, error) {
+		var f Flags
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		f.Register(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return f.Config("static", "n1", slog.New(slog.DiscardHandler))
+	}
+	if c, err := parse(); err != nil || c.Priority != hostcfg.ThreadNice(-10) {
+		t.Errorf("default: %v, %v; want ThreadNice(-10)", c.Priority, err)
+	}
+	if c, err := parse("--overload-nice", "0"); err != nil || c.Priority != nil {
+		t.Errorf("--overload-nice 0: %v, %v; want none", c.Priority, err)
+	}
+	if c, err := parse("--overload-nice", "-20"); err != nil || c.Priority != hostcfg.ThreadNice(-20) {
+		t.Errorf("--overload-nice -20: %v, %v", c.Priority, err)
+	}
+	for _, v := range []string{"5", "-21"} {
+		if _, err := parse("--overload-nice", v); err == nil || !strings.Contains(err.Error(), "--overload-nice") {
+			t.Errorf("--overload-nice %s: %v, want an error naming the flag", v, err)
 		}
 	}
 }

@@ -26,7 +26,13 @@ func (b *Balancer) Status() control.Status {
 	b.mu.Lock()
 	out := control.Status{Mode: b.cfg.Mode, Node: b.cfg.Name, Role: control.RoleStandby, Since: b.since,
 		Transitions: b.transitions, Interface: b.cfg.Interface, VirtualMAC: b.cfg.VirtualMAC.String(),
-		Ready: b.running, FastPath: b.fastPath, Time: time.Now().UTC()}
+		Ready: b.running, Time: time.Now().UTC()}
+	if b.fastPath != nil {
+		fp := *b.fastPath
+		fs := b.node.FastPathStats()
+		fp.RingDrops, fp.RaisedWorkers, fp.PriorityRaises = fs.RingDrops, fs.RaisedWorkers, fs.PriorityRaises
+		out.FastPath = &fp
+	}
 	if b.role == RoleActive && b.roleErrLocked() == nil {
 		out.Role = control.RoleActive
 	}

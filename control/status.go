@@ -96,6 +96,13 @@ type FastPath struct {
 	TCP string `json:"tcp,omitempty"`
 	// ZeroCopy is true when the AF_XDP sockets run in zero-copy mode.
 	ZeroCopy bool `json:"zero_copy,omitempty"`
+	// RingDrops counts frames the kernel dropped because a worker socket's ring was full: the
+	// workers fell behind (since the process started).
+	RingDrops uint64 `json:"ring_drops"`
+	// RaisedWorkers is the number of workers running at the raised priority of
+	// `--overload-nice` now; PriorityRaises counts the raises since the process started.
+	RaisedWorkers  int    `json:"raised_workers"`
+	PriorityRaises uint64 `json:"priority_raises"`
 }
 
 // Member is one frontend as seen by the balancer.

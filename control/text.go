@@ -44,7 +44,8 @@ func writeStatus(w io.Writer, s Status, now time.Time) error {
 			}
 			p(" (%s XDP, %s, %d queues; TCP via %s)", clean(fp.XDPMode), copyMode, fp.Queues, clean(fp.TCP))
 		}
-		p("\n")
+		p("; %d frames dropped on full rings, %d workers raised now (%d raises)\n", fp.RingDrops,
+			fp.RaisedWorkers, fp.PriorityRaises)
 	}
 	p("VIPs: %s\n", orDash(joinClean(s.VIPs)))
 	p("Table: %d flows, %d templates, limit %s\n", s.Table.Flows, s.Table.Templates, limit(s.Table))

@@ -25,9 +25,9 @@ func lineFields(t *testing.T, out, prefix string) []string {
 // attach mode, copy mode, queues and where TCP goes.
 func TestWriteStatusFastPath(t *testing.T) {
 	for fp, want := range map[FastPath]string{
-		{Backend: "afpacket", Sockets: 2}:                                                        "Fast path: afpacket, 2 receive sockets\n",
-		{Backend: "afxdp", Sockets: 3, Queues: 1, XDPMode: "generic", TCP: "kernel"}:             "Fast path: afxdp, 3 receive sockets (generic XDP, copy, 1 queues; TCP via kernel)\n",
-		{Backend: "afxdp", Sockets: 2, Queues: 2, XDPMode: "native", TCP: "xsk", ZeroCopy: true}: "Fast path: afxdp, 2 receive sockets (native XDP, zero-copy, 2 queues; TCP via xsk)\n",
+		{Backend: "afpacket", Sockets: 2, RingDrops: 1234, RaisedWorkers: 1, PriorityRaises: 3}:  "Fast path: afpacket, 2 receive sockets; 1234 frames dropped on full rings, 1 workers raised now (3 raises)\n",
+		{Backend: "afxdp", Sockets: 3, Queues: 1, XDPMode: "generic", TCP: "kernel"}:             "Fast path: afxdp, 3 receive sockets (generic XDP, copy, 1 queues; TCP via kernel); 0 frames dropped on full rings, 0 workers raised now (0 raises)\n",
+		{Backend: "afxdp", Sockets: 2, Queues: 2, XDPMode: "native", TCP: "xsk", ZeroCopy: true}: "Fast path: afxdp, 2 receive sockets (native XDP, zero-copy, 2 queues; TCP via xsk); 0 frames dropped on full rings, 0 workers raised now (0 raises)\n",
 	} {
 		s := sampleStatus()
 		s.FastPath = &fp

@@ -65,6 +65,12 @@ var (
 		"Entries in the connection table, by kind (flows or templates).", "kind")
 	descTableLimit = desc("table_limit",
 		"Maximum number of connection-table entries; 0 means unlimited.")
+	descRingDrops = desc("ring_drops_total",
+		"Frames the kernel dropped because a fast-path socket's receive ring was full (the workers fell behind).")
+	descRaised = desc("workers_raised",
+		"Fast-path workers running at the raised priority of --overload-nice now.")
+	descRaises = desc("worker_priority_raises_total",
+		"Times a fast-path worker raised its priority because its ring overflowed.")
 	descARPReplies = desc("arp_replies_total",
 		"ARP requests for a VIP answered with the virtual MAC.")
 	descNDPReplies = desc("ndp_replies_total",
@@ -91,7 +97,7 @@ var allDescs = []*prometheus.Desc{
 	descInfo, descRole, descReadyNode, descProblems, descLeaving, descRoleSince, descTransitions, descVIPs, descPackets, descBytes,
 	descVIPPackets, descVIPBytes, descWeight, descReady, descHealthy, descMemberFlows,
 	descMemberTemplates, descDrops, descVerdicts, descTable, descTableLimit, descARPReplies, descNDPReplies,
-	descARPAnnounced, descARPConflicts, descSyncPeers, descSync, descSyncRejected, descSyncLast,
+	descARPAnnounced, descARPConflicts, descRingDrops, descRaised, descRaises, descSyncPeers, descSync, descSyncRejected, descSyncLast,
 	descCheckHealthy, descEvicted,
 }
 
@@ -174,6 +180,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descTableLimit, float64(s.Table.Limit))
 	counter(descEvicted, s.Table.Evicted, "live")
 	counter(descEvicted, s.Table.EvictedExpired, "expired")
+	if fp := s.FastPath; fp != nil {
+		counter(descRingDrops, fp.RingDrops)
+		gauge(descRaised, float64(fp.RaisedWorkers))
+		counter(descRaises, fp.PriorityRaises)
+	}
 	counter(descARPReplies, s.ARP.Replies)
 	counter(descNDPReplies, s.ARP.NDPReplies)
 	counter(descARPAnnounced, s.ARP.Announced)

@@ -42,6 +42,7 @@ func sampleStatus() control.Status {
 		Drops:    map[string]uint64{"no-member": 2, "table-full": 3},
 		ARP:      control.ARP{Replies: 7, Announced: 3, Conflicts: 1},
 		PerVIP:   map[string]control.Traffic{"192.0.2.10": {Packets: 357, Bytes: 26856}},
+		FastPath: &control.FastPath{Backend: "afxdp", Sockets: 2, RingDrops: 4321, RaisedWorkers: 1, PriorityRaises: 2},
 	}
 }
 
@@ -109,6 +110,9 @@ l2lb_problems 1
 # HELP l2lb_ready 1 while the fast path runs on open sockets (the node can take the active role), else 0.
 # TYPE l2lb_ready gauge
 l2lb_ready 1
+# HELP l2lb_ring_drops_total Frames the kernel dropped because a fast-path socket's receive ring was full (the workers fell behind).
+# TYPE l2lb_ring_drops_total counter
+l2lb_ring_drops_total 4321
 # HELP l2lb_role 1 for the role this node has now (active or standby), 0 for the other.
 # TYPE l2lb_role gauge
 l2lb_role{role="active"} 1
@@ -152,6 +156,12 @@ l2lb_verdicts_total{verdict="local"} 17
 # HELP l2lb_vips Number of VIP entries (addresses or prefixes) being balanced.
 # TYPE l2lb_vips gauge
 l2lb_vips 2
+# HELP l2lb_worker_priority_raises_total Times a fast-path worker raised its priority because its ring overflowed.
+# TYPE l2lb_worker_priority_raises_total counter
+l2lb_worker_priority_raises_total 2
+# HELP l2lb_workers_raised Fast-path workers running at the raised priority of --overload-nice now.
+# TYPE l2lb_workers_raised gauge
+l2lb_workers_raised 1
 `
 
 func TestCollector(t *testing.T) {

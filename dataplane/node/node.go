@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/l2lb/l2lb/afpacket"
@@ -144,6 +145,9 @@ type Config struct {
 	Workers int
 	// Log receives events (nil: discarded).
 	Log *slog.Logger
+	// Priority, when set, raises a worker's scheduling priority while its socket drops frames
+	// (see boost); nil leaves the workers at the process's priority.
+	Priority Prioritizer
 	// OnConflict is called (at most once a second, from a worker: it must not block) when another
 	// host claims one of our VIPs while we answer ARP for them.
 	OnConflict func(vip netip.Addr, mac net.HardwareAddr)
@@ -163,6 +167,10 @@ type Node struct {
 	counters []*dataplane.Counters
 	// wake makes Run's periodic loop Tick at once: new bursts or a Release deadline were set.
 	wake chan struct{}
+	// boosts count the workers' priority raises (see boost).
+	boosts boostStats
+	// ringDrops holds the kernel drop counts of earlier lives' sockets (see FastPathStats).
+	ringDrops atomic.Uint64
 
 	mu          sync.Mutex
 	workers     []RxSocket         // the sockets of the current life, while Run runs
@@ -214,6 +222,39 @@ func (n *Node) Stats() dataplane.Stats {
 	cs := append([]*dataplane.Counters{n.tick}, n.counters...)
 	n.cmu.Unlock()
 	return dataplane.Sum(cs...)
+}
+
+// FastPathStats are the kernel's and the scheduler's side of the fast path, for the status.
+type FastPathStats struct {
+	// RingDrops counts frames the kernel dropped because a worker socket's ring was full, since
+	// the node started (DropCounter; sockets that cannot tell add nothing).
+	RingDrops uint64
+	// RaisedWorkers is the number of workers running at the raised priority now.
+	RaisedWorkers int
+	// PriorityRaises counts the times a worker raised its priority since the node started.
+	PriorityRaises uint64
+}
+
+// FastPathStats returns the ring drops and the priority raises.
+func (n *Node) FastPathStats() FastPathStats {
+	n.mu.Lock()
+	workers := n.workers
+	n.mu.Unlock()
+	return FastPathStats{RingDrops: n.ringDrops.Load() + sumDrops(workers),
+		RaisedWorkers: int(n.boosts.raised.Load()), PriorityRaises: n.boosts.raises.Load()}
+}
+
+// sumDrops adds up the drop counters of sockets that have one.
+func sumDrops(socks []RxSocket) uint64 {
+	var total uint64
+	for _, s := range socks {
+		if dc, ok := s.(DropCounter); ok {
+			if d, err := dc.RxDrops(); err == nil {
+				total += d
+			}
+		}
+	}
+	return total
 }
 
 // SetActive makes the engine answer ARP and forward (true) or drop VIP input (false), at once. It
@@ -541,6 +582,12 @@ func (n *Node) Run(ctx context.Context, s Sockets) error {
 		}()
 	}
 	<-ctx.Done()
+	// The sockets' drop counters end with them: keep their last values, and stop showing the
+	// sockets in the same step so that FastPathStats never counts them twice.
+	n.mu.Lock()
+	n.ringDrops.Add(sumDrops(n.workers))
+	n.tx, n.workers = nil, nil
+	n.mu.Unlock()
 	// Closing the sockets ends the workers' ReceiveBlocks and a Resolve in progress.
 	s.Close()
 	wg.Wait()

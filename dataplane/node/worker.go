@@ -38,6 +38,8 @@ type worker struct {
 	// yielded is the engine time of the last yield (see flush); yield is runtime.Gosched.
 	yielded int64
 	yield   func()
+	// boost raises the worker's priority while its socket drops frames (nil: off).
+	boost *boost
 }
 
 // batch is a queue of frames for one socket and the results to count once they are sent.
@@ -56,6 +58,7 @@ func newWorker(n *Node, rx RxSocket, lo TxSocket, c *dataplane.Counters) *worker
 	w := &worker{eng: n.eng, rx: rx, lo: lo, c: c, node: n, out: newBatch(), loq: newBatch(), yield: runtime.Gosched}
 	// Method values allocate; made once here, not per wake-up.
 	w.handleFn, w.flushFn, w.prefetchFn = w.handle, w.flush, w.prefetch
+	w.boost = newBoost(rx, n.cfg.Priority, n.log, &n.boosts)
 	return w
 }
 
@@ -65,6 +68,9 @@ func (w *worker) run() error {
 	// lookup at 1 M flows costs ~220 ns, ~100 ns with the loads of a batch overlapped).
 	// The prefetch's key and hash are kept for the frame's Process (hintQueue).
 	w.rx.SetPrefetch(w.prefetchFn)
+	if w.boost != nil {
+		defer w.boost.end()
+	}
 	for {
 		if _, err := w.rx.ReceiveBlocks(w.handleFn, w.flushFn); err != nil {
 			return err
@@ -187,10 +193,14 @@ func (w *worker) flush() {
 	w.maybeYield(w.eng.Now())
 }
 
-// maybeYield calls w.yield (runtime.Gosched) when yieldEvery has passed since the last call.
+// maybeYield calls w.yield (runtime.Gosched) when yieldEvery has passed since the last call,
+// and steps the boost at the same pace (one getsockopt(2) per 4 ms of a busy worker).
 func (w *worker) maybeYield(now int64) {
 	if now-w.yielded >= yieldEvery {
 		w.yielded = now
+		if w.boost != nil {
+			w.boost.step(now)
+		}
 		w.yield()
 	}
 }
