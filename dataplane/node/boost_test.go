@@ -2,9 +2,11 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -155,5 +157,64 @@ func TestWorkerStepsBoost(t *testing.T) {
 	w.maybeYield(yieldEvery)
 	if pr.raises != 1 {
 		t.Fatalf("%d raises after the first yield with new drops, want 1", pr.raises)
+	}
+}
+
+// dropRx is a fakeRx with a kernel drop counter.
+type dropRx struct {
+	*fakeRx
+	drops atomic.Uint64
+}
+
+func (r *dropRx) RxDrops() (uint64, error) { return r.drops.Load(), nil }
+
+// TestFastPathStatsAcrossLives runs the node on a socket that reports drops, overloads it until
+// the worker raises its priority, and checks the status side: the raise is shown while it lasts
+// and ends with the worker, and the ring drops of a life's sockets survive into the next life.
+func TestFastPathStatsAcrossLives(t *testing.T) {
+	eng := newEngine(t, allMembers(), knownMACs())
+	n := New(Config{Engine: eng, Priority: &fakePrio{}})
+	n.SetActive(true)
+	life := func(startDrops uint64, overload bool) {
+		t.Helper()
+		rx := &dropRx{fakeRx: newFakeRx()}
+		rx.drops.Store(startDrops)
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() { errc <- n.Run(ctx, Sockets{Workers: []RxSocket{rx}, Lo: newFakeTx()}) }()
+		waitFor(t, "the socket in the status", func() bool { return n.FastPathStats().RingDrops >= startDrops })
+		if overload {
+			// Frames keep coming while the kernel counts drops: within a few of the worker's
+			// 4 ms checks it raises itself.
+			deadline := time.Now().Add(5 * time.Second)
+			for n.FastPathStats().RaisedWorkers == 0 && time.Now().Before(deadline) {
+				rx.drops.Add(10)
+				rx.push(wire(vnetHdrT, tcpSYN(t, 30000)))
+				time.Sleep(time.Millisecond)
+			}
+			if st := n.FastPathStats(); st.RaisedWorkers != 1 || st.PriorityRaises != 1 {
+				t.Fatalf("under overload: %+v, want 1 worker raised once", st)
+			}
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	}
+	life(40, true)
+	st := n.FastPathStats()
+	if st.RaisedWorkers != 0 {
+		t.Fatalf("%d workers still raised after Run returned", st.RaisedWorkers)
+	}
+	first := st.RingDrops
+	if first < 40 {
+		t.Fatalf("ring drops %d after the first life, want >= 40", first)
+	}
+	life(2, false)
+	if got := n.FastPathStats().RingDrops; got != first+2 {
+		t.Fatalf("ring drops %d after the second life, want %d + 2", got, first)
+	}
+	if got := n.FastPathStats().PriorityRaises; got != 1 {
+		t.Fatalf("%d raises in all, want 1", got)
 	}
 }
