@@ -37,6 +37,7 @@ func ParseArgs(args []string, stderr io.Writer) (Options, string, error) {
 	balArgs := fs.String("balancer-args", "", "extra `ARGS` (space-separated) for every l2lb run the pps, tcp and conn scenarios start, e.g. \"--busy-poll 0\"")
 	plotDir := fs.String("plot", "", "write the failover timeline plots (SVG) into `DIR`")
 	profDir := fs.String("cpuprofile-dir", "", "write a CPU profile of each pps balancer into `DIR`")
+	quiet := fs.Duration("quiet-wait", quietWait, "wait at most this long before each run for the CPUs to be busy under 10 % (negative: measure and go on)")
 	var scenarios []string
 	for rest := args; ; {
 		if err := fs.Parse(rest); err != nil {
@@ -50,7 +51,7 @@ func ParseArgs(args []string, stderr io.Writer) (Options, string, error) {
 	}
 	o := Options{Scenarios: scenarios, Runs: *runs, Duration: *dur, PPSRate: *rate, Generators: *gens,
 		Dialers: *dialers, Streams: *streams, Pin: *pin, Verbose: *verbose, ProfileDir: *profDir, PlotDir: *plotDir,
-		BalancerArgs: strings.Fields(*balArgs)}
+		BalancerArgs: strings.Fields(*balArgs), QuietWait: *quiet}
 	for _, b := range strings.Split(*backends, ",") {
 		o.Backends = append(o.Backends, strings.TrimSpace(b))
 	}

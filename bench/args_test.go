@@ -5,6 +5,7 @@ import (
 	"io"
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestParseArgsBackends checks that --backends lists the backends pps measures in turn, that
@@ -30,5 +31,21 @@ func TestParseArgsBackends(t *testing.T) {
 	}
 	if err := o.normalize(); !errors.Is(err, ErrBadOptions) {
 		t.Errorf("backend dpdk: %v, want ErrBadOptions", err)
+	}
+}
+
+// TestParseArgsQuietWait checks --quiet-wait and its default.
+func TestParseArgsQuietWait(t *testing.T) {
+	o, _, err := ParseArgs([]string{"pps", "--quiet-wait", "2s"}, io.Discard)
+	if err != nil || o.QuietWait != 2*time.Second {
+		t.Errorf("--quiet-wait 2s: %v, %v", o.QuietWait, err)
+	}
+	o, _, err = ParseArgs([]string{"pps"}, io.Discard)
+	if err != nil || o.QuietWait != quietWait {
+		t.Errorf("default quiet wait %v, %v, want %v", o.QuietWait, err, quietWait)
+	}
+	var def Options
+	if err := def.normalize(); err != nil || def.QuietWait != quietWait {
+		t.Errorf("normalized zero quiet wait %v, %v", def.QuietWait, err)
 	}
 }

@@ -78,6 +78,11 @@ type Options struct {
 	// BalancerArgs are appended to every `l2lb run` the pps, tcp and conn
 	// scenarios start, to measure other settings (--busy-poll 0, say).
 	BalancerArgs []string
+	// QuietWait is how long a run on the testbed waits at most for the
+	// machine's CPUs to be busy under 10 % before it starts; the share
+	// seen is reported either way (negative: measure one quarter second
+	// and go on) [10 s].
+	QuietWait time.Duration
 	// Verbose copies the balancer's log to Logf.
 	Verbose bool
 	// Logf receives progress messages.
@@ -112,6 +117,9 @@ func (o *Options) normalize() error {
 	}
 	if o.PPSRate == 0 {
 		o.PPSRate = 50_000
+	}
+	if o.QuietWait == 0 {
+		o.QuietWait = quietWait
 	}
 	if o.Generators == 0 {
 		o.Generators = 2
@@ -197,6 +205,20 @@ func Run(ctx context.Context, o Options) (_ *Report, err error) {
 		sc := &Scenario{Name: name}
 		rep.Scenarios = append(rep.Scenarios, sc)
 		for run := 1; run <= o.Runs; run++ {
+			if e != nil && name != "table" {
+				share, quiet, err := waitQuiet(ctx, SystemCPU, sleepCtx, quietWindow, max(o.QuietWait, quietWindow))
+				if cerr := ctx.Err(); cerr != nil {
+					sc.summarize()
+					return rep, cerr
+				}
+				if err != nil {
+					return rep, fmt.Errorf("bench: waiting for a quiet machine: %w", err)
+				}
+				sc.BusyAtStart = append(sc.BusyAtStart, share)
+				if !quiet {
+					sc.note("run %d started with the CPUs %.0f %% busy after %v of waiting for under %.0f %%: other work shares its figures", run, 100*share, max(o.QuietWait, quietWindow), 100*quietShare)
+				}
+			}
 			load := Load1()
 			sc.Load1 = append(sc.Load1, load)
 			logf(o.Logf, "%s: run %d/%d (load %.2f)", name, run, o.Runs, load)

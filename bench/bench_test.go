@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"math"
@@ -114,10 +115,66 @@ func TestProcessSwitchesSelf(t *testing.T) {
 	}
 }
 
+// fakeCPU is a /proc/stat that advances by one window per read, busy for
+// the given shares of each window in turn (the last repeats).
+type fakeCPU struct {
+	busy, total time.Duration
+	shares      []float64
+	reads       int
+}
+
+func (f *fakeCPU) sample() (time.Duration, time.Duration, error) {
+	if f.reads > 0 {
+		sh := f.shares[min(f.reads-1, len(f.shares)-1)]
+		f.total += 500 * time.Millisecond // two CPUs, one quarter second
+		f.busy += time.Duration(sh * float64(500*time.Millisecond))
+	}
+	f.reads++
+	return f.busy, f.total, nil
+}
+
+func TestWaitQuiet(t *testing.T) {
+	noSleep := func(context.Context, time.Duration) error { return nil }
+	cases := []struct {
+		name    string
+		shares  []float64
+		quiet   bool
+		share   float64
+		windows int
+	}{
+		{"quiet at once", []float64{0.02}, true, 0.02, 1},
+		{"quiet after the teardown", []float64{0.9, 0.6, 0.3, 0.05}, true, 0.05, 4},
+		{"never quiet", []float64{0.5}, false, 0.5, 40},
+	}
+	for _, c := range cases {
+		f := &fakeCPU{shares: c.shares}
+		share, quiet, err := waitQuiet(context.Background(), f.sample, noSleep, quietWindow, quietWait)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if quiet != c.quiet || math.Abs(share-c.share) > 1e-9 || f.reads-1 != c.windows {
+			t.Errorf("%s: share %.2f quiet %v after %d windows, want %.2f %v after %d",
+				c.name, share, quiet, f.reads-1, c.share, c.quiet, c.windows)
+		}
+	}
+	// A cancelled context ends the wait with its error.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f := &fakeCPU{shares: []float64{0.9}}
+	if _, quiet, err := waitQuiet(ctx, f.sample, sleepCtx, quietWindow, quietWait); !errors.Is(err, context.Canceled) || quiet {
+		t.Errorf("cancelled: quiet %v err %v, want context.Canceled", quiet, err)
+	}
+	// A sample that fails fails the wait.
+	boom := func() (time.Duration, time.Duration, error) { return 0, 0, ErrProcStat }
+	if _, _, err := waitQuiet(context.Background(), boom, noSleep, quietWindow, quietWait); !errors.Is(err, ErrProcStat) {
+		t.Errorf("failing sample: err %v, want ErrProcStat", err)
+	}
+}
+
 func sampleReport() *Report {
 	r := &Report{Schema: SchemaVersion, Started: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC),
 		Machine: Machine{Kernel: "Linux 6.18", CPUs: 2, Model: "test", Go: "go1.26", Load1: 0.5}, Runs: 3, Duration: 3}
-	sc := &Scenario{Name: "pps"}
+	sc := &Scenario{Name: "pps", BusyAtStart: []float64{0.02, 0.31}}
 	for _, v := range []float64{100, 300, 200} {
 		sc.add("l2lb w1 delivered", "frames/s", v)
 	}
@@ -164,7 +221,7 @@ func TestReportJSONSchema(t *testing.T) {
 	}
 	scs := raw["scenarios"].([]any)
 	pps := scs[0].(map[string]any)
-	if pps["name"] != "pps" || len(pps["notes"].([]any)) != 1 {
+	if pps["name"] != "pps" || len(pps["notes"].([]any)) != 1 || len(pps["busy_at_start_per_run"].([]any)) != 2 {
 		t.Errorf("pps scenario = %v", pps)
 	}
 	if hs, _ := pps["headlines"].([]any); len(hs) != 1 || hs[0].(map[string]any)["metric"] != "l2lb w1 / kernel RPS" ||
@@ -205,7 +262,8 @@ func TestWriteTable(t *testing.T) {
 	if !strings.HasPrefix(out, strings.SplitN(out, "\n", 2)[0]+"\n\n"+head) {
 		t.Errorf("table does not lead with the headline %q:\n%s", head, out)
 	}
-	for _, want := range []string{"median", "l2lb w1 delivered", "200", "100", "300", "0.600", "tcp failed: run 1: boom", "pps: a note"} {
+	for _, want := range []string{"median", "l2lb w1 delivered", "200", "100", "300", "0.600", "tcp failed: run 1: boom", "pps: a note",
+		"pps: CPUs busy in the quarter second before each run: 2 %, 31 %"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -126,4 +127,46 @@ func ProcessSwitches(pid int) (uint64, error) {
 		sum += n
 	}
 	return sum, nil
+}
+
+// The machine is quiet when its CPUs were busy for less than quietShare of
+// a quietWindow. A bench started right after other work, such as an
+// earlier bench whose namespaces the kernel is still tearing down (netns
+// cleanup runs later from a workqueue, net/core/net_namespace.c), measured
+// direct delivery at three times its usual system CPU per frame and so
+// printed a negative forwarding cost for the kernel router.
+const (
+	quietShare  = 0.10
+	quietWindow = 250 * time.Millisecond
+	quietWait   = 10 * time.Second
+)
+
+// waitQuiet samples the machine's busy share over consecutive windows of
+// window until one is below quietShare, for at most limit. It returns the
+// last window's busy share and whether the machine was quiet by then;
+// sample reads the cumulative busy and total CPU time (SystemCPU) and sleep
+// waits for the window or fails when ctx ends.
+func waitQuiet(ctx context.Context, sample func() (busy, total time.Duration, err error),
+	sleep func(context.Context, time.Duration) error, window, limit time.Duration) (share float64, quiet bool, err error) {
+	b0, t0, err := sample()
+	if err != nil {
+		return 0, false, err
+	}
+	for waited := time.Duration(0); waited < limit; waited += window {
+		if err := sleep(ctx, window); err != nil {
+			return share, false, err
+		}
+		b1, t1, err := sample()
+		if err != nil {
+			return share, false, err
+		}
+		if t1 > t0 {
+			share = float64(b1-b0) / float64(t1-t0)
+			if share < quietShare {
+				return share, true, nil
+			}
+		}
+		b0, t0 = b1, t1
+	}
+	return share, false, nil
 }

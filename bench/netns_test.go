@@ -94,7 +94,10 @@ func TestSmokePPSConn(t *testing.T) {
 		}
 	})
 	rep, err := Run(t.Context(), Options{Exe: exe, Scenarios: []string{"pps", "conn"}, Runs: 1,
-		Duration: 800 * time.Millisecond, Workers: []int{2}, Backends: []string{"afpacket", "afxdp"}, PPSRate: 20000, Logf: t.Logf})
+		Duration: 800 * time.Millisecond, Workers: []int{2}, Backends: []string{"afpacket", "afxdp"}, PPSRate: 20000, Logf: t.Logf,
+		// go test runs packages in parallel: the machine is not quiet, and
+		// the smoke test only measures it.
+		QuietWait: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +116,9 @@ func TestSmokePPSConn(t *testing.T) {
 		if sc.Error != "" {
 			t.Errorf("%s: %s", sc.Name, sc.Error)
 			continue
+		}
+		if len(sc.BusyAtStart) != 1 || sc.BusyAtStart[0] < 0 || sc.BusyAtStart[0] > 1 {
+			t.Errorf("%s: CPUs busy before the run %v, want one share in [0, 1]", sc.Name, sc.BusyAtStart)
 		}
 		for _, name := range want[sc.Name] {
 			m := sc.metric(name, "")

@@ -54,6 +54,10 @@ type Scenario struct {
 	// Load1 is the 1-minute load average at the start of each run: other
 	// work on the machine shows there before it shows in the figures.
 	Load1 []float64 `json:"load1_per_run"`
+	// BusyAtStart is the share of the CPUs' time that was busy in the
+	// quarter second before each run of a scenario on the testbed, after
+	// the bench waited for it to fall below 10 % (at most 10 s).
+	BusyAtStart []float64 `json:"busy_at_start_per_run,omitempty"`
 	// Error is set when the scenario failed; Metrics then hold what was
 	// measured before the failure.
 	Error string `json:"error,omitempty"`
@@ -240,6 +244,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 				ls = append(ls, fmt.Sprintf("%.2f", l))
 			}
 			fmt.Fprintf(w, "\n%s: 1-minute load at the start of each run: %s", s.Name, strings.Join(ls, ", "))
+		}
+		if len(s.BusyAtStart) > 0 {
+			var bs []string
+			for _, b := range s.BusyAtStart {
+				bs = append(bs, fmt.Sprintf("%.0f %%", 100*b))
+			}
+			fmt.Fprintf(w, "\n%s: CPUs busy in the quarter second before each run: %s", s.Name, strings.Join(bs, ", "))
 		}
 		if s.Error != "" {
 			fmt.Fprintf(w, "\n%s failed: %s", s.Name, s.Error)
