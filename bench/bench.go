@@ -206,7 +206,8 @@ func Run(ctx context.Context, o Options) (_ *Report, err error) {
 		rep.Scenarios = append(rep.Scenarios, sc)
 		for run := 1; run <= o.Runs; run++ {
 			if e != nil && name != "table" {
-				share, quiet, err := waitQuiet(ctx, SystemCPU, sleepCtx, quietWindow, max(o.QuietWait, quietWindow))
+				limit := max(o.QuietWait, quietWindow)
+				share, quiet, err := waitQuiet(ctx, SystemCPU, sleepCtx, quietWindow, limit)
 				if cerr := ctx.Err(); cerr != nil {
 					sc.summarize()
 					return rep, cerr
@@ -216,7 +217,7 @@ func Run(ctx context.Context, o Options) (_ *Report, err error) {
 				}
 				sc.BusyAtStart = append(sc.BusyAtStart, share)
 				if !quiet {
-					sc.note("run %d started with the CPUs %.0f %% busy after %v of waiting for under %.0f %%: other work shares its figures", run, 100*share, max(o.QuietWait, quietWindow), 100*quietShare)
+					sc.note("run %d started with the CPUs %.0f %% busy after %v of waiting for under %.0f %%: other work shares its figures", run, 100*share, limit, 100*quietShare)
 				}
 			}
 			load := Load1()

@@ -130,11 +130,11 @@ func ProcessSwitches(pid int) (uint64, error) {
 }
 
 // The machine is quiet when its CPUs were busy for less than quietShare of
-// a quietWindow. A bench started right after other work, such as an
-// earlier bench whose namespaces the kernel is still tearing down (netns
-// cleanup runs later from a workqueue, net/core/net_namespace.c), measured
-// direct delivery at three times its usual system CPU per frame and so
-// printed a negative forwarding cost for the kernel router.
+// a quietWindow. A bench started right after a full test run (whose
+// namespaces the kernel may still be removing: netns cleanup runs later
+// from a workqueue, net/core/net_namespace.c) measured direct delivery at
+// three times its usual system CPU per frame and so printed a negative
+// forwarding cost for the kernel router.
 const (
 	quietShare  = 0.10
 	quietWindow = 250 * time.Millisecond
