@@ -31,7 +31,7 @@ func TestIperfLeg(t *testing.T) {
 	}
 	t.Logf("%s: download %.2f Gbit/s direct, %.2f via kernel router, %.2f with RPS; upload %.2f direct; via VIP %v",
 		res.version, res.downDirect/1e9, res.downRouter/1e9, res.downRouterRPS/1e9, res.upDirect/1e9, res.vip)
-	got := map[string]float64{"download direct": res.downDirect, "upload direct": res.upDirect,
+	got := map[string]float64{"download direct": res.downDirect, "download direct again": res.downDirectAgain, "upload direct": res.upDirect,
 		"download via kernel router": res.downRouter, "download via kernel router with RPS": res.downRouterRPS}
 	for _, b := range backends {
 		got["download via VIP on "+b], got["upload via VIP on "+b] = res.vip[b].down, res.vip[b].up
@@ -56,6 +56,21 @@ func TestIperfLeg(t *testing.T) {
 	for _, h := range e.backends {
 		if err := waitListening(t.Context(), h, iperfPort, 0); err == nil {
 			t.Errorf("an iperf3 server still listens on %s", h.Name)
+		}
+	}
+}
+
+// TestDownRef checks the download ratios' reference: the mean of the direct
+// downloads that bracket the other legs, or the first alone when the second
+// is missing.
+func TestDownRef(t *testing.T) {
+	for _, c := range []struct{ first, again, want float64 }{
+		{20e9, 16e9, 18e9},
+		{20e9, 0, 20e9},
+	} {
+		r := iperfResult{downDirect: c.first, downDirectAgain: c.again}
+		if got := r.downRef(); got != c.want {
+			t.Errorf("downRef of %v then %v = %v, want %v", c.first, c.again, got, c.want)
 		}
 	}
 }

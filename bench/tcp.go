@@ -235,7 +235,7 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 			return err
 		}
 		ip = &r
-		sc.note("iperf3 = %s, client and server in processes of their own, one stream of %v, -R for the download; via VIP with l2lb -p %s (persistence: an iperf3 test's control and data connections must reach the same server)", r.version, e.opts.Duration.Round(time.Second), iperfPersistence)
+		sc.note("iperf3 = %s, client and server in processes of their own, one stream of %v, -R for the download; via VIP with l2lb -p %s (persistence: an iperf3 test's control and data connections must reach the same server); download ratios are to the mean of the direct download before the router and VIP legs and the one again after them (direct again/first shows the drift between the two)", r.version, e.opts.Duration.Round(time.Second), iperfPersistence)
 		sc.note("kernel router (iperf3) = the download through the VIP with f1 forwarding the client's packets as the pps scenario's kernel router (data straight from %s, as through l2lb); on veth it forwards inside the client's own send call, and the backend's reply runs there too. RPS = f1's eth0 receive work handed to a CPU by RPS (mask %s), an asynchronous hop like a NIC interrupt's or l2lb's thread", e.backends[0].Name, allCPUsMask())
 	}
 	for _, b := range backendOrder(e.opts.Backends, len(sc.Load1)) {
@@ -280,17 +280,19 @@ func (e *env) runTCP(ctx context.Context, sc *Scenario) error {
 		for _, b := range e.opts.Backends {
 			p, v := backendPrefix(b), ip.vip[b]
 			sc.add(p+"download via VIP (iperf3)", "Gbit/s", v.down/1e9)
-			sc.add(p+"download VIP/direct (iperf3)", "ratio", ratio(v.down, ip.downDirect))
+			sc.add(p+"download VIP/direct (iperf3)", "ratio", ratio(v.down, ip.downRef()))
 			sc.add(p+"upload via VIP (iperf3)", "Gbit/s", v.up/1e9)
 			sc.add(p+"upload VIP/direct (iperf3)", "ratio", ratio(v.up, ip.upDirect))
 			sc.add(p+"download VIP/kernel router, RPS (iperf3)", "ratio", ratio(v.down, ip.downRouterRPS))
 		}
 		sc.add("download direct (iperf3)", "Gbit/s", ip.downDirect/1e9)
+		sc.add("download direct again (iperf3)", "Gbit/s", ip.downDirectAgain/1e9)
+		sc.add("download direct again/first (iperf3)", "ratio", ratio(ip.downDirectAgain, ip.downDirect))
 		sc.add("upload direct (iperf3)", "Gbit/s", ip.upDirect/1e9)
 		sc.add("download via kernel router (iperf3)", "Gbit/s", ip.downRouter/1e9)
-		sc.add("download kernel router/direct (iperf3)", "ratio", ratio(ip.downRouter, ip.downDirect))
+		sc.add("download kernel router/direct (iperf3)", "ratio", ratio(ip.downRouter, ip.downRef()))
 		sc.add("download via kernel router, RPS (iperf3)", "Gbit/s", ip.downRouterRPS/1e9)
-		sc.add("download kernel router, RPS/direct (iperf3)", "ratio", ratio(ip.downRouterRPS, ip.downDirect))
+		sc.add("download kernel router, RPS/direct (iperf3)", "ratio", ratio(ip.downRouterRPS, ip.downRef()))
 	}
 	return nil
 }
