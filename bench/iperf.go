@@ -103,7 +103,7 @@ func (e *env) viaIperf3(ctx context.Context, workers int, backends []string) (re
 // downloads before and after the other legs (an A-B-A design). On this
 // 2-CPU VM one direct iperf3 download varies by a quarter between runs
 // (16.5 to 20.5 Gbit/s in one bench), and the legs it is compared with ran
-// 10 to 20 s after it; bracketing them cancels a drift that is linear over
+// 6 to 20 s after it; bracketing them cancels a drift that is linear over
 // the run, and the report shows the second against the first so the drift
 // itself is visible.
 func (r *iperfResult) downRef() float64 {
