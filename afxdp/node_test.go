@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/l2lb/l2lb/dataplane/node"
 	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/vipset"
+	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -272,6 +274,84 @@ func TestOpenXDPNeedsAWorkerPerQueue(t *testing.T) {
 		return err
 	}); !errors.Is(err, node.ErrNoInterface) {
 		t.Fatalf("missing interface: %v", err)
+	}
+}
+
+// TestOpenXDPRefusesSuperFrames checks that OpenXDPWith refuses generic XDP with TCP on AF_XDP
+// where frames larger than a UMEM frame arrive, which the kernel would drop (bulk TCP would
+// stall): on a veth, whose peer passes GSO frames through, and on a bridge while its
+// rx-gro is on; with rx-gro off, and on the veth with TCP left to the kernel, it opens. A
+// refusal leaves no program attached.
+func TestOpenXDPRefusesSuperFrames(t *testing.T) {
+	e := afxdp.NewTestNS(t, 1)
+	addIPv4(t, e)
+	open := func(ifname string, x node.XDPConfig) (node.SocketsInfo, error) {
+		var info node.SocketsInfo
+		err := e.Run(func() error {
+			s, err := node.OpenXDPWith(node.OpenConfig{Interface: ifname, VirtualMAC: vmac}, x)
+			if err != nil {
+				return err
+			}
+			info = s.Info
+			s.Close()
+			return nil
+		})
+		if errors.Is(err, afxdp.ErrUnavailable) {
+			e2e.Prereq(t, "AF_XDP unavailable: %v", err)
+		}
+		return info, err
+	}
+	generic := node.XDPConfig{Mode: afxdp.ModeGeneric}
+	_, err := open("va", generic)
+	if !errors.Is(err, node.ErrSuperFrames) || !strings.Contains(err.Error(), "veth") {
+		t.Fatalf("generic XDP, TCP on AF_XDP, on a veth: %v, want ErrSuperFrames naming the veth", err)
+	}
+	if xdpAttached(t, e) {
+		t.Fatal("a refused OpenXDPWith left its program attached")
+	}
+	if info, err := open("va", node.XDPConfig{Mode: afxdp.ModeGeneric, TCPToKernel: true}); err != nil || info.XDPMode != "generic" {
+		t.Fatalf("generic XDP, TCP to the kernel, on a veth: %+v, %v; want it open in generic mode", info, err)
+	}
+
+	if err := e.Run(func() error {
+		// A bridge, not a dummy (not built into every kernel) or a macvlan (its GRO follows
+		// the veth under it): any non-veth interface with GRO will do, since the program is
+		// only attached here.
+		d := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "d0"}}
+		if err := netlink.LinkAdd(d); err != nil {
+			return err
+		}
+		a, _ := netlink.ParseAddr("203.0.113.1/24")
+		if err := netlink.AddrAdd(d, a); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(d)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	setGRO := func(on bool) {
+		t.Helper()
+		if err := e.Run(func() error {
+			et, err := ethtool.NewEthtool()
+			if err != nil {
+				return err
+			}
+			defer et.Close()
+			return et.Change("d0", map[string]bool{"rx-gro": on})
+		}); err != nil {
+			t.Fatalf("ethtool -K d0 gro %v: %v", on, err)
+		}
+	}
+	setGRO(true)
+	_, err = open("d0", generic)
+	if !errors.Is(err, node.ErrSuperFrames) || !strings.Contains(err.Error(), "rx-gro") || !strings.Contains(err.Error(), "ethtool -K d0 gro off") {
+		t.Fatalf("generic XDP, TCP on AF_XDP, rx-gro on: %v, want ErrSuperFrames naming rx-gro and its ethtool -K", err)
+	}
+	t.Logf("refused: %v", err)
+	setGRO(false)
+	info, err := open("d0", generic)
+	if err != nil || info.XDPMode != "generic" || info.TCP != "xsk" {
+		t.Fatalf("generic XDP, TCP on AF_XDP, rx-gro off: %+v, %v; want it open", info, err)
 	}
 }
 

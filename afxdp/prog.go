@@ -210,7 +210,9 @@ func newProgram(vmac net.HardwareAddr, queues int, o ProgramOptions, fallback in
 
 // Attach attaches the program to the interface ifindex as a BPF link, so it is detached when
 // the link is closed or the process dies (fail-closed: no kernel object outlives the balancer).
-// ModeAuto tries native mode, then generic mode; the mode that worked is returned.
+// ModeAuto tries native mode, then generic mode; the mode that worked is returned. Generic XDP
+// runs after GRO and sees whole super-frames, which do not fit a UMEM frame and are dropped:
+// without ProgramOptions.PassTCP, check SuperFrames before relying on generic mode.
 func (p *Program) Attach(ifindex int, mode Mode, log *slog.Logger) (Mode, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -241,16 +243,6 @@ func (p *Program) Attach(ifindex int, mode Mode, log *slog.Logger) (Mode, error)
 		if err2 := try(ModeGeneric); err2 != nil {
 			return 0, fmt.Errorf("%w: attach: native: %w; generic: %w", ErrUnavailable, err, err2)
 		}
-	}
-	if p.mode == ModeGeneric && !p.opts.PassTCP {
-		// Generic XDP runs after GRO: merged super-frames reach it whole and do not fit a UMEM
-		// frame, so the kernel drops them (Stats.RxDropped; measured on veth, where the peer
-		// keeps TSO in this mode). Native mode sees wire-sized frames only (veth turns its
-		// peer's GSO off while a native program is attached, drivers/net/veth.c). With
-		// PassTCP the TCP super-frames go to the kernel whole, and UDP is not merged unless
-		// UDP GRO forwarding is turned on.
-		log.Warn("generic XDP: frames larger than a UMEM frame (GRO/LRO super-frames) are dropped; turn GRO and LRO off on the interface (ethtool -K IF gro off lro off)",
-			"ifindex", ifindex)
 	}
 	return p.mode, nil
 }

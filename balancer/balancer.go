@@ -260,6 +260,11 @@ func (b *Balancer) Engine() *dataplane.Engine { return b.eng }
 func (b *Balancer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// The goroutines below end with ctx: a configuration error returned early must stop them
+	// before wg.Wait, or Run never returns (it hung on ErrQueues and ErrSuperFrames until
+	// TestAFXDPRefusesSuperFrames caught it).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	wg.Add(2)
 	go func() { defer wg.Done(); b.housekeeping(ctx) }()
 	go func() { defer wg.Done(); b.watchHealth(ctx) }()
@@ -275,8 +280,9 @@ func (b *Balancer) Run(ctx context.Context) error {
 	}
 	for ctx.Err() == nil {
 		socks, err := b.open()
-		if errors.Is(err, node.ErrQueues) {
-			// More receive queues than workers: a configuration error, not a passing state.
+		if errors.Is(err, node.ErrQueues) || errors.Is(err, node.ErrSuperFrames) {
+			// More receive queues than workers, or generic XDP that would drop bulk TCP: a
+			// configuration error, not a passing state.
 			return fmt.Errorf("balancer: %w", err)
 		}
 		if err != nil {
@@ -396,14 +402,24 @@ func (b *Balancer) housekeeping(ctx context.Context) {
 	}
 }
 
-// RunWith runs the balancer driven by plane until ctx ends. The plane stops first, with the
-// balancer still running, so that it can hand the active role over; then the balancer stops.
+// RunWith runs the balancer driven by plane until ctx ends or the balancer fails on its own (a
+// configuration error such as ErrQueues). The plane stops first, with the balancer still
+// running, so that it can hand the active role over; then the balancer stops. When the
+// balancer fails, the plane is stopped after it.
 func (b *Balancer) RunWith(ctx context.Context, plane Plane) error {
 	bctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	pctx, stopPlane := context.WithCancel(ctx)
+	defer stopPlane()
 	done := make(chan error, 1)
-	go func() { done <- b.Run(bctx) }()
-	perr := plane.Run(ctx)
+	go func() {
+		err := b.Run(bctx)
+		if err != nil {
+			stopPlane()
+		}
+		done <- err
+	}()
+	perr := plane.Run(pctx)
 	cancel()
 	return errors.Join(perr, <-done)
 }

@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -472,6 +473,47 @@ func TestLeavingKinds(t *testing.T) {
 		}
 		if m, _ := member(b.Status(), peer3); !m.Leaving {
 			t.Errorf("keep=%v: vanished member's status %+v, want leaving", keep, m)
+		}
+	}
+}
+
+// planeFunc is a Plane.
+type planeFunc func(ctx context.Context) error
+
+func (f planeFunc) Run(ctx context.Context) error { return f(ctx) }
+
+// TestConfigErrorEndsRunWith checks that a configuration error of the fast path (more receive
+// queues than workers, generic XDP that would drop super-frames) ends Run and RunWith with it,
+// stopping the balancer's own goroutines and the control plane, instead of leaving the process
+// up with no fast path (both hung until TestAFXDPRefusesSuperFrames caught it).
+func TestConfigErrorEndsRunWith(t *testing.T) {
+	for _, cfgErr := range []error{node.ErrQueues, node.ErrSuperFrames} {
+		b, o := newTest(t, writeFile(t, vip.String()+"\n"), nil)
+		o.setErr(fmt.Errorf("opening: %w", cfgErr))
+		planeStopped := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- b.RunWith(context.Background(), planeFunc(func(ctx context.Context) error {
+				<-ctx.Done()
+				close(planeStopped)
+				return nil
+			}))
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, cfgErr) {
+				t.Errorf("RunWith: %v, want %v", err, cfgErr)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("RunWith still running 5 s after the fast path failed with %v", cfgErr)
+		}
+		select {
+		case <-planeStopped:
+		default:
+			t.Errorf("%v: RunWith returned with the plane still running", cfgErr)
+		}
+		if o.opens != 1 {
+			t.Errorf("%v: %d opens, want 1 (a configuration error is not retried)", cfgErr, o.opens)
 		}
 	}
 }

@@ -11,6 +11,11 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
+// ErrSuperFrames is afxdp.ErrSuperFrames: OpenXDPWith returns it, wrapped, when the program
+// attached in generic mode with TCP on AF_XDP on an interface where frames larger than a UMEM
+// frame arrive (afxdp.SuperFrames), which the kernel would drop.
+var ErrSuperFrames = afxdp.ErrSuperFrames
+
 // ErrQueues is returned by OpenXDP when the interface has more receive queues than workers: an
 // AF_XDP socket serves one queue, and frames of a queue without one would be lost (the kernel
 // drops frames to the virtual MAC as PACKET_OTHERHOST).
@@ -125,6 +130,19 @@ func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
 	mode, err := prog.Attach(ifi.Index, want, x.Log)
 	if err != nil {
 		return s, fmt.Errorf("node: attach XDP to %s: %w", ifi.Name, err)
+	}
+	if mode == afxdp.ModeGeneric && !x.TCPToKernel {
+		// Generic XDP sees GRO/LRO and veth GSO super-frames whole, and with TCP on AF_XDP
+		// every one of them is dropped: bulk TCP through the VIP stalls while everything else
+		// works (l2lb bench tcp with --xdp-tcp xsk --xdp-mode generic, issue 14: uploads
+		// almost nothing). Refused rather than warned about; an interface whose driver or
+		// features cannot be read is allowed with a warning.
+		switch err := afxdp.SuperFrames(ifi.Name); {
+		case errors.Is(err, afxdp.ErrSuperFrames):
+			return s, fmt.Errorf("node: generic XDP with TCP on AF_XDP: %w; use --xdp-tcp kernel, or native XDP (--xdp-mode native) where the driver has it", err)
+		case err != nil:
+			x.Log.Warn("generic XDP with TCP on AF_XDP: cannot check for super-frames, which would be dropped", "interface", ifi.Name, "err", err)
+		}
 	}
 	s.Info = SocketsInfo{Backend: "afxdp", Queues: queues, XDPMode: mode.String(), TCP: "xsk",
 		ZeroCopy: s.Workers[0].(*xdpOwner).ZeroCopy()}

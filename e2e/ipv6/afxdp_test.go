@@ -3,9 +3,11 @@ package ipv6
 import (
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -89,5 +91,43 @@ func TestAFXDPBackend(t *testing.T) {
 				t.Errorf("an XDP program is still on f1 eth0 after l2lb exited:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestAFXDPRefusesSuperFrames checks that `l2lb run --backend afxdp --xdp-tcp xsk --xdp-mode
+// generic` on a veth exits at once with an error that says why: generic XDP would see the
+// peer's GSO super-frames, which do not fit a UMEM frame and would be dropped, stalling every
+// bulk TCP transfer through the VIP (issue 14). No XDP program is left on the interface.
+func TestAFXDPRefusesSuperFrames(t *testing.T) {
+	bed := needBed(t)
+	args, _ := balancerArgs(t, bed, options{extra: []string{"-p", "0", "--backend", "afxdp", "--xdp-tcp", "xsk", "--xdp-mode", "generic"}})
+	b := e2e.StartBalancer(t, f1(bed), suite.Bin, args)
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Running() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if b.Running() {
+		// SIGQUIT first: the Go runtime writes every goroutine's stack to the log below.
+		b.Cmd.Process.Signal(syscall.SIGQUIT)
+		time.Sleep(time.Second)
+		b.Cmd.Process.Kill()
+		for b.Running() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("l2lb still running 10 s after start in generic XDP with TCP on AF_XDP on a veth; want it to refuse\nlog:\n%s", b.LogText())
+	}
+	if b.WaitErr() == nil {
+		t.Errorf("l2lb exited 0; want a failure\nlog:\n%s", b.LogText())
+	}
+	t.Logf("l2lb exited (%v):\n%s", b.WaitErr(), b.LogText())
+	if !b.LogContains("eth0 is a veth", "--xdp-tcp kernel") {
+		t.Errorf("the log does not say why (the veth) and what to do (--xdp-tcp kernel):\n%s", b.LogText())
+	}
+	out, err := f1(bed).RunIP("-d", "link", "show", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "xdp") {
+		t.Errorf("an XDP program is still on f1 eth0 after the refusal:\n%s", out)
 	}
 }

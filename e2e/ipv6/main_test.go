@@ -155,34 +155,7 @@ func resolver(bed *testbed.Bed) *testbed.Host {
 // SIGTERM when the test ends (or earlier, with stop).
 func startBalancer(t *testing.T, bed *testbed.Bed, o options) *balancer {
 	t.Helper()
-	dir := t.TempDir()
-	vipFile := filepath.Join(dir, "vipaddrs")
-	body := fmt.Sprintf("# e2e/ipv6 VIPs: one of each family\n%v\n%v\n", vip4(bed), vip6(bed))
-	if err := os.WriteFile(vipFile, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// Clients (and the router) may still cache the VIPs' MAC from an earlier balancer.
-	hosts := slices.Clone(bed.Clients)
-	if bed.Router != nil {
-		hosts = append(hosts, bed.Router)
-	}
-	for _, h := range hosts {
-		if err := h.FlushNeigh(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	members := o.members
-	if members == nil {
-		for _, f := range bed.Frontends {
-			members = append(members, f.Addr)
-		}
-	}
-	args := []string{"run", "-i", "eth0", "-f", vipFile, "--stats-file", filepath.Join(dir, "stats.json"),
-		"--control", filepath.Join(dir, "control.sock")}
-	for _, m := range members {
-		args = append(args, "--member", m.String())
-	}
-	args = append(args, o.extra...)
+	args, members := balancerArgs(t, bed, o)
 	if o.before != nil {
 		o.before()
 	}
@@ -224,6 +197,41 @@ func startBalancer(t *testing.T, bed *testbed.Bed, o options) *balancer {
 		t.Fatalf("ARP for %v answers %v, NDP for %v answers %v; want the same virtual MAC", vip4(bed), b.VMAC, vip6(bed), b.VMAC6)
 	}
 	return b
+}
+
+// balancerArgs writes the VIP file "IPv4 VIP, IPv6 VIP", flushes the clients' and the router's
+// neighbour caches and returns the arguments of `l2lb run` on f1 with the members of o (every
+// frontend by default) and o's flags, and the members.
+func balancerArgs(t *testing.T, bed *testbed.Bed, o options) ([]string, []netip.Addr) {
+	t.Helper()
+	dir := t.TempDir()
+	vipFile := filepath.Join(dir, "vipaddrs")
+	body := fmt.Sprintf("# e2e/ipv6 VIPs: one of each family\n%v\n%v\n", vip4(bed), vip6(bed))
+	if err := os.WriteFile(vipFile, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Clients (and the router) may still cache the VIPs' MAC from an earlier balancer.
+	hosts := slices.Clone(bed.Clients)
+	if bed.Router != nil {
+		hosts = append(hosts, bed.Router)
+	}
+	for _, h := range hosts {
+		if err := h.FlushNeigh(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	members := o.members
+	if members == nil {
+		for _, f := range bed.Frontends {
+			members = append(members, f.Addr)
+		}
+	}
+	args := []string{"run", "-i", "eth0", "-f", vipFile, "--stats-file", filepath.Join(dir, "stats.json"),
+		"--control", filepath.Join(dir, "control.sock")}
+	for _, m := range members {
+		args = append(args, "--member", m.String())
+	}
+	return append(args, o.extra...), members
 }
 
 // stop sends SIGTERM (once) and expects a clean exit that leaves f1's interface as it found it
