@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,56 +26,8 @@ type vethNS struct {
 
 func newVethNS(t testing.TB, queues int) *vethNS {
 	t.Helper()
-	e := &vethNS{NS: nstest.New(t, "xdp")}
-	err := e.Run(func() error {
-		for _, p := range []string{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"} {
-			if err := os.WriteFile(p, []byte("1"), 0o644); err != nil && !os.IsNotExist(err) {
-				return err
-			}
-		}
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "va", NumRxQueues: queues, NumTxQueues: queues},
-			PeerName: "vb"}
-		if err := netlink.LinkAdd(veth); err != nil {
-			return fmt.Errorf("add veth: %w", err)
-		}
-		for _, n := range []string{"lo", "va", "vb"} {
-			l, err := netlink.LinkByName(n)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for _, n := range []string{"va", "vb"} {
-			for {
-				l, err := netlink.LinkByName(n)
-				if err != nil {
-					return err
-				}
-				if l.Attrs().OperState == netlink.OperUp {
-					break
-				}
-				if time.Now().After(deadline) {
-					return fmt.Errorf("%s not up after 5s", n)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		}
-		for n, dst := range map[string]*net.Interface{"va": &e.a, "vb": &e.b} {
-			ifi, err := net.InterfaceByName(n)
-			if err != nil {
-				return err
-			}
-			*dst = *ifi
-		}
-		return nil
-	})
-	if err != nil {
-		e2e.Prereq(t, "cannot build the veth testbed: %v", err)
-	}
-	return e
+	v := nstest.NewVeth(t, "xdp", queues)
+	return &vethNS{NS: v.NS, a: v.A, b: v.B}
 }
 
 // rawSocket opens a non-blocking AF_PACKET socket on ifindex that ignores its own output.
