@@ -177,7 +177,6 @@ type Program struct {
 	xsks *ebpf.Map
 	link link.Link
 	mode Mode
-	opts ProgramOptions
 }
 
 // NewProgram creates an XSKMAP of queues entries and loads the redirect program for vmac.
@@ -205,7 +204,7 @@ func newProgram(vmac net.HardwareAddr, queues int, o ProgramOptions, fallback in
 		m.Close()
 		return nil, fmt.Errorf("%w: load: %w", ErrUnavailable, err)
 	}
-	return &Program{prog: prog, xsks: m, opts: o}, nil
+	return &Program{prog: prog, xsks: m}, nil
 }
 
 // Attach attaches the program to the interface ifindex as a BPF link, so it is detached when
