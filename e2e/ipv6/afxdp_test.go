@@ -83,13 +83,7 @@ func TestAFXDPBackend(t *testing.T) {
 				}
 			}
 			b.stop(t)
-			out, err := f1(bed).RunIP("-d", "link", "show", "eth0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if strings.Contains(string(out), "xdp") {
-				t.Errorf("an XDP program is still on f1 eth0 after l2lb exited:\n%s", out)
-			}
+			noXDPLeft(t, bed, "after l2lb exited")
 		})
 	}
 }
@@ -102,17 +96,12 @@ func TestAFXDPRefusesSuperFrames(t *testing.T) {
 	bed := needBed(t)
 	args, _ := balancerArgs(t, bed, options{extra: []string{"-p", "0", "--backend", "afxdp", "--xdp-tcp", "xsk", "--xdp-mode", "generic"}})
 	b := e2e.StartBalancer(t, f1(bed), suite.Bin, args)
-	deadline := time.Now().Add(10 * time.Second)
-	for b.Running() && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if b.Running() {
+	if !b.Exited(10 * time.Second) {
 		// SIGQUIT first: the Go runtime writes every goroutine's stack to the log below.
 		b.Cmd.Process.Signal(syscall.SIGQUIT)
-		time.Sleep(time.Second)
-		b.Cmd.Process.Kill()
-		for b.Running() {
-			time.Sleep(10 * time.Millisecond)
+		if !b.Exited(time.Second) {
+			b.Cmd.Process.Kill()
+			b.Exited(10 * time.Second)
 		}
 		t.Fatalf("l2lb still running 10 s after start in generic XDP with TCP on AF_XDP on a veth; want it to refuse\nlog:\n%s", b.LogText())
 	}
@@ -123,11 +112,18 @@ func TestAFXDPRefusesSuperFrames(t *testing.T) {
 	if !b.LogContains("eth0 is a veth", "--xdp-tcp kernel") {
 		t.Errorf("the log does not say why (the veth) and what to do (--xdp-tcp kernel):\n%s", b.LogText())
 	}
+	noXDPLeft(t, bed, "after the refusal")
+}
+
+// noXDPLeft fails the test if an XDP program is attached to f1's eth0 (when: the moment, for
+// the message).
+func noXDPLeft(t *testing.T, bed *testbed.Bed, when string) {
+	t.Helper()
 	out, err := f1(bed).RunIP("-d", "link", "show", "eth0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(string(out), "xdp") {
-		t.Errorf("an XDP program is still on f1 eth0 after the refusal:\n%s", out)
+		t.Errorf("an XDP program is still on f1 eth0 %s:\n%s", when, out)
 	}
 }

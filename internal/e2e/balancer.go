@@ -163,6 +163,16 @@ func (b *Balancer) Running() bool {
 	}
 }
 
+// Exited waits at most d for the process to exit on its own and reports whether it did.
+func (b *Balancer) Exited(d time.Duration) bool {
+	select {
+	case <-b.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 // WaitErr returns how the process exited; it is meaningful once Running reports false.
 func (b *Balancer) WaitErr() error {
 	if b.Running() {
