@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -75,6 +76,8 @@ const (
 const (
 	// XDPPass lets the frame go on to the kernel's stack.
 	XDPPass = 2
+	// XDPTX sends the frame back out of the interface it arrived on (the flow cache, flows.go).
+	XDPTX = 3
 	// XDPRedirect sends the frame to the socket in the XSKMAP.
 	XDPRedirect = 4
 )
@@ -92,7 +95,7 @@ const (
 // §2.3.2.1) is redirected like any frame to vmac. With o.PassTCP, TCP frames to vmac go to the
 // kernel too (ProgramOptions).
 func Instructions(vmac net.HardwareAddr, xsks *ebpf.Map, o ProgramOptions) (asm.Instructions, error) {
-	return instructions(vmac, xsks, o, XDPPass)
+	return instructions(vmac, xsks, nil, o, XDPPass)
 }
 
 // ProgramOptions choose which frames to the virtual MAC the program leaves to the kernel.
@@ -106,6 +109,10 @@ type ProgramOptions struct {
 	// protocol, so a flow's frames never take two paths and are never reordered, except for
 	// IPv6 TCP whose frames switch between carrying extension headers and not.
 	PassTCP bool
+	// FlowCache, when above zero, is the size of the program's flow cache (flows.go): UDP
+	// flows over IPv4 that the balancer installed are rewritten and sent back out by the
+	// program itself (XDP_TX), without a trip through user space. Zero: no cache.
+	FlowCache int
 }
 
 // Ethertypes and protocol numbers as the program compares them: BPF loads in host byte order,
@@ -123,7 +130,7 @@ const (
 // instructions is Instructions with the action taken for a frame to vmac whose queue has no
 // socket: XDPPass in production, another code in tests, so that the MAC comparison can be
 // checked without a socket.
-func instructions(vmac net.HardwareAddr, xsks *ebpf.Map, o ProgramOptions, fallback int32) (asm.Instructions, error) {
+func instructions(vmac net.HardwareAddr, xsks *ebpf.Map, fc *flowMaps, o ProgramOptions, fallback int32) (asm.Instructions, error) {
 	if len(vmac) != 6 || vmac[0]&1 != 0 {
 		return nil, ErrBadMAC
 	}
@@ -142,6 +149,9 @@ func instructions(vmac net.HardwareAddr, xsks *ebpf.Map, o ProgramOptions, fallb
 		asm.JNE.Imm32(asm.R5, lo, "pass"),
 		asm.LoadMem(asm.R5, asm.R2, 4, asm.Half),
 		asm.JNE.Imm32(asm.R5, hi, "pass"),
+	}
+	if fc != nil {
+		insns = append(insns, flowInstructions(fc)...)
 	}
 	if o.PassTCP {
 		insns = append(insns,
@@ -173,10 +183,16 @@ func instructions(vmac net.HardwareAddr, xsks *ebpf.Map, o ProgramOptions, fallb
 
 // Program is the loaded redirect program, its XSKMAP and, once Attach succeeded, its link.
 type Program struct {
-	prog *ebpf.Program
-	xsks *ebpf.Map
-	link link.Link
-	mode Mode
+	prog  *ebpf.Program
+	xsks  *ebpf.Map
+	flows *flowMaps // nil without a flow cache
+	link  link.Link
+	mode  Mode
+
+	// fmu orders the flow cache's methods, which workers and the sweep call from their own
+	// goroutines, before Close; fclosed is set by Close.
+	fmu     sync.RWMutex
+	fclosed bool
 }
 
 // NewProgram creates an XSKMAP of queues entries and loads the redirect program for vmac.
@@ -193,18 +209,31 @@ func newProgram(vmac net.HardwareAddr, queues int, o ProgramOptions, fallback in
 	if err != nil {
 		return nil, fmt.Errorf("%w: XSKMAP: %w", ErrUnavailable, err)
 	}
-	insns, err := instructions(vmac, m, o, fallback)
-	if err != nil {
+	var fc *flowMaps
+	if o.FlowCache > 0 {
+		if fc, err = newFlowMaps(o.FlowCache); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	closeMaps := func() {
 		m.Close()
+		if fc != nil {
+			fc.close()
+		}
+	}
+	insns, err := instructions(vmac, m, fc, o, fallback)
+	if err != nil {
+		closeMaps()
 		return nil, err
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "l2lb_redirect", Type: ebpf.XDP,
 		Instructions: insns, License: "Apache-2.0"})
 	if err != nil {
-		m.Close()
+		closeMaps()
 		return nil, fmt.Errorf("%w: load: %w", ErrUnavailable, err)
 	}
-	return &Program{prog: prog, xsks: m}, nil
+	return &Program{prog: prog, xsks: m, flows: fc}, nil
 }
 
 // Attach attaches the program to the interface ifindex as a BPF link, so it is detached when
@@ -257,11 +286,18 @@ func (p *Program) Register(queue int, fd int) error {
 // Run runs the program once on frame (BPF_PROG_TEST_RUN) and returns its action (XDPPass,
 // XDPRedirect, ...). The frame is treated as received on queue 0.
 func (p *Program) Run(frame []byte) (uint32, error) {
-	ret, err := p.prog.Run(&ebpf.RunOptions{Data: frame})
+	ret, _, err := p.RunOut(frame)
+	return ret, err
+}
+
+// RunOut is Run that also returns the frame as the program left it.
+func (p *Program) RunOut(frame []byte) (uint32, []byte, error) {
+	out := make([]byte, len(frame)+256)
+	ret, err := p.prog.Run(&ebpf.RunOptions{Data: frame, DataOut: out})
 	if err != nil {
-		return 0, fmt.Errorf("afxdp: test run: %w", err)
+		return 0, nil, fmt.Errorf("afxdp: test run: %w", err)
 	}
-	return ret, nil
+	return ret, out[:len(frame)], nil
 }
 
 // Close detaches the program and releases the program and the map.
@@ -272,6 +308,14 @@ func (p *Program) Close() error {
 		p.link = nil
 	}
 	errs = append(errs, p.prog.Close(), p.xsks.Close())
+	if p.flows != nil {
+		p.fmu.Lock()
+		if !p.fclosed {
+			p.fclosed = true
+			errs = append(errs, p.flows.close())
+		}
+		p.fmu.Unlock()
+	}
 	return errors.Join(errs...)
 }
 

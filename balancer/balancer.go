@@ -280,9 +280,10 @@ func (b *Balancer) Run(ctx context.Context) error {
 	}
 	for ctx.Err() == nil {
 		socks, err := b.open()
-		if errors.Is(err, node.ErrQueues) || errors.Is(err, node.ErrSuperFrames) {
-			// More receive queues than workers, or generic XDP that would drop bulk TCP: a
-			// configuration error, not a passing state.
+		if errors.Is(err, node.ErrQueues) || errors.Is(err, node.ErrSuperFrames) || errors.Is(err, node.ErrFlowCacheVeth) {
+			// More receive queues than workers, generic XDP that would drop bulk TCP, or a
+			// flow cache whose XDP_TX a veth would drop: a configuration error, not a passing
+			// state.
 			return fmt.Errorf("balancer: %w", err)
 		}
 		if err != nil {
@@ -367,6 +368,9 @@ func (b *Balancer) setRunning(on bool, s node.Sockets, stopErr error) {
 		i := s.Info
 		b.fastPath = &control.FastPath{Backend: i.Backend, Sockets: len(s.Workers), Queues: i.Queues,
 			XDPMode: i.XDPMode, TCP: i.TCP, ZeroCopy: i.ZeroCopy}
+		if i.FlowCache > 0 {
+			b.fastPath.FlowCache = &control.FlowCache{Size: i.FlowCache}
+		}
 	}
 	b.applyRoleLocked()
 	vips := b.vips

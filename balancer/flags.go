@@ -39,6 +39,7 @@ type Flags struct {
 	Backend      string
 	XDPMode      string
 	XDPTCP       string
+	XDPFlows     int
 	MaxConns     int
 	NoDest       string
 	TCPTimeout   time.Duration
@@ -63,6 +64,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Backend, "backend", "afpacket", "fast-path sockets: afpacket (default) or afxdp (an XDP program redirects frames to the virtual MAC into AF_XDP sockets, one per receive queue; TCP per --xdp-tcp; README, Choosing a backend)")
 	fs.StringVar(&f.XDPMode, "xdp-mode", "auto", "afxdp: how the XDP program is attached: native (in the driver), generic (on the skb, any interface) or auto (native, else generic; generic on a veth with --xdp-tcp kernel, where native XDP turns the peer's GSO off)")
 	fs.StringVar(&f.XDPTCP, "xdp-tcp", "kernel", "afxdp: where TCP goes: kernel (the default: the kernel's GRO merges segments and --workers AF_PACKET rings forward them whole, with GSO) or xsk (every frame on AF_XDP, as UDP; bulk uploads then cross to user space one wire-size segment at a time; refused in generic XDP mode on a veth or with GRO or LRO on, whose super-frames would be dropped)")
+	fs.IntVar(&f.XDPFlows, "xdp-flows", 0, "afxdp: size in flows of the XDP program's flow cache, which forwards the datagrams of known UDP flows over IPv4 in the kernel (XDP_TX) instead of through user space; 0 (the default) turns it off (README, The XDP flow cache)")
 	fs.DurationVar(&f.BusyPoll, "busy-poll", afpacket.DefaultRing().BusyPoll, "how long a worker polls its ring for the next frame before sleeping (0: sleep at once; trades CPU for latency)")
 	fs.DurationVar(&f.Coalesce, "coalesce", 0, "AF_PACKET rings: how long a worker woken for fewer than 16 frames waits for more to handle and send in one batch (0 to 1ms; 0, the default: at once). Cuts CPU per frame at medium rates, adds up to this much latency (README, Performance; refused with --xdp-tcp xsk, which has no rings)")
 	fs.IntVar(&f.OverloadNice, "overload-nice", -10, "nice value (-20 to -1) a fast-path worker's thread runs at while its receive ring overflows, back to the process's own a second after the last dropped frame; 0: never raised (README, Performance; needs CAP_SYS_NICE, else logged once and left)")
@@ -76,6 +78,10 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.SyncGroup, "sync-group", "", "connection-sync multicast group `ADDR:PORT` (default "+connsync.DefaultGroup.String()+", UDP)")
 	fs.StringVar(&f.SyncKeyFile, "sync-key-file", "", "file holding the shared key that authenticates connection-sync messages (HMAC-SHA256); without it sync is unauthenticated")
 }
+
+// maxXDPFlows bounds --xdp-flows: an entry of the kernel's LRU hash costs about 100 bytes of
+// locked kernel memory with its key, value and bookkeeping, so this is ~1.6 GB.
+const maxXDPFlows = 1 << 24
 
 // TestClockRateEnv names the environment variable that sets Config.ClockRate (tests only).
 const TestClockRateEnv = "L2LB_TEST_CLOCK_RATE"
@@ -120,13 +126,16 @@ func (f *Flags) Config(mode, name string, log *slog.Logger) (Config, error) {
 			return zero, fmt.Errorf("--xdp-tcp %q: want kernel or xsk", f.XDPTCP)
 		}
 		open = func(c node.OpenConfig) (node.Sockets, error) {
-			return node.OpenXDPWith(c, node.XDPConfig{Mode: mode, TCPToKernel: tcpToKernel, Log: log})
+			return node.OpenXDPWith(c, node.XDPConfig{Mode: mode, TCPToKernel: tcpToKernel, FlowCache: f.XDPFlows, Log: log})
 		}
 	default:
 		return zero, fmt.Errorf("--backend %q: want afpacket or afxdp", f.Backend)
 	}
-	if (f.XDPMode != "auto" || f.XDPTCP != "kernel") && f.Backend != "afxdp" {
-		return zero, errors.New("--xdp-mode and --xdp-tcp apply to the afxdp backend only")
+	if (f.XDPMode != "auto" || f.XDPTCP != "kernel" || f.XDPFlows != 0) && f.Backend != "afxdp" {
+		return zero, errors.New("--xdp-mode, --xdp-tcp and --xdp-flows apply to the afxdp backend only")
+	}
+	if f.XDPFlows < 0 || f.XDPFlows > maxXDPFlows {
+		return zero, fmt.Errorf("--xdp-flows %d: want 0 to %d", f.XDPFlows, maxXDPFlows)
 	}
 	switch {
 	case f.Coalesce < 0 || f.Coalesce > time.Millisecond:

@@ -43,8 +43,12 @@ func TestFlagsCoalesce(t *testing.T) {
 	if _, err := parse("--backend", "afxdp", "--xdp-mode", "generic"); err != nil {
 		t.Errorf("--xdp-mode generic: %v", err)
 	}
+	if _, err := parse("--backend", "afxdp", "--xdp-flows", "65536"); err != nil {
+		t.Errorf("--xdp-flows 65536: %v", err)
+	}
 	for _, args := range [][]string{{"--backend", "afxdp", "--xdp-mode", "skb"}, {"--xdp-mode", "native"},
-		{"--backend", "afxdp", "--xdp-tcp", "afpacket"}, {"--xdp-tcp", "xsk"}} {
+		{"--backend", "afxdp", "--xdp-tcp", "afpacket"}, {"--xdp-tcp", "xsk"}, {"--xdp-flows", "64"},
+		{"--backend", "afxdp", "--xdp-flows", "-1"}, {"--backend", "afxdp", "--xdp-flows", "16777217"}} {
 		if _, err := parse(args...); err == nil || !strings.Contains(err.Error(), "--xdp-") {
 			t.Errorf("%q: %v, want an error naming the flag", args, err)
 		}

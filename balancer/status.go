@@ -31,6 +31,11 @@ func (b *Balancer) Status() control.Status {
 		fp := *b.fastPath
 		fs := b.node.FastPathStats()
 		fp.RingDrops, fp.RaisedWorkers, fp.PriorityRaises = fs.RingDrops, fs.RaisedWorkers, fs.PriorityRaises
+		if fp.FlowCache != nil {
+			fc, cs := *fp.FlowCache, b.node.FlowCacheStats()
+			fc.Flows, fc.Installs, fc.InstallErrors, fc.Forwarded = cs.Entries, cs.Installs, cs.InstallErrors, cs.Forwarded
+			fp.FlowCache = &fc
+		}
 		out.FastPath = &fp
 	}
 	if b.role == RoleActive && b.roleErrLocked() == nil {

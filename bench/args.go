@@ -26,7 +26,7 @@ func ParseArgs(args []string, stderr io.Writer) (Options, string, error) {
 	runs := fs.Int("runs", 3, "repetitions of each scenario (the table shows median and min–max)")
 	dur := fs.Duration("duration", 3*time.Second, "length of one measured phase")
 	workers := fs.String("workers", "1,2", "fast-path worker counts for pps (tcp and conn use the last)")
-	backends := fs.String("backends", "afpacket", "fast-path `BACKENDS` (l2lb run --backend) that pps, tcp and conn measure in turn against the same run's kernel and direct figures, e.g. afpacket,afxdp")
+	backends := fs.String("backends", "afpacket", "fast-path `BACKENDS` (l2lb run --backend) that pps, tcp and conn measure in turn against the same run's kernel and direct figures, e.g. afpacket,afxdp,afxdp+flows (afxdp with --xdp-flows)")
 	rate := fs.Int("rate", 50000, "fixed offered rate (frames/s) at which pps measures CPU per frame")
 	gens := fs.Int("generators", 2, "generator sockets/goroutines for pps")
 	dialers := fs.Int("dialers", 8, "parallel dialers for conn")

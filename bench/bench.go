@@ -71,9 +71,10 @@ type Options struct {
 	// ProfileDir, if set, makes every pps balancer write a pprof CPU
 	// profile there (l2lb run --cpuprofile).
 	ProfileDir string
-	// Backends are the fast-path backends (l2lb run --backend: afpacket, afxdp) the pps, tcp
-	// and conn scenarios measure in turn, each against the same run's kernel and direct
-	// figures [afpacket].
+	// Backends are the fast-path backends (l2lb run --backend: afpacket, afxdp, and
+	// afxdp+flows, afxdp with the XDP flow cache of BenchFlowCache flows) the pps, tcp and conn
+	// scenarios measure in turn, each against the same run's kernel and direct figures
+	// [afpacket].
 	Backends []string
 	// BalancerArgs are appended to every `l2lb run` the pps, tcp and conn
 	// scenarios start, to measure other settings (--busy-poll 0, say).
@@ -87,6 +88,17 @@ type Options struct {
 	Verbose bool
 	// Logf receives progress messages.
 	Logf func(format string, args ...any)
+}
+
+// BenchFlowCache is the --xdp-flows of the afxdp+flows backend: room for every flow the
+// scenarios make.
+const BenchFlowCache = 65536
+
+// backendArgs are the `l2lb run` flags of each backend the bench knows.
+var backendArgs = map[string][]string{
+	"afpacket":    {"--backend", "afpacket"},
+	"afxdp":       {"--backend", "afxdp"},
+	"afxdp+flows": {"--backend", "afxdp", "--xdp-flows", strconv.Itoa(BenchFlowCache)},
 }
 
 func (o *Options) normalize() error {
@@ -111,8 +123,8 @@ func (o *Options) normalize() error {
 		o.Backends = []string{"afpacket"}
 	}
 	for _, b := range o.Backends {
-		if b != "afpacket" && b != "afxdp" {
-			return fmt.Errorf("%w: backend %q is not afpacket or afxdp", ErrBadOptions, b)
+		if _, ok := backendArgs[b]; !ok {
+			return fmt.Errorf("%w: backend %q is not afpacket, afxdp or afxdp+flows", ErrBadOptions, b)
 		}
 	}
 	if o.PPSRate == 0 {

@@ -227,7 +227,7 @@ func (e *env) startBalancer(ctx context.Context, backend string, workers int, ex
 	// queues to spread frames over them by flow hash (netdev_pick_tx); AF_PACKET's fanout
 	// spreads frames itself, on the single queue veth uses by default.
 	queues := 1
-	if backend == "afxdp" {
+	if strings.HasPrefix(backend, "afxdp") {
 		queues = workers
 	}
 	if err := e.setQueues(queues); err != nil {
@@ -235,7 +235,8 @@ func (e *env) startBalancer(ctx context.Context, backend string, workers int, ex
 	}
 	statsFile := filepath.Join(e.dir, fmt.Sprintf("stats-%d.json", time.Now().UnixNano()))
 	args := []string{"run", "-i", "eth0", "-f", e.vipFile, "-p", "0", "--workers", strconv.Itoa(workers),
-		"--backend", backend, "--vmac", benchVMAC.String(), "--stats-file", statsFile}
+		"--vmac", benchVMAC.String(), "--stats-file", statsFile}
+	args = append(args, backendArgs[backend]...)
 	for _, h := range e.backends {
 		args = append(args, "--member", h.Addr.String())
 	}

@@ -96,6 +96,8 @@ type FastPath struct {
 	TCP string `json:"tcp,omitempty"`
 	// ZeroCopy is true when the AF_XDP sockets run in zero-copy mode.
 	ZeroCopy bool `json:"zero_copy,omitempty"`
+	// FlowCache is the XDP flow cache's state (afxdp with --xdp-flows only).
+	FlowCache *FlowCache `json:"flow_cache,omitempty"`
 	// RingDrops counts frames the kernel dropped because a worker socket's ring was full: the
 	// workers fell behind (since the process started).
 	RingDrops uint64 `json:"ring_drops"`
@@ -103,6 +105,20 @@ type FastPath struct {
 	// `--overload-nice` now; PriorityRaises counts the raises since the process started.
 	RaisedWorkers  int    `json:"raised_workers"`
 	PriorityRaises uint64 `json:"priority_raises"`
+}
+
+// FlowCache is the state of the XDP flow cache, which forwards the datagrams of known UDP flows
+// in the kernel (`l2lb run --xdp-flows`). Its datagrams are in the verdict, member and VIP
+// counters too, at most a sweep (a second) late.
+type FlowCache struct {
+	// Size is the most flows the cache holds; Flows is how many it held at the last sweep.
+	Size  int    `json:"size"`
+	Flows uint64 `json:"flows"`
+	// Installs counts flows installed, InstallErrors installs the kernel refused.
+	Installs      uint64 `json:"installs"`
+	InstallErrors uint64 `json:"install_errors"`
+	// Forwarded counts the datagrams the cache forwarded.
+	Forwarded uint64 `json:"forwarded"`
 }
 
 // Member is one frontend as seen by the balancer.

@@ -43,6 +43,10 @@ func writeStatus(w io.Writer, s Status, now time.Time) error {
 				copyMode = "zero-copy"
 			}
 			p(" (%s XDP, %s, %d queues; TCP via %s)", clean(fp.XDPMode), copyMode, fp.Queues, clean(fp.TCP))
+			if fc := fp.FlowCache; fc != nil {
+				p("; flow cache %d of %d flows, %d datagrams forwarded in the kernel, %d installs (%d failed)",
+					fc.Flows, fc.Size, fc.Forwarded, fc.Installs, fc.InstallErrors)
+			}
 		}
 		p("; %d frames dropped on full rings, %d workers raised now (%d raises)\n", fp.RingDrops,
 			fp.RaisedWorkers, fp.PriorityRaises)

@@ -129,6 +129,15 @@ func (c *Counters) RecordBatch(rs []Result, lens []int) {
 	}
 }
 
+// addForwarded counts packets frames of bytes bytes in all as forwarded to member.
+func (c *Counters) addForwarded(member uint32, packets, bytes uint64) {
+	c.verdicts[VerdictForward].Add(packets)
+	if member < MaxMembers {
+		c.memberPkts[member].Add(packets)
+		c.memberBytes[member].Add(bytes)
+	}
+}
+
 // Drop counts one dropped frame with reason r (for drops decided outside Process, such as a
 // failed send).
 func (c *Counters) Drop(r Reason) {

@@ -162,6 +162,11 @@ type Engine struct {
 	answering atomic.Bool // answers ARP for the VIPs (active and not draining)
 	clock     atomic.Int64
 	clockRate int64 // SetClockRate; 1 in production
+	// flowGen is the generation of the configuration the XDP flow cache's entries must carry
+	// (flowcache.go): it moves on with every change of the state or of the active flag, after
+	// the change is visible, and flowGenCh tells the cache's owner.
+	flowGen   atomic.Uint32
+	flowGenCh chan struct{}
 
 	mu     sync.Mutex // serialises configuration changes
 	cfg    Config
@@ -186,6 +191,7 @@ func New(ct conntrack.Config) *Engine {
 		failed:    make(map[netip.Addr]bool),
 		base:      time.Now(),
 		clockRate: 1,
+		flowGenCh: make(chan struct{}, 1),
 	}
 	e.state.Store(&state{vips: vipset.New()})
 	e.Tick()
@@ -229,6 +235,7 @@ func (e *Engine) Now() int64 { return e.clock.Load() }
 func (e *Engine) SetActive(on bool) {
 	e.active.Store(on)
 	e.answering.Store(on)
+	e.newFlowGeneration()
 }
 
 // SetDraining keeps forwarding but stops answering ARP: the state of a node that has just handed
@@ -460,6 +467,7 @@ func (e *Engine) applyLocked(cfg Config) error {
 	}
 	e.cfg = cfg
 	e.state.Store(st)
+	e.newFlowGeneration()
 	return nil
 }
 
@@ -610,7 +618,8 @@ func (e *Engine) process(b []byte, vlanTagged bool, scratch []byte, hint *FlowHi
 		k := conntrack.Key{Src: p.Src, Dst: p.Dst, SPort: p.SPort, DPort: p.DPort, Proto: p.Proto}
 		var id uint32
 		dialog := false
-		if p.Proto == protoUDP && st.callID != nil && st.callID.has(p.DPort) {
+		callIDPort := p.Proto == protoUDP && st.callID != nil && st.callID.has(p.DPort)
+		if callIDPort {
 			// SIP Call-ID affinity: the dialog, not the 5-tuple, decides (sip.go).
 			var r Reason
 			if id, r, dialog = e.sipOwner4(st, b, &p, k, now, &res); r != ReasonNone {
@@ -632,6 +641,12 @@ func (e *Engine) process(b []byte, vlanTagged bool, scratch []byte, hint *FlowHi
 				if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {
 					return Result{Verdict: VerdictDrop, Reason: r, NoCallID: res.NoCallID}
 				}
+			} else if p.Proto == protoUDP && !p.Fragment && !callIDPort {
+				// A known UDP flow on a member that keeps it: every later datagram of the
+				// flow gets the same answer until the configuration or the table entry
+				// changes (flowcache.go). Not on a Call-ID port, where a datagram without
+				// a Call-ID goes by its 5-tuple but the next one may carry one.
+				res.Cacheable = true
 			}
 		}
 		res.Member = id
@@ -679,6 +694,7 @@ const localOwner = ^uint32(0)
 func (e *Engine) deliverLocal(b []byte, res *Result) {
 	clear(b[0:12])
 	res.Verdict = VerdictLocal
+	res.Cacheable = false // re-injection on lo is user space's
 }
 
 // flowOwner finds or schedules the member of a TCP, UDP or other-protocol flow of either address

@@ -158,6 +158,10 @@ type Result struct {
 	// Conflict reports an ARP or NDP frame from another host claiming one of our VIPs while we
 	// answer for them (see Conflict).
 	Conflict bool
+	// Cacheable reports, with VerdictForward, a datagram of a known UDP flow over IPv4 (not a
+	// fragment, not dispatched by SIP Call-ID) whose member keeps it: the XDP flow cache may
+	// forward the flow's later datagrams as this one was (flowcache.go).
+	Cacheable bool
 
 	// vip is the VIP counter ProcessHint left for Counters.Record or RecordBatch to count the
 	// frame on (nil once counted, and for every other verdict).

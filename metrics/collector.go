@@ -71,6 +71,12 @@ var (
 		"Fast-path workers running at the raised priority of --overload-nice now.")
 	descRaises = desc("worker_priority_raises_total",
 		"Times a fast-path worker raised its priority because its ring overflowed.")
+	descFlowCache = desc("flow_cache_flows",
+		"Flows in the XDP flow cache at its last sweep (--xdp-flows).")
+	descFlowCacheFwd = desc("flow_cache_forwarded_total",
+		"Datagrams the XDP flow cache forwarded in the kernel; they are in the verdict, member and VIP counters too.")
+	descFlowCacheInstalls = desc("flow_cache_installs_total",
+		"Flows installed in the XDP flow cache, by result (ok or failed).", "result")
 	descARPReplies = desc("arp_replies_total",
 		"ARP requests for a VIP answered with the virtual MAC.")
 	descNDPReplies = desc("ndp_replies_total",
@@ -98,7 +104,7 @@ var allDescs = []*prometheus.Desc{
 	descVIPPackets, descVIPBytes, descWeight, descReady, descHealthy, descMemberFlows,
 	descMemberTemplates, descDrops, descVerdicts, descTable, descTableLimit, descARPReplies, descNDPReplies,
 	descARPAnnounced, descARPConflicts, descRingDrops, descRaised, descRaises, descSyncPeers, descSync, descSyncRejected, descSyncLast,
-	descCheckHealthy, descEvicted,
+	descCheckHealthy, descEvicted, descFlowCache, descFlowCacheFwd, descFlowCacheInstalls,
 }
 
 // collector implements prometheus.Collector over a Status source.
@@ -184,6 +190,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRingDrops, fp.RingDrops)
 		gauge(descRaised, float64(fp.RaisedWorkers))
 		counter(descRaises, fp.PriorityRaises)
+		if fc := fp.FlowCache; fc != nil {
+			gauge(descFlowCache, float64(fc.Flows))
+			counter(descFlowCacheFwd, fc.Forwarded)
+			counter(descFlowCacheInstalls, fc.Installs, "ok")
+			counter(descFlowCacheInstalls, fc.InstallErrors, "failed")
+		}
 	}
 	counter(descARPReplies, s.ARP.Replies)
 	counter(descNDPReplies, s.ARP.NDPReplies)

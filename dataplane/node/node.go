@@ -104,6 +104,8 @@ type Sockets struct {
 	MAC net.HardwareAddr
 	// Info says what Open or OpenXDP made, for the status.
 	Info SocketsInfo
+	// Flows is the XDP program's flow cache, nil without one (OpenXDPWith, XDPConfig.FlowCache).
+	Flows FlowCache
 }
 
 // SocketsInfo describes a fast path's sockets for the status (control.FastPath).
@@ -119,6 +121,8 @@ type SocketsInfo struct {
 	TCP string
 	// ZeroCopy is true when the AF_XDP sockets run in zero-copy mode.
 	ZeroCopy bool
+	// FlowCache is the size of the XDP flow cache, 0 without one (afxdp only).
+	FlowCache int
 }
 
 // Close closes every socket and the resolver.
@@ -159,12 +163,15 @@ var ErrNoSockets = errors.New("node: no sockets")
 // Node runs an Engine on sockets. It outlives its sockets: Run may be called again with new ones
 // after a failure, and the counters, the role and the resolver's state carry over.
 type Node struct {
-	cfg      Config
-	eng      *dataplane.Engine
-	log      *slog.Logger
-	tick     *dataplane.Counters // the periodic work's own (announcements)
-	cmu      sync.Mutex          // guards counters' growth in Run against Stats
-	counters []*dataplane.Counters
+	cfg    Config
+	eng    *dataplane.Engine
+	log    *slog.Logger
+	tick   *dataplane.Counters // the periodic work's own (announcements)
+	cached *dataplane.Counters // what the flow cache forwarded (sweepFlows)
+	// flowStats are the flow cache's own counters.
+	flowStats flowCacheCounters
+	cmu       sync.Mutex // guards counters' growth in Run against Stats
+	counters  []*dataplane.Counters
 	// wake makes Run's periodic loop Tick at once: new bursts or a Release deadline were set.
 	wake chan struct{}
 	// boosts count the workers' priority raises (see boost).
@@ -201,7 +208,7 @@ func New(cfg Config) *Node {
 	}
 	n := &Node{cfg: cfg, eng: cfg.Engine, log: cfg.Log, wake: make(chan struct{}, 1),
 		resolve: map[netip.Addr]*resolveState{}}
-	n.tick = new(dataplane.Counters)
+	n.tick, n.cached = new(dataplane.Counters), new(dataplane.Counters)
 	n.grow(cfg.Workers)
 	return n
 }
@@ -219,7 +226,7 @@ func (n *Node) grow(k int) {
 // Stats sums the workers' counters and the periodic work's.
 func (n *Node) Stats() dataplane.Stats {
 	n.cmu.Lock()
-	cs := append([]*dataplane.Counters{n.tick}, n.counters...)
+	cs := append([]*dataplane.Counters{n.tick, n.cached}, n.counters...)
 	n.cmu.Unlock()
 	return dataplane.Sum(cs...)
 }
@@ -537,8 +544,20 @@ func (n *Node) Run(ctx context.Context, s Sockets) error {
 	n.cmu.Lock()
 	counters := n.counters
 	n.cmu.Unlock()
+	if s.Flows != nil {
+		// Before any worker installs: the program's generation starts at zero.
+		n.publishGeneration(s.Flows)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.runFlowCache(ctx, s.Flows)
+		}()
+	}
 	for i, rx := range s.Workers {
 		w := newWorker(n, rx, s.Lo, counters[i])
+		if s.Flows != nil {
+			w.flows, w.memo = s.Flows, new(installMemo)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

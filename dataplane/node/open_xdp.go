@@ -16,6 +16,13 @@ import (
 // frame arrive (afxdp.SuperFrames), which the kernel would drop.
 var ErrSuperFrames = afxdp.ErrSuperFrames
 
+// ErrFlowCacheVeth is returned, wrapped, by OpenXDPWith for a flow cache with the program
+// attached natively to a veth: a native veth program's XDP_TX hands the frame to the peer's
+// NAPI, which the peer only has with GRO on or an XDP program of its own (drivers/net/veth.c,
+// veth_xdp_xmit); otherwise every datagram the cache forwards is dropped. l2lb bench pps with
+// --xdp-tcp xsk --xdp-flows measured exactly that: 1.000 of the frames lost (issue 14).
+var ErrFlowCacheVeth = errors.New("node: the XDP flow cache on a veth needs generic XDP")
+
 // ErrQueues is returned by OpenXDP when the interface has more receive queues than workers: an
 // AF_XDP socket serves one queue, and frames of a queue without one would be lost (the kernel
 // drops frames to the virtual MAC as PACKET_OTHERHOST).
@@ -34,6 +41,9 @@ type XDPConfig struct {
 	// merges them, and opens c.Workers AF_PACKET rings, limited to frames to the virtual MAC,
 	// that forward them whole; UDP and the rest stay on AF_XDP.
 	TCPToKernel bool
+	// FlowCache is the size, in flows, of the XDP program's flow cache (afxdp, flows.go), which
+	// forwards the datagrams of known UDP flows over IPv4 in the kernel; 0 turns it off.
+	FlowCache int
 	// Log receives the backend's events (nil: discarded).
 	Log *slog.Logger
 }
@@ -71,7 +81,7 @@ func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
 	if err != nil {
 		return Sockets{}, err
 	}
-	prog, err := afxdp.NewProgram(c.VirtualMAC, queues, afxdp.ProgramOptions{PassTCP: x.TCPToKernel})
+	prog, err := afxdp.NewProgram(c.VirtualMAC, queues, afxdp.ProgramOptions{PassTCP: x.TCPToKernel, FlowCache: x.FlowCache})
 	if err != nil {
 		return Sockets{}, fmt.Errorf("node: XDP program: %w", err)
 	}
@@ -144,13 +154,19 @@ func OpenXDPWith(c OpenConfig, x XDPConfig) (_ Sockets, err error) {
 			x.Log.Warn("generic XDP with TCP on AF_XDP: cannot check for super-frames, which would be dropped", "interface", ifi.Name, "err", err)
 		}
 	}
+	if prog.FlowCache() && mode == afxdp.ModeNative && isVeth(ifi.Name) {
+		return s, fmt.Errorf("%w: %s is a veth with native XDP, whose XDP_TX its peer drops without GRO or an XDP program of its own; use --xdp-mode generic (with --xdp-tcp kernel on a veth), or --xdp-flows 0", ErrFlowCacheVeth, ifi.Name)
+	}
 	s.Info = SocketsInfo{Backend: "afxdp", Queues: queues, XDPMode: mode.String(), TCP: "xsk",
 		ZeroCopy: s.Workers[0].(*xdpOwner).ZeroCopy()}
 	if x.TCPToKernel {
 		s.Info.TCP = "kernel"
 	}
+	if prog.FlowCache() {
+		s.Flows, s.Info.FlowCache = prog, x.FlowCache
+	}
 	x.Log.Info("AF_XDP backend", "interface", ifi.Name, "queues", queues, "mode", s.Info.XDPMode,
-		"zerocopy", s.Info.ZeroCopy, "tcp", s.Info.TCP, "sockets", len(s.Workers))
+		"zerocopy", s.Info.ZeroCopy, "tcp", s.Info.TCP, "flow_cache", s.Info.FlowCache, "sockets", len(s.Workers))
 	loSock, err := afpacket.Open(afpacket.Config{Ifindex: lo.Index, Protocol: 0, VnetHdr: true})
 	if err != nil {
 		return s, fmt.Errorf("node: open %s: %w", lo.Name, err)

@@ -40,6 +40,11 @@ type worker struct {
 	yield   func()
 	// boost raises the worker's priority while its socket drops frames (nil: off).
 	boost *boost
+	// flows is the XDP flow cache (nil: none); gen is the flow generation read before the
+	// batch's first frame, memo the recent installs (flowcache.go).
+	flows FlowCache
+	gen   uint32
+	memo  *installMemo
 }
 
 // batch is a queue of frames for one socket and the results to count once they are sent.
@@ -137,6 +142,11 @@ func (w *worker) handle(f *afpacket.Frame) {
 		// wait began.
 		w.eng.Tick()
 		w.ticked = true
+		if w.flows != nil {
+			// Before the batch's first Process: every decision of the batch is then made
+			// under this generation or a later one (dataplane/flowcache.go).
+			w.gen = w.eng.FlowGeneration()
+		}
 	}
 	res := w.eng.ProcessHint(f.Data, f.VLANValid, w.scratch[afpacket.VnetHdrLen:], w.hints.take(f.Data))
 	switch res.Verdict {
@@ -220,6 +230,16 @@ func (w *worker) send(b *batch, s TxSocket) {
 				}
 			}
 			b.res[i].Verdict, b.res[i].Reason = dataplane.VerdictDrop, dataplane.ReasonTxError
+		}
+	}
+	if w.flows != nil && b == &w.out {
+		// Only now, with the batch on its way: a datagram the cache forwarded before its
+		// flow's earlier datagrams left would overtake them.
+		for i := range b.res {
+			if r := &b.res[i]; r.Cacheable && r.Verdict == dataplane.VerdictForward {
+				buf := b.frames[i]
+				w.install(buf[len(buf)-b.lens[i]:], r.Member)
+			}
 		}
 	}
 	// One atomic add per counter the batch touched, not three to five per frame (issue 14).

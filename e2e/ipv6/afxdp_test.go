@@ -1,12 +1,19 @@
 package ipv6
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/control"
+	"github.com/l2lb/l2lb/dataplane/node"
 	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
@@ -93,8 +100,22 @@ func TestAFXDPBackend(t *testing.T) {
 // peer's GSO super-frames, which do not fit a UMEM frame and would be dropped, stalling every
 // bulk TCP transfer through the VIP (issue 14). No XDP program is left on the interface.
 func TestAFXDPRefusesSuperFrames(t *testing.T) {
+	refusesToStart(t, []string{"--xdp-tcp", "xsk", "--xdp-mode", "generic"}, "eth0 is a veth", "--xdp-tcp kernel")
+}
+
+// TestAFXDPRefusesNativeFlowCacheOnVeth checks that the flow cache with native XDP on a veth
+// (--xdp-tcp xsk: auto mode attaches natively) is refused at start, saying why: a native veth
+// program's XDP_TX is dropped unless the peer has GRO or an XDP program, so every datagram the
+// cache forwarded would be lost (issue 14: l2lb bench pps lost all of them).
+func TestAFXDPRefusesNativeFlowCacheOnVeth(t *testing.T) {
+	refusesToStart(t, []string{"--xdp-tcp", "xsk", "--xdp-flows", "64"}, "eth0 is a veth with native XDP", "--xdp-mode generic")
+}
+
+// refusesToStart checks that `l2lb run --backend afxdp` with flags exits with an error within
+// 10 s, logging every one of why, and leaves no XDP program behind.
+func refusesToStart(t *testing.T, flags []string, why ...string) {
 	bed := needBed(t)
-	args, _ := balancerArgs(t, bed, options{extra: []string{"-p", "0", "--backend", "afxdp", "--xdp-tcp", "xsk", "--xdp-mode", "generic"}})
+	args, _ := balancerArgs(t, bed, options{extra: append([]string{"-p", "0", "--backend", "afxdp"}, flags...)})
 	b := e2e.StartBalancer(t, f1(bed), suite.Bin, args)
 	if !b.Exited(10 * time.Second) {
 		// SIGQUIT first: the Go runtime writes every goroutine's stack to the log below.
@@ -103,14 +124,14 @@ func TestAFXDPRefusesSuperFrames(t *testing.T) {
 			b.Cmd.Process.Kill()
 			b.Exited(10 * time.Second)
 		}
-		t.Fatalf("l2lb still running 10 s after start in generic XDP with TCP on AF_XDP on a veth; want it to refuse\nlog:\n%s", b.LogText())
+		t.Fatalf("l2lb %v still running 10 s after start; want it to refuse\nlog:\n%s", flags, b.LogText())
 	}
 	if b.WaitErr() == nil {
 		t.Errorf("l2lb exited 0; want a failure\nlog:\n%s", b.LogText())
 	}
 	t.Logf("l2lb exited (%v):\n%s", b.WaitErr(), b.LogText())
-	if !b.LogContains("eth0 is a veth", "--xdp-tcp kernel") {
-		t.Errorf("the log does not say why (the veth) and what to do (--xdp-tcp kernel):\n%s", b.LogText())
+	if !b.LogContains(why...) {
+		t.Errorf("the log does not say %q:\n%s", why, b.LogText())
 	}
 	noXDPLeft(t, bed, "after the refusal")
 }
@@ -126,4 +147,156 @@ func noXDPLeft(t *testing.T, bed *testbed.Bed, when string) {
 	if strings.Contains(string(out), "xdp") {
 		t.Errorf("an XDP program is still on f1 eth0 %s:\n%s", when, out)
 	}
+}
+
+// flowCacheSize is the --xdp-flows of TestAFXDPFlowCache.
+const flowCacheSize = 4096
+
+// udpFlow is one UDP socket of a client, connected to a VIP: every datagram it sends belongs to
+// the same flow.
+type udpFlow struct {
+	c    *net.UDPConn
+	from source
+}
+
+func dialUDPFlow(t *testing.T, s source, raddr netip.AddrPort) *udpFlow {
+	t.Helper()
+	var c *net.UDPConn
+	err := s.Host.Do(func() (err error) {
+		c, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(s.Addr, 0)), net.UDPAddrFromAddrPort(raddr))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &udpFlow{c: c, from: s}
+}
+
+// ask sends one datagram with a fresh payload and returns the name of the frontend that
+// answered it, after checking the answer's digest of the payload ("" and the error after
+// timeout without an answer).
+func (f *udpFlow) ask(timeout time.Duration) (string, error) {
+	payload := make([]byte, 64)
+	rand.Read(payload)
+	sum := sha256.Sum256(payload)
+	want := " " + hex.EncodeToString(sum[:])
+	if _, err := f.c.Write(payload); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 512)
+	for {
+		f.c.SetReadDeadline(time.Now().Add(timeout))
+		n, err := f.c.Read(buf)
+		if err != nil {
+			return "", err
+		}
+		if name, ok := strings.CutSuffix(string(buf[:n]), want); ok {
+			return name, nil
+		}
+		// A late answer to an earlier datagram (after a timeout): not this one's.
+	}
+}
+
+// TestAFXDPFlowCache runs the AF_XDP backend with the XDP flow cache (--xdp-flows, issue 14) and
+// checks with real UDP flows through the IPv4 VIP:
+//   - a flow on a forwarded frontend is answered datagram by datagram, exactly once each, by one
+//     frontend, and most of its datagrams are forwarded by the cache (status flow_cache), whose
+//     counts reach the forwarded-verdict counter;
+//   - when that frontend stops answering ARP and l2lb presumes it down, the flow's next
+//     datagrams are answered by another frontend: the cache does not keep sending them to the
+//     frontend l2lb gave up on;
+//   - on a veth, native XDP with the cache is refused at start (its XDP_TX would be dropped).
+func TestAFXDPFlowCache(t *testing.T) {
+	bed := needBed(t)
+	b := startBalancer(t, bed, options{extra: []string{"-p", "0", "--backend", "afxdp", "--xdp-flows", strconv.Itoa(flowCacheSize)}})
+	st := b.statusCLI(t)
+	if fp := st.FastPath; fp == nil || fp.FlowCache == nil || fp.FlowCache.Size != flowCacheSize || fp.XDPMode != "generic" {
+		t.Fatalf("status fast path %+v, want generic XDP with a flow cache of %d", fp, flowCacheSize)
+	}
+	raddr := netip.AddrPortFrom(vip4(bed), udpPort)
+	var flow *udpFlow
+	var owner string
+	for i := 0; flow == nil; i++ {
+		if i == maxTries {
+			t.Fatalf("no UDP flow on a frontend other than f1 after %d tries", maxTries)
+		}
+		f := dialUDPFlow(t, sources4(bed)[i%len(sources4(bed))], raddr)
+		name, err := f.ask(2 * time.Second)
+		if err != nil {
+			t.Fatalf("first datagram from %v: %v\nlog:\n%s", f.c.LocalAddr(), err, b.LogText())
+		}
+		if name != f1(bed).Name {
+			flow, owner = f, name
+		}
+	}
+	const datagrams = 300
+	fwdBefore := st.Verdicts["forwarded"]
+	for i := 0; i < datagrams; i++ {
+		name, err := flow.ask(2 * time.Second)
+		if err != nil {
+			t.Fatalf("datagram %d of the flow from %v: %v\nlog:\n%s", i, flow.c.LocalAddr(), err, b.LogText())
+		}
+		if name != owner {
+			t.Fatalf("datagram %d answered by %s, the flow's first ones by %s", i, name, owner)
+		}
+	}
+	// Exactly once: no second answer to any of them is on its way.
+	flow.c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := flow.c.Read(make([]byte, 512)); err == nil {
+		t.Fatalf("an extra answer (%d bytes) after %d datagrams each answered once", n, datagrams)
+	}
+	var fc *control.FlowCache
+	for deadline := time.Now().Add(3 * node.FlowSweepInterval); ; time.Sleep(50 * time.Millisecond) {
+		st = b.statusCLI(t)
+		if fc = st.FastPath.FlowCache; fc.Forwarded >= datagrams*9/10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("flow cache %+v %v after %d datagrams of one flow: want %d or more forwarded by it", *fc, 3*node.FlowSweepInterval, datagrams, datagrams*9/10)
+		}
+	}
+	if fc.Installs == 0 || fc.InstallErrors != 0 {
+		t.Errorf("flow cache %+v: want installs and no failed ones", fc)
+	}
+	if got := st.Verdicts["forwarded"] - fwdBefore; got < datagrams {
+		t.Errorf("forwarded verdicts moved by %d for %d datagrams; the cache's are not counted", got, datagrams)
+	}
+	t.Logf("flow cache after %d datagrams of one flow on %s: %+v", datagrams, owner, *fc)
+
+	// The frontend stops answering ARP: l2lb presumes it down and reschedules its flows.
+	var down *testbed.Host
+	for _, h := range bed.Frontends {
+		if h.Name == owner {
+			down = h
+		}
+	}
+	if out, err := down.RunIP("link", "set", "eth0", "arp", "off"); err != nil {
+		t.Fatalf("arp off on %s: %v: %s", down.Name, err, out)
+	}
+	t.Cleanup(func() { down.RunIP("link", "set", "eth0", "arp", "on") })
+	start := time.Now()
+	for !b.LogContains("frontend MAC no longer resolves", down.Addr.String()) {
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("l2lb did not give up on %s in 30 s with its ARP off\nlog:\n%s", owner, b.LogText())
+		}
+		flow.ask(100 * time.Millisecond) // answered by the owner, or lost: both are fine here
+	}
+	t.Logf("l2lb gave up on %s %v after its ARP went off", owner, time.Since(start).Round(time.Millisecond))
+	// The engine's change is published to the cache right after the log line.
+	time.Sleep(100 * time.Millisecond)
+	to := map[string]int{}
+	for i := 0; i < 20; i++ {
+		name, err := flow.ask(2 * time.Second)
+		if err != nil || name == owner {
+			t.Fatalf("datagram %d after l2lb gave up on %s: answer %q, err %v: the cache kept the flow there\nlog:\n%s",
+				i, owner, name, err, b.LogText())
+		}
+		to[name]++
+	}
+	if len(to) != 1 {
+		t.Errorf("the moved flow was answered by %v, want one frontend", to)
+	}
+	b.stop(t)
+	noXDPLeft(t, bed, "after l2lb exited")
 }
