@@ -139,9 +139,10 @@ func remoteSport(t *testing.T, n *Node, w *worker, rx *fakeRx) uint16 {
 
 // TestWorkerInstallsKnownFlowsAfterSending checks the worker's side of the flow cache: a known
 // UDP flow on a remote member is installed with the frame as forwarded, the member and the
-// generation read before the batch, only once the batch was sent (so that no datagram the cache
-// forwards overtakes it), and once per flow however many of its datagrams the batch held;
-// a flow's first datagram, TCP and the local member's flows are not installed.
+// generation read before the batch, only once the batch was handed to the socket (so that a
+// datagram the cache forwards does not overtake it), and once per flow however many of its
+// datagrams the batch held; a flow's first datagram, TCP and the local member's flows are not
+// installed.
 func TestWorkerInstallsKnownFlowsAfterSending(t *testing.T) {
 	n, w, rx, fc := flowCacheWorker(t)
 	sport := remoteSport(t, n, w, rx)

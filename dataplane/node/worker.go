@@ -233,8 +233,10 @@ func (w *worker) send(b *batch, s TxSocket) {
 		}
 	}
 	if w.flows != nil && b == &w.out {
-		// Only now, with the batch on its way: a datagram the cache forwarded before its
-		// flow's earlier datagrams left would overtake them.
+		// Only now, with the batch handed to the socket: a datagram the cache forwarded
+		// before its flow's earlier datagrams were would overtake them. (A kick the AF_XDP
+		// socket defers to the next poll, at most a millisecond, still leaves that window
+		// once per install: README, The XDP flow cache.)
 		for i := range b.res {
 			if r := &b.res[i]; r.Cacheable && r.Verdict == dataplane.VerdictForward {
 				buf := b.frames[i]
