@@ -214,13 +214,8 @@ func TestSweepHandsBackAndDrops(t *testing.T) {
 	if fc.cached(d) {
 		t.Error("flow idle for a whole sweep still cached")
 	}
-	// A flow of an old generation goes at once. (The memo of recent installs would hold the
-	// install back for installMemoTTL.)
-	w.memo = new(installMemo)
-	handleWires(w, wire(vnetHdrT, d))
-	if !fc.cached(d) {
-		t.Fatal("flow not installed again")
-	}
+	// A flow of an old generation goes at once.
+	reinstall(t, w, fc, d, "again")
 	g := n.eng.FlowGeneration()
 	if err := n.eng.Configure(n.eng.Config()); err != nil || n.eng.FlowGeneration() == g {
 		t.Fatalf("reconfigure: %v, generation %d", err, n.eng.FlowGeneration())
@@ -231,11 +226,7 @@ func TestSweepHandsBackAndDrops(t *testing.T) {
 		t.Error("flow of an old generation still cached")
 	}
 	// A flow the engine disowns (its table entry is gone) goes, uncounted.
-	w.memo = new(installMemo)
-	handleWires(w, wire(vnetHdrT, d))
-	if !fc.cached(d) {
-		t.Fatal("flow not installed under the new generation")
-	}
+	reinstall(t, w, fc, d, "under the new generation")
 	k, _ := afxdp.FlowKeyOf(d)
 	if !n.eng.Table().Delete(flowKey4(&k)) {
 		t.Fatal("the flow is not in the table")
@@ -245,6 +236,18 @@ func TestSweepHandsBackAndDrops(t *testing.T) {
 	n.sweepFlows(fc, sw)
 	if fc.cached(d) || fwd() != f1 {
 		t.Errorf("disowned flow: cached %v, counted %d", fc.cached(d), fwd()-f1)
+	}
+}
+
+// reinstall runs datagram d through w once more and fails unless its flow is cached after it
+// (when: for the message). It forgets w's recent installs first, which would hold the install
+// back for installMemoTTL.
+func reinstall(t *testing.T, w *worker, fc *fakeFlows, d []byte, when string) {
+	t.Helper()
+	w.memo = new(installMemo)
+	handleWires(w, wire(vnetHdrT, d))
+	if !fc.cached(d) {
+		t.Fatalf("flow not installed %s", when)
 	}
 }
 
