@@ -1,6 +1,7 @@
 package afxdp
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"unsafe"
@@ -19,13 +20,25 @@ import (
 // entries' packet and byte counts back to the balancer, which refreshes its table entry and
 // counters from them and drops entries that went idle or whose table entry is gone.
 //
-// Only the simplest frames are cached: untagged IPv4 without options, not a fragment, UDP. TCP
-// is left out because its flags move the connection's state and timeouts in the balancer's
-// table; everything else (ARP, IPv6, ICMP, fragments, SIP Call-ID ports, which the balancer
-// never installs) takes the AF_XDP path as before.
+// Only the simplest frames are cached: untagged IPv4 without options, not a fragment, and either
+// UDP or a TCP segment that only acknowledges (pureACK). Other TCP segments stay with the
+// balancer: SYN, FIN and RST move the connection's state and timeouts in its table, and a
+// segment with data may be a GRO super-frame larger than the link's MTU. An ACK-only segment
+// moves nothing but the flow's idle timer, which the sweep refreshes, and the ACKs of a download
+// are most of the frames a balancer in front of a mail or web cluster forwards. Everything else
+// (ARP, IPv6, ICMP, fragments, SIP Call-ID ports, which the balancer never installs) takes the
+// AF_XDP or AF_PACKET path as before.
+//
+// A cached flow's ACK-only segments may overtake its data segments, which take the longer way
+// through user space. TCP takes that without harm: a segment without data occupies no sequence
+// space and is acceptable anywhere in the receive window (RFC 9293, 3.10.7.4), a data segment
+// that arrives after a later ACK carries an older acknowledgment and window, which the receiver
+// ignores (RFC 9293, 3.10.7.4, "If the ACK is a duplicate ... it can be ignored"; the window
+// update rule of SND.WL1 and SND.WL2), and a duplicate-ACK count needs ACKs without data that do
+// not move the acknowledgment, which reordering does not create.
 
-// FlowKey is a flow cache key: the IPv4 source and destination addresses and the UDP ports as
-// they are on the wire (bytes 26 to 37 of an untagged frame without IP options), then the IP
+// FlowKey is a flow cache key: the IPv4 source and destination addresses and the UDP or TCP
+// ports as they are on the wire (bytes 26 to 37 of an untagged frame without IP options), then the IP
 // protocol and three zero bytes.
 type FlowKey [16]byte
 
@@ -60,6 +73,21 @@ const (
 	ipProtoUDP     = 17
 	ipv4VerIHL5    = 0x45
 	ipv4FragMaskLE = 0xff3f // the MF flag and the fragment offset (0x3fff), byte-swapped
+	ipv4TotLenOff  = 14 + 2
+	ipv4HdrLen     = 20
+)
+
+// TCP header fields of a frame without IP options (RFC 9293, 3.1), as pureACK reads them.
+const (
+	tcpOff       = 14 + ipv4HdrLen
+	tcpDataOff   = tcpOff + 12 // data offset in the upper 4 bits, in 32-bit words
+	tcpFlagsOff  = tcpOff + 13
+	tcpFlagsEnd  = tcpFlagsOff + 1
+	tcpMinHdrLen = 20
+	// tcpFlagsMask and tcpFlagsACK select ACK-only segments: of FIN, SYN, RST, ACK and URG only
+	// ACK set. PSH, ECE and CWR do not matter to the balancer and may be set.
+	tcpFlagsMask = 0x37
+	tcpFlagsACK  = 0x10
 )
 
 // Errors of the flow cache methods.
@@ -111,7 +139,7 @@ func (m *flowMaps) close() error { return errors.Join(m.flows.Close(), m.gen.Clo
 // with R6 = ctx, R2 = data, R3 = data_end. A hit ends the program with XDP_TX; a miss reloads
 // R2 and R3 (the helper calls clobber them) and falls through to what follows.
 func flowInstructions(m *flowMaps) asm.Instructions {
-	const miss = "flow_miss"
+	const miss, key = "flow_miss", "flow_key"
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, ipv4PortsEnd),
@@ -123,16 +151,36 @@ func flowInstructions(m *flowMaps) asm.Instructions {
 		asm.LoadMem(asm.R5, asm.R2, ipv4FragOff, asm.Half),
 		asm.And.Imm(asm.R5, ipv4FragMaskLE),
 		asm.JNE.Imm(asm.R5, 0, miss),
-		asm.LoadMem(asm.R5, asm.R2, ipv4ProtoOff, asm.Byte),
-		asm.JNE.Imm(asm.R5, ipProtoUDP, miss),
+		asm.LoadMem(asm.R9, asm.R2, ipv4ProtoOff, asm.Byte),
+		asm.JEq.Imm(asm.R9, ipProtoUDP, key),
+		asm.JNE.Imm(asm.R9, ipProtoTCP, miss),
+		// TCP: an ACK-only segment (pureACK), whose total length is exactly its headers.
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, tcpFlagsEnd),
+		asm.JGT.Reg(asm.R4, asm.R3, miss),
+		asm.LoadMem(asm.R5, asm.R2, tcpFlagsOff, asm.Byte),
+		asm.And.Imm(asm.R5, tcpFlagsMask),
+		asm.JNE.Imm(asm.R5, tcpFlagsACK, miss),
+		asm.LoadMem(asm.R5, asm.R2, tcpDataOff, asm.Byte),
+		asm.RSh.Imm(asm.R5, 2),
+		asm.And.Imm(asm.R5, 0x3c), // the header length in bytes: data offset × 4
+		asm.JLT.Imm(asm.R5, tcpMinHdrLen, miss),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Reg(asm.R4, asm.R5),
+		asm.Add.Imm(asm.R4, tcpOff),
+		asm.JGT.Reg(asm.R4, asm.R3, miss),
+		asm.Add.Imm(asm.R5, ipv4HdrLen),
+		asm.LoadMem(asm.R4, asm.R2, ipv4TotLenOff, asm.Half),
+		asm.HostTo(asm.BE, asm.R4, asm.Half),
+		asm.JNE.Reg(asm.R4, asm.R5, miss),
 		// The key, on the stack at fp-16: addresses and ports as on the wire, then the protocol.
-		asm.LoadMem(asm.R5, asm.R2, ipv4SrcOff, asm.Word),
+		asm.LoadMem(asm.R5, asm.R2, ipv4SrcOff, asm.Word).WithSymbol(key),
 		asm.StoreMem(asm.RFP, -16, asm.R5, asm.Word),
 		asm.LoadMem(asm.R5, asm.R2, ipv4SrcOff+4, asm.Word),
 		asm.StoreMem(asm.RFP, -12, asm.R5, asm.Word),
 		asm.LoadMem(asm.R5, asm.R2, ipv4SrcOff+8, asm.Word),
 		asm.StoreMem(asm.RFP, -8, asm.R5, asm.Word),
-		asm.StoreImm(asm.RFP, -4, ipProtoUDP, asm.Word),
+		asm.StoreMem(asm.RFP, -4, asm.R9, asm.Word),
 		asm.LoadMapPtr(asm.R1, m.flows.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -16),
@@ -182,16 +230,32 @@ func xadd64(dst asm.Register, off int16, src asm.Register) asm.Instruction {
 }
 
 // FlowKeyOf returns the flow cache key of frame, an untagged Ethernet frame, and whether the
-// program would look it up: IPv4 without options, not a fragment, UDP.
+// program would look it up: IPv4 without options, not a fragment, and UDP or an ACK-only TCP
+// segment.
 func FlowKeyOf(frame []byte) (FlowKey, bool) {
 	var k FlowKey
 	if len(frame) < ipv4PortsEnd || frame[12] != 0x08 || frame[13] != 0x00 || frame[ipv4VerIHLOff] != ipv4VerIHL5 ||
-		frame[ipv4FragOff]&0x3f != 0 || frame[ipv4FragOff+1] != 0 || frame[ipv4ProtoOff] != ipProtoUDP {
+		frame[ipv4FragOff]&0x3f != 0 || frame[ipv4FragOff+1] != 0 {
 		return k, false
 	}
-	copy(k[:12], frame[ipv4SrcOff:ipv4PortsEnd])
-	k[12] = ipProtoUDP
-	return k, true
+	switch proto := frame[ipv4ProtoOff]; {
+	case proto == ipProtoUDP, proto == ipProtoTCP && pureACK(frame):
+		copy(k[:12], frame[ipv4SrcOff:ipv4PortsEnd])
+		k[12] = proto
+		return k, true
+	}
+	return k, false
+}
+
+// pureACK reports whether frame, an IPv4 TCP frame without IP options, is an ACK-only segment:
+// ACK set, none of FIN, SYN, RST and URG, a valid header length and no data (the IPv4 total
+// length is the two headers'; Ethernet padding after it is allowed).
+func pureACK(frame []byte) bool {
+	if len(frame) < tcpFlagsEnd || frame[tcpFlagsOff]&tcpFlagsMask != tcpFlagsACK {
+		return false
+	}
+	hl := int(frame[tcpDataOff]>>4) * 4
+	return hl >= tcpMinHdrLen && len(frame) >= tcpOff+hl && int(binary.BigEndian.Uint16(frame[ipv4TotLenOff:])) == ipv4HdrLen+hl
 }
 
 // FlowCache reports whether the program was loaded with a flow cache.

@@ -107,11 +107,14 @@ type ProgramOptions struct {
 	// GSO. Measured with l2lb bench tcp on veth (issue 14): uploads through the VIP were 0.14
 	// of direct with every TCP frame on AF_XDP against 0.6 on AF_PACKET. The choice is per
 	// protocol, so a flow's frames never take two paths and are never reordered, except for
-	// IPv6 TCP whose frames switch between carrying extension headers and not.
+	// IPv6 TCP whose frames switch between carrying extension headers and not, and for the
+	// ACK-only segments of a flow in the flow cache, which it runs first (flows.go says why
+	// that reordering is harmless).
 	PassTCP bool
-	// FlowCache, when above zero, is the size of the program's flow cache (flows.go): UDP
-	// flows over IPv4 that the balancer installed are rewritten and sent back out by the
-	// program itself (XDP_TX), without a trip through user space. Zero: no cache.
+	// FlowCache, when above zero, is the size of the program's flow cache (flows.go): the
+	// datagrams of UDP flows and the ACK-only segments of TCP flows over IPv4 that the balancer
+	// installed are rewritten and sent back out by the program itself (XDP_TX), without a trip
+	// through user space. Zero: no cache.
 	FlowCache int
 }
 

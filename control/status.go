@@ -108,8 +108,8 @@ type FastPath struct {
 }
 
 // FlowCache is the state of the XDP flow cache, which forwards the datagrams of known UDP flows
-// in the kernel (`l2lb run --xdp-flows`). Its datagrams are in the verdict, member and VIP
-// counters too, at most a sweep (a second) late.
+// and the ACK-only segments of known TCP flows in the kernel (`l2lb run --xdp-flows`). Its
+// frames are in the verdict, member and VIP counters too, at most a sweep (a second) late.
 type FlowCache struct {
 	// Size is the most flows the cache holds; Flows is how many it held at the last sweep.
 	Size  int    `json:"size"`
@@ -117,7 +117,7 @@ type FlowCache struct {
 	// Installs counts flows installed, InstallErrors installs the kernel refused.
 	Installs      uint64 `json:"installs"`
 	InstallErrors uint64 `json:"install_errors"`
-	// Forwarded counts the datagrams the cache forwarded.
+	// Forwarded counts the frames (datagrams and ACKs) the cache forwarded.
 	Forwarded uint64 `json:"forwarded"`
 }
 

@@ -641,11 +641,12 @@ func (e *Engine) process(b []byte, vlanTagged bool, scratch []byte, hint *FlowHi
 				if id, r = e.flowOwner(st, &f, id, hit, now, &res); r != ReasonNone {
 					return Result{Verdict: VerdictDrop, Reason: r, NoCallID: res.NoCallID}
 				}
-			} else if p.Proto == protoUDP && !p.Fragment && !callIDPort {
+			} else if !p.Fragment && (p.Proto == protoUDP && !callIDPort || p.Proto == protoTCP && cacheableTCP(p.TCPFlags)) {
 				// A known UDP flow on a member that keeps it: every later datagram of the
 				// flow gets the same answer until the configuration or the table entry
 				// changes (flowcache.go). Not on a Call-ID port, where a datagram without
-				// a Call-ID goes by its 5-tuple but the next one may carry one.
+				// a Call-ID goes by its 5-tuple but the next one may carry one. For TCP,
+				// the same holds for the flow's ACK-only segments.
 				res.Cacheable = true
 			}
 		}

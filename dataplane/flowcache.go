@@ -4,9 +4,9 @@ import (
 	"github.com/l2lb/l2lb/conntrack"
 )
 
-// The XDP flow cache (afxdp, issue 14) forwards the datagrams of known UDP flows in the kernel,
-// as the engine forwarded the flow's datagram that installed it (Result.Cacheable). Two things
-// keep it the engine's decision:
+// The XDP flow cache (afxdp, issue 14) forwards the datagrams of known UDP flows, and the
+// ACK-only segments of known TCP flows, in the kernel, as the engine forwarded the flow's frame
+// that installed it (Result.Cacheable). Two things keep it the engine's decision:
 //
 //   - Every cache entry carries the flow generation it was installed under, and the generation
 //     moves on with every configuration change and every change of the active flag, after the
@@ -51,4 +51,15 @@ func (e *Engine) ForwardedByCache(k conntrack.Key, member uint32, packets, bytes
 	}
 	c.addForwarded(member, packets, bytes)
 	return true
+}
+
+// cacheableTCP reports whether a TCP segment with flags, of a known flow on a member that keeps
+// it, may install its flow in the cache: an ACK without SYN, FIN or RST. The cache then takes
+// only the flow's ACK-only segments (afxdp.FlowKeyOf), which change nothing in the flow's table
+// entry but its idle timer: the ACK moved it to ESTABLISHED if it was not already (or it stays
+// closing), and an ACK in either state leaves it there (conntrack's nextState). SYN, FIN and RST
+// keep coming here and move the state as before; the sweep's refresh (ForwardedByCache) touches
+// the entry without flags, as an ACK would.
+func cacheableTCP(flags uint8) bool {
+	return flags&(conntrack.FlagSYN|conntrack.FlagFIN|conntrack.FlagRST) == 0 && flags&conntrack.FlagACK != 0
 }

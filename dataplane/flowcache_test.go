@@ -38,7 +38,7 @@ func TestCacheableOnlyForKnownRemoteUDPFlows(t *testing.T) {
 	}
 	for name, spec := range map[string]frameSpec{
 		"first fragment": {src: client1, dst: vip, proto: layers.IPProtocolUDP, sport: sport, dport: 5004, mf: true, id: 9, payload: []byte("rtp")},
-		"TCP":            {src: client1, dst: vip, sport: sport, dport: 5004, ack: true},
+		"TCP SYN":        {src: client1, dst: vip, sport: sport, dport: 5004, syn: true},
 	} {
 		process(e, spec.bytes(t))
 		if r := process(e, spec.bytes(t)); r.Cacheable {
@@ -55,6 +55,57 @@ func TestCacheableOnlyForKnownRemoteUDPFlows(t *testing.T) {
 	for p := uint16(31000); p < 31200; p++ {
 		process(e, udp(p, 5004).bytes(t))
 		if r := process(e, udp(p, 5004).bytes(t)); r.Verdict == VerdictLocal && r.Cacheable {
+			t.Fatalf("local flow: cacheable: %+v", r)
+		}
+	}
+}
+
+// TestCacheableTCPACKs checks which TCP segments may install their flow in the XDP flow cache:
+// an ACK without SYN, FIN or RST of a known flow on a remote member; never the segment that
+// schedules the flow, nor one that moves its state.
+func TestCacheableTCPACKs(t *testing.T) {
+	e := newTestEngine(t)
+	seg := func(sport uint16, s frameSpec) []byte {
+		s.src, s.dst, s.sport, s.dport = client1, vip, sport, 25
+		return s.bytes(t)
+	}
+	var sport uint16
+	for p := uint16(32000); ; p++ {
+		if p == 33000 {
+			t.Fatal("no TCP flow went to a remote member")
+		}
+		if r := process(e, seg(p, frameSpec{syn: true})); r.Verdict == VerdictForward {
+			if r.Cacheable || !r.NewFlow {
+				t.Fatalf("SYN: %+v, want a new flow, not cacheable", r)
+			}
+			sport = p
+			break
+		}
+	}
+	for _, c := range []struct {
+		name      string
+		spec      frameSpec
+		cacheable bool
+	}{
+		{"SYN again", frameSpec{syn: true}, false},
+		{"handshake ACK", frameSpec{ack: true}, true},
+		{"ACK with data", frameSpec{ack: true, payload: []byte("EHLO x\r\n")}, true},
+		{"ACK", frameSpec{ack: true}, true},
+		{"FIN ACK", frameSpec{fin: true, ack: true}, false},
+		{"ACK after FIN", frameSpec{ack: true}, true},
+		{"RST ACK", frameSpec{rst: true, ack: true}, false},
+		{"RST", frameSpec{rst: true}, false},
+		{"no flags", frameSpec{}, false},
+	} {
+		r := process(e, seg(sport, c.spec))
+		if r.Verdict != VerdictForward || r.Cacheable != c.cacheable {
+			t.Errorf("%s: %+v, want forwarded, cacheable %v", c.name, r, c.cacheable)
+		}
+	}
+	// The local member's flows are re-injected on lo by user space.
+	for p := uint16(33000); p < 33200; p++ {
+		process(e, seg(p, frameSpec{syn: true}))
+		if r := process(e, seg(p, frameSpec{ack: true})); r.Verdict == VerdictLocal && r.Cacheable {
 			t.Fatalf("local flow: cacheable: %+v", r)
 		}
 	}

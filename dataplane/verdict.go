@@ -159,8 +159,9 @@ type Result struct {
 	// answer for them (see Conflict).
 	Conflict bool
 	// Cacheable reports, with VerdictForward, a datagram of a known UDP flow over IPv4 (not a
-	// fragment, not dispatched by SIP Call-ID) whose member keeps it: the XDP flow cache may
-	// forward the flow's later datagrams as this one was (flowcache.go).
+	// fragment, not dispatched by SIP Call-ID), or an ACK without SYN, FIN or RST of a known
+	// TCP flow over IPv4, whose member keeps it: the XDP flow cache may forward the flow's later
+	// datagrams, or ACK-only segments, as this frame was (flowcache.go).
 	Cacheable bool
 
 	// vip is the VIP counter ProcessHint left for Counters.Record or RecordBatch to count the

@@ -74,7 +74,7 @@ var (
 	descFlowCache = desc("flow_cache_flows",
 		"Flows in the XDP flow cache at its last sweep (--xdp-flows).")
 	descFlowCacheFwd = desc("flow_cache_forwarded_total",
-		"Datagrams the XDP flow cache forwarded in the kernel; they are in the verdict, member and VIP counters too.")
+		"Frames (UDP datagrams, TCP ACK-only segments) the XDP flow cache forwarded in the kernel; they are in the verdict, member and VIP counters too.")
 	descFlowCacheInstalls = desc("flow_cache_installs_total",
 		"Flows installed in the XDP flow cache, by result (ok or failed).", "result")
 	descARPReplies = desc("arp_replies_total",

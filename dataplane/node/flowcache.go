@@ -37,7 +37,8 @@ type FlowCacheStats struct {
 	Installs, InstallErrors uint64
 	// Entries is the number of flows in the cache at the last sweep.
 	Entries uint64
-	// Forwarded counts the datagrams the cache forwarded, as of the last sweep.
+	// Forwarded counts the frames (UDP datagrams, TCP ACKs) the cache forwarded, as of the last
+	// sweep.
 	Forwarded uint64
 }
 

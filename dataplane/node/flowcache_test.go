@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"sync"
 	"testing"
 	"time"
@@ -141,8 +142,8 @@ func remoteSport(t *testing.T, n *Node, w *worker, rx *fakeRx) uint16 {
 // UDP flow on a remote member is installed with the frame as forwarded, the member and the
 // generation read before the batch, only once the batch was handed to the socket (so that a
 // datagram the cache forwards does not overtake it), and once per flow however many of its
-// datagrams the batch held; a flow's first datagram, TCP and the local member's flows are not
-// installed.
+// datagrams the batch held; a flow's first datagram, TCP segments other than ACK-only ones
+// and the local member's flows are not installed.
 func TestWorkerInstallsKnownFlowsAfterSending(t *testing.T) {
 	n, w, rx, fc := flowCacheWorker(t)
 	sport := remoteSport(t, n, w, rx)
@@ -167,18 +168,38 @@ func TestWorkerInstallsKnownFlowsAfterSending(t *testing.T) {
 	if dst := in.frame[0:6]; !bytes.Equal(dst, f2MAC) && !bytes.Equal(dst, f3MAC) {
 		t.Errorf("installed destination MAC %x is not a remote member's", dst)
 	}
-	// TCP and local flows.
+	// TCP: a SYN, a retransmitted SYN and an ACK with data install nothing; the flow's first
+	// ACK-only segment installs it, once.
+	tcpFlows := 0
 	for p := uint16(20000); p < 20100; p++ {
-		handleWires(w, wire(vnetHdrT, tcpSYN(t, p)), wire(vnetHdrT, tcpSYN(t, p)))
+		before := len(fc.installs)
+		handleWires(w, wire(vnetHdrT, tcpSYN(t, p)), wire(vnetHdrT, tcpSYN(t, p)),
+			wire(vnetHdrT, tcpSegment(t, p, false, true, "MAIL FROM:<a@example.net>\r\n")))
+		if len(fc.installs) != before {
+			t.Fatalf("port %d: a SYN or an ACK with data installed its flow: %x", p, fc.installs[before].frame)
+		}
+		ack := tcpSegment(t, p, false, true, "")
+		handleWires(w, wire(vnetHdrT, ack), wire(vnetHdrT, ack))
+		switch got := len(fc.installs) - before; {
+		case got > 1:
+			t.Fatalf("port %d: %d installs for one flow, want 1", p, got)
+		case got == 1:
+			tcpFlows++
+		}
+	}
+	if tcpFlows == 0 {
+		t.Fatal("no TCP flow installed by its ACK-only segments")
 	}
 	for p := uint16(41000); p < 41100; p++ {
 		handleWires(w, wire(vnetHdrT, udpDatagram(t, p)), wire(vnetHdrT, udpDatagram(t, p)))
 	}
 	for _, in := range fc.installs {
-		if in.frame[23] != 17 || bytes.Equal(in.frame[0:6], zeroMAC) {
-			t.Fatalf("installed a frame that is not a remote UDP flow's: %x", in.frame)
+		ackOnly := in.frame[23] == 6 && in.frame[47]&0x37 == 0x10 && binary.BigEndian.Uint16(in.frame[16:18]) == 40
+		if (in.frame[23] != 17 && !ackOnly) || bytes.Equal(in.frame[0:6], zeroMAC) {
+			t.Fatalf("installed a frame that is neither a remote UDP flow's nor a remote TCP flow's ACK: %x", in.frame)
 		}
 	}
+	t.Logf("%d of 100 TCP flows installed (the rest are the local member's)", tcpFlows)
 }
 
 // TestSweepHandsBackAndDrops checks the sweep: the cache's counts reach the node's and the

@@ -102,13 +102,20 @@ func memberStatus(t testing.TB, e *dataplane.Engine, a netip.Addr) dataplane.Mem
 // tcpSYN is a client's SYN from client1:sport to the VIP's port 25, with a payload.
 func tcpSYN(t testing.TB, sport uint16) []byte {
 	t.Helper()
+	return tcpSegment(t, sport, true, false, "EHLO example.net\r\n")
+}
+
+// tcpSegment is a TCP segment from client1:sport to the VIP's port 25 with SYN or ACK set and
+// payload as its data.
+func tcpSegment(t testing.TB, sport uint16, syn, ack bool, payload string) []byte {
+	t.Helper()
 	eth := &layers.Ethernet{SrcMAC: clientMAC, DstMAC: vmacT, EthernetType: layers.EthernetTypeIPv4}
 	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: client1.AsSlice(), DstIP: vip.AsSlice()}
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: 25, SYN: true, Window: 1000}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: 25, SYN: syn, ACK: ack, Window: 1000}
 	tcp.SetNetworkLayerForChecksum(ip)
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		eth, ip, tcp, gopacket.Payload("EHLO example.net\r\n")); err != nil {
+		eth, ip, tcp, gopacket.Payload(payload)); err != nil {
 		t.Fatal(err)
 	}
 	return append([]byte(nil), buf.Bytes()...)

@@ -42,7 +42,8 @@ type XDPConfig struct {
 	// that forward them whole; UDP and the rest stay on AF_XDP.
 	TCPToKernel bool
 	// FlowCache is the size, in flows, of the XDP program's flow cache (afxdp, flows.go), which
-	// forwards the datagrams of known UDP flows over IPv4 in the kernel; 0 turns it off.
+	// forwards the datagrams of known UDP flows and the ACK-only segments of known TCP flows,
+	// over IPv4, in the kernel; 0 turns it off.
 	FlowCache int
 	// Log receives the backend's events (nil: discarded).
 	Log *slog.Logger
