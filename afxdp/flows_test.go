@@ -26,10 +26,17 @@ func flowUDPFrame(t testing.TB, sport uint16, opts []layers.IPv4Option, payload 
 	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
 		t.Fatal(err)
 	}
+	return clientFrame(t, ip, udp, payload)
+}
+
+// clientFrame serialises ip and l4, with payload zero bytes of data, in a frame from the client
+// to the virtual MAC, with lengths and checksums filled in.
+func clientFrame(t testing.TB, ip *layers.IPv4, l4 gopacket.SerializableLayer, payload int) []byte {
+	t.Helper()
 	buf := gopacket.NewSerializeBuffer()
 	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
 		&layers.Ethernet{DstMAC: testVMAC, SrcMAC: clientMAC, EthernetType: layers.EthernetTypeIPv4},
-		ip, udp, gopacket.Payload(make([]byte, payload)))
+		ip, l4, gopacket.Payload(make([]byte, payload)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,14 +56,7 @@ func flowTCPFrame(t testing.TB, sport uint16, flags uint8, opts []layers.TCPOpti
 	if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
 		t.Fatal(err)
 	}
-	buf := gopacket.NewSerializeBuffer()
-	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		&layers.Ethernet{DstMAC: testVMAC, SrcMAC: clientMAC, EthernetType: layers.EthernetTypeIPv4},
-		ip, tcp, gopacket.Payload(make([]byte, payload)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return clientFrame(t, ip, tcp, payload)
 }
 
 // tcpTimestamps is the option block of most Linux segments: NOP, NOP, timestamps (RFC 7323).

@@ -50,20 +50,11 @@ func TestAFXDPBackend(t *testing.T) {
 					onF1, elsewhere := 0, 0
 					for try := 0; try < maxTries && (onF1 == 0 || elsewhere == 0); try++ {
 						s := fam.srcs[try%len(fam.srcs)]
-						before := servedNow(bed)
 						start := time.Now()
-						var err error
-						if kind == "download" {
-							_, err = s.Host.Download(s.Addr, raddr, transferSize)
-						} else {
-							_, err = s.Host.Upload(s.Addr, raddr, transferSize)
-						}
+						_, by, err := transfer(bed, s, kind, raddr)
 						if err != nil {
 							t.Fatalf("%s 20 MB %s from %v to %v: %v\nlog:\n%s", fam.name, kind, s.Addr, raddr, err, b.LogText())
 						}
-						by := servedBy(bed, before, func(was, now testbed.Served) bool {
-							return now.Downloads+now.Uploads > was.Downloads+was.Uploads
-						})
 						if len(by) != 1 {
 							t.Fatalf("%s %s from %v: served by %v, want exactly one frontend", fam.name, kind, s.Addr, by)
 						}
@@ -315,19 +306,11 @@ func TestAFXDPFlowCacheTCP(t *testing.T) {
 		for try := 0; try < maxTries && !done; try++ {
 			s := srcs[try%len(srcs)]
 			st := b.statusCLI(t)
-			before, fwdBefore, cacheBefore := servedNow(bed), st.Verdicts["forwarded"], st.FastPath.FlowCache.Forwarded
-			var err error
-			if kind == "download" {
-				_, err = s.Host.Download(s.Addr, raddr, transferSize)
-			} else {
-				_, err = s.Host.Upload(s.Addr, raddr, transferSize)
-			}
+			fwdBefore, cacheBefore := st.Verdicts["forwarded"], st.FastPath.FlowCache.Forwarded
+			_, by, err := transfer(bed, s, kind, raddr)
 			if err != nil {
 				t.Fatalf("20 MB %s from %v to %v with the flow cache: %v\nlog:\n%s", kind, s.Addr, raddr, err, b.LogText())
 			}
-			by := servedBy(bed, before, func(was, now testbed.Served) bool {
-				return now.Downloads+now.Uploads > was.Downloads+was.Uploads
-			})
 			if len(by) != 1 {
 				t.Fatalf("%s from %v: served by %v, want exactly one frontend", kind, s.Addr, by)
 			}

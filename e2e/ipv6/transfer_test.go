@@ -30,22 +30,12 @@ func TestIPv6Transfers(t *testing.T) {
 		onF1, elsewhere := 0, 0
 		for try := 0; try < maxTries && (onF1 == 0 || elsewhere == 0); try++ {
 			s := srcs[try%len(srcs)]
-			before := servedNow(bed)
 			start := time.Now()
-			var local netip.AddrPort
-			var err error
-			if kind == "download" {
-				local, err = s.Host.Download(s.Addr, raddr, transferSize)
-			} else {
-				local, err = s.Host.Upload(s.Addr, raddr, transferSize)
-			}
+			local, by, err := transfer(bed, s, kind, raddr)
 			took := time.Since(start)
 			if err != nil {
 				t.Fatalf("20 MB %s from %v over [%v]:%d: %v", kind, s, raddr.Addr(), raddr.Port(), err)
 			}
-			by := servedBy(bed, before, func(was, now testbed.Served) bool {
-				return now.Downloads+now.Uploads > was.Downloads+was.Uploads
-			})
 			if len(by) != 1 {
 				t.Fatalf("20 MB %s from %v: served by %v, want exactly one frontend", kind, local, by)
 			}
@@ -61,6 +51,25 @@ func TestIPv6Transfers(t *testing.T) {
 			t.Errorf("%s: %d transfers on f1, %d elsewhere after %d tries; want both kinds", kind, onF1, elsewhere, maxTries)
 		}
 	}
+}
+
+// transfer makes one transferSize download or upload (kind) from s to raddr, which the testbed
+// verifies, and returns the client's address and the frontends whose count of transfers grew.
+func transfer(bed *testbed.Bed, s source, kind string, raddr netip.AddrPort) (netip.AddrPort, []string, error) {
+	before := servedNow(bed)
+	var local netip.AddrPort
+	var err error
+	if kind == "download" {
+		local, err = s.Host.Download(s.Addr, raddr, transferSize)
+	} else {
+		local, err = s.Host.Upload(s.Addr, raddr, transferSize)
+	}
+	if err != nil {
+		return local, nil, err
+	}
+	return local, servedBy(bed, before, func(was, now testbed.Served) bool {
+		return now.Downloads+now.Uploads > was.Downloads+was.Uploads
+	}), nil
 }
 
 // snmp6 reads one counter of /proc/net/snmp6 in h's namespace.
