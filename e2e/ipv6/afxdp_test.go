@@ -330,12 +330,14 @@ func TestAFXDPFlowCacheTCP(t *testing.T) {
 			if fwd < cached {
 				t.Errorf("%s: forwarded verdicts moved by %d, fewer than the %d the cache forwarded", kind, fwd, cached)
 			}
-			// A download's client sends ACK-only segments, one per one or two of the 20 MB's
-			// segments before GRO and at least one per super-frame after it: hundreds at the
-			// least. An upload's client sends data; its few ACK-only segments may all be seen
-			// before the flow is installed.
-			if kind == "download" && cached < 100 {
-				t.Errorf("download: the cache forwarded %d frames of the client's ACKs, want 100 or more", cached)
+			// Almost every frame a download's client sends is an ACK-only segment, at least one
+			// per GRO super-frame of the 20 MB (in five runs here the cache forwarded 188 to 456
+			// of 192 to 460 forwarded frames, all but the handshake's and the request's): the
+			// cache must have forwarded most of them. An upload's client
+			// sends data; its few ACK-only segments may all be seen before the flow is
+			// installed.
+			if kind == "download" && (cached < 50 || 2*cached < fwd) {
+				t.Errorf("download: the cache forwarded %d of the %d frames forwarded, want 50 or more and at least half", cached, fwd)
 			}
 		}
 		if !done {
