@@ -38,8 +38,8 @@ import (
 // not move the acknowledgment, which reordering does not create.
 
 // FlowKey is a flow cache key: the IPv4 source and destination addresses and the UDP or TCP
-// ports as they are on the wire (bytes 26 to 37 of an untagged frame without IP options), then the IP
-// protocol and three zero bytes.
+// ports as they are on the wire (bytes 26 to 37 of an untagged frame without IP options), then
+// the IP protocol and three zero bytes.
 type FlowKey [16]byte
 
 // FlowEntry is a flow cache value. DstMAC and SrcMAC are the Ethernet addresses the program
