@@ -406,27 +406,10 @@ func TestLargeTransfers(t *testing.T) {
 		onF1, elsewhere := 0, 0
 		for try := 0; try < maxTries && (onF1 == 0 || elsewhere == 0); try++ {
 			s := srcs[try%len(srcs)]
-			before := map[string]testbed.Served{}
-			for _, f := range suite.Bed.Frontends {
-				before[f.Name] = f.Served()
-			}
 			start := time.Now()
-			var local netip.AddrPort
-			var err error
-			if kind == "download" {
-				local, err = s.Host.Download(s.Addr, raddr, size)
-			} else {
-				local, err = s.Host.Upload(s.Addr, raddr, size)
-			}
+			local, by, err := e2e.Transfer(suite.Bed, s, kind, raddr, size)
 			if err != nil {
 				t.Fatalf("20 MB %s from %v: %v", kind, s, err)
-			}
-			var by []string
-			for _, f := range suite.Bed.Frontends {
-				now, was := f.Served(), before[f.Name]
-				if now.Downloads+now.Uploads > was.Downloads+was.Uploads {
-					by = append(by, f.Name)
-				}
 			}
 			if len(by) != 1 {
 				t.Fatalf("20 MB %s from %v: served by %v, want exactly one frontend", kind, local, by)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l2lb/l2lb/internal/e2e"
 	"github.com/l2lb/l2lb/internal/testbed"
 )
 
@@ -53,23 +54,9 @@ func TestIPv6Transfers(t *testing.T) {
 	}
 }
 
-// transfer makes one transferSize download or upload (kind) from s to raddr, which the testbed
-// verifies, and returns the client's address and the frontends whose count of transfers grew.
+// transfer is e2e.Transfer of transferSize bytes.
 func transfer(bed *testbed.Bed, s source, kind string, raddr netip.AddrPort) (netip.AddrPort, []string, error) {
-	before := servedNow(bed)
-	var local netip.AddrPort
-	var err error
-	if kind == "download" {
-		local, err = s.Host.Download(s.Addr, raddr, transferSize)
-	} else {
-		local, err = s.Host.Upload(s.Addr, raddr, transferSize)
-	}
-	if err != nil {
-		return local, nil, err
-	}
-	return local, servedBy(bed, before, func(was, now testbed.Served) bool {
-		return now.Downloads+now.Uploads > was.Downloads+was.Uploads
-	}), nil
+	return e2e.Transfer(bed, s, kind, raddr, transferSize)
 }
 
 // snmp6 reads one counter of /proc/net/snmp6 in h's namespace.

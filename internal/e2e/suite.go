@@ -168,6 +168,33 @@ func Sources(bed *testbed.Bed) []Source {
 	return out
 }
 
+// Transfer makes one download or upload (kind "download" or "upload") of size bytes from s to
+// raddr, which the testbed verifies, and returns the client's address and the frontends of bed
+// whose count of transfers grew meanwhile.
+func Transfer(bed *testbed.Bed, s Source, kind string, raddr netip.AddrPort, size int64) (netip.AddrPort, []string, error) {
+	before := map[string]testbed.Served{}
+	for _, f := range bed.Frontends {
+		before[f.Name] = f.Served()
+	}
+	var local netip.AddrPort
+	var err error
+	if kind == "download" {
+		local, err = s.Host.Download(s.Addr, raddr, size)
+	} else {
+		local, err = s.Host.Upload(s.Addr, raddr, size)
+	}
+	if err != nil {
+		return local, nil, err
+	}
+	var by []string
+	for _, f := range bed.Frontends {
+		if now, was := f.Served(), before[f.Name]; now.Downloads+now.Uploads > was.Downloads+was.Uploads {
+			by = append(by, f.Name)
+		}
+	}
+	return local, by, nil
+}
+
 // ServeNames returns a SuiteOptions.Setup that starts the testbed's name servers (TCP and UDP) on
 // the first VIP of every frontend.
 func ServeNames(tcpPorts, udpPorts []uint16) func(*testbed.Bed) error {
